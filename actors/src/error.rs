@@ -1,0 +1,140 @@
+//! Why a request failed, and the one place that turns a failure into a response.
+//!
+//! Each cause knows which side it came from ([`Side`]) so logs and, later, telemetry can say
+//! whether the client, the backend or Tether was at fault. [`ProxyError::into_response`] is the
+//! single rescue point: a status and a short plain-text reason naming the cause.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::ProxyBody;
+use crate::handshake::HandshakeError;
+
+/// Which side a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client sent something we refuse.
+    Downstream,
+    /// The backend failed or misbehaved.
+    Upstream,
+    /// Tether's own configuration or state (no route, no member).
+    Proxy,
+}
+
+/// A request that could not be proxied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// No routing rule matches the listener, host and path.
+    #[error("no route for this host and path")]
+    NoRoute,
+    /// The WebSocket handshake is malformed.
+    #[error("bad WebSocket handshake: {0}")]
+    BadHandshake(#[from] HandshakeError),
+    /// The handshake's `Origin` is not in the rule's `allowed_origins`.
+    #[error("origin not allowed")]
+    OriginNotAllowed,
+    /// The rule requires an `Origin` header and the handshake has none.
+    #[error("an Origin header is required")]
+    OriginRequired,
+    /// The pool has no member in rotation.
+    #[error("no healthy backend in pool \"{pool}\"")]
+    NoHealthyBackend {
+        /// The pool's name.
+        pool: Arc<str>,
+    },
+    /// Connecting to the backend failed (refused, unreachable, reset).
+    #[error("could not connect to backend {backend}: {cause}")]
+    ConnectFailed {
+        /// The member we tried.
+        backend: SocketAddr,
+        /// What the OS said.
+        cause: std::io::Error,
+    },
+    /// Connecting to the backend took longer than `connect_timeout`.
+    #[error("backend {backend} did not accept the connection within {after:?}")]
+    ConnectTimeout {
+        /// The member we tried.
+        backend: SocketAddr,
+        /// The configured connect timeout.
+        after: Duration,
+    },
+    /// The backend sent no response head within `request_timeout`.
+    #[error("backend {backend} did not answer within {after:?}")]
+    ResponseTimeout {
+        /// The member we tried.
+        backend: SocketAddr,
+        /// The configured request timeout.
+        after: Duration,
+    },
+    /// The backend closed the connection or sent something that is not HTTP/1.1.
+    #[error("backend {backend} failed: {cause}")]
+    BackendFailed {
+        /// The member we tried.
+        backend: SocketAddr,
+        /// hyper's description.
+        cause: hyper::Error,
+    },
+    /// The backend answered 101 to a request that did not ask for a WebSocket.
+    #[error("backend {backend} switched protocols without being asked")]
+    UnrequestedUpgrade {
+        /// The member that did it.
+        backend: SocketAddr,
+    },
+}
+
+impl ProxyError {
+    /// The status the client gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute => StatusCode::NOT_FOUND,
+            ProxyError::BadHandshake(e) => e.status(),
+            ProxyError::OriginNotAllowed | ProxyError::OriginRequired => StatusCode::FORBIDDEN,
+            ProxyError::NoHealthyBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::BackendFailed { .. }
+            | ProxyError::UnrequestedUpgrade { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Which side caused it.
+    pub fn side(&self) -> Side {
+        match self {
+            ProxyError::BadHandshake(_)
+            | ProxyError::OriginNotAllowed
+            | ProxyError::OriginRequired => Side::Downstream,
+            ProxyError::NoRoute | ProxyError::NoHealthyBackend { .. } => Side::Proxy,
+            _ => Side::Upstream,
+        }
+    }
+
+    /// The response for this failure: its status, `text/plain`, and a one-line reason. A
+    /// version mismatch also carries `Sec-WebSocket-Version: 13` (RFC 6455 §4.4).
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let mut reason = self.to_string();
+        reason.push('\n');
+        let mut resp = Response::new(ProxyBody::text(Bytes::from(reason)));
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if matches!(
+            self,
+            ProxyError::BadHandshake(HandshakeError::UnsupportedVersion)
+        ) {
+            headers.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        resp
+    }
+}

@@ -1,0 +1,173 @@
+//! Header rewriting between the client and the backend (RFC 9110 §7.6.1 and the de-facto
+//! `X-Forwarded-*` convention).
+//!
+//! Hop-by-hop headers describe one connection, not the message, so a proxy removes them in both
+//! directions: the fixed list below plus every header the `Connection` header names. A WebSocket
+//! handshake is the one exception: its `Connection: Upgrade` / `Upgrade: websocket` pair is
+//! re-added for the backend, and a backend's `101` goes back untouched.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Headers that are hop-by-hop whatever `Connection` says (RFC 9110 §7.6.1, plus the
+/// non-standard `Proxy-Connection` and `Keep-Alive` that old clients still send).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+/// `X-Forwarded-For`.
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `X-Forwarded-Proto`.
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `X-Forwarded-Host`.
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes every hop-by-hop header from `headers`, including those named by `Connection`
+/// (RFC 9110 §7.6.1). `Upgrade` is always removed here; callers put the WebSocket pair back.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Names listed in Connection are removed first, while Connection is still there to read.
+    // Collecting them costs an allocation only when Connection names something unusual.
+    let mut named: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
+        for token in value.as_bytes().split(|&b| b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty()
+                || token.eq_ignore_ascii_case(b"close")
+                || token.eq_ignore_ascii_case(b"keep-alive")
+                || token.eq_ignore_ascii_case(b"upgrade")
+            {
+                continue;
+            }
+            if let Ok(name) = HeaderName::from_bytes(token) {
+                named.push(name);
+            }
+        }
+    }
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP.iter() {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+/// Puts back the `Connection: Upgrade` / `Upgrade: websocket` pair on a WebSocket handshake
+/// after [`strip_hop_by_hop`].
+pub fn set_websocket_upgrade(headers: &mut HeaderMap) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+}
+
+/// Adds `X-Forwarded-For` (appending the client's address to any list a previous proxy started),
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` (both kept when a previous proxy already set them).
+pub fn add_forwarded(
+    headers: &mut HeaderMap,
+    client_ip: IpAddr,
+    proto: &'static str,
+    host: Option<&HeaderValue>,
+) {
+    let mut ip_buf = IpText::default();
+    let ip = ip_buf.format(client_ip);
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        Some(prev) => {
+            let mut joined = Vec::with_capacity(prev.len() + 2 + ip.len());
+            joined.extend_from_slice(prev.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(ip.as_bytes());
+            HeaderValue::from_bytes(&joined).ok()
+        }
+        None => HeaderValue::from_str(ip).ok(),
+    };
+    if let Some(xff) = xff {
+        headers.insert(X_FORWARDED_FOR, xff);
+    }
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+    }
+    if let Some(host) = host {
+        if !headers.contains_key(&X_FORWARDED_HOST) {
+            headers.insert(X_FORWARDED_HOST, host.clone());
+        }
+    }
+}
+
+/// A stack buffer for an IP address in text form, so `X-Forwarded-For` costs no heap allocation
+/// for the address itself.
+struct IpText {
+    buf: [u8; 45],
+    len: usize,
+}
+
+impl Default for IpText {
+    fn default() -> Self {
+        IpText {
+            buf: [0; 45],
+            len: 0,
+        }
+    }
+}
+
+impl IpText {
+    fn format(&mut self, ip: IpAddr) -> &str {
+        use std::io::Write as _;
+        let mut cursor = std::io::Cursor::new(&mut self.buf[..]);
+        // 45 bytes holds the longest IPv6 text form; a failure would only truncate.
+        let _ = write!(cursor, "{ip}");
+        self.len = cursor.position() as usize;
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or("")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_fixed_and_connection_named_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret, close"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert("x-kept", HeaderValue::from_static("yes"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "yes");
+    }
+
+    #[test]
+    fn forwarded_headers_append_and_keep() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        let host = HeaderValue::from_static("chat.example.com");
+        add_forwarded(&mut h, "127.0.0.1".parse().unwrap(), "http", Some(&host));
+        assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.7, 127.0.0.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_HOST], "chat.example.com");
+
+        let mut h = HeaderMap::new();
+        add_forwarded(&mut h, "::1".parse().unwrap(), "http", None);
+        assert_eq!(h[&X_FORWARDED_FOR], "::1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert!(!h.contains_key(&X_FORWARDED_HOST));
+    }
+}

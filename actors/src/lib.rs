@@ -1,0 +1,43 @@
+//! Tether's actors, their typed messages, and the data path they drive.
+//!
+//! # Actor map
+//!
+//! ```text
+//!                      ┌──────────────────────┐  publishes Arc<RouteSnapshot> (ArcSwap)
+//!                      │   RouteTableActor    │─────────────────────────────┐
+//!                      │ (System arbiter)     │◀── SessionOpened/Ended ──┐  │ load() per request,
+//!                      └──────────────────────┘──── DrainSession ──┐   │  │ no mailbox
+//!  ┌──────────────┐ Accepted (do_send,      ┌──────────────────┐   │   │  ▼
+//!  │ListenerActor │ once per connection) ──▶│ WorkerActor × N  │───┼───┼─▶ proxy::handle
+//!  │(one/listener)│                         │ (one per arbiter)│   │   │   (hyper HTTP/1.1)
+//!  └──────────────┘                         └──────────────────┘   ▼   │
+//!                                               starts on 101 ─▶ SessionActor (one per
+//!                                                                WebSocket, same worker)
+//! ```
+//!
+//! * [`listener::ListenerActor`] owns a bound socket and its accept loop and hands every
+//!   accepted connection to a worker.
+//! * [`worker::WorkerActor`] lives on its own arbiter (thread) and serves the connections it is
+//!   handed; the sessions upgraded on them stay on that thread, so the data path never hops
+//!   threads and needs no lock.
+//! * [`route_table::RouteTableActor`] owns routes, pool membership and the session registry, and
+//!   publishes an immutable [`route_table::RouteSnapshot`] the request path reads directly.
+//! * [`session::SessionActor`] owns both sockets of one upgraded WebSocket and the
+//!   [`pump`] between them, and reports how the session ended.
+//!
+//! Every message is a documented struct in [`messages`]. Actor types stay behind these message
+//! types (and `Recipient`s), so the actor crate could be replaced without touching the data path.
+
+pub mod body;
+pub mod error;
+pub mod handshake;
+pub mod headers;
+pub mod listener;
+pub mod messages;
+pub mod proxy;
+pub mod pump;
+pub mod route_table;
+pub mod session;
+pub mod shutdown;
+pub mod upstream;
+pub mod worker;

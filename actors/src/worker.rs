@@ -1,0 +1,131 @@
+//! [`WorkerActor`]: one per worker arbiter (thread). It serves the HTTP/1.1 connections handed to
+//! it and hosts the sessions upgraded on them, so a connection's bytes never cross threads.
+//!
+//! Everything a worker shares between its connections lives in one [`WorkerContext`] behind an
+//! `Rc`: the route snapshot handle, the backend connection pool and the session registry. None of
+//! it needs a lock because only this thread touches it.
+
+use std::rc::Rc;
+
+use actix::{Actor, Context, Handler};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use crate::messages::Accepted;
+use crate::proxy::{self, Connection};
+use crate::route_table::SharedRoutes;
+use crate::session::SessionRegistry;
+use crate::shutdown::{ShutdownSignal, TrackToken, Tracker};
+use crate::upstream::UpstreamPool;
+
+/// What every connection on one worker shares.
+pub struct WorkerContext {
+    /// The worker's index (for logs).
+    pub index: usize,
+    /// The published route table.
+    pub routes: SharedRoutes,
+    /// Idle backend connections of this worker.
+    pub upstream: Rc<UpstreamPool>,
+    /// Where sessions register.
+    pub registry: SessionRegistry,
+    /// Fires when the sidecar shuts down.
+    pub shutdown: ShutdownSignal,
+    /// Counts live connections and sessions.
+    pub tracker: Tracker,
+}
+
+/// The parts of a [`WorkerContext`] that can be sent to the worker's thread.
+#[derive(Clone)]
+pub struct WorkerSetup {
+    /// The published route table.
+    pub routes: SharedRoutes,
+    /// Where sessions register.
+    pub registry: SessionRegistry,
+    /// Fires when the sidecar shuts down.
+    pub shutdown: ShutdownSignal,
+    /// Counts live connections and sessions.
+    pub tracker: Tracker,
+}
+
+/// Serves connections on one worker thread.
+pub struct WorkerActor {
+    ctx: Rc<WorkerContext>,
+}
+
+impl WorkerActor {
+    /// Builds the worker; call on the worker's own arbiter (inside `start_in_arbiter`).
+    pub fn new(index: usize, setup: WorkerSetup) -> WorkerActor {
+        WorkerActor {
+            ctx: Rc::new(WorkerContext {
+                index,
+                routes: setup.routes,
+                upstream: Rc::new(UpstreamPool::default()),
+                registry: setup.registry,
+                shutdown: setup.shutdown,
+                tracker: setup.tracker,
+            }),
+        }
+    }
+}
+
+impl Actor for WorkerActor {
+    type Context = Context<Self>;
+}
+
+impl Handler<Accepted> for WorkerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Accepted, _: &mut Context<Self>) {
+        let token = self.ctx.tracker.token();
+        tokio::task::spawn_local(serve(self.ctx.clone(), msg, token));
+    }
+}
+
+/// Serves one client connection until it closes, upgrades, or shutdown ends it gracefully.
+async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
+    let Accepted {
+        stream,
+        peer,
+        listener,
+    } = accepted;
+    let stream = match TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "cannot register accepted socket");
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let mut shutdown = ctx.shutdown.clone();
+    let conn_info = Rc::new(Connection { peer, listener });
+    let limits = &conn_info.listener.config;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.request_head_timeout)
+        .max_headers(limits.max_headers)
+        .max_header_size(limits.max_request_head_bytes)
+        .keep_alive(true);
+    let service = {
+        let ctx = ctx.clone();
+        let conn_info = conn_info.clone();
+        service_fn(move |req| proxy::handle(ctx.clone(), conn_info.clone(), req))
+    };
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.fired() => {
+            // Finish the request in flight, then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, worker = ctx.index, error = %e, "client connection ended with an error");
+    }
+}

@@ -1,0 +1,684 @@
+//! Stage two: the validated configuration. Strong types only; every default is a
+//! documented constant below.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::num::NonZeroU32;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ParseError;
+
+/// `workers` when not set: `0`, which resolves to one worker per available core.
+pub const DEFAULT_WORKERS: usize = 0;
+/// `shutdown_grace`: how long connections and sessions get to finish after a shutdown signal.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// `admin.bind`: loopback only, so health, metrics and status are not exposed by default.
+pub const DEFAULT_ADMIN_BIND: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9901));
+/// `telemetry.service_name`.
+pub const DEFAULT_SERVICE_NAME: &str = "tether";
+/// `telemetry.log_format`.
+pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
+/// `telemetry.log_level`: a `tracing` filter directive.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// `listeners.NAME.protocol`.
+pub const DEFAULT_LISTENER_PROTOCOL: ListenerProtocol = ListenerProtocol::Http;
+/// `listeners.NAME.max_request_head_bytes`: request line plus headers.
+pub const DEFAULT_MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
+/// The smallest accepted `max_request_head_bytes`: a browser's WebSocket handshake with
+/// cookies easily takes several KiB, and a limit below this breaks it in confusing ways.
+pub const MIN_MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
+/// `listeners.NAME.max_headers`.
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// `listeners.NAME.request_head_timeout`: how long a client may take to send its request
+/// head (a guard against slow-header attacks).
+pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// `backend_pools.NAME.load_balancing`.
+pub const DEFAULT_LOAD_BALANCING: LoadBalancing = LoadBalancing::RoundRobin;
+/// `backend_settings.NAME.protocol`.
+pub const DEFAULT_BACKEND_PROTOCOL: BackendProtocol = BackendProtocol::Http;
+/// `backend_settings.NAME.request_timeout`. As in Application Gateway it also bounds how long
+/// a WebSocket session may stay idle, so it must exceed the rules' keepalive interval.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// `backend_settings.NAME.connect_timeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// `probes.NAME.protocol`.
+pub const DEFAULT_PROBE_PROTOCOL: BackendProtocol = BackendProtocol::Http;
+/// `probes.NAME.kind`.
+pub const DEFAULT_PROBE_KIND: ProbeKind = ProbeKind::Http;
+/// `probes.NAME.path`.
+pub const DEFAULT_PROBE_PATH: &str = "/";
+/// `probes.NAME.interval`: time between two probes of one backend.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// `probes.NAME.timeout`: how long one probe may take before it counts as failed.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `probes.NAME.unhealthy_threshold`: consecutive failures that take a backend out of rotation.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: NonZeroU32 = NonZeroU32::new(3).unwrap();
+/// `probes.NAME.healthy_threshold`: consecutive successes that bring it back.
+pub const DEFAULT_HEALTHY_THRESHOLD: NonZeroU32 = NonZeroU32::new(2).unwrap();
+/// `probes.NAME.match_status`: the statuses that count as healthy.
+pub const DEFAULT_MATCH_STATUS: RangeInclusive<u16> = 200..=399;
+/// `routing_rules.NAME.websocket.require_origin`: whether a handshake without `Origin` is refused.
+pub const DEFAULT_REQUIRE_ORIGIN: bool = false;
+/// `routing_rules.NAME.websocket.keepalive_interval`: how often the sidecar pings an idle
+/// session so intermediaries keep it open; [`Duration::ZERO`] turns pings off.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// `routing_rules.NAME.websocket.inspect`.
+pub const DEFAULT_INSPECT: Inspect = Inspect::Frames;
+/// `routing_rules.NAME.websocket.on_backend_unhealthy`.
+pub const DEFAULT_ON_BACKEND_UNHEALTHY: OnBackendUnhealthy = OnBackendUnhealthy::Keep;
+/// `routing_rules.NAME.websocket.drain_grace`: how long sessions get to close on their own
+/// when they are drained, before they are cut.
+pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
+
+/// The validated, effective configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Worker threads; `0` in the sources has been resolved to the number of available cores.
+    pub workers: usize,
+    /// How long connections and sessions get to finish after a shutdown signal.
+    pub shutdown_grace: Duration,
+    /// The admin endpoint (health, readiness, metrics, status page).
+    pub admin: AdminConfig,
+    /// Tracing and logging.
+    pub telemetry: TelemetryConfig,
+    /// Listeners by name.
+    pub listeners: BTreeMap<String, ListenerConfig>,
+    /// Backend pools by name.
+    pub backend_pools: BTreeMap<String, BackendPoolConfig>,
+    /// Backend settings by name.
+    pub backend_settings: BTreeMap<String, BackendSettingsConfig>,
+    /// Health probes by name.
+    pub probes: BTreeMap<String, ProbeConfig>,
+    /// Routing rules by name.
+    pub routing_rules: BTreeMap<String, RoutingRuleConfig>,
+}
+
+impl Config {
+    /// The effective configuration as TOML a person can read and paste back: durations as
+    /// `40s`, sizes as `1MiB`, patterns as written. `from_toml_str` of the result gives back
+    /// an equal `Config`.
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string(&crate::raw::RawConfig::from(self))
+            .expect("the raw configuration holds only strings, small integers, tables and lists")
+    }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address of the admin endpoint; default [`DEFAULT_ADMIN_BIND`].
+    pub bind: SocketAddr,
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TelemetryConfig {
+    /// `service.name` of exported spans; default [`DEFAULT_SERVICE_NAME`].
+    pub service_name: String,
+    /// OTLP collector URL (`http://` or `https://`); `None` exports nothing.
+    pub otlp_endpoint: Option<String>,
+    /// Log line format; default [`DEFAULT_LOG_FORMAT`].
+    pub log_format: LogFormat,
+    /// `tracing` filter directive; default [`DEFAULT_LOG_LEVEL`].
+    pub log_level: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[listeners.NAME]`: a port the sidecar accepts HTTP requests and WebSocket upgrades on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// The listener's name (its key in `listeners`).
+    pub name: String,
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// Plain HTTP or TLS; default [`DEFAULT_LISTENER_PROTOCOL`].
+    pub protocol: ListenerProtocol,
+    /// Certificates for an HTTPS listener (at least one); chosen by SNI.
+    pub certificates: Vec<CertificateConfig>,
+    /// Largest accepted request head; default [`DEFAULT_MAX_REQUEST_HEAD_BYTES`],
+    /// at least [`MIN_MAX_REQUEST_HEAD_BYTES`].
+    pub max_request_head_bytes: usize,
+    /// Most headers in one request; default [`DEFAULT_MAX_HEADERS`].
+    pub max_headers: usize,
+    /// Time allowed to receive a request head; default [`DEFAULT_REQUEST_HEAD_TIMEOUT`].
+    pub request_head_timeout: Duration,
+}
+
+/// A listener's protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenerProtocol {
+    /// Plain HTTP/1.1 (and `ws://` upgrades).
+    Http,
+    /// HTTP/1.1 over TLS (and `wss://` upgrades).
+    Https,
+}
+
+/// `[[listeners.NAME.certificates]]`: one certificate of an HTTPS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// SNI names this certificate serves (`*.example.com` allowed); empty = the default certificate.
+    pub server_names: Vec<String>,
+}
+
+/// `[backend_pools.NAME]`: the backends a rule forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendPoolConfig {
+    /// The pool's name (its key in `backend_pools`).
+    pub name: String,
+    /// At least one member.
+    pub members: Vec<Member>,
+    /// How a member is picked; default [`DEFAULT_LOAD_BALANCING`].
+    pub load_balancing: LoadBalancing,
+}
+
+/// One backend address: an IP address or a DNS name, with a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Member {
+    /// `ip:port`, e.g. `10.0.0.5:5000` or `[::1]:5000`.
+    Addr(SocketAddr),
+    /// `host:port`, e.g. `chat.internal:5000`; the host is resolved at run time.
+    Dns {
+        /// Lowercase DNS name.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Member::Addr(addr) => write!(f, "{addr}"),
+            Member::Dns { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl FromStr for Member {
+    type Err = ParseError;
+
+    /// Parses `ip:port` (IPv6 in brackets) or `host:port`. The port is required and not 0.
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let invalid = |why: &str| ParseError::new(format!("invalid member \"{s}\": {why}"));
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return match addr.port() {
+                0 => Err(invalid("port 0 is not a backend port")),
+                _ => Ok(Member::Addr(addr)),
+            };
+        }
+        let Some((host, port)) = s.rsplit_once(':') else {
+            return Err(if is_hostname(s) || s.parse::<IpAddr>().is_ok() {
+                invalid(&format!("port required, e.g. \"{s}:80\""))
+            } else {
+                invalid("expected ip:port or host:port, e.g. \"10.0.0.5:5000\" or \"chat.internal:5000\"")
+            });
+        };
+        if host.contains(':') || s.parse::<IpAddr>().is_ok() {
+            return Err(invalid(
+                "write IPv6 addresses in brackets with a port, e.g. \"[::1]:5000\"",
+            ));
+        }
+        let port = match port.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(invalid("the port must be a number from 1 to 65535")),
+            Ok(port) => port,
+        };
+        if !is_hostname(host) {
+            return Err(invalid(&format!(
+                "\"{host}\" is not a valid host name or IP address"
+            )));
+        }
+        Ok(Member::Dns {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+/// How a pool picks a member for a new request or session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalancing {
+    /// Each healthy member in turn.
+    RoundRobin,
+    /// The healthy member with the fewest open connections and sessions.
+    LeastConnections,
+    /// A stable member per client, so reconnects land on the same backend.
+    ConsistentHash,
+}
+
+/// `[backend_settings.NAME]`: how requests are sent to a pool's members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSettingsConfig {
+    /// The settings' name (its key in `backend_settings`).
+    pub name: String,
+    /// Plain HTTP or TLS to the backend; default [`DEFAULT_BACKEND_PROTOCOL`].
+    pub protocol: BackendProtocol,
+    /// Overrides the members' port when set.
+    pub port: Option<u16>,
+    /// `Host` sent to the backend (before the upgrade only) when set.
+    pub host_override: Option<String>,
+    /// Request timeout and WebSocket idle timeout; default [`DEFAULT_REQUEST_TIMEOUT`].
+    pub request_timeout: Duration,
+    /// TCP (and TLS) connect timeout; default [`DEFAULT_CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// Name of the probe that checks the members; `None` = members are always healthy.
+    pub probe: Option<String>,
+}
+
+/// The protocol spoken to a backend or a probe target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendProtocol {
+    /// Plain HTTP/1.1.
+    Http,
+    /// HTTP/1.1 over TLS.
+    Https,
+}
+
+/// `[probes.NAME]`: a health probe run against every member of the pools that use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// The probe's name (its key in `probes`).
+    pub name: String,
+    /// Plain HTTP or TLS; default [`DEFAULT_PROBE_PROTOCOL`].
+    pub protocol: BackendProtocol,
+    /// Request path; default [`DEFAULT_PROBE_PATH`].
+    pub path: String,
+    /// `Host` of the probe request; `None` = the member's address.
+    pub host: Option<String>,
+    /// Port to probe; `None` = the member's (or the settings') port.
+    pub port: Option<u16>,
+    /// Time between probes; default [`DEFAULT_PROBE_INTERVAL`].
+    pub interval: Duration,
+    /// Time allowed for one probe; default [`DEFAULT_PROBE_TIMEOUT`]; never above `interval`.
+    pub timeout: Duration,
+    /// Failures in a row that mark a member unhealthy; default [`DEFAULT_UNHEALTHY_THRESHOLD`].
+    pub unhealthy_threshold: NonZeroU32,
+    /// Successes in a row that mark it healthy again; default [`DEFAULT_HEALTHY_THRESHOLD`].
+    pub healthy_threshold: NonZeroU32,
+    /// Healthy statuses; default [`DEFAULT_MATCH_STATUS`]. Written `["200-399", "404"]`.
+    pub match_status: Vec<RangeInclusive<u16>>,
+    /// When set, the response body must contain this text.
+    pub match_body: Option<String>,
+    /// A plain request, or a WebSocket handshake; default [`DEFAULT_PROBE_KIND`].
+    pub kind: ProbeKind,
+}
+
+/// What a probe sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeKind {
+    /// A `GET` of the probe path.
+    Http,
+    /// A WebSocket handshake on the probe path; healthy on `101 Switching Protocols`.
+    #[serde(rename = "websocket")]
+    WebSocket,
+}
+
+/// `[routing_rules.NAME]`: binds a listener (optionally only some hosts and paths) to a pool
+/// and its settings. With no paths it is a basic rule that takes everything on the listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingRuleConfig {
+    /// The rule's name (its key in `routing_rules`).
+    pub name: String,
+    /// The listener this rule serves.
+    pub listener: String,
+    /// Hosts this rule matches; empty = any host.
+    pub hosts: Vec<HostPattern>,
+    /// Paths this rule matches; empty = every path (a basic rule).
+    pub paths: Vec<PathPattern>,
+    /// Where matching requests go.
+    pub backend_pool: String,
+    /// How they are sent there.
+    pub backend_settings: String,
+    /// WebSocket behaviour for upgrades this rule matches.
+    pub websocket: WebSocketConfig,
+}
+
+/// A `Host` a routing rule matches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostPattern {
+    /// Exactly this host (lowercase), e.g. `chat.example.com`.
+    Exact(String),
+    /// Any host ending in this suffix: `*.example.com` is `Suffix(".example.com")`.
+    Suffix(String),
+}
+
+impl fmt::Display for HostPattern {
+    /// The written form: `chat.example.com` or `*.example.com`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(host) => f.write_str(host),
+            HostPattern::Suffix(suffix) => write!(f, "*{suffix}"),
+        }
+    }
+}
+
+impl FromStr for HostPattern {
+    type Err = ParseError;
+
+    /// Parses `host`, an IP address, or `*.domain`; lowercases it.
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let invalid = |why: &str| ParseError::new(format!("invalid host \"{s}\": {why}"));
+        let lower = s.to_ascii_lowercase();
+        if lower == "*" {
+            return Err(invalid("leave hosts empty to match any host"));
+        }
+        if let Some(domain) = lower.strip_prefix("*.") {
+            return if is_hostname(domain) {
+                Ok(HostPattern::Suffix(format!(".{domain}")))
+            } else {
+                Err(invalid(
+                    "expected \"*.\" followed by a domain, e.g. \"*.example.com\"",
+                ))
+            };
+        }
+        if lower.contains('*') {
+            return Err(invalid(
+                "\"*\" is only allowed as a leading \"*.\", e.g. \"*.example.com\"",
+            ));
+        }
+        let ip = lower.parse::<IpAddr>().is_ok()
+            || lower
+                .strip_prefix('[')
+                .and_then(|rest| rest.strip_suffix(']'))
+                .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok());
+        if ip || is_hostname(&lower) {
+            Ok(HostPattern::Exact(lower))
+        } else {
+            Err(invalid(
+                "expected a host name such as \"chat.example.com\" or \"*.example.com\"",
+            ))
+        }
+    }
+}
+
+/// A request path a routing rule matches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PathPattern {
+    /// Exactly this path, e.g. `/chat`.
+    Exact(String),
+    /// Any path starting with this prefix: `/chat/*` is `Prefix("/chat/")`, `/*` is `Prefix("/")`.
+    Prefix(String),
+}
+
+impl fmt::Display for PathPattern {
+    /// The written form: `/chat` or `/chat/*`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathPattern::Exact(path) => f.write_str(path),
+            PathPattern::Prefix(prefix) => write!(f, "{prefix}*"),
+        }
+    }
+}
+
+impl FromStr for PathPattern {
+    type Err = ParseError;
+
+    /// Parses `/exact` or `/prefix/*`. `*` is allowed only as a final `/*`.
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let invalid = |why: &str| ParseError::new(format!("invalid path \"{s}\": {why}"));
+        if !s.starts_with('/') {
+            return Err(invalid("paths start with \"/\""));
+        }
+        if s.contains(|c: char| c.is_whitespace() || c.is_control() || c == '?' || c == '#') {
+            return Err(invalid(
+                "a path has no spaces, query (\"?\") or fragment (\"#\")",
+            ));
+        }
+        let (path, prefix) = match s.strip_suffix('*') {
+            Some(prefix) if prefix.ends_with('/') => (prefix, true),
+            _ => (s, false),
+        };
+        if path.contains('*') {
+            return Err(invalid(
+                "\"*\" is only allowed as a final \"/*\", e.g. \"/chat/*\"",
+            ));
+        }
+        Ok(if prefix {
+            PathPattern::Prefix(path.to_owned())
+        } else {
+            PathPattern::Exact(path.to_owned())
+        })
+    }
+}
+
+/// `[routing_rules.NAME.websocket]`: what happens to WebSocket upgrades a rule matches.
+/// There is no switch to turn WebSockets on: every rule accepts upgrades.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebSocketConfig {
+    /// Origins allowed to open a session (`scheme://host[:port]`, lowercase), or `*`;
+    /// empty = any. CORS does not protect WebSockets, this does.
+    pub allowed_origins: Vec<String>,
+    /// Refuse handshakes without an `Origin` header; default [`DEFAULT_REQUIRE_ORIGIN`].
+    pub require_origin: bool,
+    /// Ping period for idle sessions; [`Duration::ZERO`] = off; default [`DEFAULT_KEEPALIVE_INTERVAL`].
+    pub keepalive_interval: Duration,
+    /// Largest message in bytes; `None` = no limit.
+    pub max_message_size: Option<u64>,
+    /// Whether frames are parsed or bytes are copied; default [`DEFAULT_INSPECT`].
+    pub inspect: Inspect,
+    /// Subprotocols offered to clients (`Sec-WebSocket-Protocol` tokens); empty = pass through.
+    pub subprotocols: Vec<String>,
+    /// Most concurrent sessions on this rule; `None` = no limit.
+    pub max_sessions: Option<u32>,
+    /// What happens to open sessions when their backend turns unhealthy; default
+    /// [`DEFAULT_ON_BACKEND_UNHEALTHY`].
+    pub on_backend_unhealthy: OnBackendUnhealthy,
+    /// Time sessions get to close when drained; default [`DEFAULT_DRAIN_GRACE`].
+    pub drain_grace: Duration,
+}
+
+/// How much of a WebSocket session the sidecar looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Inspect {
+    /// Parse frames: enables keepalive pings, message limits and per-message counts.
+    Frames,
+    /// Copy bytes both ways untouched: cheapest, but no pings or message limits.
+    Opaque,
+}
+
+/// What happens to open sessions when their backend is taken out of rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBackendUnhealthy {
+    /// Leave them open; only new sessions avoid the backend.
+    Keep,
+    /// Close them with `1001 Going Away` after `drain_grace`, so clients reconnect elsewhere.
+    Drain,
+}
+
+/// Parses a status or status range: `"404"` or `"200-399"`, within 100..=599.
+pub(crate) fn parse_status_range(s: &str) -> Result<RangeInclusive<u16>, ParseError> {
+    let invalid = || {
+        ParseError::new(format!(
+            "invalid status \"{s}\": expected a status or range between 100 and 599, e.g. \"200-399\" or \"404\""
+        ))
+    };
+    let status = |t: &str| match t.trim().parse::<u16>() {
+        Ok(n) if (100..=599).contains(&n) => Ok(n),
+        _ => Err(invalid()),
+    };
+    let range = match s.split_once('-') {
+        Some((lo, hi)) => status(lo)?..=status(hi)?,
+        None => status(s)?..=status(s)?,
+    };
+    if range.is_empty() {
+        return Err(invalid());
+    }
+    Ok(range)
+}
+
+/// The written form of a status range: `"200-399"`, or `"404"` for a single status.
+pub(crate) fn format_status_range(range: &RangeInclusive<u16>) -> String {
+    if range.start() == range.end() {
+        range.start().to_string()
+    } else {
+        format!("{}-{}", range.start(), range.end())
+    }
+}
+
+/// A DNS host name: dot-separated labels of letters, digits, `-` and `_` (1–63 characters,
+/// not starting or ending with `-`), at most 253 characters, last label not all digits
+/// (so `10.0.0.300` is not mistaken for a name).
+pub(crate) fn is_hostname(s: &str) -> bool {
+    let label_ok = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let s = s.strip_suffix('.').unwrap_or(s);
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(label_ok)
+        && !s
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn paths() {
+        let p = |s: &str| s.parse::<PathPattern>();
+        assert_eq!(p("/chat/*"), Ok(PathPattern::Prefix("/chat/".into())));
+        assert_eq!(p("/*"), Ok(PathPattern::Prefix("/".into())));
+        assert_eq!(p("/chat"), Ok(PathPattern::Exact("/chat".into())));
+        assert_eq!(p("/"), Ok(PathPattern::Exact("/".into())));
+        assert_eq!(
+            p("chat").unwrap_err().to_string(),
+            r#"invalid path "chat": paths start with "/""#
+        );
+        for bad in ["/chat*", "/*/x", "/a/*/*", "/a b", "/a?x=1"] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+        assert_eq!(PathPattern::Prefix("/chat/".into()).to_string(), "/chat/*");
+    }
+
+    #[test]
+    fn hosts() {
+        let h = |s: &str| s.parse::<HostPattern>();
+        assert_eq!(
+            h("*.Example.com"),
+            Ok(HostPattern::Suffix(".example.com".into()))
+        );
+        assert_eq!(
+            h("Chat.Example.com"),
+            Ok(HostPattern::Exact("chat.example.com".into()))
+        );
+        assert_eq!(h("10.0.0.1"), Ok(HostPattern::Exact("10.0.0.1".into())));
+        assert!(h("*")
+            .unwrap_err()
+            .to_string()
+            .contains("leave hosts empty"));
+        assert!(h("a.*.com").is_err());
+        assert!(h("exa mple.com").is_err());
+        assert_eq!(
+            HostPattern::Suffix(".example.com".into()).to_string(),
+            "*.example.com"
+        );
+    }
+
+    #[test]
+    fn members() {
+        let m = |s: &str| s.parse::<Member>();
+        assert_eq!(
+            m("127.0.0.1:5000"),
+            Ok(Member::Addr("127.0.0.1:5000".parse().unwrap()))
+        );
+        assert_eq!(
+            m("[::1]:5000"),
+            Ok(Member::Addr("[::1]:5000".parse().unwrap()))
+        );
+        assert_eq!(
+            m("Chat.internal:5000"),
+            Ok(Member::Dns {
+                host: "chat.internal".into(),
+                port: 5000
+            })
+        );
+        let err = |s: &str| m(s).unwrap_err().to_string();
+        assert_eq!(
+            err("chat.internal"),
+            r#"invalid member "chat.internal": port required, e.g. "chat.internal:80""#
+        );
+        assert!(err("10.0.0.1:0").contains("port 0"));
+        assert!(err("chat:http").contains("1 to 65535"));
+        assert!(err("::1:80").contains("brackets"));
+        assert!(err("10.0.0.300:80").contains("not a valid host name"));
+        assert!(err("bad host:80").contains("not a valid host name"));
+        assert_eq!(
+            Member::Dns {
+                host: "a.b".into(),
+                port: 1
+            }
+            .to_string(),
+            "a.b:1"
+        );
+    }
+
+    #[test]
+    fn statuses() {
+        assert_eq!(parse_status_range("200-399"), Ok(200..=399));
+        assert_eq!(parse_status_range("404"), Ok(404..=404));
+        assert!(parse_status_range("399-200").is_err());
+        assert!(parse_status_range("600").is_err());
+        assert!(parse_status_range("2xx").is_err());
+        assert_eq!(format_status_range(&(404..=404)), "404");
+        assert_eq!(format_status_range(&(200..=399)), "200-399");
+    }
+
+    proptest! {
+        #[test]
+        fn path_patterns_round_trip(segments in proptest::collection::vec("[a-z0-9._~-]{1,8}", 0..4), prefix: bool) {
+            let mut written = format!("/{}", segments.join("/"));
+            if prefix {
+                if !written.ends_with('/') {
+                    written.push('/');
+                }
+                written.push('*');
+            }
+            let parsed: PathPattern = written.parse().unwrap();
+            prop_assert_eq!(matches!(parsed, PathPattern::Prefix(_)), prefix);
+            if let PathPattern::Prefix(p) = &parsed {
+                prop_assert!(p.ends_with('/') && written.starts_with(p.as_str()));
+            }
+            prop_assert_eq!(parsed.to_string(), written);
+        }
+
+        #[test]
+        fn path_parsing_never_panics(s in "\\PC{0,16}") {
+            if let Ok(p) = s.parse::<PathPattern>() {
+                prop_assert_eq!(p.to_string().parse::<PathPattern>(), Ok(p));
+            }
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! Where configuration comes from, and which layer set each value.
+//!
+//! Every layer is turned into a [`Node`] tree whose nodes carry the label of the layer that
+//! set them (`file ./tether.toml`, `env TETHER_WORKERS`, ...). Layers are merged key by key:
+//! tables merge, anything else (including lists) is replaced whole by the higher layer.
+//! Errors later on look a field's path up in the merged tree to say where its value came from.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use config::{Environment, File, FileFormat, Source as _, ValueKind};
+
+use crate::error::ConfigError;
+
+/// Label of a value that no layer set: the field's built-in default.
+pub(crate) const BUILT_IN: &str = "built-in default";
+/// Label of values from the embedded default configuration.
+pub(crate) const EMBEDDED: &str = "embedded default";
+/// Label of values given to [`crate::from_toml_str`].
+pub(crate) const INLINE: &str = "inline";
+
+/// The configuration used when no file is given: one HTTP listener `public` on
+/// `0.0.0.0:8080`, one pool `default` with the member `127.0.0.1:3000`, settings `default`
+/// and a basic routing rule `default` binding them.
+pub const EMBEDDED_DEFAULT_TOML: &str = include_str!("default.toml");
+
+/// Only environment variables with this prefix are configuration.
+pub const ENV_PREFIX: &str = "TETHER_";
+
+/// Where configuration comes from.
+///
+/// Layers, lowest first: built-in field defaults < the embedded default configuration
+/// (only when `files` is empty) < each file in order < `TETHER_*` variables in `env`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sources {
+    /// Configuration files, lowest precedence first. The format follows the extension:
+    /// `.toml`, `.yaml`/`.yml` or `.json`.
+    pub files: Vec<PathBuf>,
+    /// Environment variables as `(name, value)`; the caller passes them in (typically
+    /// `std::env::vars().collect()`), this crate never reads the process environment.
+    /// Variables without the `TETHER_` prefix are ignored.
+    pub env: Vec<(String, String)>,
+}
+
+/// One value of the merged configuration and the layer that set it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Node {
+    pub(crate) value: Value,
+    pub(crate) source: String,
+}
+
+/// The shape of a [`Node`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Value {
+    Nil,
+    Bool(bool),
+    Int(i128),
+    Float(f64),
+    Str(String),
+    List(Vec<Node>),
+    Table(BTreeMap<String, Node>),
+}
+
+impl Node {
+    fn table(source: &str, entries: BTreeMap<String, Node>) -> Self {
+        Self {
+            value: Value::Table(entries),
+            source: source.to_owned(),
+        }
+    }
+
+    /// Converts a value parsed by the `config` crate, labelling every node with `source`.
+    /// `null` table entries (YAML `~`, JSON `null`) are dropped: they mean "not set".
+    fn from_config(value: config::Value, source: &str) -> Self {
+        let value = match value.kind {
+            ValueKind::Nil => Value::Nil,
+            ValueKind::Boolean(b) => Value::Bool(b),
+            ValueKind::I64(i) => Value::Int(i.into()),
+            ValueKind::I128(i) => Value::Int(i),
+            ValueKind::U64(u) => Value::Int(u.into()),
+            ValueKind::U128(u) => {
+                i128::try_from(u).map_or_else(|_| Value::Str(u.to_string()), Value::Int)
+            }
+            ValueKind::Float(f) => Value::Float(f),
+            ValueKind::String(s) => Value::Str(s),
+            ValueKind::Table(t) => return Self::table(source, Self::entries(t, source)),
+            ValueKind::Array(items) => Value::List(
+                items
+                    .into_iter()
+                    .map(|v| Self::from_config(v, source))
+                    .collect(),
+            ),
+        };
+        Self {
+            value,
+            source: source.to_owned(),
+        }
+    }
+
+    fn entries(table: config::Map<String, config::Value>, source: &str) -> BTreeMap<String, Node> {
+        table
+            .into_iter()
+            .filter(|(_, v)| !matches!(v.kind, ValueKind::Nil))
+            .map(|(k, v)| (k, Self::from_config(v, source)))
+            .collect()
+    }
+
+    /// Lays `top` over `self`: tables merge recursively (the table keeps the label of the
+    /// layer that first declared it), anything else is replaced.
+    fn merge(&mut self, top: Node) {
+        match (&mut self.value, top.value) {
+            (Value::Table(base), Value::Table(entries)) => {
+                for (key, node) in entries {
+                    match base.get_mut(&key) {
+                        Some(existing) => existing.merge(node),
+                        None => {
+                            base.insert(key, node);
+                        }
+                    }
+                }
+            }
+            (_, value) => {
+                *self = Node {
+                    value,
+                    source: top.source,
+                }
+            }
+        }
+    }
+
+    /// The node at a dotted path such as `backend_pools.chat.members[1]`.
+    pub(crate) fn find(&self, path: &str) -> Option<&Node> {
+        path.split('.').try_fold(self, |node, segment| {
+            let (key, index) = match segment.split_once('[') {
+                Some((key, rest)) => (key, rest.strip_suffix(']')?.parse::<usize>().ok()),
+                None => (segment, None),
+            };
+            let Value::Table(entries) = &node.value else {
+                return None;
+            };
+            let child = entries.get(key)?;
+            match (index, &child.value) {
+                (None, _) => Some(child),
+                (Some(i), Value::List(items)) => items.get(i),
+                // A list given as one comma-separated string: the string holds every element.
+                (Some(_), _) => Some(child),
+            }
+        })
+    }
+
+    /// The label of the layer that set `path`, or [`BUILT_IN`] when no layer did.
+    pub(crate) fn source_of(&self, path: &str) -> &str {
+        self.find(path).map_or(BUILT_IN, |n| &n.source)
+    }
+}
+
+/// All layers merged into one tree.
+pub(crate) struct Layered {
+    pub(crate) root: Node,
+    pub(crate) used_embedded_default: bool,
+}
+
+/// Reads and merges every layer. Fails with every unreadable file and every unusable variable.
+pub(crate) fn layer(sources: &Sources) -> Result<Layered, Vec<ConfigError>> {
+    let mut root = Node::table(BUILT_IN, BTreeMap::new());
+    let mut errors = Vec::new();
+    let used_embedded_default = sources.files.is_empty();
+    let mut add = |layer: Result<Node, ConfigError>| match layer {
+        Ok(node) => root.merge(node),
+        Err(e) => errors.push(e),
+    };
+    if used_embedded_default {
+        add(parse_str(EMBEDDED_DEFAULT_TOML, EMBEDDED));
+    }
+    for path in &sources.files {
+        add(read_file(path));
+    }
+    for (name, value) in &sources.env {
+        if name.starts_with(ENV_PREFIX) {
+            add(env_var(name, value));
+        }
+    }
+    if errors.is_empty() {
+        Ok(Layered {
+            root,
+            used_embedded_default,
+        })
+    } else {
+        Err(errors)
+    }
+}
+
+/// Parses one inline TOML document (label [`INLINE`]).
+pub(crate) fn parse_str(toml: &str, source: &str) -> Result<Node, ConfigError> {
+    let map = File::from_str(toml, FileFormat::Toml)
+        .collect()
+        .map_err(|e| ConfigError::new("", describe(e), source))?;
+    Ok(Node::table(source, Node::entries(map, source)))
+}
+
+fn read_file(path: &Path) -> Result<Node, ConfigError> {
+    let source = format!("file {}", path.display());
+    let fail = |message: String| ConfigError::new("", message, &source);
+    let format = match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("toml") => FileFormat::Toml,
+        Some("yaml" | "yml") => FileFormat::Yaml,
+        Some("json") => FileFormat::Json,
+        Some(other) => {
+            return Err(fail(format!(
+                "unsupported file extension \".{other}\" (use .toml, .yaml, .yml or .json)"
+            )))
+        }
+        None => {
+            return Err(fail(
+                "no file extension (use .toml, .yaml, .yml or .json)".to_owned(),
+            ))
+        }
+    };
+    let map = File::from(path)
+        .format(format)
+        .collect()
+        .map_err(|e| fail(describe(e)))?;
+    Ok(Node::table(&source, Node::entries(map, &source)))
+}
+
+/// The `config` crate's message without its trailing " in <file>" (the source label says that).
+fn describe(error: config::ConfigError) -> String {
+    match error {
+        config::ConfigError::FileParse { cause, .. } => format!("cannot parse: {cause}"),
+        config::ConfigError::Foreign(cause) => format!("cannot read: {cause}"),
+        other => other.to_string(),
+    }
+}
+
+/// One `TETHER_*` variable as a tree: `TETHER_BACKEND_SETTINGS__CHAT__REQUEST_TIMEOUT=60s`
+/// becomes `backend_settings.chat.request_timeout = "60s"`. The value stays a string; the raw
+/// layer accepts string forms of numbers, booleans and comma-separated lists.
+fn env_var(name: &str, value: &str) -> Result<Node, ConfigError> {
+    let source = format!("env {name}");
+    let single: config::Map<String, String> = [(name.to_owned(), value.to_owned())].into();
+    let collected = Environment::with_prefix("TETHER")
+        .prefix_separator("_")
+        .separator("__")
+        .source(Some(single))
+        .collect()
+        .map_err(|e| ConfigError::new("", e.to_string(), &source))?;
+    let key = collected.into_keys().next().unwrap_or_default();
+    let segments: Vec<&str> = key.split('.').collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(ConfigError::new(
+            "",
+            "not a configuration variable: levels after TETHER_ are separated by \"__\", \
+             e.g. TETHER_BACKEND_SETTINGS__CHAT__REQUEST_TIMEOUT",
+            &source,
+        ));
+    }
+    let leaf = Node {
+        value: Value::Str(value.to_owned()),
+        source: source.clone(),
+    };
+    Ok(segments.iter().rev().fold(leaf, |child, segment| {
+        Node::table(&source, [(segment.to_string(), child)].into())
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn str_at<'a>(root: &'a Node, path: &str) -> (&'a str, &'a str) {
+        let node = root.find(path).unwrap_or_else(|| panic!("no {path}"));
+        match &node.value {
+            Value::Str(s) => (s, &node.source),
+            other => panic!("{path} is {other:?}"),
+        }
+    }
+
+    #[test]
+    fn env_variable_becomes_nested_string() {
+        let node = env_var("TETHER_BACKEND_SETTINGS__CHAT__REQUEST_TIMEOUT", "60s").unwrap();
+        assert_eq!(
+            str_at(&node, "backend_settings.chat.request_timeout"),
+            ("60s", "env TETHER_BACKEND_SETTINGS__CHAT__REQUEST_TIMEOUT")
+        );
+        let node = env_var("TETHER_WORKERS", "2").unwrap();
+        assert_eq!(str_at(&node, "workers"), ("2", "env TETHER_WORKERS"));
+    }
+
+    #[test]
+    fn env_variable_with_empty_level_is_rejected() {
+        for name in ["TETHER_", "TETHER_A____B", "TETHER_A__"] {
+            let err = env_var(name, "x").unwrap_err();
+            assert_eq!(err.source, format!("env {name}"));
+            assert!(err.message.contains("\"__\""), "{err}");
+        }
+    }
+
+    #[test]
+    fn merge_keeps_table_label_and_replaces_leaves_and_lists() {
+        let mut base = parse_str("[a]\nx = 1\nl = [1, 2]\n", "file one").unwrap();
+        base.merge(parse_str("[a]\ny = 2\nl = [3]\n", "file two").unwrap());
+        assert_eq!(base.source_of("a"), "file one");
+        assert_eq!(base.source_of("a.x"), "file one");
+        assert_eq!(base.source_of("a.y"), "file two");
+        assert_eq!(base.source_of("a.l[0]"), "file two");
+        assert!(base.find("a.l[1]").is_none());
+        let env = env_var("TETHER_A__L", "x,y").unwrap();
+        assert_eq!(env.source_of("a.l[1]"), "env TETHER_A__L");
+        assert_eq!(base.source_of("a.z"), BUILT_IN);
+    }
+}

@@ -1,0 +1,80 @@
+//! The whole Tether sidecar in-process against real backends on 127.0.0.1.
+//!
+//! Everything binds port 0; nothing sleeps to synchronize: tests wait on observable state (a
+//! response, a frame, a closed socket) under [`within`], which turns a hang into a failure.
+
+pub mod backends;
+pub mod raw;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// How long any single step of a test may take before it counts as a hang.
+pub const STEP_LIMIT: Duration = Duration::from_secs(15);
+
+/// Awaits `fut`, failing the test if it takes longer than [`STEP_LIMIT`].
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(STEP_LIMIT, fut).await {
+        Ok(out) => out,
+        Err(_) => panic!("{what}: no result within {STEP_LIMIT:?}"),
+    }
+}
+
+/// An address on 127.0.0.1 where nothing listens (bound, then released).
+pub fn closed_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    addr
+}
+
+/// A one-listener, one-pool, one-rule configuration sending everything to `backend`. `extra` is
+/// appended verbatim (more tables, or keys of `[routing_rules.app.websocket]` since that table
+/// comes last).
+pub fn config_toml(backend: SocketAddr, settings: &str, extra: &str) -> String {
+    format!(
+        r#"workers = 2
+shutdown_grace = "5s"
+
+[listeners.public]
+bind = "127.0.0.1:0"
+
+[backend_pools.app]
+members = ["{backend}"]
+
+[backend_settings.app]
+connect_timeout = "2s"
+{settings}
+
+[routing_rules.app]
+listener = "public"
+backend_pool = "app"
+backend_settings = "app"
+
+[routing_rules.app.websocket]
+{extra}
+"#
+    )
+}
+
+/// Parses a configuration or panics with every error.
+pub fn config(toml: &str) -> tether_config::Config {
+    tether_config::from_toml_str(toml).unwrap_or_else(|e| panic!("test config invalid:\n{e}"))
+}
+
+/// Starts a sidecar for `toml`.
+pub fn start(toml: &str) -> tether::Sidecar {
+    tether::Sidecar::start(config(toml)).expect("sidecar starts")
+}
+
+/// Installs a test log subscriber once (RUST_LOG controls it; quiet by default).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}

@@ -1,0 +1,179 @@
+//! The `tether` binary: parse arguments, load the configuration, start logging and the runtime,
+//! and call [`tether::run`]. Exit codes follow sysexits: 64 for a bad command line or an invalid
+//! configuration (nothing is bound then), 71 when a listener cannot be bound, 70 for a runtime
+//! failure.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tether_config::{Loaded, LogFormat, Sources};
+
+/// sysexits `EX_USAGE`/`EX_CONFIG`-style code for a bad command line or configuration.
+const EXIT_CONFIG: u8 = 64;
+/// sysexits `EX_SOFTWARE`: the runtime failed.
+const EXIT_RUNTIME: u8 = 70;
+/// sysexits `EX_OSERR`: a listener could not be bound.
+const EXIT_BIND: u8 = 71;
+
+const USAGE: &str = "\
+tether — a WebSocket-aware service-mesh sidecar
+
+usage:
+  tether [--config FILE]...         run (no --config: the embedded default, :8080 -> 127.0.0.1:3000)
+  tether check [--config FILE]...   validate and print the effective configuration
+  tether --help | --version
+
+Layers, lowest first: built-in defaults < each --config FILE in order (.toml, .yaml, .json)
+< TETHER_* environment variables (TETHER_BACKEND_SETTINGS__CHAT__REQUEST_TIMEOUT=60s).";
+
+enum Command {
+    Run(Vec<PathBuf>),
+    Check(Vec<PathBuf>),
+    Help,
+    Version,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
+    let mut files = Vec::new();
+    let mut check = false;
+    let mut first = true;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "check" if first => check = true,
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "-c" | "--config" => match args.next() {
+                Some(file) => files.push(PathBuf::from(file)),
+                None => return Err("--config needs a file".into()),
+            },
+            other => match other.strip_prefix("--config=") {
+                Some(file) => files.push(PathBuf::from(file)),
+                None => return Err(format!("unexpected argument {other:?}")),
+            },
+        }
+        first = false;
+    }
+    Ok(if check {
+        Command::Check(files)
+    } else {
+        Command::Run(files)
+    })
+}
+
+fn load(files: Vec<PathBuf>) -> Result<Loaded, ExitCode> {
+    let sources = Sources {
+        files,
+        env: std::env::vars().collect(),
+    };
+    tether_config::load(&sources).map_err(|errors| {
+        eprintln!(
+            "tether: invalid configuration ({} problems):",
+            errors.0.len()
+        );
+        for e in &errors.0 {
+            eprintln!("  {e}");
+        }
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
+fn init_logging(config: &tether_config::Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.telemetry.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.telemetry.log_format {
+        LogFormat::Text => builder.init(),
+        // JSON output arrives with the telemetry work; until then text is what you get.
+        LogFormat::Json => builder.init(),
+    }
+}
+
+/// Installs the SIGINT/SIGTERM handlers now (before anything is served) and returns a future
+/// that resolves on the first signal; a second signal exits at once.
+fn termination() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT received"),
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+        }
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = int.recv() => {},
+                _ = term.recv() => {},
+            }
+            eprintln!("tether: second signal, exiting now");
+            std::process::exit(i32::from(EXIT_RUNTIME));
+        });
+    })
+}
+
+fn main() -> ExitCode {
+    let command = match parse_args(std::env::args().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tether: {e}\n\n{USAGE}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let files = match command {
+        Command::Help => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("tether {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Command::Check(files) => {
+            return match load(files) {
+                Ok(loaded) => {
+                    for w in &loaded.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    print!("{}", loaded.config.to_toml_string());
+                    eprintln!("tether: configuration is valid");
+                    ExitCode::SUCCESS
+                }
+                Err(code) => code,
+            };
+        }
+        Command::Run(files) => files,
+    };
+    let loaded = match load(files) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    init_logging(&loaded.config);
+    if loaded.used_embedded_default {
+        tracing::info!(
+            "no --config given: running the embedded default (listener \"public\" on 0.0.0.0:8080 -> pool \"default\" at 127.0.0.1:3000); `tether check` prints it"
+        );
+    }
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let config = loaded.config;
+    let listeners = match tether::bind_listeners(&config) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(EXIT_BIND);
+        }
+    };
+    let outcome = tether::system().block_on(async move {
+        let stop = termination().map_err(|e| tether::RunError::Runtime(format!("signals: {e}")))?;
+        tether::run(config, listeners, stop).await
+    });
+    match outcome {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
