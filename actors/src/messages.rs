@@ -64,6 +64,11 @@ pub struct SessionEnded {
 pub enum DrainReason {
     /// The sidecar is shutting down.
     Shutdown,
+    /// The session's backend member was marked unhealthy and its rule says
+    /// `on_backend_unhealthy = "drain"`.
+    BackendUnhealthy,
+    /// A configuration reload removed the session's route.
+    RouteRemoved,
 }
 
 /// Asks one session to end (`do_send` from the route table to a session actor).
