@@ -24,18 +24,31 @@
 //!   publishes an immutable [`route_table::RouteSnapshot`] the request path reads directly.
 //! * [`session::SessionActor`] owns both sockets of one upgraded WebSocket and the
 //!   [`pump`] between them, and reports how the session ended.
+//! * [`prober::ProberActor`] (one per pool with a probe) probes every member on a jittered
+//!   interval and sends `MemberHealthChanged` to the route table only when a member flips.
+//! * [`resolver::ResolverActor`] (one per pool with DNS members) re-resolves names on their
+//!   TTL and sends `MembersResolved` only when an address set changes.
+//!
+//! Backend health reaches the request path through the snapshot: the route table republishes
+//! when a member enters or leaves rotation, and [`balance`] picks among the members in the
+//! snapshot with per-member atomic counters — no lock and no message per request. The one
+//! message the data path sends, `MemberFailing`, goes out when a member's consecutive failures
+//! *reach* the pool's passive threshold, not per failure.
 //!
 //! Every message is a documented struct in [`messages`]. Actor types stay behind these message
 //! types (and `Recipient`s), so the actor crate could be replaced without touching the data path.
 
+pub mod balance;
 pub mod body;
 pub mod error;
 pub mod handshake;
 pub mod headers;
 pub mod listener;
 pub mod messages;
+pub mod prober;
 pub mod proxy;
 pub mod pump;
+pub mod resolver;
 pub mod route_table;
 pub mod session;
 pub mod shutdown;

@@ -5,6 +5,11 @@
 //! round trip; a message whose sender must know the outcome before it goes on (stop accepting
 //! during shutdown, drain everything) is sent with `send` and awaited. None of them is sent per
 //! request or per frame: the request path reads the route snapshot directly.
+//!
+//! Backend health flows in one direction: probers ([`MemberHealthChanged`]), resolvers
+//! ([`MembersResolved`]) and the data path ([`MemberFailing`]) tell the route table, which
+//! republishes its snapshot; each is sent only when something *changed* (a threshold crossed, an
+//! address set moved), so their rate does not grow with traffic or with the probe rate.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +17,10 @@ use std::time::Duration;
 
 use actix::{Message, Recipient};
 
+use crate::balance::Member;
 use crate::listener::ListenerInfo;
+use crate::prober::ProbeOutcome;
+use crate::route_table::BackendsStatus;
 use crate::session::{SessionId, SessionSummary};
 
 /// A connection a listener accepted, handed to a worker (`do_send`, once per connection). The
@@ -86,3 +94,90 @@ pub struct DrainSession {
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "usize")]
 pub struct LiveSessions;
+
+/// A probed member crossed a threshold (`do_send` from a pool's prober to the route table, once
+/// per flip, never per probe): `unhealthy_threshold` consecutive failures, or
+/// `healthy_threshold` consecutive successes (one success for a member not yet known).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct MemberHealthChanged {
+    /// The pool.
+    pub pool: Arc<str>,
+    /// The member's address (as configured or resolved; before any port override).
+    pub member: SocketAddr,
+    /// Its new state.
+    pub healthy: bool,
+    /// How many probes in a row said so.
+    pub consecutive: u32,
+    /// The last probe's result: `status 200`, `connection refused`, `timed out after 2s`, ...
+    pub last_result: String,
+}
+
+/// The data path saw `passive.failures` consecutive failures on a member (`do_send` from
+/// whichever worker saw the one failure that reached the threshold; never per request).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct MemberFailing {
+    /// The pool.
+    pub pool: Arc<str>,
+    /// The member's address.
+    pub member: SocketAddr,
+    /// The consecutive failures counted.
+    pub failures: u32,
+    /// The failure that reached the threshold.
+    pub last_error: String,
+}
+
+/// A pool's DNS member resolved to a (possibly) new address set (`do_send` from the pool's
+/// resolver to the route table, only when the set changed).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct MembersResolved {
+    /// The pool.
+    pub pool: Arc<str>,
+    /// Index of the DNS member in `backend_pools.NAME.members`.
+    pub entry: usize,
+    /// Every address it resolves to now, with the member's port.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// The members a prober must probe (`do_send` from the route table to the pool's prober, at
+/// attach time and whenever the member set changes). Members not listed any more stop being
+/// probed; new ones start unknown.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct ProbeTargets {
+    /// Every member of the pool, in rotation or not.
+    pub members: Vec<Arc<Member>>,
+}
+
+/// One probe finished (`do_send` from a member's probe loop to its own prober, once per probe;
+/// stays inside the prober, which forwards only flips).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct ProbeCompleted {
+    /// The member probed.
+    pub member: SocketAddr,
+    /// The prober's id for the member's current probe loop (a stale loop's results are ignored).
+    pub id: u64,
+    /// What the probe found.
+    pub outcome: ProbeOutcome,
+    /// How long it took, connection included.
+    pub latency: Duration,
+}
+
+/// Hands the route table the prober of a pool (`do_send` at start-up, before any traffic).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachProber {
+    /// The pool it probes.
+    pub pool: Arc<str>,
+    /// Where the route table sends [`ProbeTargets`].
+    pub prober: Recipient<ProbeTargets>,
+}
+
+/// Asks the route table for every pool and member with its state (`send`, awaited by the admin
+/// endpoint's `GET /backends`; never by the request path).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "BackendsStatus")]
+pub struct BackendsReport;

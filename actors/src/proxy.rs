@@ -23,6 +23,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::balance::MemberLease;
 use crate::body::ProxyBody;
 use crate::error::ProxyError;
 use crate::handshake;
@@ -95,18 +96,54 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
         .and_then(|h| h.to_str().ok())
 }
 
-/// Picks the member for this request and applies the settings' port override.
-fn pick_backend(route: &Route) -> Result<SocketAddr, ProxyError> {
-    let mut backend = route
-        .pool
-        .pick()
-        .ok_or_else(|| ProxyError::NoHealthyBackend {
-            pool: route.pool.name.clone(),
-        })?;
+/// Picks the member for this request with the pool's balancing policy (over the members in
+/// rotation in the current snapshot: no lock, no message) and applies the settings' port
+/// override. The lease counts the request on the member (for `least_connections`) until it is
+/// dropped, or becomes a session count after a `101`.
+fn pick_backend(
+    route: &Route,
+    conn: &Connection,
+    headers: &http::HeaderMap,
+) -> Result<(SocketAddr, MemberLease), ProxyError> {
+    let lease =
+        route
+            .pool
+            .pick(conn.peer.ip(), headers)
+            .ok_or_else(|| ProxyError::NoHealthyBackend {
+                pool: route.pool.name.clone(),
+            })?;
+    let mut backend = lease.addr();
     if let Some(port) = route.settings.port {
         backend.set_port(port);
     }
-    Ok(backend)
+    Ok((backend, lease))
+}
+
+/// Passive health, on failure: connect failures and timeouts, resets and malformed answers,
+/// response-head timeouts and unrequested upgrades count against the member. One relaxed atomic
+/// add; only the failure that reaches the pool's threshold sends a message.
+fn report_failure(lease: &MemberLease, err: &ProxyError) {
+    match err {
+        ProxyError::ConnectFailed { .. }
+        | ProxyError::ConnectTimeout { .. }
+        | ProxyError::BackendFailed { .. }
+        | ProxyError::ResponseTimeout { .. }
+        | ProxyError::UnrequestedUpgrade { .. } => lease.member().passive_failure(err),
+        _ => {}
+    }
+}
+
+/// Passive health, on an answer: a gateway failure the backend reports itself (502, 503, 504)
+/// counts against the member; any other answer proves it is serving and starts the count over.
+fn report_answer(lease: &MemberLease, backend: SocketAddr, status: StatusCode) {
+    match status {
+        StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT => {
+            lease
+                .member()
+                .passive_failure(&format_args!("backend {backend} answered {status}"))
+        }
+        _ => lease.member().passive_success(),
+    }
 }
 
 /// Rewrites the request head for the backend: origin-form URI, HTTP/1.1, hop-by-hop headers
@@ -149,7 +186,7 @@ async fn forward_http(
     route: &Route,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let backend = pick_backend(route)?;
+    let (backend, lease) = pick_backend(route, conn, req.headers())?;
     let (mut parts, body) = req.into_parts();
     prepare_head(&mut parts, conn, route);
     let body: UpstreamBody = if body.is_end_stream() {
@@ -165,15 +202,21 @@ async fn forward_http(
             route.settings.connect_timeout,
             route.settings.request_timeout,
         )
-        .await?;
+        .await
+        .inspect_err(|e| report_failure(&lease, e))?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        return Err(ProxyError::UnrequestedUpgrade { backend });
+        let err = ProxyError::UnrequestedUpgrade { backend };
+        report_failure(&lease, &err);
+        return Err(err);
     }
+    report_answer(&lease, backend, resp.status());
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
+    // The lease rides with the connection until the body is done: a streaming response is
+    // in flight for least_connections as long as it streams.
     Ok(Response::from_parts(
         parts,
-        ProxyBody::upstream(body, Some(pooled)),
+        ProxyBody::upstream(body, Some(pooled.holding(lease))),
     ))
 }
 
@@ -185,7 +228,7 @@ async fn forward_websocket(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     handshake::validate(&req, req.body().is_end_stream())?;
     check_origin(&route, &req)?;
-    let backend = pick_backend(&route)?;
+    let (backend, lease) = pick_backend(&route, conn, req.headers())?;
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
     prepare_head(&mut parts, conn, &route);
@@ -197,7 +240,9 @@ async fn forward_websocket(
         route.settings.connect_timeout,
         route.settings.request_timeout,
     )
-    .await?;
+    .await
+    .inspect_err(|e| report_failure(&lease, e))?;
+    report_answer(&lease, backend, resp.status());
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The backend refused the upgrade: relay its answer as it is.
         let (mut parts, body) = resp.into_parts();
@@ -210,6 +255,7 @@ async fn forward_websocket(
         route: route.name.clone(),
         backend,
         client: conn.peer,
+        lease: Some(lease.into_session()),
     };
     let token = ctx.tracker.token();
     let ctx = ctx.clone();

@@ -1,10 +1,25 @@
 //! The route table: which rule serves a request, and which backend members it may use.
 //!
-//! [`RouteTableActor`] owns the configuration's routes, each pool's member list and the registry
-//! of live WebSocket sessions. It *publishes* an immutable [`RouteSnapshot`] through an
-//! [`ArcSwap`]: the request path loads the current snapshot (lock-free, no mailbox) and matches
-//! against it; when membership or configuration changes the actor builds a new snapshot and swaps
-//! it in, and requests already holding the old one finish with it.
+//! [`RouteTableActor`] owns the configuration's routes, each pool's membership (which addresses
+//! exist, their probe health, their passive ejections) and the registry of live WebSocket
+//! sessions. It *publishes* an immutable [`RouteSnapshot`] through an [`ArcSwap`]: the request
+//! path loads the current snapshot (lock-free, no mailbox) and matches against it; when
+//! membership or configuration changes the actor builds a new snapshot and swaps it in, and
+//! requests already holding the old one finish with it.
+//!
+//! Membership changes arrive as messages, each only when something changed:
+//!
+//! * [`MemberHealthChanged`] from a pool's prober — a member crossed a probe threshold. When it
+//!   turns unhealthy, sessions on it are drained with `DrainSession` if their rule says
+//!   `on_backend_unhealthy = "drain"`.
+//! * [`MemberFailing`] from the data path — `passive.failures` consecutive failures: the member
+//!   is ejected for `passive.ejection`, doubled for each repeat (capped at `max_ejection`); a
+//!   member that stays in rotation `max_ejection` after returning starts again from the base.
+//! * [`MembersResolved`] from a pool's resolver — a DNS member's address set moved.
+//!
+//! A member is in rotation when its probe says healthy (always, for a pool without a probe) and
+//! it is not ejected. Each member's [`Member`] record (load counters, passive count, last probe)
+//! is created once per address and carried into every snapshot, so counters survive republishing.
 //!
 //! Matching order (documented in the README): listener → host (exact name, then the longest
 //! `*.suffix`, then rules with no host) → path (an exact path, then the longest `/prefix/*`). A
@@ -12,17 +27,25 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use actix::{Actor, Context, Handler, MessageResult, Recipient};
+use actix::{Actor, Addr, AsyncContext, Context, Handler, MessageResult, Recipient};
 use arc_swap::ArcSwap;
+use serde::Serialize;
 use tether_config::{
-    BackendSettingsConfig, Config, HostPattern, PathPattern, RoutingRuleConfig, WebSocketConfig,
+    BackendPoolConfig, BackendSettingsConfig, Config, HostPattern, LoadBalancing,
+    OnBackendUnhealthy, PathPattern, RoutingRuleConfig, WebSocketConfig,
 };
 
-use crate::messages::{DrainSession, LiveSessions, SessionEnded, SessionOpened};
+use crate::balance::Member;
+pub use crate::balance::Pool;
+use crate::messages::{
+    AttachProber, BackendsReport, DrainReason, DrainSession, LiveSessions, MemberFailing,
+    MemberHealthChanged, MembersResolved, ProbeTargets, SessionEnded, SessionOpened,
+};
+use crate::prober::Health;
+use crate::resolver::DnsMember;
 use crate::session::SessionId;
 
 /// The shared handle through which the route table publishes snapshots and everyone else reads
@@ -40,37 +63,6 @@ pub struct Route {
     pub settings: Arc<BackendSettingsConfig>,
     /// The rule's WebSocket policy.
     pub websocket: Arc<WebSocketConfig>,
-}
-
-/// A backend pool as the request path sees it: the members currently in rotation.
-#[derive(Debug)]
-pub struct Pool {
-    /// The pool's name (used in the 503 body).
-    pub name: Arc<str>,
-    /// Members in rotation.
-    pub members: Vec<SocketAddr>,
-    /// Round-robin cursor, shared by every worker (one relaxed atomic add per pick).
-    cursor: AtomicUsize,
-}
-
-impl Pool {
-    /// Builds a pool snapshot.
-    pub fn new(name: Arc<str>, members: Vec<SocketAddr>) -> Pool {
-        Pool {
-            name,
-            members,
-            cursor: AtomicUsize::new(0),
-        }
-    }
-
-    /// Picks the next member round-robin, or `None` when no member is in rotation.
-    pub fn pick(&self) -> Option<SocketAddr> {
-        if self.members.is_empty() {
-            return None;
-        }
-        let n = self.cursor.fetch_add(1, Ordering::Relaxed);
-        Some(self.members[n % self.members.len()])
-    }
 }
 
 /// Rules for one path table (one host pattern on one listener).
@@ -124,27 +116,16 @@ pub struct RouteSnapshot {
 }
 
 impl RouteSnapshot {
-    /// Builds the snapshot for `config` with the given members per pool (the route table's
+    /// Builds the snapshot for `config` over the given pool snapshots (the route table's
     /// current view of who is in rotation).
     pub fn build(
         config: &Config,
-        members: &BTreeMap<String, Vec<SocketAddr>>,
+        pools: &BTreeMap<String, Arc<Pool>>,
         generation: u64,
     ) -> RouteSnapshot {
-        let pools: HashMap<&str, Arc<Pool>> = config
-            .backend_pools
-            .keys()
-            .map(|name| {
-                let list = members.get(name).cloned().unwrap_or_default();
-                (
-                    name.as_str(),
-                    Arc::new(Pool::new(name.as_str().into(), list)),
-                )
-            })
-            .collect();
         let mut listeners: HashMap<String, ListenerRoutes> = HashMap::new();
         for rule in config.routing_rules.values() {
-            let Some(route) = resolve_rule(config, rule, &pools) else {
+            let Some(route) = resolve_rule(config, rule, pools) else {
                 continue; // validation guarantees references resolve; be defensive anyway
             };
             let routes = listeners.entry(rule.listener.clone()).or_default();
@@ -217,11 +198,11 @@ fn insert_paths(table: &mut PathTable, paths: &[PathPattern], route: &Arc<Route>
 fn resolve_rule(
     config: &Config,
     rule: &RoutingRuleConfig,
-    pools: &HashMap<&str, Arc<Pool>>,
+    pools: &BTreeMap<String, Arc<Pool>>,
 ) -> Option<Arc<Route>> {
     Some(Arc::new(Route {
         name: rule.name.as_str().into(),
-        pool: pools.get(rule.backend_pool.as_str())?.clone(),
+        pool: pools.get(&rule.backend_pool)?.clone(),
         settings: Arc::new(config.backend_settings.get(&rule.backend_settings)?.clone()),
         websocket: Arc::new(rule.websocket.clone()),
     }))
@@ -254,8 +235,142 @@ struct LiveSession {
     route: Arc<str>,
     backend: SocketAddr,
     opened: Instant,
-    #[allow(dead_code)] // read when routes are removed or members turn unhealthy (drain orders)
     control: Recipient<DrainSession>,
+}
+
+/// The last probe-health flip of a member, for `GET /backends`.
+#[derive(Debug, Clone)]
+struct Flip {
+    healthy: bool,
+    after: u32,
+    reason: String,
+    at: Instant,
+}
+
+/// Passive-health state of a member.
+#[derive(Debug, Clone, Default)]
+struct Ejection {
+    /// Set while ejected.
+    until: Option<Instant>,
+    /// Ejections in a row (each doubles the next one's length).
+    streak: u32,
+    /// Ejections since start-up.
+    total: u64,
+    /// When the last ejection ended.
+    last_return: Option<Instant>,
+    /// Length of the current (or last) ejection.
+    length: Duration,
+    /// The failure that caused the last ejection.
+    last_error: Option<String>,
+    /// Identifies the current ejection, so a stale re-admission timer does nothing.
+    epoch: u64,
+}
+
+/// The route table's view of one member.
+struct MemberState {
+    shared: Arc<Member>,
+    /// Index of the configured member it comes from (a DNS name may give several addresses).
+    entry: usize,
+    health: Health,
+    last_flip: Option<Flip>,
+    ejection: Ejection,
+}
+
+impl MemberState {
+    fn in_rotation(&self) -> bool {
+        self.health == Health::Healthy && self.ejection.until.is_none()
+    }
+
+    fn state(&self) -> &'static str {
+        match (self.ejection.until, self.health) {
+            (Some(_), _) => "ejected",
+            (None, Health::Healthy) => "healthy",
+            (None, Health::Unhealthy) => "unhealthy",
+            (None, Health::Unknown) => "unknown",
+        }
+    }
+}
+
+/// The route table's view of one pool.
+struct PoolState {
+    name: Arc<str>,
+    config: BackendPoolConfig,
+    /// The probe checking the members, if any.
+    probe: Option<String>,
+    /// The addresses each configured member stands for: itself, or a DNS name's last good set.
+    entries: Vec<Vec<SocketAddr>>,
+    members: BTreeMap<SocketAddr, MemberState>,
+    prober: Option<Recipient<ProbeTargets>>,
+}
+
+impl PoolState {
+    /// The pool's snapshot: its members in rotation, in address order.
+    fn snapshot(&self) -> Pool {
+        let members = self
+            .members
+            .values()
+            .filter(|m| m.in_rotation())
+            .map(|m| m.shared.clone())
+            .collect();
+        Pool::new(
+            self.name.clone(),
+            self.config.load_balancing,
+            &self.config.hash_key,
+            members,
+        )
+    }
+
+    /// Makes `members` match `entries`: new addresses get a fresh record (unknown when
+    /// probed), vanished ones are dropped. An address listed twice counts once (the first
+    /// entry's weight wins). Returns whether the set changed.
+    fn sync_members(&mut self, reporter: &Option<Recipient<MemberFailing>>) -> bool {
+        let mut wanted: BTreeMap<SocketAddr, usize> = BTreeMap::new();
+        for (entry, addrs) in self.entries.iter().enumerate() {
+            for addr in addrs {
+                wanted.entry(*addr).or_insert(entry);
+            }
+        }
+        let before = self.members.len();
+        self.members.retain(|addr, _| wanted.contains_key(addr));
+        let mut changed = self.members.len() != before;
+        for (addr, entry) in wanted {
+            if self.members.contains_key(&addr) {
+                continue;
+            }
+            changed = true;
+            let shared = Arc::new(Member::new(
+                addr,
+                self.config.members[entry].weight.get(),
+                self.name.clone(),
+                self.config.passive.failures,
+                reporter.clone(),
+            ));
+            let health = if self.probe.is_some() {
+                Health::Unknown
+            } else {
+                Health::Healthy
+            };
+            self.members.insert(
+                addr,
+                MemberState {
+                    shared,
+                    entry,
+                    health,
+                    last_flip: None,
+                    ejection: Ejection::default(),
+                },
+            );
+        }
+        changed
+    }
+
+    fn tell_prober(&self) {
+        if let Some(prober) = &self.prober {
+            prober.do_send(ProbeTargets {
+                members: self.members.values().map(|m| m.shared.clone()).collect(),
+            });
+        }
+    }
 }
 
 /// Owns routes, pool membership and the live-session registry; publishes [`RouteSnapshot`]s.
@@ -263,35 +378,230 @@ struct LiveSession {
 /// Runs on the System arbiter. Nothing on the request path waits for it.
 pub struct RouteTableActor {
     config: Arc<Config>,
-    members: BTreeMap<String, Vec<SocketAddr>>,
+    pools: BTreeMap<String, PoolState>,
     shared: SharedRoutes,
     sessions: HashMap<SessionId, LiveSession>,
+    /// Where members report crossed passive thresholds (this actor, once started).
+    reporter: Option<Recipient<MemberFailing>>,
+    /// How long building the last snapshot took.
+    last_build: Duration,
 }
 
 impl RouteTableActor {
-    /// Creates the actor for `config` with the resolved members of every pool, and the shared
-    /// handle the workers read from (already holding the first snapshot).
+    /// Creates the actor for `config` with the start-up resolution of its DNS members, and the
+    /// shared handle the workers read from (already holding the first snapshot). Members report
+    /// passive failures to `reporter`; `None` turns passive health off (tests of pure routing).
     pub fn new(
         config: Arc<Config>,
-        members: BTreeMap<String, Vec<SocketAddr>>,
+        resolved: &[(Arc<str>, Vec<DnsMember>)],
+        reporter: Option<Recipient<MemberFailing>>,
     ) -> (RouteTableActor, SharedRoutes) {
-        let first = RouteSnapshot::build(&config, &members, 1);
-        let shared: SharedRoutes = Arc::new(ArcSwap::from_pointee(first));
-        let actor = RouteTableActor {
+        let mut pools = BTreeMap::new();
+        for (name, pool) in &config.backend_pools {
+            let mut entries: Vec<Vec<SocketAddr>> = pool
+                .members
+                .iter()
+                .map(|m| match m.address {
+                    tether_config::Member::Addr(addr) => vec![addr],
+                    tether_config::Member::Dns { .. } => Vec::new(),
+                })
+                .collect();
+            for (_, dns) in resolved.iter().filter(|(pool, _)| **pool == **name) {
+                for member in dns {
+                    if let Some(slot) = entries.get_mut(member.entry) {
+                        slot.clone_from(&member.addrs);
+                    }
+                }
+            }
+            let mut state = PoolState {
+                name: name.as_str().into(),
+                config: pool.clone(),
+                probe: config.pool_probe(name).map(|p| p.probe.name.clone()),
+                entries,
+                members: BTreeMap::new(),
+                prober: None,
+            };
+            state.sync_members(&reporter);
+            pools.insert(name.clone(), state);
+        }
+        let shared: SharedRoutes = Arc::new(ArcSwap::from_pointee(RouteSnapshot::default()));
+        let mut actor = RouteTableActor {
             config,
-            members,
+            pools,
             shared: shared.clone(),
             sessions: HashMap::new(),
+            reporter,
+            last_build: Duration::ZERO,
         };
+        actor.publish();
         (actor, shared)
     }
 
+    /// Starts the actor on the current arbiter, its members reporting passive failures to it.
+    pub fn start(
+        config: Arc<Config>,
+        resolved: &[(Arc<str>, Vec<DnsMember>)],
+    ) -> (Addr<RouteTableActor>, SharedRoutes) {
+        let mut routes = None;
+        let addr = RouteTableActor::create(|ctx| {
+            let (actor, shared) =
+                RouteTableActor::new(config, resolved, Some(ctx.address().recipient()));
+            routes = Some(shared);
+            actor
+        });
+        (addr, routes.expect("create runs its closure at once"))
+    }
+
     /// Builds and publishes a snapshot from the current configuration and membership.
-    #[allow(dead_code)] // used by membership and reload messages as they land
     fn publish(&mut self) {
+        let started = Instant::now();
         let generation = self.shared.load().generation + 1;
-        let snapshot = RouteSnapshot::build(&self.config, &self.members, generation);
+        let pools: BTreeMap<String, Arc<Pool>> = self
+            .pools
+            .iter()
+            .map(|(name, pool)| (name.clone(), Arc::new(pool.snapshot())))
+            .collect();
+        let snapshot = RouteSnapshot::build(&self.config, &pools, generation);
         self.shared.store(Arc::new(snapshot));
+        self.last_build = started.elapsed();
+        tracing::debug!(
+            generation,
+            build_us = self.last_build.as_micros() as u64,
+            "route snapshot published"
+        );
+    }
+
+    /// Asks every session on `member` of `pool` whose rule says `on_backend_unhealthy =
+    /// "drain"` to end. A session's backend address carries its settings' port override, so
+    /// the member is compared under each rule's override.
+    fn drain_sessions_on(&self, pool: &str, member: SocketAddr) -> usize {
+        let mut drained = 0;
+        for live in self.sessions.values() {
+            let Some(rule) = self.config.routing_rules.get(&*live.route) else {
+                continue;
+            };
+            if rule.backend_pool != pool
+                || rule.websocket.on_backend_unhealthy != OnBackendUnhealthy::Drain
+            {
+                continue;
+            }
+            let mut target = member;
+            if let Some(port) = self
+                .config
+                .backend_settings
+                .get(&rule.backend_settings)
+                .and_then(|s| s.port)
+            {
+                target.set_port(port);
+            }
+            if live.backend == target {
+                live.control.do_send(DrainSession {
+                    reason: DrainReason::BackendUnhealthy,
+                    grace: rule.websocket.drain_grace,
+                });
+                drained += 1;
+            }
+        }
+        drained
+    }
+
+    /// Ends an ejection (if `epoch` is still the current one).
+    fn readmit(&mut self, pool: &str, addr: SocketAddr, epoch: u64) {
+        let Some(state) = self.pools.get_mut(pool) else {
+            return;
+        };
+        let Some(member) = state.members.get_mut(&addr) else {
+            return;
+        };
+        if member.ejection.epoch != epoch || member.ejection.until.is_none() {
+            return;
+        }
+        member.ejection.until = None;
+        member.ejection.last_return = Some(Instant::now());
+        member.shared.reset_passive();
+        let back = member.in_rotation();
+        tracing::info!(
+            pool,
+            member = %addr,
+            after = ?member.ejection.length,
+            in_rotation = back,
+            "ejection over"
+        );
+        if back {
+            self.publish();
+        }
+    }
+
+    /// Every pool and member with its state, for `GET /backends`.
+    fn status(&self) -> BackendsStatus {
+        let now = Instant::now();
+        let ms = |d: Duration| d.as_millis() as u64;
+        let pools = self
+            .pools
+            .values()
+            .map(|pool| {
+                let members: Vec<MemberStatus> = pool
+                    .members
+                    .values()
+                    .map(|m| {
+                        let probe = m.shared.probe_report();
+                        MemberStatus {
+                            address: m.shared.addr,
+                            configured_as: pool.config.members[m.entry].to_string(),
+                            weight: m.shared.weight,
+                            state: m.state(),
+                            in_rotation: m.in_rotation(),
+                            live_sessions: m.shared.sessions(),
+                            in_flight_requests: m.shared.requests(),
+                            consecutive_successes: probe
+                                .as_ref()
+                                .map_or(0, |p| p.consecutive_successes),
+                            consecutive_failures: probe
+                                .as_ref()
+                                .map_or(0, |p| p.consecutive_failures),
+                            last_probe: probe.map(|p| LastProbe {
+                                ok: p.ok,
+                                result: p.detail,
+                                latency_ms: p.latency.as_secs_f64() * 1e3,
+                                ago_ms: ms(now.saturating_duration_since(p.at)),
+                            }),
+                            last_change: m.last_flip.as_ref().map(|f| LastChange {
+                                to: if f.healthy { "healthy" } else { "unhealthy" },
+                                after: f.after,
+                                reason: f.reason.clone(),
+                                ago_ms: ms(now.saturating_duration_since(f.at)),
+                            }),
+                            passive: PassiveStatus {
+                                consecutive_failures: m.shared.passive_failures(),
+                                ejections: m.ejection.total,
+                                ejection_ms: (m.ejection.total > 0).then(|| ms(m.ejection.length)),
+                                ejected_for_ms: m
+                                    .ejection
+                                    .until
+                                    .map(|until| ms(until.saturating_duration_since(now))),
+                                last_error: m.ejection.last_error.clone(),
+                            },
+                        }
+                    })
+                    .collect();
+                PoolStatus {
+                    name: pool.name.to_string(),
+                    load_balancing: pool.config.load_balancing,
+                    hash_key: (pool.config.load_balancing == LoadBalancing::ConsistentHash)
+                        .then(|| pool.config.hash_key.to_string()),
+                    probe: pool.probe.clone(),
+                    passive_failures: pool.config.passive.failures,
+                    in_rotation: members.iter().filter(|m| m.in_rotation).count(),
+                    members,
+                }
+            })
+            .collect();
+        BackendsStatus {
+            generation: self.shared.load().generation,
+            snapshot_build_us: self.last_build.as_micros() as u64,
+            live_sessions: self.sessions.len(),
+            pools,
+        }
     }
 }
 
@@ -339,6 +649,249 @@ impl Handler<LiveSessions> for RouteTableActor {
     }
 }
 
+impl Handler<MemberHealthChanged> for RouteTableActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MemberHealthChanged, _: &mut Context<Self>) {
+        let Some(pool) = self.pools.get_mut(&*msg.pool) else {
+            return;
+        };
+        let Some(member) = pool.members.get_mut(&msg.member) else {
+            return; // removed (DNS) while the probe ran
+        };
+        let before = member.health;
+        let was_in = member.in_rotation();
+        member.health = if msg.healthy {
+            Health::Healthy
+        } else {
+            Health::Unhealthy
+        };
+        member.last_flip = Some(Flip {
+            healthy: msg.healthy,
+            after: msg.consecutive,
+            reason: msg.last_result.clone(),
+            at: Instant::now(),
+        });
+        let now_in = member.in_rotation();
+        if msg.healthy {
+            tracing::info!(
+                pool = %msg.pool,
+                member = %msg.member,
+                successes = msg.consecutive,
+                last_probe = %msg.last_result,
+                in_rotation = now_in,
+                "backend member is healthy"
+            );
+        } else {
+            tracing::warn!(
+                pool = %msg.pool,
+                member = %msg.member,
+                failures = msg.consecutive,
+                last_probe = %msg.last_result,
+                "backend member is unhealthy; no new requests or sessions go to it"
+            );
+        }
+        if was_in != now_in {
+            self.publish();
+        }
+        if !msg.healthy && before == Health::Healthy {
+            let drained = self.drain_sessions_on(&msg.pool, msg.member);
+            if drained > 0 {
+                tracing::info!(pool = %msg.pool, member = %msg.member, sessions = drained, "draining sessions on the unhealthy member");
+            }
+        }
+    }
+}
+
+impl Handler<MemberFailing> for RouteTableActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MemberFailing, ctx: &mut Context<Self>) {
+        let Some(pool) = self.pools.get_mut(&*msg.pool) else {
+            return;
+        };
+        let passive = pool.config.passive.clone();
+        let Some(member) = pool.members.get_mut(&msg.member) else {
+            return;
+        };
+        if passive.failures == 0 || member.ejection.until.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let ejection = &mut member.ejection;
+        if ejection
+            .last_return
+            .is_some_and(|back| now.saturating_duration_since(back) >= passive.max_ejection)
+        {
+            ejection.streak = 0;
+        }
+        let length = passive
+            .ejection
+            .checked_mul(1u32 << ejection.streak.min(20))
+            .unwrap_or(passive.max_ejection)
+            .min(passive.max_ejection);
+        ejection.streak = ejection.streak.saturating_add(1);
+        ejection.total += 1;
+        ejection.until = Some(now + length);
+        ejection.length = length;
+        ejection.last_error = Some(msg.last_error.clone());
+        ejection.epoch += 1;
+        let epoch = ejection.epoch;
+        tracing::warn!(
+            pool = %msg.pool,
+            member = %msg.member,
+            failures = msg.failures,
+            last_error = %msg.last_error,
+            ejected_for = ?length,
+            "backend member ejected by passive health"
+        );
+        let pool_name = msg.pool.clone();
+        let addr = msg.member;
+        ctx.run_later(length, move |act, _| act.readmit(&pool_name, addr, epoch));
+        self.publish();
+    }
+}
+
+impl Handler<MembersResolved> for RouteTableActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MembersResolved, _: &mut Context<Self>) {
+        let Some(pool) = self.pools.get_mut(&*msg.pool) else {
+            return;
+        };
+        let Some(slot) = pool.entries.get_mut(msg.entry) else {
+            return;
+        };
+        *slot = msg.addrs;
+        if pool.sync_members(&self.reporter) {
+            pool.tell_prober();
+            self.publish();
+        }
+    }
+}
+
+impl Handler<AttachProber> for RouteTableActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AttachProber, _: &mut Context<Self>) {
+        if let Some(pool) = self.pools.get_mut(&*msg.pool) {
+            pool.prober = Some(msg.prober);
+            pool.tell_prober();
+        }
+    }
+}
+
+impl Handler<BackendsReport> for RouteTableActor {
+    type Result = MessageResult<BackendsReport>;
+
+    fn handle(&mut self, _: BackendsReport, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.status())
+    }
+}
+
+/// `GET /backends`: every pool and member with its state.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackendsStatus {
+    /// The generation of the published snapshot.
+    pub generation: u64,
+    /// How long building the last snapshot took, in microseconds.
+    pub snapshot_build_us: u64,
+    /// WebSocket sessions registered with the route table.
+    pub live_sessions: usize,
+    /// Every pool, by name.
+    pub pools: Vec<PoolStatus>,
+}
+
+/// One pool in `GET /backends`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PoolStatus {
+    /// The pool's name.
+    pub name: String,
+    /// Its balancing policy.
+    pub load_balancing: LoadBalancing,
+    /// What `consistent_hash` hashes (only for that policy).
+    pub hash_key: Option<String>,
+    /// The probe checking its members, if any.
+    pub probe: Option<String>,
+    /// `passive.failures` (0 = passive health off).
+    pub passive_failures: u32,
+    /// How many members are in rotation.
+    pub in_rotation: usize,
+    /// Every member, in rotation or not, by address.
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member in `GET /backends`.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemberStatus {
+    /// The address traffic goes to (before a settings' port override).
+    pub address: SocketAddr,
+    /// The configured member it comes from, as written (`10.0.0.5:5000`,
+    /// `chat.internal:5000 weight=2`).
+    pub configured_as: String,
+    /// Its weight.
+    pub weight: u32,
+    /// `healthy`, `unhealthy`, `unknown` (not probed successfully yet) or `ejected`.
+    pub state: &'static str,
+    /// Whether new requests and sessions may go to it.
+    pub in_rotation: bool,
+    /// WebSocket sessions on it now.
+    pub live_sessions: usize,
+    /// Requests (and handshakes) in flight to it now.
+    pub in_flight_requests: usize,
+    /// Consecutive successful probes.
+    pub consecutive_successes: u32,
+    /// Consecutive failed probes.
+    pub consecutive_failures: u32,
+    /// The latest probe, if probed.
+    pub last_probe: Option<LastProbe>,
+    /// The latest health flip, if any.
+    pub last_change: Option<LastChange>,
+    /// Passive health.
+    pub passive: PassiveStatus,
+}
+
+/// The latest probe of a member.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastProbe {
+    /// Whether it passed.
+    pub ok: bool,
+    /// What happened (`status 200`, `connect to … failed: Connection refused`, …).
+    pub result: String,
+    /// How long it took.
+    pub latency_ms: f64,
+    /// How long ago it finished.
+    pub ago_ms: u64,
+}
+
+/// The latest probe-health flip of a member.
+#[derive(Debug, Clone, Serialize)]
+pub struct LastChange {
+    /// `healthy` or `unhealthy`.
+    pub to: &'static str,
+    /// After how many consecutive probes.
+    pub after: u32,
+    /// The last probe's result.
+    pub reason: String,
+    /// How long ago.
+    pub ago_ms: u64,
+}
+
+/// Passive health of a member.
+#[derive(Debug, Clone, Serialize)]
+pub struct PassiveStatus {
+    /// Consecutive connect or gateway failures the data path has seen.
+    pub consecutive_failures: u32,
+    /// Ejections since start-up.
+    pub ejections: u64,
+    /// Length of the current or last ejection.
+    pub ejection_ms: Option<u64>,
+    /// Time left of the current ejection, if ejected.
+    pub ejected_for_ms: Option<u64>,
+    /// The failure that caused the last ejection.
+    pub last_error: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -359,16 +912,6 @@ mod tests {
         );
         let mut buf = [0u8; 256];
         assert_eq!(normalize_host("", &mut buf), None);
-    }
-
-    #[test]
-    fn pool_round_robin_and_empty() {
-        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
-        let pool = Pool::new("p".into(), vec![a, b]);
-        let picks: Vec<_> = (0..4).map(|_| pool.pick().unwrap()).collect();
-        assert_eq!(picks, vec![a, b, a, b]);
-        assert_eq!(Pool::new("e".into(), vec![]).pick(), None);
     }
 
     fn config(toml: &str) -> Config {
@@ -412,8 +955,9 @@ mod tests {
             backend_settings = "s"
             "#,
         );
-        let members = BTreeMap::from([("p".to_string(), vec!["127.0.0.1:1".parse().unwrap()])]);
-        let snap = RouteSnapshot::build(&cfg, &members, 1);
+        let (table, routes) = RouteTableActor::new(Arc::new(cfg), &[], None);
+        drop(table);
+        let snap = routes.load();
         let name = |host: Option<&str>, path: &str| {
             snap.lookup("public", host, path)
                 .map(|r| r.name.to_string())
@@ -428,5 +972,207 @@ mod tests {
         assert_eq!(name(Some("api.example.com"), "/chat/x"), "wild");
         assert_eq!(name(Some("example.com"), "/chat/x"), "chat");
         assert!(snap.lookup("other", None, "/").is_none());
+    }
+
+    const TWO_PROBED: &str = r#"
+        [listeners.public]
+        bind = "127.0.0.1:0"
+        [backend_pools.p]
+        members = ["127.0.0.1:1", "127.0.0.1:2 weight=2"]
+        load_balancing = "round_robin"
+        passive = { failures = 2, ejection = "40ms", max_ejection = "100ms" }
+        [backend_settings.s]
+        probe = "h"
+        [probes.h]
+        interval = "1h"
+        timeout = "1s"
+        [routing_rules.r]
+        listener = "public"
+        backend_pool = "p"
+        backend_settings = "s"
+        "#;
+
+    fn in_rotation(routes: &SharedRoutes) -> Vec<u16> {
+        let snap = routes.load();
+        let route = snap.lookup("public", None, "/").expect("route");
+        route.pool.members().iter().map(|m| m.addr.port()).collect()
+    }
+
+    fn flip(port: u16, healthy: bool) -> MemberHealthChanged {
+        MemberHealthChanged {
+            pool: "p".into(),
+            member: SocketAddr::from(([127, 0, 0, 1], port)),
+            healthy,
+            consecutive: if healthy { 1 } else { 3 },
+            last_result: if healthy {
+                "status 200"
+            } else {
+                "status 500 (expected 200-399)"
+            }
+            .into(),
+        }
+    }
+
+    /// Waits (bounded) until `f` holds for the published routes.
+    async fn until(routes: &SharedRoutes, what: &str, f: impl Fn(&SharedRoutes) -> bool) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !f(routes) {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not within 5s"));
+    }
+
+    #[actix::test]
+    async fn probe_flips_move_members_in_and_out_of_rotation() {
+        let (table, routes) = RouteTableActor::start(Arc::new(config(TWO_PROBED)), &[]);
+        // Probed members start unknown: nothing in rotation.
+        assert!(in_rotation(&routes).is_empty());
+        table.send(flip(2, true)).await.unwrap();
+        assert_eq!(in_rotation(&routes), [2]);
+        table.send(flip(1, true)).await.unwrap();
+        assert_eq!(in_rotation(&routes), [1, 2]);
+        table.send(flip(1, false)).await.unwrap();
+        assert_eq!(in_rotation(&routes), [2]);
+        let status = table.send(BackendsReport).await.unwrap();
+        let pool = &status.pools[0];
+        assert_eq!((pool.name.as_str(), pool.in_rotation), ("p", 1));
+        assert_eq!(pool.members[0].state, "unhealthy");
+        let change = pool.members[0].last_change.as_ref().unwrap();
+        assert_eq!((change.to, change.after), ("unhealthy", 3));
+        assert_eq!(change.reason, "status 500 (expected 200-399)");
+        assert_eq!(
+            (pool.members[1].state, pool.members[1].weight),
+            ("healthy", 2)
+        );
+    }
+
+    #[actix::test]
+    async fn passive_ejection_doubles_on_repeat_up_to_the_cap() {
+        let (table, routes) = RouteTableActor::start(Arc::new(config(TWO_PROBED)), &[]);
+        table.send(flip(1, true)).await.unwrap();
+        table.send(flip(2, true)).await.unwrap();
+        let member_1 = || {
+            routes
+                .load()
+                .lookup("public", None, "/")
+                .unwrap()
+                .pool
+                .members()[0]
+                .clone()
+        };
+        let mut lengths = Vec::new();
+        for _ in 0..3 {
+            // Two failures on the data path: the second crosses the threshold and reports.
+            let m = member_1();
+            assert_eq!(m.addr.port(), 1);
+            m.passive_failure(&"connection refused");
+            m.passive_failure(&"connection refused");
+            until(&routes, "ejected", |r| in_rotation(r) == [2]).await;
+            let status = table.send(BackendsReport).await.unwrap();
+            let passive = &status.pools[0].members[0].passive;
+            assert_eq!(status.pools[0].members[0].state, "ejected");
+            assert_eq!(passive.last_error.as_deref(), Some("connection refused"));
+            lengths.push(passive.ejection_ms.unwrap());
+            until(&routes, "re-admitted", |r| in_rotation(r) == [1, 2]).await;
+            assert_eq!(member_1().passive_failures(), 0);
+        }
+        assert_eq!(lengths, [40, 80, 100]);
+        let status = table.send(BackendsReport).await.unwrap();
+        assert_eq!(status.pools[0].members[0].passive.ejections, 3);
+    }
+
+    #[actix::test]
+    async fn a_failure_below_the_threshold_sends_nothing_and_success_resets() {
+        let (table, routes) = RouteTableActor::start(Arc::new(config(TWO_PROBED)), &[]);
+        table.send(flip(1, true)).await.unwrap();
+        let m = routes
+            .load()
+            .lookup("public", None, "/")
+            .unwrap()
+            .pool
+            .members()[0]
+            .clone();
+        m.passive_failure(&"refused");
+        m.passive_success();
+        m.passive_failure(&"refused");
+        assert_eq!(m.passive_failures(), 1);
+        // A round trip through the mailbox: had anything been reported, it is handled by now.
+        let status = table.send(BackendsReport).await.unwrap();
+        assert_eq!(status.pools[0].members[0].passive.ejections, 0);
+        assert_eq!(in_rotation(&routes), [1]);
+    }
+
+    #[actix::test]
+    async fn dns_members_follow_their_resolution() {
+        let cfg = config(
+            r#"
+            [listeners.public]
+            bind = "127.0.0.1:0"
+            [backend_pools.p]
+            members = ["127.0.0.1:9", "app.test:80 weight=3"]
+            [backend_settings.s]
+            [routing_rules.r]
+            listener = "public"
+            backend_pool = "p"
+            backend_settings = "s"
+            "#,
+        );
+        let a: SocketAddr = "127.0.0.2:80".parse().unwrap();
+        let b: SocketAddr = "127.0.0.3:80".parse().unwrap();
+        let resolved = vec![(
+            Arc::<str>::from("p"),
+            vec![DnsMember {
+                entry: 1,
+                host: "app.test".into(),
+                port: 80,
+                addrs: vec![a],
+                refresh: Duration::from_secs(1),
+            }],
+        )];
+        let (table, routes) = RouteTableActor::start(Arc::new(cfg), &resolved);
+        let addrs = |r: &SharedRoutes| -> Vec<SocketAddr> {
+            r.load()
+                .lookup("public", None, "/")
+                .unwrap()
+                .pool
+                .members()
+                .iter()
+                .map(|m| m.addr)
+                .collect()
+        };
+        assert_eq!(addrs(&routes), ["127.0.0.1:9".parse().unwrap(), a]);
+        let kept = routes
+            .load()
+            .lookup("public", None, "/")
+            .unwrap()
+            .pool
+            .members()[0]
+            .clone();
+        table
+            .send(MembersResolved {
+                pool: "p".into(),
+                entry: 1,
+                addrs: vec![b],
+            })
+            .await
+            .unwrap();
+        assert_eq!(addrs(&routes), ["127.0.0.1:9".parse().unwrap(), b]);
+        // The static member's record (and its counters) carried over.
+        let now = routes
+            .load()
+            .lookup("public", None, "/")
+            .unwrap()
+            .pool
+            .members()[0]
+            .clone();
+        assert!(Arc::ptr_eq(&kept, &now));
+        let status = table.send(BackendsReport).await.unwrap();
+        let dns = &status.pools[0].members[1];
+        assert_eq!(
+            (dns.configured_as.as_str(), dns.weight),
+            ("app.test:80 weight=3", 3)
+        );
     }
 }

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
+use crate::balance::MemberLease;
 use crate::messages::{DrainSession, SessionEnded, SessionOpened};
 use crate::pump::{self, DirectionEnd};
 use crate::shutdown::{ShutdownSignal, TrackToken};
@@ -112,6 +113,9 @@ pub struct SessionInfo {
     pub backend: SocketAddr,
     /// The client's address.
     pub client: SocketAddr,
+    /// Counts this session on its backend member while the session lives (least_connections
+    /// and `GET /backends` read it); dropped with the actor.
+    pub lease: Option<MemberLease>,
 }
 
 /// State the actor shares with its pump (same thread: `Rc` and `Cell`, no lock).

@@ -19,6 +19,7 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::balance::MemberLease;
 use crate::error::ProxyError;
 
 /// The body of a request to a backend: the client's body streamed through, or empty (then the
@@ -42,9 +43,18 @@ pub struct PooledConnection {
     sender: Sender,
     backend: SocketAddr,
     pool: Rc<UpstreamPool>,
+    /// Counts the request on its member until the response body is done.
+    lease: Option<MemberLease>,
 }
 
 impl PooledConnection {
+    /// Keeps `lease` (the request's claim on its member) until the connection is released or
+    /// dropped, i.e. until the response body has been relayed.
+    pub fn holding(mut self, lease: MemberLease) -> PooledConnection {
+        self.lease = Some(lease);
+        self
+    }
+
     /// Returns the connection to the pool (dropped instead if closed or the pool is full).
     pub fn release(self) {
         if self.sender.is_closed() {
@@ -127,6 +137,7 @@ impl UpstreamPool {
                         sender,
                         backend,
                         pool: self.clone(),
+                        lease: None,
                     };
                     return Ok((resp, conn));
                 }

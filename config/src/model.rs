@@ -39,8 +39,31 @@ pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// `listeners.NAME.request_head_timeout`: how long a client may take to send its request
 /// head (a guard against slow-header attacks).
 pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// `backend_pools.NAME.load_balancing`.
-pub const DEFAULT_LOAD_BALANCING: LoadBalancing = LoadBalancing::RoundRobin;
+/// `backend_pools.NAME.load_balancing`: least connections, because WebSocket sessions are
+/// long-lived and uneven — round robin spreads *new* sessions evenly, not the load they carry.
+pub const DEFAULT_LOAD_BALANCING: LoadBalancing = LoadBalancing::LeastConnections;
+/// `backend_pools.NAME.hash_key`: what `consistent_hash` hashes when nothing else is said.
+pub const DEFAULT_HASH_KEY: HashKey = HashKey::ClientIp;
+/// A member's weight when its entry has no `weight=N`.
+pub const DEFAULT_WEIGHT: NonZeroU32 = NonZeroU32::new(1).unwrap();
+/// The largest member weight. Weights are ratios between members of one pool; a bound keeps
+/// the balancing arithmetic (sums and products of weights and loads) far from overflow.
+pub const MAX_WEIGHT: u32 = 1000;
+/// `backend_pools.NAME.passive.failures`: consecutive connect or gateway failures that eject a
+/// member (as Envoy's outlier detection counts them); `0` turns passive health off.
+pub const DEFAULT_PASSIVE_FAILURES: u32 = 5;
+/// `backend_pools.NAME.passive.ejection`: how long the first ejection lasts; each repeat doubles it.
+pub const DEFAULT_PASSIVE_EJECTION: Duration = Duration::from_secs(30);
+/// `backend_pools.NAME.passive.max_ejection`: the cap of the doubling ejection time.
+pub const DEFAULT_PASSIVE_MAX_EJECTION: Duration = Duration::from_secs(300);
+/// `dns.min_ttl`: a DNS answer is re-resolved no sooner than this, whatever its TTL says, so a
+/// zero TTL cannot turn the resolver into a busy loop.
+pub const DEFAULT_DNS_MIN_TTL: Duration = Duration::from_secs(5);
+/// `dns.max_ttl`: a DNS answer is re-resolved at least this often, whatever its TTL says, so a
+/// moved backend is noticed even behind a long TTL.
+pub const DEFAULT_DNS_MAX_TTL: Duration = Duration::from_secs(300);
+/// The port of a `dns.name_servers` entry written without one.
+pub const DEFAULT_DNS_PORT: u16 = 53;
 /// `backend_settings.NAME.protocol`.
 pub const DEFAULT_BACKEND_PROTOCOL: BackendProtocol = BackendProtocol::Http;
 /// `backend_settings.NAME.request_timeout`. As in Application Gateway it also bounds how long
@@ -98,9 +121,31 @@ pub struct Config {
     pub probes: BTreeMap<String, ProbeConfig>,
     /// Routing rules by name.
     pub routing_rules: BTreeMap<String, RoutingRuleConfig>,
+    /// How DNS members are resolved.
+    pub dns: DnsConfig,
 }
 
 impl Config {
+    /// The probe that checks `pool`'s members, with the port it probes when the probe names
+    /// none: the probe of the backend settings the pool's routing rules use (the first rule by
+    /// name decides; validation refuses a pool that two rules would probe differently).
+    /// `None` when no rule's settings name a probe: the members are then always in rotation.
+    pub fn pool_probe(&self, pool: &str) -> Option<PoolProbe<'_>> {
+        self.routing_rules
+            .values()
+            .filter(|rule| rule.backend_pool == pool)
+            .filter_map(|rule| {
+                let settings = self.backend_settings.get(&rule.backend_settings)?;
+                let probe = self.probes.get(settings.probe.as_deref()?)?;
+                Some(PoolProbe {
+                    probe,
+                    settings,
+                    port: probe.port.or(settings.port),
+                })
+            })
+            .next()
+    }
+
     /// The effective configuration as TOML a person can read and paste back: durations as
     /// `40s`, sizes as `1MiB`, patterns as written. `from_toml_str` of the result gives back
     /// an equal `Config`.
@@ -108,6 +153,29 @@ impl Config {
         toml::to_string(&crate::raw::RawConfig::from(self))
             .expect("the raw configuration holds only strings, small integers, tables and lists")
     }
+}
+
+/// The probe a pool's members get, and where it is sent (see [`Config::pool_probe`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolProbe<'a> {
+    /// The probe.
+    pub probe: &'a ProbeConfig,
+    /// The backend settings that name it (their protocol and host override).
+    pub settings: &'a BackendSettingsConfig,
+    /// The port probed: the probe's `port`, else the settings' `port`; `None` = each member's own.
+    pub port: Option<u16>,
+}
+
+/// `[dns]`: how `host:port` members are resolved and re-resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Name servers asked, in order (`ip` or `ip:port`); empty = the system's
+    /// (`/etc/resolv.conf`).
+    pub name_servers: Vec<SocketAddr>,
+    /// Shortest time between two resolutions of a name; default [`DEFAULT_DNS_MIN_TTL`].
+    pub min_ttl: Duration,
+    /// Longest time between two resolutions of a name; default [`DEFAULT_DNS_MAX_TTL`].
+    pub max_ttl: Duration,
 }
 
 /// `[admin]`
@@ -187,9 +255,149 @@ pub struct BackendPoolConfig {
     /// The pool's name (its key in `backend_pools`).
     pub name: String,
     /// At least one member.
-    pub members: Vec<Member>,
+    pub members: Vec<PoolMember>,
     /// How a member is picked; default [`DEFAULT_LOAD_BALANCING`].
     pub load_balancing: LoadBalancing,
+    /// What `consistent_hash` hashes; default [`DEFAULT_HASH_KEY`]. Unused by other policies.
+    pub hash_key: HashKey,
+    /// Ejection of members the data path sees failing.
+    pub passive: PassiveHealthConfig,
+}
+
+/// One entry of `backend_pools.NAME.members`: an address and its weight, written
+/// `"10.0.0.5:5000"` or `"10.0.0.5:5000 weight=3"` (a string, so that it also fits in a
+/// comma-separated environment variable).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolMember {
+    /// Where the member is.
+    pub address: Member,
+    /// Its share of new requests and sessions relative to the other members; default
+    /// [`DEFAULT_WEIGHT`], at most [`MAX_WEIGHT`]. Every address a DNS name resolves to gets it.
+    pub weight: NonZeroU32,
+}
+
+impl PoolMember {
+    /// A member of weight 1.
+    pub fn new(address: Member) -> PoolMember {
+        PoolMember {
+            address,
+            weight: DEFAULT_WEIGHT,
+        }
+    }
+}
+
+impl fmt::Display for PoolMember {
+    /// The written form: the address, then ` weight=N` unless the weight is the default.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.weight == DEFAULT_WEIGHT {
+            write!(f, "{}", self.address)
+        } else {
+            write!(f, "{} weight={}", self.address, self.weight)
+        }
+    }
+}
+
+impl FromStr for PoolMember {
+    type Err = ParseError;
+
+    /// Parses `address` or `address weight=N` (see [`Member`] for the address forms).
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let mut words = s.split_whitespace();
+        let address: Member = words.next().unwrap_or_default().parse()?;
+        let mut weight = DEFAULT_WEIGHT;
+        for word in words {
+            let invalid = || {
+                ParseError::new(format!(
+                    "invalid member \"{s}\": after the address only \"weight=N\" may follow \
+                     (N from 1 to {MAX_WEIGHT}), e.g. \"{address} weight=3\""
+                ))
+            };
+            let n = word.strip_prefix("weight=").ok_or_else(invalid)?;
+            weight = n
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n <= MAX_WEIGHT)
+                .and_then(NonZeroU32::new)
+                .ok_or_else(invalid)?;
+        }
+        Ok(PoolMember { address, weight })
+    }
+}
+
+/// What `consistent_hash` hashes to pick a member, so that a reconnecting client lands on the
+/// same member while that member is in rotation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HashKey {
+    /// The client's IP address (`client_ip`).
+    ClientIp,
+    /// A request header (`header:x-user-id`), lowercase; requests without it hash the client IP.
+    Header(String),
+    /// A cookie (`cookie:session`); requests without it hash the client IP.
+    Cookie(String),
+}
+
+impl fmt::Display for HashKey {
+    /// The written form: `client_ip`, `header:NAME` or `cookie:NAME`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HashKey::ClientIp => f.write_str("client_ip"),
+            HashKey::Header(name) => write!(f, "header:{name}"),
+            HashKey::Cookie(name) => write!(f, "cookie:{name}"),
+        }
+    }
+}
+
+impl FromStr for HashKey {
+    type Err = ParseError;
+
+    /// Parses `client_ip`, `header:NAME` or `cookie:NAME` (NAME an RFC 9110 token).
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        let invalid = || {
+            ParseError::new(format!(
+                "invalid hash key \"{s}\": expected \"client_ip\", \"header:NAME\" or \"cookie:NAME\", \
+                 e.g. \"header:x-user-id\""
+            ))
+        };
+        if s == "client_ip" {
+            return Ok(HashKey::ClientIp);
+        }
+        let (kind, name) = s.split_once(':').ok_or_else(invalid)?;
+        if !is_token(name) {
+            return Err(invalid());
+        }
+        match kind {
+            "header" => Ok(HashKey::Header(name.to_ascii_lowercase())),
+            "cookie" => Ok(HashKey::Cookie(name.to_owned())),
+            _ => Err(invalid()),
+        }
+    }
+}
+
+/// `[backend_pools.NAME.passive]`: passive health. The data path counts each member's
+/// consecutive connect failures and gateway failures (502/503/504 from the backend, a reset, a
+/// response-head timeout) and ejects the member when the count reaches `failures`,
+/// independently of any probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveHealthConfig {
+    /// Consecutive failures that eject a member; `0` = passive health off; default
+    /// [`DEFAULT_PASSIVE_FAILURES`].
+    pub failures: u32,
+    /// The first ejection's length; it doubles with each repeat; default
+    /// [`DEFAULT_PASSIVE_EJECTION`].
+    pub ejection: Duration,
+    /// The longest ejection; default [`DEFAULT_PASSIVE_MAX_EJECTION`]. A member that stays in
+    /// rotation this long after an ejection starts again from `ejection`.
+    pub max_ejection: Duration,
+}
+
+impl Default for PassiveHealthConfig {
+    fn default() -> Self {
+        PassiveHealthConfig {
+            failures: DEFAULT_PASSIVE_FAILURES,
+            ejection: DEFAULT_PASSIVE_EJECTION,
+            max_ejection: DEFAULT_PASSIVE_MAX_EJECTION,
+        }
+    }
 }
 
 /// One backend address: an IP address or a DNS name, with a port.
@@ -538,6 +746,13 @@ pub(crate) fn format_status_range(range: &RangeInclusive<u16>) -> String {
     } else {
         format!("{}-{}", range.start(), range.end())
     }
+}
+
+/// An HTTP token (RFC 9110 §5.6.2): header names, cookie names and WebSocket subprotocols.
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
 }
 
 /// A DNS host name: dot-separated labels of letters, digits, `-` and `_` (1–63 characters,

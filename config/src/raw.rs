@@ -18,7 +18,7 @@ use crate::de::{from_node, from_node_with};
 use crate::error::{unknown_field, ConfigError};
 use crate::model::{
     format_status_range, BackendProtocol, Config, Inspect, ListenerProtocol, LoadBalancing,
-    LogFormat, Member, OnBackendUnhealthy, ProbeKind,
+    LogFormat, OnBackendUnhealthy, PoolMember, ProbeKind,
 };
 use crate::sources::{Node, Value};
 use crate::units::{format_duration, format_size};
@@ -44,6 +44,8 @@ pub(crate) struct RawConfig {
     pub probes: BTreeMap<String, RawProbe>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub routing_rules: BTreeMap<String, RawRoutingRule>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns: Option<RawDns>,
 }
 
 /// The keys allowed at the top level of a configuration file.
@@ -57,6 +59,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "backend_settings",
     "probes",
     "routing_rules",
+    "dns",
 ];
 
 /// `[admin]`
@@ -68,6 +71,27 @@ pub(crate) struct RawAdmin {
         skip_serializing_if = "Option::is_none"
     )]
     pub bind: Option<String>,
+}
+
+/// `[dns]`
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, expecting = "a table of DNS settings")]
+pub(crate) struct RawDns {
+    #[serde(
+        deserialize_with = "lenient::list",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub name_servers: Option<Vec<String>>,
+    #[serde(
+        deserialize_with = "lenient::text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub min_ttl: Option<String>,
+    #[serde(
+        deserialize_with = "lenient::text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_ttl: Option<String>,
 }
 
 /// `[telemetry]`
@@ -168,6 +192,38 @@ pub(crate) struct RawBackendPool {
     pub members: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub load_balancing: Option<LoadBalancing>,
+    #[serde(
+        deserialize_with = "lenient::text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub hash_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub passive: Option<RawPassive>,
+}
+
+/// `[backend_pools.NAME.passive]`
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(
+    default,
+    deny_unknown_fields,
+    expecting = "a table of passive health settings"
+)]
+pub(crate) struct RawPassive {
+    #[serde(
+        deserialize_with = "lenient::num",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub failures: Option<u32>,
+    #[serde(
+        deserialize_with = "lenient::text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ejection: Option<String>,
+    #[serde(
+        deserialize_with = "lenient::text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_ejection: Option<String>,
 }
 
 /// `[backend_settings.NAME]`
@@ -365,6 +421,7 @@ pub(crate) fn read(root: &Node) -> (RawConfig, Declared, Vec<ConfigError>) {
                 from_node_with(node, key, lenient::text).map(|v| raw.shutdown_grace = v)
             }
             "admin" => from_node(node, key).map(|v| raw.admin = Some(v)),
+            "dns" => from_node(node, key).map(|v| raw.dns = Some(v)),
             "telemetry" => from_node(node, key).map(|v| raw.telemetry = Some(v)),
             "listeners" => entries(
                 node,
@@ -508,8 +565,14 @@ impl From<&Config> for RawConfig {
                 .iter()
                 .map(|(name, p)| {
                     let raw = RawBackendPool {
-                        members: Some(p.members.iter().map(Member::to_string).collect()),
+                        members: Some(p.members.iter().map(PoolMember::to_string).collect()),
                         load_balancing: Some(p.load_balancing),
+                        hash_key: Some(p.hash_key.to_string()),
+                        passive: Some(RawPassive {
+                            failures: Some(p.passive.failures),
+                            ejection: Some(format_duration(p.passive.ejection)),
+                            max_ejection: Some(format_duration(p.passive.max_ejection)),
+                        }),
                     };
                     (name.clone(), raw)
                 })
@@ -577,6 +640,11 @@ impl From<&Config> for RawConfig {
                     (name.clone(), raw)
                 })
                 .collect(),
+            dns: Some(RawDns {
+                name_servers: written(&c.dns.name_servers),
+                min_ttl: Some(format_duration(c.dns.min_ttl)),
+                max_ttl: Some(format_duration(c.dns.max_ttl)),
+            }),
         }
     }
 }

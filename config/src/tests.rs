@@ -52,7 +52,7 @@ fn embedded_default_is_used_only_without_files() {
     assert_eq!(c.listeners["public"].protocol, ListenerProtocol::Http);
     assert_eq!(
         c.backend_pools["default"].members,
-        [Member::Addr(addr("127.0.0.1:3000"))]
+        [PoolMember::new(Member::Addr(addr("127.0.0.1:3000")))]
     );
     assert_eq!(
         c.backend_settings["default"].request_timeout,
@@ -137,7 +137,7 @@ fn env_applies_over_the_embedded_default() {
     assert!(loaded.used_embedded_default);
     assert_eq!(
         loaded.config.backend_pools["default"].members,
-        [Member::Addr(addr("127.0.0.1:4000"))]
+        [PoolMember::new(Member::Addr(addr("127.0.0.1:4000")))]
     );
 }
 
@@ -155,11 +155,11 @@ fn env_lists_are_comma_separated() {
     assert_eq!(
         c.backend_pools["chat"].members,
         [
-            Member::Addr(addr("127.0.0.1:5000")),
-            Member::Dns {
+            PoolMember::new(Member::Addr(addr("127.0.0.1:5000"))),
+            PoolMember::new(Member::Dns {
                 host: "chat.internal".into(),
                 port: 5001
-            }
+            })
         ]
     );
     assert_eq!(
@@ -185,7 +185,7 @@ fn env_variable_for_an_unknown_field_is_an_error_naming_it() {
         [
             r#"listeners.public.bindd: unknown field "bindd" (did you mean "bind"?) [env TETHER_LISTENERS__PUBLIC__BINDD]"#,
             "nope: unknown field \"nope\" (known fields: workers, shutdown_grace, admin, telemetry, listeners, \
-             backend_pools, backend_settings, probes, routing_rules) [env TETHER_NOPE]",
+             backend_pools, backend_settings, probes, routing_rules, dns) [env TETHER_NOPE]",
         ]
     );
 }
@@ -262,7 +262,7 @@ routing_rules:
     );
     assert_eq!(
         c.backend_pools["chat"].members,
-        [Member::Addr(addr("127.0.0.1:6000"))]
+        [PoolMember::new(Member::Addr(addr("127.0.0.1:6000")))]
     );
     assert_eq!(c.workers, 3);
 

@@ -49,6 +49,7 @@ pub(crate) fn validate(
     );
     let admin = c.admin(raw);
     let telemetry = c.telemetry(raw);
+    let dns = c.dns(raw);
     let listeners = convert(&raw.listeners, |name, l| c.listener(name, l));
     let backend_pools = convert(&raw.backend_pools, |name, p| c.pool(name, p));
     let backend_settings = convert(&raw.backend_settings, |name, s| c.settings(name, s));
@@ -59,6 +60,7 @@ pub(crate) fn validate(
     c.keepalive_trap(&routing_rules, &backend_settings);
     c.overlapping_rules(&routing_rules);
     c.clashing_binds(admin.as_ref(), &listeners);
+    c.pool_probes(&routing_rules, &backend_settings, &probes);
     c.unused(raw, declared);
 
     let Checker {
@@ -66,8 +68,8 @@ pub(crate) fn validate(
         warnings,
         ..
     } = c;
-    match (shutdown_grace, admin, telemetry) {
-        (Some(shutdown_grace), Some(admin), Some(telemetry)) if errors.is_empty() => {
+    match (shutdown_grace, admin, telemetry, dns) {
+        (Some(shutdown_grace), Some(admin), Some(telemetry), Some(dns)) if errors.is_empty() => {
             Ok(Validated {
                 config: Config {
                     workers,
@@ -79,6 +81,7 @@ pub(crate) fn validate(
                     backend_settings,
                     probes,
                     routing_rules,
+                    dns,
                 },
                 warnings,
             })
@@ -243,6 +246,58 @@ impl Checker<'_> {
         Some(AdminConfig { bind: bind? })
     }
 
+    fn dns(&mut self, raw: &RawConfig) -> Option<DnsConfig> {
+        let d = raw.dns.as_ref();
+        let name_servers = self.list(
+            "dns.name_servers",
+            d.and_then(|d| d.name_servers.as_ref()),
+            |s| {
+                s.parse::<SocketAddr>()
+                    .or_else(|_| {
+                        s.parse::<IpAddr>()
+                            .map(|ip| SocketAddr::new(ip, DEFAULT_DNS_PORT))
+                    })
+                    .ok()
+                    .filter(|a| a.port() != 0)
+                    .ok_or_else(|| {
+                        ParseError::new(format!(
+                            "invalid name server \"{s}\": expected an IP address with an optional port, \
+                             e.g. \"10.0.0.2\" or \"127.0.0.1:5353\""
+                        ))
+                    })
+            },
+        );
+        let min_ttl = self.timeout(
+            "dns.min_ttl",
+            d.and_then(|d| d.min_ttl.as_ref()),
+            DEFAULT_DNS_MIN_TTL,
+        );
+        let max_ttl = self.timeout(
+            "dns.max_ttl",
+            d.and_then(|d| d.max_ttl.as_ref()),
+            DEFAULT_DNS_MAX_TTL,
+        );
+        let max_ttl = match (min_ttl, max_ttl) {
+            (Some(min), Some(max)) if max < min => {
+                self.error(
+                    "dns.max_ttl",
+                    format!(
+                        "{} is below dns.min_ttl {}",
+                        format_duration(max),
+                        format_duration(min)
+                    ),
+                );
+                None
+            }
+            _ => max_ttl,
+        };
+        Some(DnsConfig {
+            name_servers: name_servers?,
+            min_ttl: min_ttl?,
+            max_ttl: max_ttl?,
+        })
+    }
+
     fn telemetry(&mut self, raw: &RawConfig) -> Option<TelemetryConfig> {
         let t = raw.telemetry.as_ref();
         let service_name = t.and_then(|t| t.service_name.clone());
@@ -388,7 +443,41 @@ impl Checker<'_> {
 
     fn pool(&mut self, name: &str, raw: &RawBackendPool) -> Option<BackendPoolConfig> {
         let path = format!("backend_pools.{name}.members");
-        let members = self.list(&path, raw.members.as_ref(), str::parse::<Member>)?;
+        let members = self
+            .list(&path, raw.members.as_ref(), str::parse::<PoolMember>)
+            .and_then(|members| self.pool_members(name, raw, members));
+        let at = |field: &str| format!("backend_pools.{name}.{field}");
+        let load_balancing = raw.load_balancing.unwrap_or(DEFAULT_LOAD_BALANCING);
+        let hash_key = match &raw.hash_key {
+            None => Some(DEFAULT_HASH_KEY),
+            Some(s) => {
+                if load_balancing != LoadBalancing::ConsistentHash {
+                    self.warn(
+                        &at("hash_key"),
+                        "only used when load_balancing = \"consistent_hash\"",
+                    );
+                }
+                self.ok(&at("hash_key"), s.parse::<HashKey>())
+            }
+        };
+        let passive = self.passive(&at("passive"), raw);
+        Some(BackendPoolConfig {
+            name: name.to_owned(),
+            members: members?,
+            load_balancing,
+            hash_key: hash_key?,
+            passive: passive?,
+        })
+    }
+
+    /// A pool's member list: not empty, no address twice.
+    fn pool_members(
+        &mut self,
+        name: &str,
+        raw: &RawBackendPool,
+        members: Vec<PoolMember>,
+    ) -> Option<Vec<PoolMember>> {
+        let path = format!("backend_pools.{name}.members");
         if members.is_empty() {
             let message = "a pool needs at least one member (ip:port or host:port)";
             if raw.members.is_some() {
@@ -402,12 +491,44 @@ impl Checker<'_> {
             }
             return None;
         }
-        self.no_duplicates(&path, &members)
-            .then(|| BackendPoolConfig {
-                name: name.to_owned(),
-                members,
-                load_balancing: raw.load_balancing.unwrap_or(DEFAULT_LOAD_BALANCING),
-            })
+        let addresses: Vec<&Member> = members.iter().map(|m| &m.address).collect();
+        self.no_duplicates(&path, &addresses).then_some(members)
+    }
+
+    fn passive(&mut self, entry: &str, pool: &RawBackendPool) -> Option<PassiveHealthConfig> {
+        let raw = pool.passive.as_ref();
+        let at = |field: &str| format!("{entry}.{field}");
+        let ejection = self.timeout(
+            &at("ejection"),
+            raw.and_then(|p| p.ejection.as_ref()),
+            DEFAULT_PASSIVE_EJECTION,
+        );
+        let max_ejection = self.timeout(
+            &at("max_ejection"),
+            raw.and_then(|p| p.max_ejection.as_ref()),
+            DEFAULT_PASSIVE_MAX_EJECTION,
+        );
+        let max_ejection = match (ejection, max_ejection) {
+            (Some(first), Some(max)) if max < first => {
+                self.error(
+                    &at("max_ejection"),
+                    format!(
+                        "{} is below the first ejection {} ({entry}.ejection)",
+                        format_duration(max),
+                        format_duration(first)
+                    ),
+                );
+                None
+            }
+            _ => max_ejection,
+        };
+        Some(PassiveHealthConfig {
+            failures: raw
+                .and_then(|p| p.failures)
+                .unwrap_or(DEFAULT_PASSIVE_FAILURES),
+            ejection: ejection?,
+            max_ejection: max_ejection?,
+        })
     }
 
     fn settings(&mut self, name: &str, raw: &RawBackendSettings) -> Option<BackendSettingsConfig> {
@@ -466,6 +587,13 @@ impl Checker<'_> {
             Some(s) => self.ok(&at("host"), parse_host_header(s)).map(Some),
         };
         let port = self.port(&at("port"), raw.port);
+        let protocol = raw.protocol.unwrap_or(DEFAULT_PROBE_PROTOCOL);
+        if protocol == BackendProtocol::Https {
+            self.error(
+                &at("protocol"),
+                "https probes arrive with TLS support; use \"http\" (with probes.NAME.port for a plain health port) for now",
+            );
+        }
         let interval = self.timeout(
             &at("interval"),
             raw.interval.as_ref(),
@@ -507,9 +635,23 @@ impl Checker<'_> {
             }
             Some(list) => self.list(&at("match_status"), Some(list), parse_status_range),
         };
+        let kind = raw.kind.unwrap_or(DEFAULT_PROBE_KIND);
+        if kind == ProbeKind::WebSocket {
+            for (field, set) in [
+                ("match_status", raw.match_status.is_some()),
+                ("match_body", raw.match_body.is_some()),
+            ] {
+                if set {
+                    self.warn(
+                        &at(field),
+                        "not used by websocket probes: they pass on 101 Switching Protocols with a valid Sec-WebSocket-Accept",
+                    );
+                }
+            }
+        }
         Some(ProbeConfig {
             name: name.to_owned(),
-            protocol: raw.protocol.unwrap_or(DEFAULT_PROBE_PROTOCOL),
+            protocol,
             path: path?,
             host: host?,
             port: port?,
@@ -519,7 +661,7 @@ impl Checker<'_> {
             healthy_threshold: healthy_threshold?,
             match_status: match_status?,
             match_body: raw.match_body.clone(),
-            kind: raw.kind.unwrap_or(DEFAULT_PROBE_KIND),
+            kind,
         })
     }
 
@@ -749,6 +891,68 @@ impl Checker<'_> {
         }
     }
 
+    /// One pool has one prober: every rule that uses a pool must agree on the probe and the
+    /// port it probes, or the pool's health would depend on which rule looked. A probe of a
+    /// TLS backend's own port waits for TLS support.
+    fn pool_probes(
+        &mut self,
+        rules: &BTreeMap<String, RoutingRuleConfig>,
+        settings: &BTreeMap<String, BackendSettingsConfig>,
+        probes: &BTreeMap<String, ProbeConfig>,
+    ) {
+        for (name, s) in settings {
+            let Some(probe) = s.probe.as_ref().and_then(|p| probes.get(p)) else {
+                continue;
+            };
+            if s.protocol == BackendProtocol::Https && probe.port.is_none() {
+                self.error(
+                    &format!("backend_settings.{name}.probe"),
+                    format!(
+                        "the backend speaks https on the port probe \"{}\" would use; https probes arrive with \
+                         TLS support (set probes.{}.port to a plain-HTTP health port meanwhile)",
+                        probe.name, probe.name
+                    ),
+                );
+            }
+        }
+        // pool -> (rule, probe name, probed port) of the first rule that probes it
+        let mut first: BTreeMap<&str, (&str, &str, Option<u16>)> = BTreeMap::new();
+        for (rule_name, rule) in rules {
+            let Some(s) = settings.get(&rule.backend_settings) else {
+                continue;
+            };
+            let Some(probe) = s.probe.as_ref().and_then(|p| probes.get(p)) else {
+                continue;
+            };
+            let port = probe.port.or(s.port);
+            match first.entry(rule.backend_pool.as_str()) {
+                Entry::Vacant(e) => {
+                    e.insert((rule_name, probe.name.as_str(), port));
+                }
+                Entry::Occupied(e) => {
+                    let (other, other_probe, other_port) = *e.get();
+                    if other_probe != probe.name || other_port != port {
+                        let port_text = |p: Option<u16>| {
+                            p.map_or("each member's port".to_owned(), |p| format!("port {p}"))
+                        };
+                        self.error(
+                            &format!("routing_rules.{rule_name}.backend_settings"),
+                            format!(
+                                "backend pool \"{}\" would be probed by probe \"{}\" on {} here but by probe \"{other_probe}\" \
+                                 on {} through routing rule \"{other}\"; a pool has one prober, so rules sharing a pool \
+                                 must use settings with the same probe and port",
+                                rule.backend_pool,
+                                probe.name,
+                                port_text(port),
+                                port_text(other_port),
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     /// Two sockets cannot bind the same port on overlapping addresses.
     fn clashing_binds(
         &mut self,
@@ -890,13 +1094,6 @@ fn parse_origin(s: &str) -> Result<String, ParseError> {
         .map_err(|_| {
             invalid("expected scheme://host[:port], e.g. \"https://chat.example.com\"".to_owned())
         })
-}
-
-/// An HTTP token (RFC 9110 §5.6.2), the syntax of a WebSocket subprotocol name.
-fn is_token(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c))
 }
 
 #[cfg(test)]

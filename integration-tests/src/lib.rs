@@ -4,6 +4,7 @@
 //! response, a frame, a closed socket) under [`within`], which turns a hang into a failure.
 
 pub mod backends;
+pub mod pool;
 pub mod raw;
 
 use std::future::Future;
@@ -31,11 +32,12 @@ pub fn closed_port() -> SocketAddr {
 
 /// A one-listener, one-pool, one-rule configuration sending everything to `backend`. `extra` is
 /// appended verbatim (more tables, or keys of `[routing_rules.app.websocket]` since that table
-/// comes last).
+/// comes last). The admin endpoint binds port 0, so tests never share a port.
 pub fn config_toml(backend: SocketAddr, settings: &str, extra: &str) -> String {
     format!(
         r#"workers = 2
 shutdown_grace = "5s"
+admin = {{ bind = "127.0.0.1:0" }}
 
 [listeners.public]
 bind = "127.0.0.1:0"

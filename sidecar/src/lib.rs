@@ -5,10 +5,12 @@
 //! actix System. [`run`] takes already-bound listeners, so tests and embedders bind
 //! `127.0.0.1:0`; [`Sidecar`] does all of that on a thread of its own.
 //!
-//! Start-up: resolve pool members → start the route table → start one worker actor per worker
-//! arbiter → start one listener actor per listener. Shutdown: stop accepting → fire the shutdown
-//! signal (HTTP connections finish their request, sessions drain) → wait for every connection and
-//! session up to `shutdown_grace` → stop the workers, closing what is left.
+//! Start-up: resolve DNS members once → start the route table → start one prober per probed
+//! pool (all on one probe arbiter) and one resolver per pool with DNS members → serve the admin endpoint → start one worker
+//! actor per worker arbiter → start one listener actor per listener. Shutdown: stop accepting →
+//! fire the shutdown signal (HTTP connections finish their request, sessions drain, probers and
+//! resolvers stop) → wait for every connection and session up to `shutdown_grace` → stop the
+//! workers, closing what is left → stop the admin endpoint.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,13 +21,17 @@ use std::time::Duration;
 
 use actix::{Actor, Arbiter};
 use tether_actors::listener::{ListenerActor, ListenerInfo};
-use tether_actors::messages::StopAccepting;
+use tether_actors::messages::{AttachProber, StopAccepting};
+use tether_actors::prober::{ProbePlan, ProberActor};
+use tether_actors::resolver::{self, DnsResolver, ResolverActor};
 use tether_actors::route_table::RouteTableActor;
 use tether_actors::session::SessionRegistry;
 use tether_actors::shutdown::Shutdown;
 use tether_actors::worker::{WorkerActor, WorkerSetup};
 use tether_config::{Config, ListenerProtocol, Member};
 use tokio::sync::oneshot;
+
+pub mod admin;
 
 /// Backlog of every listening socket: connections beyond the accept rate wait here.
 pub const LISTEN_BACKLOG: i32 = 1024;
@@ -43,6 +49,14 @@ pub enum RunError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The admin endpoint's address could not be bound.
+    #[error("admin endpoint: cannot bind {addr}: {source}")]
+    AdminBind {
+        /// The configured `admin.bind`.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
     /// A listener asks for something this build does not do yet.
     #[error("listener \"{listener}\": {reason}")]
     Unsupported {
@@ -56,13 +70,20 @@ pub enum RunError {
     Runtime(String),
 }
 
-/// Listening sockets bound from a configuration, before the sidecar runs.
+/// Listening sockets bound from a configuration, before the sidecar runs: every listener's and
+/// the admin endpoint's.
 #[derive(Debug)]
 pub struct BoundListeners {
     sockets: Vec<(String, SocketAddr, std::net::TcpListener)>,
+    admin: (SocketAddr, std::net::TcpListener),
 }
 
 impl BoundListeners {
+    /// The address the admin endpoint actually bound (the real port when `admin.bind` said `:0`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.0
+    }
+
     /// The address a listener actually bound (the real port when the config said `:0`).
     pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
         self.sockets
@@ -80,8 +101,23 @@ impl BoundListeners {
     }
 }
 
-/// Binds every listener of `config` (non-blocking, `SO_REUSEADDR`, backlog
-/// [`LISTEN_BACKLOG`]). Nothing is accepted until [`run`] starts.
+/// Binds a listening socket: non-blocking, `SO_REUSEADDR`, backlog [`LISTEN_BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<(SocketAddr, std::net::TcpListener)> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    let listener: std::net::TcpListener = socket.into();
+    Ok((listener.local_addr()?, listener))
+}
+
+/// Binds every listener of `config` and the admin endpoint (non-blocking, `SO_REUSEADDR`,
+/// backlog [`LISTEN_BACKLOG`]). Nothing is accepted until [`run`] starts.
 pub fn bind_listeners(config: &Config) -> Result<BoundListeners, RunError> {
     let mut sockets = Vec::with_capacity(config.listeners.len());
     for (name, listener) in &config.listeners {
@@ -91,26 +127,18 @@ pub fn bind_listeners(config: &Config) -> Result<BoundListeners, RunError> {
                 reason: "protocol \"https\" is not supported by this build yet; use \"http\"",
             });
         }
-        let bind_err = |source| RunError::Bind {
+        let (addr, socket) = listen(listener.bind).map_err(|source| RunError::Bind {
             listener: name.clone(),
             addr: listener.bind,
             source,
-        };
-        let socket = socket2::Socket::new(
-            socket2::Domain::for_address(listener.bind),
-            socket2::Type::STREAM,
-            Some(socket2::Protocol::TCP),
-        )
-        .map_err(bind_err)?;
-        socket.set_reuse_address(true).map_err(bind_err)?;
-        socket.bind(&listener.bind.into()).map_err(bind_err)?;
-        socket.listen(LISTEN_BACKLOG).map_err(bind_err)?;
-        socket.set_nonblocking(true).map_err(bind_err)?;
-        let std_listener: std::net::TcpListener = socket.into();
-        let addr = std_listener.local_addr().map_err(bind_err)?;
-        sockets.push((name.clone(), addr, std_listener));
+        })?;
+        sockets.push((name.clone(), addr, socket));
     }
-    Ok(BoundListeners { sockets })
+    let admin = listen(config.admin.bind).map_err(|source| RunError::AdminBind {
+        addr: config.admin.bind,
+        source,
+    })?;
+    Ok(BoundListeners { sockets, admin })
 }
 
 /// What a finished run did.
@@ -122,28 +150,33 @@ pub struct RunReport {
     pub forced: usize,
 }
 
-/// Resolves every pool's members to addresses. DNS names are looked up once here.
-async fn resolve_members(config: &Config) -> BTreeMap<String, Vec<SocketAddr>> {
-    let mut out = BTreeMap::new();
-    for (name, pool) in &config.backend_pools {
-        let mut addrs = Vec::with_capacity(pool.members.len());
-        for member in &pool.members {
-            match member {
-                Member::Addr(addr) => addrs.push(*addr),
-                Member::Dns { host, port } => {
-                    match tokio::net::lookup_host((host.as_str(), *port)).await {
-                        Ok(found) => addrs.extend(found),
-                        Err(e) => tracing::warn!(
-                            pool = %name, member = %member, error = %e,
-                            "cannot resolve member; it gets no traffic"
-                        ),
-                    }
-                }
-            }
-        }
-        out.insert(name.clone(), addrs);
+/// Resolves every DNS member once (start-up), with the resolver the pools' resolver actors
+/// keep using. Without DNS members no resolver is built. A resolver that cannot be built is
+/// logged: its pools then have only their IP members.
+async fn resolve_dns(
+    config: &Config,
+) -> (
+    Option<Arc<DnsResolver>>,
+    Vec<(Arc<str>, Vec<resolver::DnsMember>)>,
+) {
+    let has_dns = config.backend_pools.values().any(|p| {
+        p.members
+            .iter()
+            .any(|m| matches!(m.address, Member::Dns { .. }))
+    });
+    if !has_dns {
+        return (None, Vec::new());
     }
-    out
+    match DnsResolver::new(&config.dns) {
+        Ok(dns) => {
+            let resolved = resolver::resolve_all(config, &dns).await;
+            (Some(Arc::new(dns)), resolved)
+        }
+        Err(error) => {
+            tracing::error!(%error, "DNS members get no traffic");
+            (None, Vec::new())
+        }
+    }
 }
 
 /// Runs the sidecar until `shutdown` resolves, then drains within `config.shutdown_grace`.
@@ -155,16 +188,55 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, RunError> {
     let config = Arc::new(config);
-    let members = resolve_members(&config).await;
+    let stop = Shutdown::new();
+    let (dns, resolved) = resolve_dns(&config).await;
 
-    let (route_table, routes) = RouteTableActor::new(config.clone(), members);
-    let route_table = route_table.start();
+    let (route_table, routes) = RouteTableActor::start(config.clone(), &resolved);
     let registry = SessionRegistry {
         opened: route_table.clone().recipient(),
         ended: route_table.clone().recipient(),
     };
+    // Probers get an arbiter (thread and current-thread runtime) of their own: probe I/O is
+    // driven where it is handled, without a wake-up hop per event, and a thousand members'
+    // probes never delay the route table's updates on the System arbiter.
+    let probe_arbiter = Arbiter::new();
+    for name in config.backend_pools.keys() {
+        let Some(probe) = config.pool_probe(name) else {
+            continue;
+        };
+        let pool: Arc<str> = name.as_str().into();
+        let plan = ProbePlan::new(pool.clone(), probe.probe, probe.settings);
+        let table = route_table.clone().recipient();
+        let signal = stop.signal();
+        let prober = ProberActor::start_in_arbiter(&probe_arbiter.handle(), move |_| {
+            ProberActor::new(plan, table, signal)
+        });
+        route_table.do_send(AttachProber {
+            pool,
+            prober: prober.recipient(),
+        });
+    }
+    if let Some(dns) = &dns {
+        for (pool, members) in resolved {
+            ResolverActor::new(
+                pool,
+                members,
+                dns.clone(),
+                route_table.clone().recipient(),
+                stop.signal(),
+            )
+            .start();
+        }
+    }
+    let (_, admin_socket) = listeners.admin;
+    let admin = admin::AdminServer::start(
+        admin_socket,
+        admin::AdminState {
+            backends: route_table.clone().recipient(),
+        },
+    )
+    .map_err(|e| RunError::Runtime(format!("admin endpoint: {e}")))?;
 
-    let stop = Shutdown::new();
     let setup = WorkerSetup {
         routes,
         registry,
@@ -225,13 +297,16 @@ pub async fn run(
     for worker in &workers {
         worker.stop();
     }
+    probe_arbiter.stop();
     // Joining blocks, so it happens off the runtime's threads.
     let _ = tokio::task::spawn_blocking(move || {
         for worker in workers {
             let _ = worker.join();
         }
+        let _ = probe_arbiter.join();
     })
     .await;
+    drop(admin);
     tracing::info!(accepted = report.accepted, "tether stopped");
     Ok(report)
 }
@@ -252,6 +327,7 @@ pub fn system() -> actix::SystemRunner {
 /// A sidecar running on a thread of its own: what tests, examples and embedders use.
 pub struct Sidecar {
     addrs: BTreeMap<String, SocketAddr>,
+    admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     done: Option<oneshot::Receiver<Result<RunReport, RunError>>>,
     thread: Option<thread::JoinHandle<()>>,
@@ -267,6 +343,7 @@ impl Sidecar {
     /// Starts the sidecar over listeners bound already.
     pub fn start_with(config: Config, listeners: BoundListeners) -> Sidecar {
         let addrs = listeners.addrs();
+        let admin = listeners.admin_addr();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let (done_tx, done_rx) = oneshot::channel();
         let thread = thread::Builder::new()
@@ -280,6 +357,7 @@ impl Sidecar {
             .expect("cannot spawn the sidecar thread");
         Sidecar {
             addrs,
+            admin,
             stop: Some(stop_tx),
             done: Some(done_rx),
             thread: Some(thread),
@@ -292,6 +370,11 @@ impl Sidecar {
             .addrs
             .get(listener)
             .unwrap_or_else(|| panic!("no listener named {listener:?}"))
+    }
+
+    /// The bound address of the admin endpoint (`GET /backends`).
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
     }
 
     /// Starts a graceful shutdown and waits for it to finish.

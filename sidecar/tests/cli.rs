@@ -27,7 +27,8 @@ fn write_config(name: &str, body: &str) -> PathBuf {
 
 fn config(listen: SocketAddr, pool_ref: &str) -> String {
     format!(
-        r#"[listeners.public]
+        r#"admin = {{ bind = "127.0.0.1:0" }}
+[listeners.public]
 bind = "{listen}"
 [backend_pools.chat]
 members = ["127.0.0.1:9"]

@@ -369,3 +369,143 @@ fn warnings_for_unused_tables() {
         ]
     );
 }
+
+#[test]
+fn pool_balancing_weights_and_passive_health() {
+    let c = from_toml_str(BASE).unwrap();
+    let pool = &c.backend_pools["chat"];
+    assert_eq!(pool.load_balancing, LoadBalancing::LeastConnections);
+    assert_eq!(pool.hash_key, HashKey::ClientIp);
+    assert_eq!(pool.passive, PassiveHealthConfig::default());
+    assert_eq!(pool.members[0].weight, DEFAULT_WEIGHT);
+    assert_eq!(c.dns.min_ttl, DEFAULT_DNS_MIN_TTL);
+    assert_eq!(c.dns.max_ttl, DEFAULT_DNS_MAX_TTL);
+    assert!(c.dns.name_servers.is_empty());
+
+    let toml = BASE.replace(
+        r#"members = ["127.0.0.1:5000"]"#,
+        r#"members = ["127.0.0.1:5000 weight=3", "chat.internal:5001"]
+load_balancing = "consistent_hash"
+hash_key = "header:X-User-Id"
+passive = { failures = 2, ejection = "1s", max_ejection = "8s" }"#,
+    ) + "\n[dns]\nname_servers = [\"127.0.0.1:5353\", \"10.0.0.2\"]\nmin_ttl = \"1s\"\nmax_ttl = \"1m\"\n";
+    let c = from_toml_str(&toml).unwrap();
+    let pool = &c.backend_pools["chat"];
+    assert_eq!(pool.members[0].weight.get(), 3);
+    assert_eq!(pool.members[1].weight.get(), 1);
+    assert_eq!(pool.hash_key, HashKey::Header("x-user-id".into()));
+    assert_eq!(pool.passive.failures, 2);
+    assert_eq!(pool.passive.ejection, Duration::from_secs(1));
+    assert_eq!(pool.passive.max_ejection, Duration::from_secs(8));
+    assert_eq!(
+        c.dns.name_servers,
+        [
+            "127.0.0.1:5353".parse().unwrap(),
+            "10.0.0.2:53".parse().unwrap()
+        ]
+    );
+    assert_eq!(from_toml_str(&c.to_toml_string()).unwrap(), c);
+    assert!(c.to_toml_string().contains(r#""127.0.0.1:5000 weight=3""#));
+}
+
+#[test]
+fn pool_and_dns_errors_are_explained() {
+    let toml = BASE.replace(
+        r#"members = ["127.0.0.1:5000"]"#,
+        r#"members = ["127.0.0.1:5000 weight=0", "127.0.0.1:5001 wieght=2", "127.0.0.1:5002", "127.0.0.1:5002 weight=2"]
+hash_key = "query:x"
+passive = { ejection = "10s", max_ejection = "5s" }"#,
+    ) + "\n[dns]\nname_servers = [\"resolver.local\"]\nmin_ttl = \"10s\"\nmax_ttl = \"5s\"\n";
+    assert_eq!(
+        errors(&toml),
+        [
+            r#"backend_pools.chat.hash_key: invalid hash key "query:x": expected "client_ip", "header:NAME" or "cookie:NAME", e.g. "header:x-user-id" [inline]"#,
+            r#"backend_pools.chat.members[0]: invalid member "127.0.0.1:5000 weight=0": after the address only "weight=N" may follow (N from 1 to 1000), e.g. "127.0.0.1:5000 weight=3" [inline]"#,
+            r#"backend_pools.chat.members[1]: invalid member "127.0.0.1:5001 wieght=2": after the address only "weight=N" may follow (N from 1 to 1000), e.g. "127.0.0.1:5001 weight=3" [inline]"#,
+            "backend_pools.chat.passive.max_ejection: 5s is below the first ejection 10s (backend_pools.chat.passive.ejection) [inline]",
+            "dns.max_ttl: 5s is below dns.min_ttl 10s [inline]",
+            r#"dns.name_servers[0]: invalid name server "resolver.local": expected an IP address with an optional port, e.g. "10.0.0.2" or "127.0.0.1:5353" [inline]"#,
+        ]
+    );
+    let toml = BASE.replace(
+        r#"members = ["127.0.0.1:5000"]"#,
+        r#"members = ["127.0.0.1:5000", "127.0.0.1:5000 weight=2"]"#,
+    );
+    assert_eq!(
+        one_error(&toml),
+        r#"backend_pools.chat.members[1]: "127.0.0.1:5000" is listed twice [inline]"#
+    );
+}
+
+#[test]
+fn hash_key_without_consistent_hash_is_a_warning() {
+    let toml = BASE.replace(
+        r#"members = ["127.0.0.1:5000"]"#,
+        "members = [\"127.0.0.1:5000\"]\nhash_key = \"cookie:sid\"",
+    );
+    let root = crate::sources::parse_str(&toml, "inline").unwrap();
+    let validated = crate::build(&root).unwrap();
+    assert_eq!(
+        validated.warnings,
+        [
+            r#"backend_pools.chat.hash_key: only used when load_balancing = "consistent_hash" [inline]"#
+        ]
+    );
+    assert_eq!(
+        validated.config.backend_pools["chat"].hash_key,
+        HashKey::Cookie("sid".into())
+    );
+}
+
+#[test]
+fn https_probes_wait_for_tls_and_one_pool_has_one_probe() {
+    let probed = BASE.replace(
+        "[backend_settings.chat]",
+        "[backend_settings.chat]\nprobe = \"chat\"",
+    );
+    let toml = format!("{probed}\n[probes.chat]\nprotocol = \"https\"\n");
+    assert_eq!(
+        one_error(&toml),
+        r#"probes.chat.protocol: https probes arrive with TLS support; use "http" (with probes.NAME.port for a plain health port) for now [inline]"#
+    );
+    let toml = format!(
+        "{}\n[probes.chat]\n",
+        probed.replace(
+            "request_timeout = \"40s\"",
+            "request_timeout = \"40s\"\nprotocol = \"https\""
+        )
+    );
+    assert!(one_error(&toml).starts_with(
+        r#"backend_settings.chat.probe: the backend speaks https on the port probe "chat" would use; https probes arrive with TLS support"#
+    ));
+    let toml = format!(
+        "{probed}\n[probes.chat]\n[probes.other]\nport = 9000\n[backend_settings.other]\nrequest_timeout = \"40s\"\nprobe = \"other\"\n\
+         [routing_rules.other]\nlistener = \"public\"\npaths = [\"/other\"]\nbackend_pool = \"chat\"\nbackend_settings = \"other\"\n"
+    );
+    assert_eq!(
+        one_error(&toml),
+        "routing_rules.other.backend_settings: backend pool \"chat\" would be probed by probe \"other\" on port 9000 here \
+         but by probe \"chat\" on each member's port through routing rule \"chat\"; a pool has one prober, so rules \
+         sharing a pool must use settings with the same probe and port [inline]"
+    );
+    let c = from_toml_str(&format!("{probed}\n[probes.chat]\nport = 7000\n")).unwrap();
+    let plan = c.pool_probe("chat").unwrap();
+    assert_eq!((plan.probe.name.as_str(), plan.port), ("chat", Some(7000)));
+    assert!(from_toml_str(BASE).unwrap().pool_probe("chat").is_none());
+}
+
+#[test]
+fn websocket_probes_warn_about_http_only_matchers() {
+    let toml = BASE.replace(
+        "[backend_settings.chat]",
+        "[backend_settings.chat]\nprobe = \"ws\"",
+    ) + "\n[probes.ws]\nkind = \"websocket\"\nmatch_body = \"ok\"\n";
+    let root = crate::sources::parse_str(&toml, "inline").unwrap();
+    let validated = crate::build(&root).unwrap();
+    assert_eq!(
+        validated.warnings,
+        [
+            "probes.ws.match_body: not used by websocket probes: they pass on 101 Switching Protocols with a valid Sec-WebSocket-Accept [inline]"
+        ]
+    );
+}
