@@ -30,6 +30,7 @@
 
 pub mod body;
 pub mod error;
+pub mod frame;
 pub mod handshake;
 pub mod headers;
 pub mod listener;

@@ -21,6 +21,7 @@ use http_body_util::{Either, Empty};
 use hyper::body::{Body, Incoming};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tether_config::Inspect;
 use tokio::net::TcpStream;
 
 use crate::body::ProxyBody;
@@ -28,6 +29,7 @@ use crate::error::ProxyError;
 use crate::handshake;
 use crate::headers;
 use crate::listener::ListenerInfo;
+use crate::pump::PumpConfig;
 use crate::route_table::Route;
 use crate::session::{SessionActor, SessionInfo, SessionStreams};
 use crate::upstream::{self, UpstreamBody};
@@ -185,6 +187,7 @@ async fn forward_websocket(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     handshake::validate(&req, req.body().is_end_stream())?;
     check_origin(&route, &req)?;
+    check_subprotocols(&route, &req)?;
     let backend = pick_backend(&route)?;
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
@@ -211,6 +214,7 @@ async fn forward_websocket(
         backend,
         client: conn.peer,
     };
+    let pump = pump_config(&route);
     let token = ctx.tracker.token();
     let ctx = ctx.clone();
     tokio::task::spawn_local(async move {
@@ -225,8 +229,9 @@ async fn forward_websocket(
                             backend: backend_sock,
                             backend_prefix,
                         },
+                        pump,
                         ctx.registry.clone(),
-                        ctx.shutdown.clone(),
+                        (ctx.shutdown.clone(), ctx.shutdown_grace),
                         token,
                     )
                     .start();
@@ -248,6 +253,45 @@ async fn forward_websocket(
 fn into_tcp(upgraded: Upgraded) -> Option<(TcpStream, Bytes)> {
     let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
     Some((parts.io.into_inner(), parts.read_buf))
+}
+
+/// How a session on `route` is pumped: its inspection mode and bounds.
+fn pump_config(route: &Route) -> PumpConfig {
+    let ws = &route.websocket;
+    PumpConfig {
+        frames: ws.inspect == Inspect::Frames,
+        idle_timeout: route.settings.request_timeout,
+        keepalive: (!ws.keepalive_interval.is_zero()).then_some(ws.keepalive_interval),
+        max_message_size: ws.max_message_size,
+    }
+}
+
+/// Enforces the rule's `subprotocols` allow-list: a handshake that offers subprotocols, none of
+/// them allowed, is refused. Offers are otherwise passed through untouched, and the backend
+/// chooses.
+fn check_subprotocols<B>(route: &Route, req: &Request<B>) -> Result<(), ProxyError> {
+    let allowed = &route.websocket.subprotocols;
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let mut offered_any = false;
+    for value in req.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        for offer in value.as_bytes().split(|&b| b == b',') {
+            let offer = offer.trim_ascii();
+            if offer.is_empty() {
+                continue;
+            }
+            offered_any = true;
+            if allowed.iter().any(|a| a.as_bytes() == offer) {
+                return Ok(());
+            }
+        }
+    }
+    if offered_any {
+        Err(ProxyError::SubprotocolNotAllowed)
+    } else {
+        Ok(())
+    }
 }
 
 /// Enforces the rule's `allowed_origins` (CORS does not cover WebSockets; this is the only

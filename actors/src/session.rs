@@ -1,9 +1,9 @@
 //! One upgraded WebSocket: [`SessionActor`] owns both sockets and the pump between them,
 //! answers [`DrainSession`], and reports how the session ended.
 //!
-//! Lifecycle: `started` (registers with the route table, starts the pump) → `pumping` (both
-//! directions; one may already be half-closed) → `ended` (both directions done, a drain order or
-//! shutdown, or a socket error) → reports [`SessionEnded`] with a [`SessionSummary`] and stops.
+//! Lifecycle: `started` (registers with the route table, starts the pump) → `pumping` → `ended`
+//! (see [`crate::pump`] for every way a session ends and the close codes Tether sends) → reports
+//! [`SessionEnded`] with a [`SessionSummary`] and stops.
 //! The actor runs on the worker that accepted the client, so the pump never crosses threads, and
 //! no message is exchanged per frame.
 
@@ -21,8 +21,8 @@ use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
-use crate::messages::{DrainSession, SessionEnded, SessionOpened};
-use crate::pump::{self, DirectionEnd};
+use crate::messages::{DrainReason, DrainSession, SessionEnded, SessionOpened};
+use crate::pump::{self, Counters, Initiator, Outcome, PumpConfig, PumpControl};
 use crate::shutdown::{ShutdownSignal, TrackToken};
 
 /// A session's process-wide id.
@@ -37,31 +37,6 @@ impl SessionId {
     }
 }
 
-/// Why a session ended. The names are the `cause` recorded in logs and, later, spans.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndCause {
-    /// Both peers finished (both directions reached end of stream).
-    Normal,
-    /// The backend's connection failed.
-    BackendLost,
-    /// The client's connection failed.
-    ClientLost,
-    /// Tether drained the session (shutdown or a drain order).
-    Drain,
-}
-
-impl EndCause {
-    /// The cause as recorded (`normal`, `backend_lost`, `client_lost`, `drain`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndCause::Normal => "normal",
-            EndCause::BackendLost => "backend_lost",
-            EndCause::ClientLost => "client_lost",
-            EndCause::Drain => "drain",
-        }
-    }
-}
-
 /// What is known about a session when it ends.
 #[derive(Debug, Clone)]
 pub struct SessionSummary {
@@ -73,12 +48,16 @@ pub struct SessionSummary {
     pub client: SocketAddr,
     /// From the 101 to the end.
     pub duration: Duration,
-    /// Bytes delivered from the client to the backend.
-    pub client_to_backend: u64,
-    /// Bytes delivered from the backend to the client.
-    pub backend_to_client: u64,
-    /// Why it ended.
-    pub cause: EndCause,
+    /// Bytes the client sent.
+    pub client_bytes: u64,
+    /// Bytes the backend sent.
+    pub backend_bytes: u64,
+    /// Messages the client sent (frames mode).
+    pub client_messages: u64,
+    /// Messages the backend sent (frames mode).
+    pub backend_messages: u64,
+    /// Cause, close frames, initiator and ping round trips.
+    pub outcome: Outcome,
 }
 
 /// Where a session reports its start and end (the route table, behind recipients).
@@ -117,9 +96,8 @@ pub struct SessionInfo {
 /// State the actor shares with its pump (same thread: `Rc` and `Cell`, no lock).
 #[derive(Debug, Default)]
 struct Control {
-    client_to_backend: Cell<u64>,
-    backend_to_client: Cell<u64>,
-    drain: Cell<Option<DrainSession>>,
+    counters: Counters,
+    drain: Cell<Option<(DrainReason, Duration)>>,
     wake: Notify,
 }
 
@@ -129,6 +107,8 @@ pub struct SessionActor {
     info: SessionInfo,
     started: Instant,
     streams: Option<SessionStreams>,
+    pump: PumpConfig,
+    shutdown_grace: Duration,
     control: Rc<Control>,
     registry: SessionRegistry,
     shutdown: ShutdownSignal,
@@ -136,19 +116,24 @@ pub struct SessionActor {
 }
 
 impl SessionActor {
-    /// A session over `streams`; it starts pumping when the actor starts.
+    /// A session over `streams`, pumped as `pump` says; it starts when the actor starts.
+    /// `shutdown_grace` bounds the close handshake when Tether shuts down.
     pub fn new(
         info: SessionInfo,
         streams: SessionStreams,
+        pump: PumpConfig,
         registry: SessionRegistry,
-        shutdown: ShutdownSignal,
+        shutdown: (ShutdownSignal, Duration),
         token: TrackToken,
     ) -> SessionActor {
+        let (shutdown, shutdown_grace) = shutdown;
         SessionActor {
             id: SessionId::next(),
             info,
             started: Instant::now(),
             streams: Some(streams),
+            pump,
+            shutdown_grace,
             control: Rc::new(Control::default()),
             registry,
             shutdown,
@@ -156,25 +141,36 @@ impl SessionActor {
         }
     }
 
-    fn finish(&mut self, cause: EndCause) {
+    fn finish(&mut self, outcome: Outcome) {
+        let counters = &self.control.counters;
         let summary = SessionSummary {
             route: self.info.route.clone(),
             backend: self.info.backend,
             client: self.info.client,
             duration: self.started.elapsed(),
-            client_to_backend: self.control.client_to_backend.get(),
-            backend_to_client: self.control.backend_to_client.get(),
-            cause,
+            client_bytes: counters.client_bytes.get(),
+            backend_bytes: counters.backend_bytes.get(),
+            client_messages: counters.client_messages.get(),
+            backend_messages: counters.backend_messages.get(),
+            outcome,
         };
+        let o = &summary.outcome;
         tracing::info!(
             session = self.id.0,
             route = %summary.route,
             backend = %summary.backend,
             client = %summary.client,
-            cause = cause.as_str(),
+            cause = o.cause.as_str(),
+            initiator = o.initiator.map(Initiator::as_str),
+            client_close_code = o.client_close.as_ref().and_then(|c| c.code),
+            backend_close_code = o.backend_close.as_ref().and_then(|c| c.code),
+            tether_close_code = o.tether_close,
             duration_ms = summary.duration.as_millis() as u64,
-            client_to_backend = summary.client_to_backend,
-            backend_to_client = summary.backend_to_client,
+            client_bytes = summary.client_bytes,
+            backend_bytes = summary.backend_bytes,
+            client_messages = summary.client_messages,
+            backend_messages = summary.backend_messages,
+            ping_rtt_ms = o.ping_rtt_last.map(|d| d.as_secs_f64() * 1e3),
             "websocket session ended"
         );
         self.registry.ended.do_send(SessionEnded {
@@ -199,9 +195,19 @@ impl Actor for SessionActor {
         };
         let control = self.control.clone();
         let shutdown = self.shutdown.clone();
-        let pump = run_pump(streams, control, shutdown);
-        ctx.spawn(pump.into_actor(self).map(|cause, act, ctx| {
-            act.finish(cause);
+        let cfg = self.pump;
+        let grace = self.shutdown_grace;
+        let pump = async move {
+            let pump_control = PumpControl {
+                shutdown,
+                wake: &control.wake,
+                drain: &control.drain,
+                shutdown_grace: grace,
+            };
+            pump::run(streams, cfg, &control.counters, pump_control).await
+        };
+        ctx.spawn(pump.into_actor(self).map(|outcome, act, ctx| {
+            act.finish(outcome);
             ctx.stop();
         }));
     }
@@ -211,60 +217,7 @@ impl Handler<DrainSession> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: DrainSession, _: &mut Context<Self>) {
-        self.control.drain.set(Some(msg));
+        self.control.drain.set(Some((msg.reason, msg.grace)));
         self.control.wake.notify_one();
-    }
-}
-
-/// Runs both directions until the session is over and says why it ended.
-async fn run_pump(
-    streams: SessionStreams,
-    control: Rc<Control>,
-    mut shutdown: ShutdownSignal,
-) -> EndCause {
-    let SessionStreams {
-        client,
-        client_prefix,
-        backend,
-        backend_prefix,
-    } = streams;
-    let up = pump::pipe(&client, &backend, client_prefix, &control.client_to_backend);
-    let down = pump::pipe(
-        &backend,
-        &client,
-        backend_prefix,
-        &control.backend_to_client,
-    );
-    tokio::pin!(up, down);
-    let mut up_done = false;
-    let mut down_done = false;
-    loop {
-        tokio::select! {
-            end = &mut up, if !up_done => {
-                up_done = true;
-                match end {
-                    DirectionEnd::Eof => {}
-                    DirectionEnd::ReadFailed(_) => return EndCause::ClientLost,
-                    DirectionEnd::WriteFailed(_) => return EndCause::BackendLost,
-                }
-            }
-            end = &mut down, if !down_done => {
-                down_done = true;
-                match end {
-                    DirectionEnd::Eof => {}
-                    DirectionEnd::ReadFailed(_) => return EndCause::BackendLost,
-                    DirectionEnd::WriteFailed(_) => return EndCause::ClientLost,
-                }
-            }
-            _ = control.wake.notified() => {
-                if control.drain.get().is_some() {
-                    return EndCause::Drain;
-                }
-            }
-            _ = shutdown.fired() => return EndCause::Drain,
-        }
-        if up_done && down_done {
-            return EndCause::Normal;
-        }
     }
 }

@@ -6,6 +6,7 @@
 //! it needs a lock because only this thread touches it.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use actix::{Actor, Context, Handler};
 use hyper::server::conn::http1;
@@ -34,6 +35,8 @@ pub struct WorkerContext {
     pub shutdown: ShutdownSignal,
     /// Counts live connections and sessions.
     pub tracker: Tracker,
+    /// How long sessions get to finish their close handshake when Tether shuts down.
+    pub shutdown_grace: Duration,
 }
 
 /// The parts of a [`WorkerContext`] that can be sent to the worker's thread.
@@ -47,6 +50,8 @@ pub struct WorkerSetup {
     pub shutdown: ShutdownSignal,
     /// Counts live connections and sessions.
     pub tracker: Tracker,
+    /// How long sessions get to finish their close handshake when Tether shuts down.
+    pub shutdown_grace: Duration,
 }
 
 /// Serves connections on one worker thread.
@@ -65,6 +70,7 @@ impl WorkerActor {
                 registry: setup.registry,
                 shutdown: setup.shutdown,
                 tracker: setup.tracker,
+                shutdown_grace: setup.shutdown_grace,
             }),
         }
     }

@@ -170,6 +170,7 @@ pub async fn run(
         registry,
         shutdown: stop.signal(),
         tracker: stop.tracker().clone(),
+        shutdown_grace: config.shutdown_grace,
     };
     let workers: Vec<Arbiter> = (0..config.workers.max(1)).map(|_| Arbiter::new()).collect();
     let worker_addrs: Vec<_> = workers
