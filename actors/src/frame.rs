@@ -235,6 +235,17 @@ impl FrameTracker {
         self.current.is_none() || self.holding
     }
 
+    /// Bytes of an incomplete header withheld so far (and of a held frame's header). At end of
+    /// stream they are delivered as they are, so even a truncated stream passes unchanged.
+    pub fn withheld(&self) -> &[u8] {
+        &self.header_buf[..self.header_have as usize]
+    }
+
+    /// True while a held control frame is being collected.
+    pub fn is_holding(&self) -> bool {
+        self.holding
+    }
+
     /// True once a frame was rejected.
     pub fn is_stopped(&self) -> bool {
         self.stopped

@@ -445,6 +445,11 @@ impl<'c> Pump<'c> {
             return;
         }
         half.src_done = true;
+        if !half.dst_done && !half.tracker.withheld().is_empty() && !half.tracker.is_holding() {
+            // A truncated header at end of stream still goes through unchanged.
+            let withheld = half.tracker.withheld().to_vec();
+            half.pending.extend_from_slice(&withheld);
+        }
         let closed_properly = half.close.is_some();
         if !frames {
             half.fin_pending = true;
