@@ -20,10 +20,13 @@ use actix::{
 use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tracing::Span;
 
 use crate::messages::{DrainReason, DrainSession, SessionEnded, SessionOpened};
+use crate::metrics::Metrics;
 use crate::pump::{self, Counters, Initiator, Outcome, PumpConfig, PumpControl};
 use crate::shutdown::{ShutdownSignal, TrackToken};
+use crate::trace;
 
 /// A session's process-wide id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -108,36 +111,42 @@ pub struct SessionActor {
     started: Instant,
     streams: Option<SessionStreams>,
     pump: PumpConfig,
-    shutdown_grace: Duration,
     control: Rc<Control>,
-    registry: SessionRegistry,
-    shutdown: ShutdownSignal,
-    _token: TrackToken,
+    env: SessionEnv,
+}
+
+/// What a session needs from the worker that starts it.
+pub struct SessionEnv {
+    /// Where it reports its start and end.
+    pub registry: SessionRegistry,
+    /// Fires when Tether shuts down.
+    pub shutdown: ShutdownSignal,
+    /// How long the close handshake may take at shutdown.
+    pub shutdown_grace: Duration,
+    /// Counters it adds to when it ends.
+    pub metrics: Arc<Metrics>,
+    /// Its `websocket.session` span (`Span::none()` when not tracing).
+    pub span: Span,
+    /// Keeps it counted by the shutdown tracker.
+    pub token: TrackToken,
 }
 
 impl SessionActor {
     /// A session over `streams`, pumped as `pump` says; it starts when the actor starts.
-    /// `shutdown_grace` bounds the close handshake when Tether shuts down.
     pub fn new(
         info: SessionInfo,
         streams: SessionStreams,
         pump: PumpConfig,
-        registry: SessionRegistry,
-        shutdown: (ShutdownSignal, Duration),
-        token: TrackToken,
+        env: SessionEnv,
     ) -> SessionActor {
-        let (shutdown, shutdown_grace) = shutdown;
         SessionActor {
             id: SessionId::next(),
             info,
             started: Instant::now(),
             streams: Some(streams),
             pump,
-            shutdown_grace,
             control: Rc::new(Control::default()),
-            registry,
-            shutdown,
-            _token: token,
+            env,
         }
     }
 
@@ -155,7 +164,18 @@ impl SessionActor {
             outcome,
         };
         let o = &summary.outcome;
+        self.env.metrics.session_ended(
+            o,
+            [
+                summary.client_bytes,
+                summary.backend_bytes,
+                summary.client_messages,
+                summary.backend_messages,
+            ],
+        );
+        record_on_span(&self.env.span, &summary);
         tracing::info!(
+            target: "tether::access",
             session = self.id.0,
             route = %summary.route,
             backend = %summary.backend,
@@ -171,9 +191,12 @@ impl SessionActor {
             client_messages = summary.client_messages,
             backend_messages = summary.backend_messages,
             ping_rtt_ms = o.ping_rtt_last.map(|d| d.as_secs_f64() * 1e3),
+            trace_id = trace::trace_id(&self.env.span),
             "websocket session ended"
         );
-        self.registry.ended.do_send(SessionEnded {
+        // Ending the span here: it covers the 101 to the last byte.
+        self.env.span = Span::none();
+        self.env.registry.ended.do_send(SessionEnded {
             id: self.id,
             summary,
         });
@@ -184,7 +207,7 @@ impl Actor for SessionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.registry.opened.do_send(SessionOpened {
+        self.env.registry.opened.do_send(SessionOpened {
             id: self.id,
             route: self.info.route.clone(),
             backend: self.info.backend,
@@ -194,9 +217,9 @@ impl Actor for SessionActor {
             return;
         };
         let control = self.control.clone();
-        let shutdown = self.shutdown.clone();
+        let shutdown = self.env.shutdown.clone();
         let cfg = self.pump;
-        let grace = self.shutdown_grace;
+        let grace = self.env.shutdown_grace;
         let pump = async move {
             let pump_control = PumpControl {
                 shutdown,
@@ -219,5 +242,55 @@ impl Handler<DrainSession> for SessionActor {
     fn handle(&mut self, msg: DrainSession, _: &mut Context<Self>) {
         self.control.drain.set(Some((msg.reason, msg.grace)));
         self.control.wake.notify_one();
+    }
+}
+
+/// Puts a finished session's facts on its span (a no-op when not tracing).
+fn record_on_span(span: &Span, summary: &SessionSummary) {
+    if span.is_none() {
+        return;
+    }
+    let o = &summary.outcome;
+    span.record("websocket.close.cause", o.cause.as_str());
+    if let Some(initiator) = o.initiator {
+        span.record("websocket.close.initiator", initiator.as_str());
+    }
+    if let Some(c) = &o.client_close {
+        if let Some(code) = c.code {
+            span.record("websocket.close.client.code", i64::from(code));
+        }
+        span.record("websocket.close.client.reason", c.reason.as_str());
+    }
+    if let Some(c) = &o.backend_close {
+        if let Some(code) = c.code {
+            span.record("websocket.close.backend.code", i64::from(code));
+        }
+        span.record("websocket.close.backend.reason", c.reason.as_str());
+    }
+    if let Some(code) = o.tether_close {
+        span.record("websocket.close.tether.code", i64::from(code));
+    }
+    span.record("websocket.client.messages", summary.client_messages as i64);
+    span.record("websocket.client.bytes", summary.client_bytes as i64);
+    span.record(
+        "websocket.backend.messages",
+        summary.backend_messages as i64,
+    );
+    span.record("websocket.backend.bytes", summary.backend_bytes as i64);
+    if let Some(rtt) = o.ping_rtt_last {
+        span.record("websocket.ping.rtt_ms.last", rtt.as_secs_f64() * 1e3);
+    }
+    if let Some(rtt) = o.ping_rtt_max {
+        span.record("websocket.ping.rtt_ms.max", rtt.as_secs_f64() * 1e3);
+    }
+    span.record(
+        "websocket.duration_ms",
+        summary.duration.as_secs_f64() * 1e3,
+    );
+    if !matches!(
+        o.cause,
+        crate::pump::EndCause::Normal | crate::pump::EndCause::Drain
+    ) {
+        span.record("otel.status_code", "ERROR");
     }
 }

@@ -165,12 +165,15 @@ pub async fn run(
     };
 
     let stop = Shutdown::new();
+    let metrics = Arc::new(tether_actors::metrics::Metrics::default());
     let setup = WorkerSetup {
         routes,
         registry,
         shutdown: stop.signal(),
         tracker: stop.tracker().clone(),
         shutdown_grace: config.shutdown_grace,
+        metrics: metrics.clone(),
+        dispatch: None,
     };
     let workers: Vec<Arbiter> = (0..config.workers.max(1)).map(|_| Arbiter::new()).collect();
     let worker_addrs: Vec<_> = workers
