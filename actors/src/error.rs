@@ -40,6 +40,9 @@ pub enum ProxyError {
     /// The rule requires an `Origin` header and the handshake has none.
     #[error("an Origin header is required")]
     OriginRequired,
+    /// The handshake offers subprotocols and the rule allows none of them.
+    #[error("none of the offered subprotocols is allowed on this route")]
+    SubprotocolNotAllowed,
     /// The pool has no member in rotation.
     #[error("no healthy backend in pool \"{pool}\"")]
     NoHealthyBackend {
@@ -92,6 +95,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadHandshake(e) => e.status(),
+            ProxyError::SubprotocolNotAllowed => StatusCode::BAD_REQUEST,
             ProxyError::OriginNotAllowed | ProxyError::OriginRequired => StatusCode::FORBIDDEN,
             ProxyError::NoHealthyBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed { .. }
@@ -107,7 +111,8 @@ impl ProxyError {
         match self {
             ProxyError::BadHandshake(_)
             | ProxyError::OriginNotAllowed
-            | ProxyError::OriginRequired => Side::Downstream,
+            | ProxyError::OriginRequired
+            | ProxyError::SubprotocolNotAllowed => Side::Downstream,
             ProxyError::NoRoute | ProxyError::NoHealthyBackend { .. } => Side::Proxy,
             _ => Side::Upstream,
         }

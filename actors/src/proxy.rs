@@ -13,6 +13,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::Actor;
 use bytes::Bytes;
@@ -21,7 +22,9 @@ use http_body_util::{Either, Empty};
 use hyper::body::{Body, Incoming};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tether_config::Inspect;
 use tokio::net::TcpStream;
+use tracing::{Instrument as _, Span};
 
 use crate::balance::MemberLease;
 use crate::body::ProxyBody;
@@ -29,8 +32,10 @@ use crate::error::ProxyError;
 use crate::handshake;
 use crate::headers;
 use crate::listener::ListenerInfo;
+use crate::pump::PumpConfig;
 use crate::route_table::Route;
-use crate::session::{SessionActor, SessionInfo, SessionStreams};
+use crate::session::{SessionActor, SessionEnv, SessionInfo, SessionStreams};
+use crate::trace::{self, HandshakeOutcome};
 use crate::upstream::{self, UpstreamBody};
 use crate::worker::WorkerContext;
 
@@ -43,6 +48,15 @@ pub struct Connection {
     pub listener: Arc<ListenerInfo>,
 }
 
+/// What the access log and the span learn while a request is handled.
+#[derive(Debug, Default)]
+struct RequestFacts {
+    route: Option<Arc<str>>,
+    backend: Option<SocketAddr>,
+    /// For a handshake: the backend's answer was not a 101.
+    refused: bool,
+}
+
 /// Handles one request: the service function of every client connection. Never fails: every
 /// error becomes a response here.
 pub async fn handle(
@@ -50,10 +64,32 @@ pub async fn handle(
     conn: Rc<Connection>,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
+    let websocket = handshake::wants_websocket(req.headers());
     let method = req.method().clone();
-    let result = route_and_forward(&ctx, &conn, req).await;
-    Ok(match result {
-        Ok(resp) => resp,
+    let span = if websocket {
+        trace::handshake(
+            req.uri().path(),
+            &conn.listener.name,
+            &conn.peer.to_string(),
+            req.headers(),
+        )
+    } else {
+        trace::http_server(
+            method.as_str(),
+            req.uri().path(),
+            &conn.listener.name,
+            &conn.peer.to_string(),
+        )
+    };
+    trace::adopt_parent(&span, req.headers());
+    let path_for_log = access_log_enabled().then(|| req.uri().path().to_owned());
+    let mut facts = RequestFacts::default();
+    let result = route_and_forward(&ctx, &conn, req, websocket, &span, &mut facts)
+        .instrument(span.clone())
+        .await;
+    let (resp, error) = match result {
+        Ok(resp) => (resp, None),
         Err(err) => {
             let status = err.status();
             if status.is_server_error() {
@@ -61,15 +97,92 @@ pub async fn handle(
             } else {
                 tracing::debug!(client = %conn.peer, %method, status = status.as_u16(), side = ?err.side(), error = %err, "request refused");
             }
-            err.into_response()
+            let outcome = handshake_outcome(&err);
+            (err.into_response(), Some(outcome))
         }
-    })
+    };
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
+    if websocket {
+        let outcome = match error {
+            Some(outcome) => outcome,
+            None if facts.refused => HandshakeOutcome::BackendRefused,
+            None => HandshakeOutcome::Upgraded,
+        };
+        ctx.metrics.handshake(outcome);
+        if !span.is_none() {
+            span.record("tether.outcome", outcome.as_str());
+            if let Some(p) = resp.headers().get(header::SEC_WEBSOCKET_PROTOCOL) {
+                span.record("websocket.subprotocol.negotiated", p.to_str().unwrap_or(""));
+            }
+        }
+    } else {
+        ctx.metrics.request(status, elapsed);
+    }
+    if !span.is_none() {
+        span.record("http.response.status_code", i64::from(status));
+        if let Some(route) = &facts.route {
+            span.record(
+                if websocket {
+                    "tether.route"
+                } else {
+                    "http.route"
+                },
+                &**route,
+            );
+        }
+        if let Some(backend) = facts.backend {
+            span.record("tether.backend", backend.to_string());
+        }
+        if status >= 500 {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+    if let Some(path) = path_for_log {
+        tracing::info!(
+            target: "tether::access",
+            client = %conn.peer,
+            listener = %conn.listener.name,
+            method = %method,
+            path = %path,
+            status,
+            duration_us = elapsed.as_micros() as u64,
+            route = facts.route.as_deref(),
+            backend = facts.backend.map(tracing::field::display),
+            websocket,
+            trace_id = trace::trace_id(&span),
+            "request"
+        );
+    }
+    Ok(resp)
+}
+
+/// True when access-log lines would be written (checked once per request).
+fn access_log_enabled() -> bool {
+    tracing::enabled!(target: "tether::access", tracing::Level::INFO)
+}
+
+/// The handshake outcome a failure stands for.
+fn handshake_outcome(err: &ProxyError) -> HandshakeOutcome {
+    match err {
+        ProxyError::NoRoute => HandshakeOutcome::NoRoute,
+        ProxyError::BadHandshake(_) => HandshakeOutcome::BadHandshake,
+        ProxyError::OriginNotAllowed | ProxyError::OriginRequired => {
+            HandshakeOutcome::RejectedOrigin
+        }
+        ProxyError::SubprotocolNotAllowed => HandshakeOutcome::RejectedSubprotocol,
+        ProxyError::NoHealthyBackend { .. } => HandshakeOutcome::NoBackend,
+        _ => HandshakeOutcome::BackendError,
+    }
 }
 
 async fn route_and_forward(
     ctx: &Rc<WorkerContext>,
     conn: &Rc<Connection>,
     req: Request<Incoming>,
+    websocket: bool,
+    span: &Span,
+    facts: &mut RequestFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let route = {
         let snapshot = ctx.routes.load();
@@ -79,10 +192,11 @@ async fn route_and_forward(
             .cloned()
             .ok_or(ProxyError::NoRoute)?
     };
-    if handshake::wants_websocket(req.headers()) {
-        forward_websocket(ctx, conn, route, req).await
+    facts.route = Some(route.name.clone());
+    if websocket {
+        forward_websocket(ctx, conn, route, req, span, facts).await
     } else {
-        forward_http(ctx, conn, &route, req).await
+        forward_http(ctx, conn, &route, req, span, facts).await
     }
 }
 
@@ -185,10 +299,15 @@ async fn forward_http(
     conn: &Connection,
     route: &Route,
     req: Request<Incoming>,
+    span: &Span,
+    facts: &mut RequestFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (backend, lease) = pick_backend(route, conn, req.headers())?;
+    facts.backend = Some(backend);
     let (mut parts, body) = req.into_parts();
     prepare_head(&mut parts, conn, route);
+    let client_span = trace::http_client(span, parts.method.as_str(), &backend.to_string());
+    trace::inject(&client_span, &mut parts.headers);
     let body: UpstreamBody = if body.is_end_stream() {
         Either::Right(Empty::new())
     } else {
@@ -202,8 +321,16 @@ async fn forward_http(
             route.settings.connect_timeout,
             route.settings.request_timeout,
         )
+        .instrument(client_span.clone())
         .await
-        .inspect_err(|e| report_failure(&lease, e))?;
+        .inspect_err(|e| {
+            report_failure(&lease, e);
+            client_span.record("otel.status_code", "ERROR");
+        })?;
+    client_span.record(
+        "http.response.status_code",
+        i64::from(resp.status().as_u16()),
+    );
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let err = ProxyError::UnrequestedUpgrade { backend };
         report_failure(&lease, &err);
@@ -225,14 +352,19 @@ async fn forward_websocket(
     conn: &Connection,
     route: Arc<Route>,
     mut req: Request<Incoming>,
+    span: &Span,
+    facts: &mut RequestFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     handshake::validate(&req, req.body().is_end_stream())?;
     check_origin(&route, &req)?;
+    check_subprotocols(&route, &req)?;
     let (backend, lease) = pick_backend(&route, conn, req.headers())?;
+    facts.backend = Some(backend);
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
     prepare_head(&mut parts, conn, &route);
     headers::set_websocket_upgrade(&mut parts.headers);
+    trace::inject(span, &mut parts.headers);
     let upstream_req = Request::from_parts(parts, Either::Right(Empty::<Bytes>::new()));
     let mut resp = upstream::send_upgrade(
         backend,
@@ -245,6 +377,7 @@ async fn forward_websocket(
     report_answer(&lease, backend, resp.status());
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The backend refused the upgrade: relay its answer as it is.
+        facts.refused = true;
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         return Ok(Response::from_parts(parts, ProxyBody::upstream(body, None)));
@@ -257,25 +390,31 @@ async fn forward_websocket(
         client: conn.peer,
         lease: Some(lease.into_session()),
     };
+    let pump = pump_config(&route);
     let token = ctx.tracker.token();
     let ctx = ctx.clone();
+    let handshake_span = span.clone();
     tokio::task::spawn_local(async move {
         match tokio::try_join!(client_upgrade, backend_upgrade) {
             Ok((client, backend_io)) => match (into_tcp(client), into_tcp(backend_io)) {
                 (Some((client, client_prefix)), Some((backend_sock, backend_prefix))) => {
-                    SessionActor::new(
-                        info,
-                        SessionStreams {
-                            client,
-                            client_prefix,
-                            backend: backend_sock,
-                            backend_prefix,
-                        },
-                        ctx.registry.clone(),
-                        ctx.shutdown.clone(),
+                    let span =
+                        trace::session(&handshake_span, &info.route, &info.backend.to_string());
+                    let env = SessionEnv {
+                        registry: ctx.registry.clone(),
+                        shutdown: ctx.shutdown.clone(),
+                        shutdown_grace: ctx.shutdown_grace,
+                        metrics: ctx.metrics.clone(),
+                        span,
                         token,
-                    )
-                    .start();
+                    };
+                    let streams = SessionStreams {
+                        client,
+                        client_prefix,
+                        backend: backend_sock,
+                        backend_prefix,
+                    };
+                    SessionActor::new(info, streams, pump, env).start();
                 }
                 _ => tracing::error!("upgraded connection is not a TCP stream"),
             },
@@ -294,6 +433,45 @@ async fn forward_websocket(
 fn into_tcp(upgraded: Upgraded) -> Option<(TcpStream, Bytes)> {
     let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
     Some((parts.io.into_inner(), parts.read_buf))
+}
+
+/// How a session on `route` is pumped: its inspection mode and bounds.
+fn pump_config(route: &Route) -> PumpConfig {
+    let ws = &route.websocket;
+    PumpConfig {
+        frames: ws.inspect == Inspect::Frames,
+        idle_timeout: route.settings.request_timeout,
+        keepalive: (!ws.keepalive_interval.is_zero()).then_some(ws.keepalive_interval),
+        max_message_size: ws.max_message_size,
+    }
+}
+
+/// Enforces the rule's `subprotocols` allow-list: a handshake that offers subprotocols, none of
+/// them allowed, is refused. Offers are otherwise passed through untouched, and the backend
+/// chooses.
+fn check_subprotocols<B>(route: &Route, req: &Request<B>) -> Result<(), ProxyError> {
+    let allowed = &route.websocket.subprotocols;
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let mut offered_any = false;
+    for value in req.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        for offer in value.as_bytes().split(|&b| b == b',') {
+            let offer = offer.trim_ascii();
+            if offer.is_empty() {
+                continue;
+            }
+            offered_any = true;
+            if allowed.iter().any(|a| a.as_bytes() == offer) {
+                return Ok(());
+            }
+        }
+    }
+    if offered_any {
+        Err(ProxyError::SubprotocolNotAllowed)
+    } else {
+        Ok(())
+    }
 }
 
 /// Enforces the rule's `allowed_origins` (CORS does not cover WebSockets; this is the only

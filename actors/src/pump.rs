@@ -1,167 +1,865 @@
-//! The byte pump that carries an upgraded WebSocket both ways.
+//! The pump that carries one upgraded WebSocket both ways, and decides how it ends.
 //!
-//! Memory is the design constraint: a sidecar may hold tens of thousands of idle sessions, so an
-//! idle session owns no buffer at all. Each direction waits for *readiness*, then borrows the
-//! worker thread's one 64 KiB read buffer, reads, and writes the bytes straight to the other
-//! socket before giving the buffer back. Only bytes the other side refuses (its send buffer is
-//! full) are copied into a per-direction `Vec`, which is freed as soon as they are flushed, and
-//! no further bytes are read in that direction until then (backpressure travels end to end).
+//! # Memory
+//! An idle session owns no buffer. Each direction waits for *readiness*, borrows the worker
+//! thread's one 64 KiB read buffer, reads, and writes straight through. Only bytes the other side
+//! refuses (its socket buffer is full) are copied into that direction's `pending` vector, which is
+//! freed once flushed; while it is non-empty the direction stops reading, so backpressure travels
+//! end to end.
 //!
-//! Lifecycle of one direction: `flush prefix → (readable → read → write → [flush leftovers])* →
-//! EOF | error`. On EOF the other socket's write half is shut down (a TCP half-close passes
-//! through), and the opposite direction carries on until it ends too.
+//! # Frames
+//! In `inspect = "frames"` mode each direction runs a [`FrameTracker`]: bytes still go through
+//! unchanged, but Tether knows every frame boundary, so it can send frames of its own (pings,
+//! close frames) without corrupting the stream, swallow the pongs answering its pings, record
+//! close codes, and refuse a message over `max_message_size` before any of it is forwarded.
+//! `inspect = "opaque"` is a plain byte pipe: no pings, no close frames, sockets closed instead.
+//!
+//! # Lifecycle
+//! `open → (closing) → ended`. The first decisive event names the cause:
+//!
+//! | event | Tether sends | cause |
+//! |---|---|---|
+//! | a peer's close frame, then both sides finish | — (forwarded) | `normal` |
+//! | no bytes either way for `request_timeout` | 1001 `idle timeout` to both | `idle_timeout` |
+//! | client silent for 2 × `keepalive_interval` | client socket closed, 1001 `client unresponsive` to backend | `client_unresponsive` |
+//! | backend socket ends without a close frame | 1014 `backend lost` to client | `backend_lost` |
+//! | client socket ends without a close frame | 1001 `client lost` to backend | `client_lost` |
+//! | message over `max_message_size` | 1009 to the sender, 1001 to the other side | `message_too_big` |
+//! | drain order or shutdown | 1001 `going away` to both | `drain` / `backend_unhealthy` |
+//!
+//! After Tether sends a close frame to a peer, nothing more is forwarded to that peer; the
+//! session ends when every peer has answered (close frame or end of stream) or the close
+//! deadline passes. A close frame carrying a reserved code (1005, 1006, 1015) is never forwarded:
+//! it is replaced by 1002.
 
 use std::cell::{Cell, RefCell};
+use std::hash::{BuildHasher, Hasher};
 use std::io;
+use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::frame::{
+    is_reserved_close_code, CloseInfo, ControlFrame, FrameHeader, FrameTracker, Held, Inspector,
+    OpCode, Sink, Verdict,
+};
+use crate::messages::DrainReason;
+use crate::session::SessionStreams;
+use crate::shutdown::ShutdownSignal;
 
 /// Size of the per-worker read buffer.
 pub const READ_BUFFER_SIZE: usize = 64 * 1024;
+/// Length of the payload of Tether's keep-alive pings (`tthr` + a sequence number).
+pub const PING_PAYLOAD_LEN: usize = 8;
+/// How long peers get to answer a close frame Tether sent for a reason of its own (idle timeout,
+/// lost peer, oversize message). Drains bring their own grace period.
+pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 thread_local! {
     /// One read buffer per worker thread, shared by every session on it. Never borrowed across
     /// an `.await`, so the borrow cannot conflict.
-    static READ_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_BUFFER_SIZE].into_boxed_slice());
+    static READ_BUFFER: RefCell<Box<[u8]>> =
+        RefCell::new(vec![0u8; READ_BUFFER_SIZE].into_boxed_slice());
 }
 
-/// How one direction of the pump ended.
+/// How a session is inspected and bounded (from its route's settings).
+#[derive(Debug, Clone, Copy)]
+pub struct PumpConfig {
+    /// Parse frame headers (`true`) or pipe bytes blindly.
+    pub frames: bool,
+    /// No bytes either way for this long ends the session (`request_timeout`).
+    pub idle_timeout: Duration,
+    /// Ping the client after this much silence from it; `None` turns keep-alive off.
+    pub keepalive: Option<Duration>,
+    /// Largest message (sum of its frames' payloads) either side may send.
+    pub max_message_size: Option<u64>,
+}
+
+/// Why a session ended. The names are the `cause` recorded in logs and spans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DirectionEnd {
-    /// The source sent FIN; everything read was delivered.
-    Eof,
-    /// Reading from the source failed (reset, timeout).
-    ReadFailed(io::ErrorKind),
-    /// Writing to the destination failed (reset, broken pipe).
-    WriteFailed(io::ErrorKind),
+pub enum EndCause {
+    /// A peer sent a close frame and both sides finished.
+    Normal,
+    /// No frame either way for `request_timeout`.
+    IdleTimeout,
+    /// The client answered no ping for 2 × `keepalive_interval`.
+    ClientUnresponsive,
+    /// The backend's connection ended without a close frame.
+    BackendLost,
+    /// The client's connection ended without a close frame.
+    ClientLost,
+    /// A message exceeded `max_message_size`.
+    MessageTooBig,
+    /// Drained by shutdown or a configuration change.
+    Drain,
+    /// Drained because its backend was marked unhealthy.
+    BackendUnhealthy,
 }
 
-enum Step {
-    Again,
-    Leftover,
-    Eof,
-    ReadFailed(io::ErrorKind),
-    WriteFailed(io::ErrorKind),
-}
-
-/// Copies `src` to `dst` until `src` ends or either side fails, after first writing `prefix`
-/// (bytes already read from `src` by the HTTP layer). Adds every delivered byte to `counter`.
-pub async fn pipe(
-    src: &TcpStream,
-    dst: &TcpStream,
-    prefix: Bytes,
-    counter: &Cell<u64>,
-) -> DirectionEnd {
-    if !prefix.is_empty() {
-        if let Err(e) = write_all(dst, &prefix).await {
-            return DirectionEnd::WriteFailed(e.kind());
+impl EndCause {
+    /// The cause as recorded.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndCause::Normal => "normal",
+            EndCause::IdleTimeout => "idle_timeout",
+            EndCause::ClientUnresponsive => "client_unresponsive",
+            EndCause::BackendLost => "backend_lost",
+            EndCause::ClientLost => "client_lost",
+            EndCause::MessageTooBig => "message_too_big",
+            EndCause::Drain => "drain",
+            EndCause::BackendUnhealthy => "backend_unhealthy",
         }
-        counter.set(counter.get() + prefix.len() as u64);
     }
-    drop(prefix);
-    let mut leftover: Vec<u8> = Vec::new();
-    loop {
-        if let Err(e) = src.readable().await {
-            return DirectionEnd::ReadFailed(e.kind());
+}
+
+/// Who sent the first close frame of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Initiator {
+    /// The client.
+    Client,
+    /// The backend.
+    Backend,
+    /// Tether itself.
+    Tether,
+}
+
+impl Initiator {
+    /// As recorded.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Initiator::Client => "client",
+            Initiator::Backend => "backend",
+            Initiator::Tether => "tether",
         }
-        let step = READ_BUFFER.with(|cell| {
-            let mut buf = cell.borrow_mut();
-            match src.try_read(&mut buf) {
-                Ok(0) => Step::Eof,
-                Ok(n) => {
-                    counter.set(counter.get() + n as u64);
-                    match dst.try_write(&buf[..n]) {
-                        Ok(w) if w == n => Step::Again,
-                        Ok(w) => {
-                            leftover.extend_from_slice(&buf[w..n]);
-                            Step::Leftover
-                        }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            leftover.extend_from_slice(&buf[..n]);
-                            Step::Leftover
-                        }
-                        Err(e) => Step::WriteFailed(e.kind()),
+    }
+}
+
+/// Live counters of a session, shared with its actor (same thread, so `Cell`).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Bytes read from the client.
+    pub client_bytes: Cell<u64>,
+    /// Bytes read from the backend.
+    pub backend_bytes: Cell<u64>,
+    /// Complete messages from the client (frames mode).
+    pub client_messages: Cell<u64>,
+    /// Complete messages from the backend (frames mode).
+    pub backend_messages: Cell<u64>,
+}
+
+/// How a session went, as reported when it ends.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Why it ended.
+    pub cause: EndCause,
+    /// The client's close frame, if it sent one.
+    pub client_close: Option<CloseInfo>,
+    /// The backend's close frame, if it sent one.
+    pub backend_close: Option<CloseInfo>,
+    /// The close code Tether sent, if it closed the session itself.
+    pub tether_close: Option<u16>,
+    /// Who closed first.
+    pub initiator: Option<Initiator>,
+    /// Round-trip time of the last answered keep-alive ping.
+    pub ping_rtt_last: Option<Duration>,
+    /// Longest keep-alive round trip seen.
+    pub ping_rtt_max: Option<Duration>,
+}
+
+/// One direction: bytes from `src` to `dst`.
+#[derive(Default)]
+struct Half {
+    tracker: FrameTracker,
+    /// Bytes accepted for `dst` it has not taken yet.
+    pending: Vec<u8>,
+    /// `src` ended (FIN or error): nothing more is read.
+    src_done: bool,
+    /// `dst` is gone or was closed by Tether: bytes for it are dropped.
+    dst_done: bool,
+    /// A frame of Tether's waiting for a frame boundary towards `dst`.
+    queued: Option<Queued>,
+    /// Pass `src`'s FIN on to `dst` once `pending` is flushed.
+    fin_pending: bool,
+    /// The close frame `src` sent, if any.
+    close: Option<CloseInfo>,
+    /// Writing to `dst` failed.
+    write_failed: bool,
+}
+
+#[derive(Clone)]
+enum Queued {
+    Ping(ControlFrame),
+    Close(ControlFrame),
+}
+
+impl Half {
+    fn can_read(&self) -> bool {
+        !self.src_done && self.pending.is_empty()
+    }
+    fn wants_write(&self) -> bool {
+        !self.pending.is_empty() && !self.dst_done
+    }
+}
+
+/// Delivers bytes to a socket: straight through while it takes them, into `pending` once it
+/// does not.
+struct Outbox<'a> {
+    dst: &'a TcpStream,
+    pending: &'a mut Vec<u8>,
+    failed: &'a mut bool,
+    discard: bool,
+}
+
+impl Sink for Outbox<'_> {
+    fn send(&mut self, bytes: &[u8]) {
+        if self.discard || *self.failed || bytes.is_empty() {
+            return;
+        }
+        if !self.pending.is_empty() {
+            self.pending.extend_from_slice(bytes);
+            return;
+        }
+        match self.dst.try_write(bytes) {
+            Ok(n) if n == bytes.len() => {}
+            Ok(n) => self.pending.extend_from_slice(&bytes[n..]),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.pending.extend_from_slice(bytes)
+            }
+            Err(_) => *self.failed = true,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Ping {
+    seq: u32,
+    outstanding: Option<([u8; PING_PAYLOAD_LEN], Instant)>,
+    last_sent: Option<Instant>,
+    rtt_last: Option<Duration>,
+    rtt_max: Option<Duration>,
+}
+
+/// Watches one direction's frames on behalf of the session.
+struct Watch<'a> {
+    from_client: bool,
+    max_message: Option<u64>,
+    ping: &'a mut Ping,
+    close: &'a mut Option<CloseInfo>,
+    first_close: &'a mut Option<Initiator>,
+    messages: &'a Cell<u64>,
+}
+
+impl Inspector for Watch<'_> {
+    fn header(&mut self, h: &FrameHeader) -> Verdict {
+        let data = matches!(
+            h.opcode,
+            OpCode::Text | OpCode::Binary | OpCode::Continuation
+        );
+        if data && self.max_message.is_some_and(|max| h.message_len > max) {
+            return Verdict::Reject;
+        }
+        match h.opcode {
+            OpCode::Close => Verdict::Hold,
+            OpCode::Pong
+                if self.from_client
+                    && self.ping.outstanding.is_some()
+                    && h.len == PING_PAYLOAD_LEN as u64 =>
+            {
+                Verdict::Hold
+            }
+            _ => Verdict::Forward,
+        }
+    }
+
+    fn frame_end(&mut self, h: &FrameHeader, control: Option<&[u8]>) -> Held {
+        match h.opcode {
+            OpCode::Text | OpCode::Binary | OpCode::Continuation if h.fin => {
+                self.messages.set(self.messages.get() + 1);
+                Held::Release
+            }
+            OpCode::Close => {
+                let info = CloseInfo::parse(control.unwrap_or_default());
+                let reserved = info.code.is_some_and(is_reserved_close_code);
+                if self.close.is_none() {
+                    *self.close = Some(info);
+                }
+                if self.first_close.is_none() {
+                    *self.first_close = Some(if self.from_client {
+                        Initiator::Client
+                    } else {
+                        Initiator::Backend
+                    });
+                }
+                if reserved {
+                    // Never put 1005/1006/1015 on the wire (RFC 6455 §7.4.1).
+                    let mask = self.from_client.then(mask_key);
+                    Held::Replace(ControlFrame::close(1002, "reserved close code", mask))
+                } else {
+                    Held::Release
+                }
+            }
+            OpCode::Pong if self.from_client => {
+                if let Some((payload, sent)) = self.ping.outstanding {
+                    if control == Some(&payload[..]) {
+                        let rtt = sent.elapsed();
+                        self.ping.rtt_last = Some(rtt);
+                        self.ping.rtt_max = Some(self.ping.rtt_max.map_or(rtt, |m| m.max(rtt)));
+                        self.ping.outstanding = None;
+                        return Held::Swallow;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Step::Again,
-                Err(e) => Step::ReadFailed(e.kind()),
+                Held::Release
             }
-        });
-        match step {
-            Step::Again => {}
-            Step::Leftover => {
-                if let Err(e) = write_all(dst, &leftover).await {
-                    return DirectionEnd::WriteFailed(e.kind());
-                }
-                // Free the session's copy: an idle session holds no buffer.
-                leftover = Vec::new();
-            }
-            Step::Eof => {
-                // Half-close: the peer learns this side is done sending.
-                let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
-                return DirectionEnd::Eof;
-            }
-            Step::ReadFailed(kind) => return DirectionEnd::ReadFailed(kind),
-            Step::WriteFailed(kind) => return DirectionEnd::WriteFailed(kind),
+            _ => Held::Release,
         }
     }
 }
 
-/// Writes all of `bytes` to `dst`, waiting for writability as needed.
-pub async fn write_all(dst: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
-    while !bytes.is_empty() {
-        dst.writable().await?;
-        match dst.try_write(bytes) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => bytes = &bytes[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+/// A fresh, unpredictable masking key for a frame Tether sends to a backend (RFC 6455 §5.3).
+fn mask_key() -> [u8; 4] {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x7465_7468_6572);
+    (h.finish() as u32).to_ne_bytes()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    /// Client to backend.
+    Up,
+    /// Backend to client.
+    Down,
+}
 
-    async fn pair() -> (TcpStream, TcpStream) {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let a = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (b, _) = l.accept().await.unwrap();
-        (a, b)
+/// The whole state of one session's pump.
+struct Pump<'c> {
+    cfg: PumpConfig,
+    up: Half,
+    down: Half,
+    ping: Ping,
+    counters: &'c Counters,
+    cause: Option<EndCause>,
+    first_close: Option<Initiator>,
+    tether_close: Option<u16>,
+    /// Set once Tether started closing; the session ends by this deadline.
+    close_deadline: Option<Instant>,
+    last_activity: Instant,
+    last_client: Instant,
+    /// A drain scheduled for later: when, and the cause it will record.
+    drain_at: Option<(Instant, EndCause)>,
+}
+
+impl<'c> Pump<'c> {
+    fn new(cfg: PumpConfig, counters: &'c Counters) -> Pump<'c> {
+        let now = Instant::now();
+        Pump {
+            cfg,
+            up: Half::default(),
+            down: Half::default(),
+            ping: Ping::default(),
+            counters,
+            cause: None,
+            first_close: None,
+            tether_close: None,
+            close_deadline: None,
+            last_activity: now,
+            last_client: now,
+            drain_at: None,
+        }
     }
 
-    /// Bytes written in at one end come out unchanged at the other, prefix first, and EOF
-    /// propagates as a half-close.
-    #[tokio::test]
-    async fn copies_prefix_then_stream_then_half_closes() {
-        let (mut client, proxy_in) = pair().await;
-        let (proxy_out, mut server) = pair().await;
-        let counter = Cell::new(0);
-        let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-        let writer = async {
-            client.write_all(&payload).await.unwrap();
-            client.shutdown().await.unwrap();
+    fn halves(&mut self, dir: Dir) -> (&mut Half, &mut Half) {
+        match dir {
+            Dir::Up => (&mut self.up, &mut self.down),
+            Dir::Down => (&mut self.down, &mut self.up),
+        }
+    }
+
+    /// Bytes arrived from the source of `dir`; forwards them to `dst`.
+    fn on_bytes(&mut self, dir: Dir, bytes: &[u8], dst: &TcpStream) {
+        let now = Instant::now();
+        self.last_activity = now;
+        let counter = match dir {
+            Dir::Up => {
+                self.last_client = now;
+                &self.counters.client_bytes
+            }
+            Dir::Down => &self.counters.backend_bytes,
         };
-        let reader = async {
-            let mut got = Vec::new();
-            server.read_to_end(&mut got).await.unwrap();
-            got
+        counter.set(counter.get() + bytes.len() as u64);
+        let frames = self.cfg.frames;
+        let max_message = self.cfg.max_message_size;
+        let messages = match dir {
+            Dir::Up => &self.counters.client_messages,
+            Dir::Down => &self.counters.backend_messages,
         };
-        let pump = pipe(
-            &proxy_in,
-            &proxy_out,
-            Bytes::from_static(b"prefix:"),
-            &counter,
+        let half = match dir {
+            Dir::Up => &mut self.up,
+            Dir::Down => &mut self.down,
+        };
+        let discard = half.dst_done;
+        let mut out = Outbox {
+            dst,
+            pending: &mut half.pending,
+            failed: &mut half.write_failed,
+            discard,
+        };
+        let rejected = if frames {
+            let mut watch = Watch {
+                from_client: dir == Dir::Up,
+                max_message,
+                ping: &mut self.ping,
+                close: &mut half.close,
+                first_close: &mut self.first_close,
+                messages,
+            };
+            half.tracker.process(bytes, &mut watch, &mut out).is_err()
+        } else {
+            out.send(bytes);
+            false
+        };
+        if rejected {
+            self.message_too_big(dir);
+        }
+        self.check_write(dir);
+    }
+
+    /// Reacts to a failed write towards the destination of `dir`: that peer is gone.
+    fn check_write(&mut self, dir: Dir) {
+        let (half, _) = self.halves(dir);
+        if half.write_failed && !half.dst_done {
+            half.dst_done = true;
+            half.pending = Vec::new();
+            // The peer `dst` is gone: treat it like its own stream ending with an error.
+            let gone = match dir {
+                Dir::Up => Dir::Down,
+                Dir::Down => Dir::Up,
+            };
+            self.on_end(gone, true);
+        }
+    }
+
+    /// The source of `dir` ended (FIN, or an error when `error`).
+    fn on_end(&mut self, dir: Dir, error: bool) {
+        let frames = self.cfg.frames;
+        let closing = self.close_deadline.is_some();
+        let (half, _) = self.halves(dir);
+        if half.src_done {
+            return;
+        }
+        half.src_done = true;
+        if !half.dst_done && !half.tracker.withheld().is_empty() && !half.tracker.is_holding() {
+            // A truncated header at end of stream still goes through unchanged.
+            let withheld = half.tracker.withheld().to_vec();
+            half.pending.extend_from_slice(&withheld);
+        }
+        let closed_properly = half.close.is_some();
+        if !frames {
+            half.fin_pending = true;
+            if error && self.cause.is_none() {
+                self.cause = Some(match dir {
+                    Dir::Up => EndCause::ClientLost,
+                    Dir::Down => EndCause::BackendLost,
+                });
+            }
+            return;
+        }
+        if closed_properly || closing {
+            half.fin_pending = true;
+            return;
+        }
+        // Lost without a close frame: tell the other peer why, in words it can read. What the
+        // lost side may still want to read keeps flowing: a TCP half-close is not a close.
+        match dir {
+            Dir::Down => {
+                self.begin_close(
+                    EndCause::BackendLost,
+                    Some((1014, "backend lost")),
+                    None,
+                    CLOSE_HANDSHAKE_TIMEOUT,
+                );
+            }
+            Dir::Up => {
+                self.begin_close(
+                    EndCause::ClientLost,
+                    None,
+                    Some((1001, "client lost")),
+                    CLOSE_HANDSHAKE_TIMEOUT,
+                );
+            }
+        }
+    }
+
+    fn message_too_big(&mut self, dir: Dir) {
+        let (to_sender, to_other) = (Some((1009, "message too big")), Some((1001, "going away")));
+        let (to_client, to_backend) = match dir {
+            Dir::Up => (to_sender, to_other),
+            Dir::Down => (to_other, to_sender),
+        };
+        self.begin_close(
+            EndCause::MessageTooBig,
+            to_client,
+            to_backend,
+            CLOSE_HANDSHAKE_TIMEOUT,
         );
-        let (_, got, end) = tokio::join!(writer, reader, pump);
-        assert_eq!(end, DirectionEnd::Eof);
-        assert_eq!(&got[..7], b"prefix:");
-        assert_eq!(&got[7..], &payload[..]);
-        assert_eq!(counter.get(), 7 + payload.len() as u64);
     }
+
+    /// Tether ends the session: queues close frames (sent at the next frame boundary) and sets
+    /// the deadline for the peers' answers. The first cause wins.
+    fn begin_close(
+        &mut self,
+        cause: EndCause,
+        to_client: Option<(u16, &str)>,
+        to_backend: Option<(u16, &str)>,
+        grace: Duration,
+    ) {
+        if self.cause.is_none() {
+            self.cause = Some(cause);
+        }
+        let now = Instant::now();
+        let deadline = now + grace;
+        self.close_deadline = Some(self.close_deadline.map_or(deadline, |d| d.min(deadline)));
+        if !self.cfg.frames {
+            // No frame boundaries known: the sockets are simply closed.
+            self.close_deadline = Some(now);
+            return;
+        }
+        if let Some((code, reason)) = to_client {
+            self.queue_close(Dir::Down, ControlFrame::close(code, reason, None), code);
+        }
+        if let Some((code, reason)) = to_backend {
+            self.queue_close(
+                Dir::Up,
+                ControlFrame::close(code, reason, Some(mask_key())),
+                code,
+            );
+        }
+    }
+
+    fn queue_close(&mut self, dir: Dir, frame: ControlFrame, code: u16) {
+        let (half, _) = self.halves(dir);
+        if half.dst_done || matches!(half.queued, Some(Queued::Close(_))) {
+            return;
+        }
+        half.queued = Some(Queued::Close(frame));
+        self.tether_close.get_or_insert(code);
+        self.first_close.get_or_insert(Initiator::Tether);
+    }
+
+    /// Sends queued frames that have reached a frame boundary, and passes on pending FINs.
+    fn service(&mut self, client: &TcpStream, backend: &TcpStream) {
+        for dir in [Dir::Up, Dir::Down] {
+            let dst = match dir {
+                Dir::Up => backend,
+                Dir::Down => client,
+            };
+            let half = match dir {
+                Dir::Up => &mut self.up,
+                Dir::Down => &mut self.down,
+            };
+            if let Some(queued) = half.queued.take() {
+                let stuck = half.src_done && !half.tracker.at_boundary();
+                if half.dst_done || stuck {
+                    // Nobody to send to, or the stream can never reach a boundary again: a
+                    // close becomes a plain FIN.
+                    if matches!(queued, Queued::Close(_)) {
+                        half.fin_pending = true;
+                    }
+                } else if half.tracker.at_boundary() {
+                    let mut out = Outbox {
+                        dst,
+                        pending: &mut half.pending,
+                        failed: &mut half.write_failed,
+                        discard: false,
+                    };
+                    match queued {
+                        Queued::Ping(frame) => out.send(frame.as_bytes()),
+                        Queued::Close(frame) => {
+                            out.send(frame.as_bytes());
+                            // Nothing more goes to a peer Tether has closed.
+                            half.dst_done = true;
+                            half.fin_pending = true;
+                        }
+                    }
+                } else {
+                    half.queued = Some(queued);
+                }
+            }
+            if half.fin_pending && half.pending.is_empty() && !half.write_failed {
+                let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+                half.fin_pending = false;
+            }
+            self.check_write(dir);
+        }
+    }
+
+    /// Writes what `dir` has pending.
+    fn flush(&mut self, dir: Dir, dst: &TcpStream) {
+        let (half, _) = self.halves(dir);
+        while !half.pending.is_empty() {
+            match dst.try_write(&half.pending) {
+                Ok(0) => {
+                    half.write_failed = true;
+                    break;
+                }
+                Ok(n) => {
+                    half.pending.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(_) => {
+                    half.write_failed = true;
+                    break;
+                }
+            }
+        }
+        if half.pending.is_empty() {
+            // Free the copy: an idle session holds no buffer.
+            half.pending = Vec::new();
+        }
+        self.check_write(dir);
+    }
+
+    /// A drain order. Shutdown closes at once and gives the peers `grace` to answer; a drain
+    /// for an unhealthy member or a removed route lets the session run for `grace` first (so
+    /// in-flight messages finish), then closes it.
+    fn on_drain(&mut self, reason: DrainReason, grace: Duration) {
+        match reason {
+            DrainReason::Shutdown => self.begin_close(
+                EndCause::Drain,
+                Some((1001, "going away")),
+                Some((1001, "going away")),
+                grace,
+            ),
+            DrainReason::BackendUnhealthy | DrainReason::RouteRemoved => {
+                let cause = if reason == DrainReason::BackendUnhealthy {
+                    EndCause::BackendUnhealthy
+                } else {
+                    EndCause::Drain
+                };
+                let at = Instant::now() + grace;
+                if self.drain_at.is_none_or(|(t, _)| at < t) {
+                    self.drain_at = Some((at, cause));
+                }
+            }
+        }
+    }
+
+    /// The earliest moment something is due.
+    fn next_deadline(&self) -> Instant {
+        if let Some(deadline) = self.close_deadline {
+            return deadline;
+        }
+        let mut next = self.last_activity + self.cfg.idle_timeout;
+        if let Some((at, _)) = self.drain_at {
+            next = next.min(at);
+        }
+        if let (true, Some(interval)) = (self.cfg.frames, self.cfg.keepalive) {
+            let since = self
+                .ping
+                .last_sent
+                .map_or(self.last_client, |s| s.max(self.last_client));
+            next = next
+                .min(since + interval)
+                .min(self.last_client + interval * 2);
+        }
+        next
+    }
+
+    fn on_timer(&mut self, client: &TcpStream) {
+        let now = Instant::now();
+        if self.close_deadline.is_some() {
+            return; // `finished` sees the deadline
+        }
+        if let Some((at, cause)) = self.drain_at {
+            if now >= at {
+                self.begin_close(
+                    cause,
+                    Some((1001, "going away")),
+                    Some((1001, "going away")),
+                    CLOSE_HANDSHAKE_TIMEOUT,
+                );
+                return;
+            }
+        }
+        if let (true, Some(interval)) = (self.cfg.frames, self.cfg.keepalive) {
+            if now >= self.last_client + interval * 2 {
+                // The client is gone: close its socket, tell the backend.
+                let _ = socket2::SockRef::from(client).shutdown(std::net::Shutdown::Both);
+                self.up.src_done = true;
+                self.down.dst_done = true;
+                self.down.queued = None;
+                self.begin_close(
+                    EndCause::ClientUnresponsive,
+                    None,
+                    Some((1001, "client unresponsive")),
+                    CLOSE_HANDSHAKE_TIMEOUT,
+                );
+                return;
+            }
+        }
+        if now >= self.last_activity + self.cfg.idle_timeout {
+            self.begin_close(
+                EndCause::IdleTimeout,
+                Some((1001, "idle timeout")),
+                Some((1001, "idle timeout")),
+                CLOSE_HANDSHAKE_TIMEOUT,
+            );
+            return;
+        }
+        if let (true, Some(interval)) = (self.cfg.frames, self.cfg.keepalive) {
+            let since = self
+                .ping
+                .last_sent
+                .map_or(self.last_client, |s| s.max(self.last_client));
+            if now >= since + interval && self.down.queued.is_none() && !self.down.dst_done {
+                self.ping.seq = self.ping.seq.wrapping_add(1);
+                let mut payload = [0u8; PING_PAYLOAD_LEN];
+                payload[..4].copy_from_slice(b"tthr");
+                payload[4..].copy_from_slice(&self.ping.seq.to_be_bytes());
+                self.ping.outstanding = Some((payload, now));
+                self.ping.last_sent = Some(now);
+                self.down.queued = Some(Queued::Ping(ControlFrame::new(
+                    OpCode::Ping,
+                    &payload,
+                    None,
+                )));
+            }
+        }
+    }
+
+    fn finished(&self) -> bool {
+        if self.close_deadline.is_some_and(|d| Instant::now() >= d) {
+            return true;
+        }
+        let settled = |h: &Half| h.pending.is_empty() || h.dst_done;
+        if !(settled(&self.up) && settled(&self.down)) {
+            return false;
+        }
+        if self.up.src_done && self.down.src_done {
+            return true;
+        }
+        // Tether closed: done once each peer answered with a close frame or ended.
+        if self.close_deadline.is_some() {
+            let answered = |h: &Half| h.src_done || h.close.is_some();
+            let sent = |h: &Half| h.queued.is_none();
+            return answered(&self.up)
+                && answered(&self.down)
+                && sent(&self.up)
+                && sent(&self.down);
+        }
+        false
+    }
+
+    fn outcome(self) -> Outcome {
+        let cause = self.cause.unwrap_or(
+            if self.up.close.is_some() || self.down.close.is_some() || !self.cfg.frames {
+                EndCause::Normal
+            } else {
+                EndCause::ClientLost
+            },
+        );
+        Outcome {
+            cause,
+            client_close: self.up.close,
+            backend_close: self.down.close,
+            tether_close: self.tether_close,
+            initiator: self.first_close,
+            ping_rtt_last: self.ping.rtt_last,
+            ping_rtt_max: self.ping.rtt_max,
+        }
+    }
+}
+
+/// Reads once from `src` into the worker's buffer and hands the bytes to the pump.
+fn read_once(pump: &mut Pump<'_>, dir: Dir, src: &TcpStream, dst: &TcpStream) {
+    READ_BUFFER.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        match src.try_read(&mut buf) {
+            Ok(0) => pump.on_end(dir, false),
+            Ok(n) => pump.on_bytes(dir, &buf[..n], dst),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => pump.on_end(dir, true),
+        }
+    });
+}
+
+/// What can interrupt a pumping session from outside.
+pub struct PumpControl<'a> {
+    /// Fires when Tether shuts down.
+    pub shutdown: ShutdownSignal,
+    /// Woken when a drain order arrives.
+    pub wake: &'a tokio::sync::Notify,
+    /// The drain order, once one arrived.
+    pub drain: &'a Cell<Option<(DrainReason, Duration)>>,
+    /// Grace period for shutdown drains.
+    pub shutdown_grace: Duration,
+}
+
+/// Runs a session until it ends, and says how it went.
+pub async fn run(
+    streams: SessionStreams,
+    cfg: PumpConfig,
+    counters: &Counters,
+    mut control: PumpControl<'_>,
+) -> Outcome {
+    let SessionStreams {
+        client,
+        client_prefix,
+        backend,
+        backend_prefix,
+    } = streams;
+    let mut pump = Pump::new(cfg, counters);
+    if !client_prefix.is_empty() {
+        pump.on_bytes(Dir::Up, &client_prefix, &backend);
+    }
+    if !backend_prefix.is_empty() {
+        pump.on_bytes(Dir::Down, &backend_prefix, &client);
+    }
+    drop((client_prefix, backend_prefix));
+    let mut shutdown_seen = control.shutdown.is_fired();
+    if shutdown_seen {
+        pump.on_drain(DrainReason::Shutdown, control.shutdown_grace);
+    }
+    let timer = tokio::time::sleep_until(pump.next_deadline());
+    tokio::pin!(timer);
+    loop {
+        pump.service(&client, &backend);
+        if pump.finished() {
+            break;
+        }
+        let due = pump.next_deadline();
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
+        tokio::select! {
+            biased;
+            _ = control.wake.notified() => {
+                if let Some((reason, grace)) = control.drain.get() {
+                    pump.on_drain(reason, grace);
+                }
+            }
+            _ = control.shutdown.fired(), if !shutdown_seen => {
+                shutdown_seen = true;
+                pump.on_drain(DrainReason::Shutdown, control.shutdown_grace);
+            }
+            r = backend.writable(), if pump.up.wants_write() => match r {
+                Ok(()) => pump.flush(Dir::Up, &backend),
+                Err(_) => { pump.up.write_failed = true; pump.check_write(Dir::Up); }
+            },
+            r = client.writable(), if pump.down.wants_write() => match r {
+                Ok(()) => pump.flush(Dir::Down, &client),
+                Err(_) => { pump.down.write_failed = true; pump.check_write(Dir::Down); }
+            },
+            r = client.readable(), if pump.up.can_read() => match r {
+                Ok(()) => read_once(&mut pump, Dir::Up, &client, &backend),
+                Err(_) => pump.on_end(Dir::Up, true),
+            },
+            r = backend.readable(), if pump.down.can_read() => match r {
+                Ok(()) => read_once(&mut pump, Dir::Down, &backend, &client),
+                Err(_) => pump.on_end(Dir::Down, true),
+            },
+            _ = &mut timer => pump.on_timer(&client),
+        }
+    }
+    pump.outcome()
 }

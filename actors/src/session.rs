@@ -1,9 +1,9 @@
 //! One upgraded WebSocket: [`SessionActor`] owns both sockets and the pump between them,
 //! answers [`DrainSession`], and reports how the session ended.
 //!
-//! Lifecycle: `started` (registers with the route table, starts the pump) → `pumping` (both
-//! directions; one may already be half-closed) → `ended` (both directions done, a drain order or
-//! shutdown, or a socket error) → reports [`SessionEnded`] with a [`SessionSummary`] and stops.
+//! Lifecycle: `started` (registers with the route table, starts the pump) → `pumping` → `ended`
+//! (see [`crate::pump`] for every way a session ends and the close codes Tether sends) → reports
+//! [`SessionEnded`] with a [`SessionSummary`] and stops.
 //! The actor runs on the worker that accepted the client, so the pump never crosses threads, and
 //! no message is exchanged per frame.
 
@@ -20,11 +20,14 @@ use actix::{
 use bytes::Bytes;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tracing::Span;
 
 use crate::balance::MemberLease;
-use crate::messages::{DrainSession, SessionEnded, SessionOpened};
-use crate::pump::{self, DirectionEnd};
+use crate::messages::{DrainReason, DrainSession, SessionEnded, SessionOpened};
+use crate::metrics::Metrics;
+use crate::pump::{self, Counters, Initiator, Outcome, PumpConfig, PumpControl};
 use crate::shutdown::{ShutdownSignal, TrackToken};
+use crate::trace;
 
 /// A session's process-wide id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -35,31 +38,6 @@ impl SessionId {
     pub fn next() -> SessionId {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         SessionId(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
-
-/// Why a session ended. The names are the `cause` recorded in logs and, later, spans.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EndCause {
-    /// Both peers finished (both directions reached end of stream).
-    Normal,
-    /// The backend's connection failed.
-    BackendLost,
-    /// The client's connection failed.
-    ClientLost,
-    /// Tether drained the session (shutdown or a drain order).
-    Drain,
-}
-
-impl EndCause {
-    /// The cause as recorded (`normal`, `backend_lost`, `client_lost`, `drain`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EndCause::Normal => "normal",
-            EndCause::BackendLost => "backend_lost",
-            EndCause::ClientLost => "client_lost",
-            EndCause::Drain => "drain",
-        }
     }
 }
 
@@ -74,12 +52,16 @@ pub struct SessionSummary {
     pub client: SocketAddr,
     /// From the 101 to the end.
     pub duration: Duration,
-    /// Bytes delivered from the client to the backend.
-    pub client_to_backend: u64,
-    /// Bytes delivered from the backend to the client.
-    pub backend_to_client: u64,
-    /// Why it ended.
-    pub cause: EndCause,
+    /// Bytes the client sent.
+    pub client_bytes: u64,
+    /// Bytes the backend sent.
+    pub backend_bytes: u64,
+    /// Messages the client sent (frames mode).
+    pub client_messages: u64,
+    /// Messages the backend sent (frames mode).
+    pub backend_messages: u64,
+    /// Cause, close frames, initiator and ping round trips.
+    pub outcome: Outcome,
 }
 
 /// Where a session reports its start and end (the route table, behind recipients).
@@ -121,9 +103,8 @@ pub struct SessionInfo {
 /// State the actor shares with its pump (same thread: `Rc` and `Cell`, no lock).
 #[derive(Debug, Default)]
 struct Control {
-    client_to_backend: Cell<u64>,
-    backend_to_client: Cell<u64>,
-    drain: Cell<Option<DrainSession>>,
+    counters: Counters,
+    drain: Cell<Option<(DrainReason, Duration)>>,
     wake: Notify,
 }
 
@@ -133,55 +114,93 @@ pub struct SessionActor {
     info: SessionInfo,
     started: Instant,
     streams: Option<SessionStreams>,
+    pump: PumpConfig,
     control: Rc<Control>,
-    registry: SessionRegistry,
-    shutdown: ShutdownSignal,
-    _token: TrackToken,
+    env: SessionEnv,
+}
+
+/// What a session needs from the worker that starts it.
+pub struct SessionEnv {
+    /// Where it reports its start and end.
+    pub registry: SessionRegistry,
+    /// Fires when Tether shuts down.
+    pub shutdown: ShutdownSignal,
+    /// How long the close handshake may take at shutdown.
+    pub shutdown_grace: Duration,
+    /// Counters it adds to when it ends.
+    pub metrics: Arc<Metrics>,
+    /// Its `websocket.session` span (`Span::none()` when not tracing).
+    pub span: Span,
+    /// Keeps it counted by the shutdown tracker.
+    pub token: TrackToken,
 }
 
 impl SessionActor {
-    /// A session over `streams`; it starts pumping when the actor starts.
+    /// A session over `streams`, pumped as `pump` says; it starts when the actor starts.
     pub fn new(
         info: SessionInfo,
         streams: SessionStreams,
-        registry: SessionRegistry,
-        shutdown: ShutdownSignal,
-        token: TrackToken,
+        pump: PumpConfig,
+        env: SessionEnv,
     ) -> SessionActor {
         SessionActor {
             id: SessionId::next(),
             info,
             started: Instant::now(),
             streams: Some(streams),
+            pump,
             control: Rc::new(Control::default()),
-            registry,
-            shutdown,
-            _token: token,
+            env,
         }
     }
 
-    fn finish(&mut self, cause: EndCause) {
+    fn finish(&mut self, outcome: Outcome) {
+        let counters = &self.control.counters;
         let summary = SessionSummary {
             route: self.info.route.clone(),
             backend: self.info.backend,
             client: self.info.client,
             duration: self.started.elapsed(),
-            client_to_backend: self.control.client_to_backend.get(),
-            backend_to_client: self.control.backend_to_client.get(),
-            cause,
+            client_bytes: counters.client_bytes.get(),
+            backend_bytes: counters.backend_bytes.get(),
+            client_messages: counters.client_messages.get(),
+            backend_messages: counters.backend_messages.get(),
+            outcome,
         };
+        let o = &summary.outcome;
+        self.env.metrics.session_ended(
+            o,
+            [
+                summary.client_bytes,
+                summary.backend_bytes,
+                summary.client_messages,
+                summary.backend_messages,
+            ],
+        );
+        record_on_span(&self.env.span, &summary);
         tracing::info!(
+            target: "tether::access",
             session = self.id.0,
             route = %summary.route,
             backend = %summary.backend,
             client = %summary.client,
-            cause = cause.as_str(),
+            cause = o.cause.as_str(),
+            initiator = o.initiator.map(Initiator::as_str),
+            client_close_code = o.client_close.as_ref().and_then(|c| c.code),
+            backend_close_code = o.backend_close.as_ref().and_then(|c| c.code),
+            tether_close_code = o.tether_close,
             duration_ms = summary.duration.as_millis() as u64,
-            client_to_backend = summary.client_to_backend,
-            backend_to_client = summary.backend_to_client,
+            client_bytes = summary.client_bytes,
+            backend_bytes = summary.backend_bytes,
+            client_messages = summary.client_messages,
+            backend_messages = summary.backend_messages,
+            ping_rtt_ms = o.ping_rtt_last.map(|d| d.as_secs_f64() * 1e3),
+            trace_id = trace::trace_id(&self.env.span),
             "websocket session ended"
         );
-        self.registry.ended.do_send(SessionEnded {
+        // Ending the span here: it covers the 101 to the last byte.
+        self.env.span = Span::none();
+        self.env.registry.ended.do_send(SessionEnded {
             id: self.id,
             summary,
         });
@@ -192,7 +211,7 @@ impl Actor for SessionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.registry.opened.do_send(SessionOpened {
+        self.env.registry.opened.do_send(SessionOpened {
             id: self.id,
             route: self.info.route.clone(),
             backend: self.info.backend,
@@ -202,10 +221,20 @@ impl Actor for SessionActor {
             return;
         };
         let control = self.control.clone();
-        let shutdown = self.shutdown.clone();
-        let pump = run_pump(streams, control, shutdown);
-        ctx.spawn(pump.into_actor(self).map(|cause, act, ctx| {
-            act.finish(cause);
+        let shutdown = self.env.shutdown.clone();
+        let cfg = self.pump;
+        let grace = self.env.shutdown_grace;
+        let pump = async move {
+            let pump_control = PumpControl {
+                shutdown,
+                wake: &control.wake,
+                drain: &control.drain,
+                shutdown_grace: grace,
+            };
+            pump::run(streams, cfg, &control.counters, pump_control).await
+        };
+        ctx.spawn(pump.into_actor(self).map(|outcome, act, ctx| {
+            act.finish(outcome);
             ctx.stop();
         }));
     }
@@ -215,60 +244,57 @@ impl Handler<DrainSession> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: DrainSession, _: &mut Context<Self>) {
-        self.control.drain.set(Some(msg));
+        self.control.drain.set(Some((msg.reason, msg.grace)));
         self.control.wake.notify_one();
     }
 }
 
-/// Runs both directions until the session is over and says why it ended.
-async fn run_pump(
-    streams: SessionStreams,
-    control: Rc<Control>,
-    mut shutdown: ShutdownSignal,
-) -> EndCause {
-    let SessionStreams {
-        client,
-        client_prefix,
-        backend,
-        backend_prefix,
-    } = streams;
-    let up = pump::pipe(&client, &backend, client_prefix, &control.client_to_backend);
-    let down = pump::pipe(
-        &backend,
-        &client,
-        backend_prefix,
-        &control.backend_to_client,
+/// Puts a finished session's facts on its span (a no-op when not tracing).
+fn record_on_span(span: &Span, summary: &SessionSummary) {
+    if span.is_none() {
+        return;
+    }
+    let o = &summary.outcome;
+    span.record("websocket.close.cause", o.cause.as_str());
+    if let Some(initiator) = o.initiator {
+        span.record("websocket.close.initiator", initiator.as_str());
+    }
+    if let Some(c) = &o.client_close {
+        if let Some(code) = c.code {
+            span.record("websocket.close.client.code", i64::from(code));
+        }
+        span.record("websocket.close.client.reason", c.reason.as_str());
+    }
+    if let Some(c) = &o.backend_close {
+        if let Some(code) = c.code {
+            span.record("websocket.close.backend.code", i64::from(code));
+        }
+        span.record("websocket.close.backend.reason", c.reason.as_str());
+    }
+    if let Some(code) = o.tether_close {
+        span.record("websocket.close.tether.code", i64::from(code));
+    }
+    span.record("websocket.client.messages", summary.client_messages as i64);
+    span.record("websocket.client.bytes", summary.client_bytes as i64);
+    span.record(
+        "websocket.backend.messages",
+        summary.backend_messages as i64,
     );
-    tokio::pin!(up, down);
-    let mut up_done = false;
-    let mut down_done = false;
-    loop {
-        tokio::select! {
-            end = &mut up, if !up_done => {
-                up_done = true;
-                match end {
-                    DirectionEnd::Eof => {}
-                    DirectionEnd::ReadFailed(_) => return EndCause::ClientLost,
-                    DirectionEnd::WriteFailed(_) => return EndCause::BackendLost,
-                }
-            }
-            end = &mut down, if !down_done => {
-                down_done = true;
-                match end {
-                    DirectionEnd::Eof => {}
-                    DirectionEnd::ReadFailed(_) => return EndCause::BackendLost,
-                    DirectionEnd::WriteFailed(_) => return EndCause::ClientLost,
-                }
-            }
-            _ = control.wake.notified() => {
-                if control.drain.get().is_some() {
-                    return EndCause::Drain;
-                }
-            }
-            _ = shutdown.fired() => return EndCause::Drain,
-        }
-        if up_done && down_done {
-            return EndCause::Normal;
-        }
+    span.record("websocket.backend.bytes", summary.backend_bytes as i64);
+    if let Some(rtt) = o.ping_rtt_last {
+        span.record("websocket.ping.rtt_ms.last", rtt.as_secs_f64() * 1e3);
+    }
+    if let Some(rtt) = o.ping_rtt_max {
+        span.record("websocket.ping.rtt_ms.max", rtt.as_secs_f64() * 1e3);
+    }
+    span.record(
+        "websocket.duration_ms",
+        summary.duration.as_secs_f64() * 1e3,
+    );
+    if !matches!(
+        o.cause,
+        crate::pump::EndCause::Normal | crate::pump::EndCause::Drain
+    ) {
+        span.record("otel.status_code", "ERROR");
     }
 }

@@ -6,6 +6,8 @@
 //! it needs a lock because only this thread touches it.
 
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix::{Actor, Context, Handler};
 use hyper::server::conn::http1;
@@ -14,6 +16,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
 use crate::messages::Accepted;
+use crate::metrics::Metrics;
 use crate::proxy::{self, Connection};
 use crate::route_table::SharedRoutes;
 use crate::session::SessionRegistry;
@@ -34,6 +37,10 @@ pub struct WorkerContext {
     pub shutdown: ShutdownSignal,
     /// Counts live connections and sessions.
     pub tracker: Tracker,
+    /// How long sessions get to finish their close handshake when Tether shuts down.
+    pub shutdown_grace: Duration,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The parts of a [`WorkerContext`] that can be sent to the worker's thread.
@@ -47,11 +54,19 @@ pub struct WorkerSetup {
     pub shutdown: ShutdownSignal,
     /// Counts live connections and sessions.
     pub tracker: Tracker,
+    /// How long sessions get to finish their close handshake when Tether shuts down.
+    pub shutdown_grace: Duration,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// The tracing dispatcher of this sidecar, installed on the worker's thread.
+    pub dispatch: Option<tracing::Dispatch>,
 }
 
 /// Serves connections on one worker thread.
 pub struct WorkerActor {
     ctx: Rc<WorkerContext>,
+    /// Keeps this sidecar's dispatcher the default on the worker's thread.
+    _dispatch: Option<tracing::dispatcher::DefaultGuard>,
 }
 
 impl WorkerActor {
@@ -65,7 +80,13 @@ impl WorkerActor {
                 registry: setup.registry,
                 shutdown: setup.shutdown,
                 tracker: setup.tracker,
+                shutdown_grace: setup.shutdown_grace,
+                metrics: setup.metrics,
             }),
+            _dispatch: setup
+                .dispatch
+                .as_ref()
+                .map(tracing::dispatcher::set_default),
         }
     }
 }

@@ -18,6 +18,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::handshake::server::{
     Request as WsRequest, Response as WsResponse,
 };
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
 
 /// What a backend saw of one request head.
 #[derive(Debug, Clone)]
@@ -37,6 +39,14 @@ pub struct Record {
     pub connections: Arc<AtomicUsize>,
     /// Request heads seen, in order.
     pub heads: Arc<Mutex<Vec<Seen>>>,
+    /// Close frames received (code, reason), in order.
+    pub closes: Arc<Mutex<Vec<(u16, String)>>>,
+    /// Data messages received.
+    pub messages: Arc<AtomicUsize>,
+    /// Pongs received.
+    pub pongs: Arc<AtomicUsize>,
+    /// Woken whenever a close frame is recorded.
+    pub changed: Arc<tokio::sync::Notify>,
 }
 
 impl Record {
@@ -48,6 +58,22 @@ impl Record {
     /// The request heads seen so far.
     pub fn heads(&self) -> Vec<Seen> {
         self.heads.lock().unwrap().clone()
+    }
+
+    /// Waits until at least `n` close frames have arrived, and returns them.
+    pub async fn wait_closes(&self, n: usize) -> Vec<(u16, String)> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let closes = self.closes.lock().unwrap();
+                if closes.len() >= n {
+                    return closes.clone();
+                }
+            }
+            notified.await;
+        }
     }
 
     fn push<B>(&self, req: &http::Request<B>) {
@@ -83,53 +109,80 @@ async fn bind() -> (TcpListener, SocketAddr) {
 }
 
 /// A tokio-tungstenite echo server: echoes text and binary messages, echoes the close frame,
-/// picks `chat` or `superchat` (first offered) as subprotocol.
+/// picks `chat` or `superchat` (first offered) as subprotocol, and records close frames,
+/// messages and pongs. Dropping it drops every connection, as a killed process would.
 pub async fn ws_echo() -> Backend {
     let (listener, addr) = bind().await;
     let record = Record::default();
     let rec = record.clone();
     let task = tokio::spawn(async move {
+        // Connections live in this set, so aborting the backend closes them all.
+        let mut connections = tokio::task::JoinSet::new();
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
             rec.connections.fetch_add(1, Ordering::SeqCst);
-            let rec = rec.clone();
-            tokio::spawn(async move {
-                // The callback's error type is tungstenite's (a full HTTP response), not ours.
-                #[allow(clippy::result_large_err)]
-                let callback = |req: &WsRequest, mut resp: WsResponse| {
-                    rec.push(req);
-                    let offered = req
-                        .headers()
-                        .get("sec-websocket-protocol")
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or("");
-                    if let Some(pick) = offered
-                        .split(',')
-                        .map(str::trim)
-                        .find(|p| *p == "chat" || *p == "superchat")
-                    {
-                        resp.headers_mut().insert(
-                            "sec-websocket-protocol",
-                            HeaderValue::from_str(pick).unwrap(),
-                        );
-                    }
-                    Ok(resp)
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await else {
-                    return;
-                };
-                // tungstenite answers close (echoing the code) and pings by itself.
-                while let Some(Ok(msg)) = ws.next().await {
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            connections.spawn(ws_echo_connection(stream, rec.clone()));
+            while connections.try_join_next().is_some() {}
         }
     });
     Backend { addr, record, task }
+}
+
+async fn ws_echo_connection(stream: TcpStream, rec: Record) {
+    // The callback's error type is tungstenite's (a full HTTP response), not ours.
+    #[allow(clippy::result_large_err)]
+    let callback = |req: &WsRequest, mut resp: WsResponse| {
+        rec.push(req);
+        let offered = req
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if let Some(pick) = offered
+            .split(',')
+            .map(str::trim)
+            .find(|p| *p == "chat" || *p == "superchat")
+        {
+            resp.headers_mut().insert(
+                "sec-websocket-protocol",
+                HeaderValue::from_str(pick).unwrap(),
+            );
+        }
+        Ok(resp)
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(64 << 20))
+        .max_frame_size(Some(64 << 20));
+    let Ok(mut ws) =
+        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)).await
+    else {
+        return;
+    };
+    // tungstenite answers close (echoing the code) and pings by itself.
+    while let Some(Ok(msg)) = ws.next().await {
+        match &msg {
+            Message::Close(frame) => {
+                let (code, reason) = frame
+                    .as_ref()
+                    .map(|f| (u16::from(f.code), f.reason.to_string()))
+                    .unwrap_or((1005, String::new()));
+                rec.closes.lock().unwrap().push((code, reason));
+                rec.changed.notify_waiters();
+            }
+            Message::Pong(_) => {
+                rec.pongs.fetch_add(1, Ordering::SeqCst);
+            }
+            Message::Text(_) | Message::Binary(_) => {
+                rec.messages.fetch_add(1, Ordering::SeqCst);
+                if ws.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 async fn http_service(

@@ -86,3 +86,37 @@ pub fn handshake(path: &str, extra: &str) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// Reads one unmasked (server-to-client) frame from `stream`: its first byte (FIN, RSV, opcode)
+/// and payload.
+pub async fn read_frame(stream: &mut TcpStream) -> (u8, Vec<u8>) {
+    let mut head = [0u8; 2];
+    stream.read_exact(&mut head).await.expect("frame header");
+    let len = match head[1] & 0x7F {
+        126 => {
+            let mut b = [0u8; 2];
+            stream.read_exact(&mut b).await.expect("length");
+            u64::from(u16::from_be_bytes(b))
+        }
+        127 => {
+            let mut b = [0u8; 8];
+            stream.read_exact(&mut b).await.expect("length");
+            u64::from_be_bytes(b)
+        }
+        n => u64::from(n),
+    };
+    assert_eq!(head[1] & 0x80, 0, "server frames are not masked");
+    let mut payload = vec![0u8; len as usize];
+    stream.read_exact(&mut payload).await.expect("payload");
+    (head[0], payload)
+}
+
+/// A masked (client-to-server) frame with FIN set.
+pub fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126, "short frames only");
+    let key = [0x11, 0x22, 0x33, 0x44];
+    let mut out = vec![0x80 | opcode, 0x80 | payload.len() as u8];
+    out.extend_from_slice(&key);
+    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    out
+}

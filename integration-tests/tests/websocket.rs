@@ -194,9 +194,20 @@ async fn fastwebsockets_client_fragmented_message_with_ping_between_fragments() 
 /// segment as its 101 arrives, arbitrary bytes echo back exactly, and a half-close from the
 /// client reaches the backend, whose last words still arrive.
 #[tokio::test]
-async fn bytes_after_101_pass_unchanged_and_half_close_propagates() {
+async fn bytes_after_101_pass_unchanged_and_half_close_propagates_opaque() {
+    bytes_after_101(r#"inspect = "opaque""#).await;
+}
+
+/// The same in frames mode: the bytes are not WebSocket frames, yet nothing is altered, and the
+/// client's FIN (a loss, in WebSocket terms) still reaches the backend.
+#[tokio::test]
+async fn bytes_after_101_pass_unchanged_and_half_close_propagates_frames() {
+    bytes_after_101(r#"inspect = "frames""#).await;
+}
+
+async fn bytes_after_101(mode: &str) {
     let backend = backends::raw_ws_backend().await;
-    let sidecar = start(&config_toml(backend.addr, "", ""));
+    let sidecar = start(&config_toml(backend.addr, "", mode));
     let mut stream = TcpStream::connect(sidecar.addr("public")).await.unwrap();
     stream.write_all(&raw::handshake("/raw", "")).await.unwrap();
     let head = within("101", raw::read_head(&mut stream)).await;

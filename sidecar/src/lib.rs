@@ -237,11 +237,15 @@ pub async fn run(
     )
     .map_err(|e| RunError::Runtime(format!("admin endpoint: {e}")))?;
 
+    let metrics = Arc::new(tether_actors::metrics::Metrics::default());
     let setup = WorkerSetup {
         routes,
         registry,
         shutdown: stop.signal(),
         tracker: stop.tracker().clone(),
+        shutdown_grace: config.shutdown_grace,
+        metrics: metrics.clone(),
+        dispatch: None,
     };
     let workers: Vec<Arbiter> = (0..config.workers.max(1)).map(|_| Arbiter::new()).collect();
     let worker_addrs: Vec<_> = workers

@@ -1,0 +1,458 @@
+//! The telemetry pipeline: logs and OpenTelemetry traces.
+//!
+//! Settings come from the `[telemetry]` table, and the standard OpenTelemetry variables win when
+//! set (`OTEL_SDK_DISABLED`, `OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`,
+//! `OTEL_EXPORTER_OTLP_PROTOCOL`, `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`,
+//! `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`). They are read from the environment map the
+//! caller passes, never from the process directly, so tests can inject them.
+//!
+//! Export never blocks traffic: finished spans go into a bounded queue ([`ExportQueue`]) drained
+//! by a thread of its own, in batches. When the queue is full the span is dropped and counted;
+//! when an export fails its spans are counted as failed. Spans are only created at all when an
+//! exporter is configured (see `tether_actors::trace`), so with telemetry off they cost nothing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor};
+use opentelemetry_sdk::Resource;
+use tether_config::{LogFormat, TelemetryConfig};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::Layer as _;
+
+/// How many finished spans may wait for export before new ones are dropped.
+pub const EXPORT_QUEUE_CAPACITY: usize = 4096;
+/// Most spans sent in one export.
+pub const EXPORT_BATCH_SIZE: usize = 512;
+/// How long a partial batch waits before it is sent anyway.
+pub const EXPORT_INTERVAL: Duration = Duration::from_millis(500);
+/// How long one export may take.
+pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (port 4317 by convention).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318 by convention).
+    HttpProtobuf,
+}
+
+/// Effective telemetry settings after the `OTEL_*` variables are applied.
+#[derive(Debug, Clone)]
+pub struct TelemetrySettings {
+    /// Where spans go; `None` disables tracing.
+    pub endpoint: Option<String>,
+    /// How they get there.
+    pub protocol: OtlpProtocol,
+    /// `service.name`.
+    pub service_name: String,
+    /// Extra resource attributes (`OTEL_RESOURCE_ATTRIBUTES`).
+    pub resource: Vec<(String, String)>,
+    /// Sampling ratio of root spans (parent-based: a sampled parent is always followed).
+    pub sample_ratio: f64,
+    /// Log line format.
+    pub log_format: LogFormat,
+    /// Default log filter (RUST_LOG wins).
+    pub log_level: String,
+}
+
+impl TelemetrySettings {
+    /// Applies the `OTEL_*` variables of `env` over `config`. Errors name the variable.
+    pub fn resolve(config: &TelemetryConfig, env: &[(String, String)]) -> Result<Self, String> {
+        let var = |name: &str| {
+            env.iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        let protocol = match var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .as_deref()
+        {
+            None | Some("grpc") => OtlpProtocol::Grpc,
+            Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
+            Some(other) => {
+                return Err(format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL: {other:?} is not supported (grpc or http/protobuf)"
+                ))
+            }
+        };
+        let endpoint = if let Some(e) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
+            Some(e)
+        } else if let Some(e) = var("OTEL_EXPORTER_OTLP_ENDPOINT") {
+            // The generic endpoint gets the signal path appended for HTTP (OTLP spec).
+            Some(match protocol {
+                OtlpProtocol::HttpProtobuf => format!("{}/v1/traces", e.trim_end_matches('/')),
+                OtlpProtocol::Grpc => e,
+            })
+        } else {
+            config.otlp_endpoint.clone().map(|e| match protocol {
+                OtlpProtocol::HttpProtobuf if !e.ends_with("/v1/traces") => {
+                    format!("{}/v1/traces", e.trim_end_matches('/'))
+                }
+                _ => e,
+            })
+        };
+        let disabled = matches!(var("OTEL_SDK_DISABLED").as_deref(), Some("true" | "TRUE" | "1"));
+        let mut resource = Vec::new();
+        if let Some(attrs) = var("OTEL_RESOURCE_ATTRIBUTES") {
+            for pair in attrs.split(',').filter(|p| !p.trim().is_empty()) {
+                let (k, v) = pair.split_once('=').ok_or_else(|| {
+                    format!("OTEL_RESOURCE_ATTRIBUTES: {pair:?} is not key=value")
+                })?;
+                resource.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let ratio = |arg: Option<String>| -> Result<f64, String> {
+            match arg {
+                None => Ok(1.0),
+                Some(a) => a
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|r| (0.0..=1.0).contains(r))
+                    .ok_or_else(|| format!("OTEL_TRACES_SAMPLER_ARG: {a:?} is not a ratio in 0..=1")),
+            }
+        };
+        let sample_ratio = match var("OTEL_TRACES_SAMPLER").as_deref() {
+            None | Some("always_on" | "parentbased_always_on") => 1.0,
+            Some("always_off" | "parentbased_always_off") => 0.0,
+            Some("traceidratio" | "parentbased_traceidratio") => {
+                ratio(var("OTEL_TRACES_SAMPLER_ARG"))?
+            }
+            Some(other) => return Err(format!("OTEL_TRACES_SAMPLER: {other:?} is not supported")),
+        };
+        Ok(TelemetrySettings {
+            endpoint: if disabled { None } else { endpoint },
+            protocol,
+            service_name: var("OTEL_SERVICE_NAME").unwrap_or_else(|| config.service_name.clone()),
+            resource,
+            sample_ratio,
+            log_format: config.log_format,
+            log_level: config.log_level.clone(),
+        })
+    }
+}
+
+/// Counts of spans that did not reach the collector.
+#[derive(Debug, Default)]
+pub struct ExportStats {
+    /// Dropped because the export queue was full.
+    pub dropped: AtomicU64,
+    /// Lost because their export failed (collector down, refused, timed out).
+    pub failed: AtomicU64,
+    /// Exported successfully.
+    pub exported: AtomicU64,
+}
+
+/// A running telemetry pipeline: the tracing dispatcher to install on every thread of the
+/// sidecar, and the tracer provider to flush at shutdown.
+pub struct Telemetry {
+    /// Logs plus, when configured, the OpenTelemetry layer.
+    pub dispatch: tracing::Dispatch,
+    /// Export counters.
+    pub stats: Arc<ExportStats>,
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Builds the pipeline. Must run inside the tokio runtime (the gRPC channel's worker is
+    /// spawned on it). `log_to_stderr = false` keeps logs to the test writer.
+    pub fn start(settings: &TelemetrySettings, log_to_stderr: bool) -> Result<Telemetry, String> {
+        let stats = Arc::new(ExportStats::default());
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
+        let fmt = tracing_subscriber::fmt::layer().with_ansi(false);
+        let fmt = match (settings.log_format, log_to_stderr) {
+            (LogFormat::Json, true) => fmt.json().with_writer(std::io::stderr).boxed(),
+            (LogFormat::Text, true) => fmt.with_writer(std::io::stderr).boxed(),
+            (_, false) => fmt.with_test_writer().boxed(),
+        };
+        let logs = fmt.with_filter(filter.add_directive(
+            "tether::trace=off".parse().map_err(|e| format!("log filter: {e}"))?,
+        ));
+        let Some(endpoint) = &settings.endpoint else {
+            let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(logs));
+            return Ok(Telemetry {
+                dispatch,
+                stats,
+                provider: None,
+            });
+        };
+        let exporter = match settings.protocol {
+            OtlpProtocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .with_timeout(EXPORT_TIMEOUT)
+                .build(),
+            OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(BlockingHttp::default())
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(endpoint.clone())
+                .with_timeout(EXPORT_TIMEOUT)
+                .build(),
+        }
+        .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
+        let resource = Resource::builder_empty()
+            .with_service_name(settings.service_name.clone())
+            .with_attributes(
+                settings
+                    .resource
+                    .iter()
+                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+            )
+            .build();
+        let sampler = Sampler::ParentBased(Box::new(if settings.sample_ratio >= 1.0 {
+            Sampler::AlwaysOn
+        } else if settings.sample_ratio <= 0.0 {
+            Sampler::AlwaysOff
+        } else {
+            Sampler::TraceIdRatioBased(settings.sample_ratio)
+        }));
+        let provider = SdkTracerProvider::builder()
+            .with_resource(resource)
+            .with_sampler(sampler)
+            .with_span_processor(ExportQueue::new(exporter, stats.clone()))
+            .build();
+        let tracer = provider.tracer("tether");
+        let otel = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
+            .with_filter(tracing_subscriber::filter::Targets::new().with_target(
+                "tether::trace",
+                tracing::Level::TRACE,
+            ));
+        let dispatch =
+            tracing::Dispatch::new(tracing_subscriber::registry().with(logs).with(otel));
+        tether_actors::trace::enable();
+        Ok(Telemetry {
+            dispatch,
+            stats,
+            provider: Some(provider),
+        })
+    }
+
+    /// Flushes and stops the exporter. Blocks up to a few seconds: call it off the runtime's
+    /// worker threads (e.g. in `spawn_blocking`).
+    pub fn shutdown(&self) {
+        if let Some(provider) = &self.provider {
+            let _ = provider.force_flush();
+            let _ = provider.shutdown();
+        }
+    }
+
+    /// Exports what is queued now and waits for it (tests, shutdown).
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider {
+            let _ = provider.force_flush();
+        }
+    }
+}
+
+enum Job {
+    Span(Box<SpanData>),
+    Flush(SyncSender<()>),
+}
+
+/// A bounded export queue with a thread of its own: `on_end` never blocks (a full queue drops
+/// the span and counts it), and exports happen in batches off every request path. The thread
+/// starts when the tracer provider hands over the resource (it always does, at build).
+pub struct ExportQueue<E: SpanExporter + 'static> {
+    exporter: Option<E>,
+    tx: Mutex<Option<SyncSender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stats: Arc<ExportStats>,
+}
+
+impl<E: SpanExporter + 'static> std::fmt::Debug for ExportQueue<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportQueue").field("stats", &self.stats).finish()
+    }
+}
+
+impl<E: SpanExporter + 'static> ExportQueue<E> {
+    /// A queue in front of `exporter`.
+    pub fn new(exporter: E, stats: Arc<ExportStats>) -> ExportQueue<E> {
+        ExportQueue {
+            exporter: Some(exporter),
+            tx: Mutex::new(None),
+            thread: Mutex::new(None),
+            stats,
+        }
+    }
+
+    fn sender(&self) -> Option<SyncSender<Job>> {
+        self.tx.lock().expect("queue state").clone()
+    }
+}
+
+fn export_loop<E: SpanExporter>(exporter: E, rx: mpsc::Receiver<Job>, stats: Arc<ExportStats>) {
+    let mut batch: Vec<SpanData> = Vec::with_capacity(EXPORT_BATCH_SIZE);
+    let mut flushed: Vec<SyncSender<()>> = Vec::new();
+    let mut due = Instant::now() + EXPORT_INTERVAL;
+    loop {
+        let wait = due.saturating_duration_since(Instant::now());
+        let closed = match rx.recv_timeout(wait) {
+            Ok(Job::Span(span)) => {
+                batch.push(*span);
+                false
+            }
+            Ok(Job::Flush(done)) => {
+                flushed.push(done);
+                false
+            }
+            Err(RecvTimeoutError::Timeout) => false,
+            Err(RecvTimeoutError::Disconnected) => true,
+        };
+        let send_now = closed
+            || !flushed.is_empty()
+            || batch.len() >= EXPORT_BATCH_SIZE
+            || Instant::now() >= due;
+        if send_now {
+            if !batch.is_empty() {
+                let spans = std::mem::replace(&mut batch, Vec::with_capacity(EXPORT_BATCH_SIZE));
+                let n = spans.len() as u64;
+                match futures_executor::block_on(exporter.export(spans)) {
+                    Ok(()) => stats.exported.fetch_add(n, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::debug!(error = %e, spans = n, "span export failed");
+                        stats.failed.fetch_add(n, Ordering::Relaxed)
+                    }
+                };
+            }
+            for done in flushed.drain(..) {
+                let _ = done.send(());
+            }
+            due = Instant::now() + EXPORT_INTERVAL;
+        }
+        if closed {
+            let _ = exporter.shutdown();
+            return;
+        }
+    }
+}
+
+impl<E: SpanExporter + 'static> SpanProcessor for ExportQueue<E> {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        let Some(tx) = self.sender() else {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        match tx.try_send(Job::Span(Box::new(span))) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        let Some(tx) = self.sender() else {
+            return Ok(());
+        };
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        tx.send(Job::Flush(done_tx))
+            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
+        done_rx
+            .recv_timeout(EXPORT_TIMEOUT + Duration::from_secs(1))
+            .map_err(|_| OTelSdkError::Timeout(EXPORT_TIMEOUT))
+    }
+
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        self.tx.lock().expect("queue state").take();
+        if let Some(handle) = self.thread.lock().expect("queue state").take() {
+            let _ = handle.join();
+        }
+        Ok(())
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        let Some(mut exporter) = self.exporter.take() else {
+            return;
+        };
+        exporter.set_resource(resource);
+        let (tx, rx) = mpsc::sync_channel(EXPORT_QUEUE_CAPACITY);
+        let stats = self.stats.clone();
+        let handle = std::thread::Builder::new()
+            .name("tether-otlp-export".into())
+            .spawn(move || export_loop(exporter, rx, stats))
+            .expect("spawn the export thread");
+        *self.tx.lock().expect("queue state") = Some(tx);
+        *self.thread.lock().expect("queue state") = Some(handle);
+    }
+}
+
+/// A minimal blocking HTTP/1.1 client for OTLP/HTTP (`http://` endpoints): the SDK exports from
+/// its own thread with a plain executor, where an async client has no runtime to run on.
+#[derive(Debug, Default)]
+pub struct BlockingHttp;
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for BlockingHttp {
+    async fn send_bytes(
+        &self,
+        request: http::Request<bytes::Bytes>,
+    ) -> Result<http::Response<bytes::Bytes>, opentelemetry_http::HttpError> {
+        post_blocking(request).map_err(Into::into)
+    }
+}
+
+fn post_blocking(request: http::Request<bytes::Bytes>) -> std::io::Result<http::Response<bytes::Bytes>> {
+    use std::io::{Read, Write};
+    let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_string());
+    let uri = request.uri();
+    if uri.scheme_str() != Some("http") {
+        return Err(bad("OTLP/HTTP export supports http:// endpoints; use gRPC or a local collector"));
+    }
+    let host = uri.host().ok_or_else(|| bad("endpoint has no host"))?;
+    let port = uri.port_u16().unwrap_or(80);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut stream = std::net::TcpStream::connect((host, port))?;
+    stream.set_read_timeout(Some(EXPORT_TIMEOUT))?;
+    stream.set_write_timeout(Some(EXPORT_TIMEOUT))?;
+    let mut head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        request.body().len()
+    );
+    for (name, value) in request.headers() {
+        if name != http::header::CONTENT_LENGTH && name != http::header::HOST {
+            head.push_str(name.as_str());
+            head.push_str(": ");
+            head.push_str(value.to_str().unwrap_or_default());
+            head.push_str("\r\n");
+        }
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes())?;
+    stream.write_all(request.body())?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let end = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("malformed response from the collector"))?;
+    let status: u16 = std::str::from_utf8(&response[..end])
+        .ok()
+        .and_then(|h| h.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status in the collector's response"))?;
+    let mut builder = http::Response::builder().status(status);
+    let text = String::from_utf8_lossy(&response[..end]).into_owned();
+    for line in text.split("\r\n").skip(1) {
+        if let Some((k, v)) = line.split_once(':') {
+            builder = builder.header(k.trim(), v.trim());
+        }
+    }
+    builder
+        .body(bytes::Bytes::copy_from_slice(&response[end + 4..]))
+        .map_err(|e| bad(&e.to_string()))
+}
