@@ -181,3 +181,22 @@ pub struct AttachProber {
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "BackendsStatus")]
 pub struct BackendsReport;
+
+/// One live WebSocket session as the route table knows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LiveSessionInfo {
+    /// The session's id.
+    pub id: u64,
+    /// Its routing rule.
+    pub route: String,
+    /// Its backend member.
+    pub backend: SocketAddr,
+    /// How long ago it started, in milliseconds.
+    pub age_ms: u64,
+}
+
+/// Asks the route table for every live session (`send`, from the admin endpoint only; never
+/// from the request path).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Vec<LiveSessionInfo>")]
+pub struct SessionsReport;

@@ -41,8 +41,9 @@ use tether_config::{
 use crate::balance::Member;
 pub use crate::balance::Pool;
 use crate::messages::{
-    AttachProber, BackendsReport, DrainReason, DrainSession, LiveSessions, MemberFailing,
-    MemberHealthChanged, MembersResolved, ProbeTargets, SessionEnded, SessionOpened,
+    AttachProber, BackendsReport, DrainReason, DrainSession, LiveSessionInfo, LiveSessions,
+    MemberFailing, MemberHealthChanged, MembersResolved, ProbeTargets, SessionEnded, SessionOpened,
+    SessionsReport,
 };
 use crate::prober::Health;
 use crate::resolver::DnsMember;
@@ -646,6 +647,25 @@ impl Handler<LiveSessions> for RouteTableActor {
 
     fn handle(&mut self, _: LiveSessions, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.sessions.len())
+    }
+}
+
+impl Handler<SessionsReport> for RouteTableActor {
+    type Result = MessageResult<SessionsReport>;
+
+    fn handle(&mut self, _: SessionsReport, _: &mut Context<Self>) -> Self::Result {
+        let mut list: Vec<LiveSessionInfo> = self
+            .sessions
+            .iter()
+            .map(|(id, live)| LiveSessionInfo {
+                id: id.0,
+                route: live.route.to_string(),
+                backend: live.backend,
+                age_ms: live.opened.elapsed().as_millis() as u64,
+            })
+            .collect();
+        list.sort_by_key(|s| s.id);
+        MessageResult(list)
     }
 }
 

@@ -18,7 +18,12 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tether_actors::messages::BackendsReport;
+use std::sync::Arc;
+
+use tether_actors::messages::{BackendsReport, SessionsReport};
+use tether_actors::metrics::Metrics;
+
+use crate::telemetry::ExportStats;
 use tether_actors::route_table::BackendsStatus;
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -27,6 +32,12 @@ use tokio::task::{JoinHandle, JoinSet};
 pub struct AdminState {
     /// The route table, for `GET /backends`.
     pub backends: Recipient<BackendsReport>,
+    /// The route table, for live sessions.
+    pub sessions: Recipient<SessionsReport>,
+    /// The data path's counters, for `GET /metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Span export counters, when tracing is on.
+    pub export: Option<Arc<ExportStats>>,
 }
 
 /// The running admin endpoint; stops serving (open connections included) when dropped.
@@ -100,13 +111,27 @@ pub async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<
                 ),
             }
         }
+        (&Method::GET | &Method::HEAD, "/metrics") => {
+            let mut body = String::with_capacity(8192);
+            state.metrics.render(&mut body);
+            render_control_plane(state, &mut body).await;
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
         (_, "/backends") => {
             let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
             resp.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             resp
         }
-        _ => text(StatusCode::NOT_FOUND, "not found; try GET /backends\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try GET /backends or GET /metrics\n",
+        ),
     }
 }
 
@@ -136,4 +161,75 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+/// Appends what only the control plane knows: live sessions per route, member health and
+/// sessions, span export counts.
+async fn render_control_plane(state: &AdminState, out: &mut String) {
+    use std::fmt::Write as _;
+    if let Ok(sessions) = state.sessions.send(SessionsReport).await {
+        let mut per_route: std::collections::BTreeMap<&str, usize> = Default::default();
+        for s in &sessions {
+            *per_route.entry(s.route.as_str()).or_default() += 1;
+        }
+        out.push_str("# HELP tether_websocket_sessions_active Live WebSocket sessions by route.\n");
+        out.push_str("# TYPE tether_websocket_sessions_active gauge\n");
+        for (route, n) in per_route {
+            let _ = writeln!(
+                out,
+                "tether_websocket_sessions_active{{route=\"{route}\"}} {n}"
+            );
+        }
+    }
+    if let Ok(status) = state.backends.send(BackendsReport).await {
+        out.push_str("# HELP tether_backend_up 1 when the member is in rotation.\n");
+        out.push_str("# TYPE tether_backend_up gauge\n");
+        for pool in &status.pools {
+            for m in &pool.members {
+                let _ = writeln!(
+                    out,
+                    "tether_backend_up{{pool=\"{}\",member=\"{}\",state=\"{}\"}} {}",
+                    pool.name,
+                    m.address,
+                    m.state,
+                    u8::from(m.in_rotation)
+                );
+            }
+        }
+        out.push_str("# HELP tether_backend_sessions Live sessions per member.\n");
+        out.push_str("# TYPE tether_backend_sessions gauge\n");
+        for pool in &status.pools {
+            for m in &pool.members {
+                let _ = writeln!(
+                    out,
+                    "tether_backend_sessions{{pool=\"{}\",member=\"{}\"}} {}",
+                    pool.name, m.address, m.live_sessions
+                );
+            }
+        }
+    }
+    if let Some(export) = &state.export {
+        use std::sync::atomic::Ordering::Relaxed;
+        out.push_str(
+            "# HELP tether_otel_spans_dropped_total Spans that never reached the collector.\n",
+        );
+        out.push_str("# TYPE tether_otel_spans_dropped_total counter\n");
+        let _ = writeln!(
+            out,
+            "tether_otel_spans_dropped_total{{reason=\"queue_full\"}} {}",
+            export.dropped.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "tether_otel_spans_dropped_total{{reason=\"export_failed\"}} {}",
+            export.failed.load(Relaxed)
+        );
+        out.push_str("# HELP tether_otel_spans_exported_total Spans the collector accepted.\n");
+        out.push_str("# TYPE tether_otel_spans_exported_total counter\n");
+        let _ = writeln!(
+            out,
+            "tether_otel_spans_exported_total {}",
+            export.exported.load(Relaxed)
+        );
+    }
 }

@@ -32,6 +32,9 @@ use tether_config::{Config, ListenerProtocol, Member};
 use tokio::sync::oneshot;
 
 pub mod admin;
+pub mod telemetry;
+
+use telemetry::Telemetry;
 
 /// Backlog of every listening socket: connections beyond the accept rate wait here.
 pub const LISTEN_BACKLOG: i32 = 1024;
@@ -187,6 +190,21 @@ pub async fn run(
     listeners: BoundListeners,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, RunError> {
+    run_with(config, listeners, None, shutdown).await
+}
+
+/// [`run`] with a telemetry pipeline: its dispatcher becomes the default on every thread of
+/// this sidecar (so several sidecars in one process keep their traces apart), and it is flushed
+/// at the end.
+pub async fn run_with(
+    config: Config,
+    listeners: BoundListeners,
+    telemetry: Option<Arc<Telemetry>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunReport, RunError> {
+    let _dispatch = telemetry
+        .as_ref()
+        .map(|t| tracing::dispatcher::set_default(&t.dispatch));
     let config = Arc::new(config);
     let stop = Shutdown::new();
     let (dns, resolved) = resolve_dns(&config).await;
@@ -228,16 +246,19 @@ pub async fn run(
             .start();
         }
     }
+    let metrics = Arc::new(tether_actors::metrics::Metrics::default());
     let (_, admin_socket) = listeners.admin;
     let admin = admin::AdminServer::start(
         admin_socket,
         admin::AdminState {
             backends: route_table.clone().recipient(),
+            sessions: route_table.clone().recipient(),
+            metrics: metrics.clone(),
+            export: telemetry.as_ref().map(|t| t.stats.clone()),
         },
     )
     .map_err(|e| RunError::Runtime(format!("admin endpoint: {e}")))?;
 
-    let metrics = Arc::new(tether_actors::metrics::Metrics::default());
     let setup = WorkerSetup {
         routes,
         registry,
@@ -245,7 +266,7 @@ pub async fn run(
         tracker: stop.tracker().clone(),
         shutdown_grace: config.shutdown_grace,
         metrics: metrics.clone(),
-        dispatch: None,
+        dispatch: telemetry.as_ref().map(|t| t.dispatch.clone()),
     };
     let workers: Vec<Arbiter> = (0..config.workers.max(1)).map(|_| Arbiter::new()).collect();
     let worker_addrs: Vec<_> = workers
@@ -312,6 +333,10 @@ pub async fn run(
     .await;
     drop(admin);
     tracing::info!(accepted = report.accepted, "tether stopped");
+    if let Some(telemetry) = telemetry {
+        // Flushing blocks on the exporter: off the runtime's threads.
+        let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    }
     Ok(report)
 }
 
@@ -344,8 +369,25 @@ impl Sidecar {
         Ok(Sidecar::start_with(config, listeners))
     }
 
+    /// Binds `config`'s listeners and starts the sidecar with telemetry: `[telemetry]` plus the
+    /// `OTEL_*` variables of `env` (logs go to the test writer).
+    pub fn start_traced(config: Config, env: &[(String, String)]) -> Result<Sidecar, RunError> {
+        let settings = telemetry::TelemetrySettings::resolve(&config.telemetry, env)
+            .map_err(RunError::Runtime)?;
+        let listeners = bind_listeners(&config)?;
+        Ok(Sidecar::spawn(config, listeners, Some(settings)))
+    }
+
     /// Starts the sidecar over listeners bound already.
     pub fn start_with(config: Config, listeners: BoundListeners) -> Sidecar {
+        Sidecar::spawn(config, listeners, None)
+    }
+
+    fn spawn(
+        config: Config,
+        listeners: BoundListeners,
+        settings: Option<telemetry::TelemetrySettings>,
+    ) -> Sidecar {
         let addrs = listeners.addrs();
         let admin = listeners.admin_addr();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -353,9 +395,18 @@ impl Sidecar {
         let thread = thread::Builder::new()
             .name("tether-main".into())
             .spawn(move || {
-                let result = system().block_on(run(config, listeners, async move {
-                    let _ = stop_rx.await;
-                }));
+                let result = system().block_on(async move {
+                    let telemetry = match settings {
+                        Some(s) => Some(Arc::new(
+                            Telemetry::start(&s, false).map_err(RunError::Runtime)?,
+                        )),
+                        None => None,
+                    };
+                    run_with(config, listeners, telemetry, async move {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+                });
                 let _ = done_tx.send(result);
             })
             .expect("cannot spawn the sidecar thread");

@@ -6,7 +6,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use tether_config::{Loaded, LogFormat, Sources};
+use std::sync::Arc;
+
+use tether::telemetry::{Telemetry, TelemetrySettings};
+use tether_config::{Loaded, Sources};
 
 /// sysexits `EX_USAGE`/`EX_CONFIG`-style code for a bad command line or configuration.
 const EXIT_CONFIG: u8 = 64;
@@ -77,19 +80,6 @@ fn load(files: Vec<PathBuf>) -> Result<Loaded, ExitCode> {
     })
 }
 
-fn init_logging(config: &tether_config::Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.telemetry.log_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.telemetry.log_format {
-        LogFormat::Text => builder.init(),
-        // JSON output arrives with the telemetry work; until then text is what you get.
-        LogFormat::Json => builder.init(),
-    }
-}
-
 /// Installs the SIGINT/SIGTERM handlers now (before anything is served) and returns a future
 /// that resolves on the first signal; a second signal exits at once.
 fn termination() -> std::io::Result<impl std::future::Future<Output = ()>> {
@@ -144,35 +134,52 @@ fn main() -> ExitCode {
         }
         Command::Run(files) => files,
     };
+    let env: Vec<(String, String)> = std::env::vars().collect();
     let loaded = match load(files) {
         Ok(l) => l,
         Err(code) => return code,
     };
-    init_logging(&loaded.config);
-    if loaded.used_embedded_default {
-        tracing::info!(
-            "no --config given: running the embedded default (listener \"public\" on 0.0.0.0:8080 -> pool \"default\" at 127.0.0.1:3000); `tether check` prints it"
-        );
-    }
-    for w in &loaded.warnings {
-        tracing::warn!("{w}");
-    }
-    let config = loaded.config;
+    let settings = match TelemetrySettings::resolve(&loaded.config.telemetry, &env) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tether: invalid telemetry setting: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let Loaded {
+        config,
+        used_embedded_default,
+        warnings,
+    } = loaded;
     let listeners = match tether::bind_listeners(&config) {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!("{e}");
+            eprintln!("tether: {e}");
             return ExitCode::from(EXIT_BIND);
         }
     };
     let outcome = tether::system().block_on(async move {
+        let telemetry = Telemetry::start(&settings, true).map_err(tether::RunError::Runtime)?;
+        let _ = tracing::dispatcher::set_global_default(telemetry.dispatch.clone());
+        if used_embedded_default {
+            tracing::info!(
+                "no --config given: running the embedded default (listener \"public\" on 0.0.0.0:8080 -> pool \"default\" at 127.0.0.1:3000); `tether check` prints it"
+            );
+        }
+        for w in &warnings {
+            tracing::warn!("{w}");
+        }
+        match &settings.endpoint {
+            Some(endpoint) => tracing::info!(%endpoint, protocol = ?settings.protocol, "exporting traces over OTLP"),
+            None => tracing::info!("tracing export off (set telemetry.otlp_endpoint or OTEL_EXPORTER_OTLP_ENDPOINT)"),
+        }
         let stop = termination().map_err(|e| tether::RunError::Runtime(format!("signals: {e}")))?;
-        tether::run(config, listeners, stop).await
+        tether::run_with(config, listeners, Some(Arc::new(telemetry)), stop).await
     });
     match outcome {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e}");
+            eprintln!("tether: {e}");
             ExitCode::from(EXIT_RUNTIME)
         }
     }

@@ -79,11 +79,9 @@ impl TelemetrySettings {
         {
             None | Some("grpc") => OtlpProtocol::Grpc,
             Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
-            Some(other) => {
-                return Err(format!(
-                    "OTEL_EXPORTER_OTLP_PROTOCOL: {other:?} is not supported (grpc or http/protobuf)"
-                ))
-            }
+            Some(other) => return Err(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL: {other:?} is not supported (grpc or http/protobuf)"
+            )),
         };
         let endpoint = if let Some(e) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
             Some(e)
@@ -101,7 +99,10 @@ impl TelemetrySettings {
                 _ => e,
             })
         };
-        let disabled = matches!(var("OTEL_SDK_DISABLED").as_deref(), Some("true" | "TRUE" | "1"));
+        let disabled = matches!(
+            var("OTEL_SDK_DISABLED").as_deref(),
+            Some("true" | "TRUE" | "1")
+        );
         let mut resource = Vec::new();
         if let Some(attrs) = var("OTEL_RESOURCE_ATTRIBUTES") {
             for pair in attrs.split(',').filter(|p| !p.trim().is_empty()) {
@@ -118,7 +119,9 @@ impl TelemetrySettings {
                     .parse::<f64>()
                     .ok()
                     .filter(|r| (0.0..=1.0).contains(r))
-                    .ok_or_else(|| format!("OTEL_TRACES_SAMPLER_ARG: {a:?} is not a ratio in 0..=1")),
+                    .ok_or_else(|| {
+                        format!("OTEL_TRACES_SAMPLER_ARG: {a:?} is not a ratio in 0..=1")
+                    }),
             }
         };
         let sample_ratio = match var("OTEL_TRACES_SAMPLER").as_deref() {
@@ -175,9 +178,13 @@ impl Telemetry {
             (LogFormat::Text, true) => fmt.with_writer(std::io::stderr).boxed(),
             (_, false) => fmt.with_test_writer().boxed(),
         };
-        let logs = fmt.with_filter(filter.add_directive(
-            "tether::trace=off".parse().map_err(|e| format!("log filter: {e}"))?,
-        ));
+        let logs = fmt.with_filter(
+            filter.add_directive(
+                "tether::trace=off"
+                    .parse()
+                    .map_err(|e| format!("log filter: {e}"))?,
+            ),
+        );
         let Some(endpoint) = &settings.endpoint else {
             let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(logs));
             return Ok(Telemetry {
@@ -194,7 +201,7 @@ impl Telemetry {
                 .build(),
             OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
-                .with_http_client(BlockingHttp::default())
+                .with_http_client(BlockingHttp)
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                 .with_endpoint(endpoint.clone())
                 .with_timeout(EXPORT_TIMEOUT)
@@ -225,12 +232,11 @@ impl Telemetry {
         let tracer = provider.tracer("tether");
         let otel = tracing_opentelemetry::layer()
             .with_tracer(tracer)
-            .with_filter(tracing_subscriber::filter::Targets::new().with_target(
-                "tether::trace",
-                tracing::Level::TRACE,
-            ));
-        let dispatch =
-            tracing::Dispatch::new(tracing_subscriber::registry().with(logs).with(otel));
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("tether::trace", tracing::Level::TRACE),
+            );
+        let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(logs).with(otel));
         tether_actors::trace::enable();
         Ok(Telemetry {
             dispatch,
@@ -273,7 +279,9 @@ pub struct ExportQueue<E: SpanExporter + 'static> {
 
 impl<E: SpanExporter + 'static> std::fmt::Debug for ExportQueue<E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ExportQueue").field("stats", &self.stats).finish()
+        f.debug_struct("ExportQueue")
+            .field("stats", &self.stats)
+            .finish()
     }
 }
 
@@ -406,12 +414,16 @@ impl opentelemetry_http::HttpClient for BlockingHttp {
     }
 }
 
-fn post_blocking(request: http::Request<bytes::Bytes>) -> std::io::Result<http::Response<bytes::Bytes>> {
+fn post_blocking(
+    request: http::Request<bytes::Bytes>,
+) -> std::io::Result<http::Response<bytes::Bytes>> {
     use std::io::{Read, Write};
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, m.to_string());
     let uri = request.uri();
     if uri.scheme_str() != Some("http") {
-        return Err(bad("OTLP/HTTP export supports http:// endpoints; use gRPC or a local collector"));
+        return Err(bad(
+            "OTLP/HTTP export supports http:// endpoints; use gRPC or a local collector",
+        ));
     }
     let host = uri.host().ok_or_else(|| bad("endpoint has no host"))?;
     let port = uri.port_u16().unwrap_or(80);
