@@ -421,6 +421,11 @@ impl<'c> Pump<'c> {
         if rejected {
             self.message_too_big(dir);
         }
+        if self.up.close.is_some() && self.down.close.is_some() && self.close_deadline.is_none() {
+            // Both close frames exchanged: the conversation is over. Peers normally close
+            // their sockets now; one that does not is not waited for longer than this.
+            self.close_deadline = Some(Instant::now() + CLOSE_HANDSHAKE_TIMEOUT);
+        }
         self.check_write(dir);
     }
 
@@ -736,6 +741,15 @@ impl<'c> Pump<'c> {
             return false;
         }
         if self.up.src_done && self.down.src_done {
+            return true;
+        }
+        // Close frames went both ways and one side has hung up: nothing more can be said.
+        if self.up.close.is_some()
+            && self.down.close.is_some()
+            && (self.up.src_done || self.down.src_done)
+            && self.up.queued.is_none()
+            && self.down.queued.is_none()
+        {
             return true;
         }
         // Tether closed: done once each peer answered with a close frame or ended.

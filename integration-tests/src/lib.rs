@@ -4,6 +4,7 @@
 //! response, a frame, a closed socket) under [`within`], which turns a hang into a failure.
 
 pub mod backends;
+pub mod otlp;
 pub mod pool;
 pub mod raw;
 

@@ -347,3 +347,39 @@ async fn subprotocol_allow_list_refuses_offers_it_does_not_list() {
     );
     within("stop", sidecar.stop()).await.unwrap();
 }
+
+/// After close frames went both ways and the backend hung up, a client that keeps its socket
+/// open does not keep the session (and its backend slot) alive.
+#[tokio::test]
+async fn session_ends_after_the_close_handshake_even_if_the_client_lingers() {
+    let backend = backends::ws_echo().await;
+    let sidecar = start(&config_toml(backend.addr, "", ""));
+    let mut ws = connect(sidecar.addr("public")).await;
+    ws.send(Message::Close(Some(CloseFrame {
+        code: 1000.into(),
+        reason: "done".into(),
+    })))
+    .await
+    .unwrap();
+    while let Some(Ok(_)) = within("close reply", ws.next()).await {}
+    // `ws` stays alive: its socket is still open. The session must end anyway.
+    let admin = sidecar.admin_addr();
+    within("session deregistered", async {
+        loop {
+            let resp = raw::send(
+                admin,
+                b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            if resp
+                .text()
+                .contains(r#"tether_websocket_sessions_closed_total{cause="normal",code="1000"} 1"#)
+            {
+                break;
+            }
+        }
+    })
+    .await;
+    drop(ws);
+    within("stop", sidecar.stop()).await.unwrap();
+}

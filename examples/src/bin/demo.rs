@@ -2,7 +2,8 @@
 //! configuration (listener 0.0.0.0:8080 → pool 127.0.0.1:3000), in one process. Open
 //! http://localhost:8080 and the echo page talks to the backend through the sidecar.
 //!
-//! `TETHER_*` variables apply as usual (e.g. `TETHER_LISTENERS__PUBLIC__BIND=127.0.0.1:9090`).
+//! `TETHER_*` variables apply as usual (e.g. `TETHER_LISTENERS__PUBLIC__BIND=127.0.0.1:9090`), and
+//! so do the `OTEL_*` ones (`examples/otel/run.sh` sends the traces to a real collector).
 
 use std::process::ExitCode;
 
@@ -27,9 +28,10 @@ async fn main() -> ExitCode {
     };
     tokio::spawn(tether_examples::echo::serve(backend));
 
+    let env: Vec<(String, String)> = std::env::vars().collect();
     let sources = tether_config::Sources {
         files: Vec::new(),
-        env: std::env::vars().collect(),
+        env: env.clone(),
     };
     let loaded = match tether_config::load(&sources) {
         Ok(l) => l,
@@ -38,7 +40,8 @@ async fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let sidecar = match tether::Sidecar::start(loaded.config) {
+    // OTEL_EXPORTER_OTLP_ENDPOINT and friends apply (see examples/otel/).
+    let sidecar = match tether::Sidecar::start_traced(loaded.config, &env) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("demo: {e}");
