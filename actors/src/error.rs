@@ -43,6 +43,12 @@ pub enum ProxyError {
     /// The handshake offers subprotocols and the rule allows none of them.
     #[error("none of the offered subprotocols is allowed on this route")]
     SubprotocolNotAllowed,
+    /// The route's `websocket.max_sessions` are all in use.
+    #[error("too many WebSocket sessions on route \"{route}\"; try again later")]
+    SessionLimit {
+        /// The routing rule.
+        route: Arc<str>,
+    },
     /// The pool has no member in rotation.
     #[error("no healthy backend in pool \"{pool}\"")]
     NoHealthyBackend {
@@ -97,7 +103,9 @@ impl ProxyError {
             ProxyError::BadHandshake(e) => e.status(),
             ProxyError::SubprotocolNotAllowed => StatusCode::BAD_REQUEST,
             ProxyError::OriginNotAllowed | ProxyError::OriginRequired => StatusCode::FORBIDDEN,
-            ProxyError::NoHealthyBackend { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoHealthyBackend { .. } | ProxyError::SessionLimit { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::BackendFailed { .. }
@@ -113,7 +121,9 @@ impl ProxyError {
             | ProxyError::OriginNotAllowed
             | ProxyError::OriginRequired
             | ProxyError::SubprotocolNotAllowed => Side::Downstream,
-            ProxyError::NoRoute | ProxyError::NoHealthyBackend { .. } => Side::Proxy,
+            ProxyError::NoRoute
+            | ProxyError::NoHealthyBackend { .. }
+            | ProxyError::SessionLimit { .. } => Side::Proxy,
             _ => Side::Upstream,
         }
     }

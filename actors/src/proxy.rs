@@ -33,7 +33,7 @@ use crate::handshake;
 use crate::headers;
 use crate::listener::ListenerInfo;
 use crate::pump::PumpConfig;
-use crate::route_table::Route;
+use crate::route_table::{Route, SessionSlot};
 use crate::session::{SessionActor, SessionEnv, SessionInfo, SessionStreams};
 use crate::trace::{self, HandshakeOutcome};
 use crate::upstream::{self, UpstreamBody};
@@ -171,6 +171,7 @@ fn handshake_outcome(err: &ProxyError) -> HandshakeOutcome {
             HandshakeOutcome::RejectedOrigin
         }
         ProxyError::SubprotocolNotAllowed => HandshakeOutcome::RejectedSubprotocol,
+        ProxyError::SessionLimit { .. } => HandshakeOutcome::SessionLimit,
         ProxyError::NoHealthyBackend { .. } => HandshakeOutcome::NoBackend,
         _ => HandshakeOutcome::BackendError,
     }
@@ -358,6 +359,9 @@ async fn forward_websocket(
     handshake::validate(&req, req.body().is_end_stream())?;
     check_origin(&route, &req)?;
     check_subprotocols(&route, &req)?;
+    let slot = SessionSlot::acquire(&route).ok_or_else(|| ProxyError::SessionLimit {
+        route: route.name.clone(),
+    })?;
     let (backend, lease) = pick_backend(&route, conn, req.headers())?;
     facts.backend = Some(backend);
     let client_upgrade = hyper::upgrade::on(&mut req);
@@ -407,6 +411,7 @@ async fn forward_websocket(
                         metrics: ctx.metrics.clone(),
                         span,
                         token,
+                        slot,
                     };
                     let streams = SessionStreams {
                         client,

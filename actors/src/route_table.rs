@@ -27,6 +27,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -64,6 +65,9 @@ pub struct Route {
     pub settings: Arc<BackendSettingsConfig>,
     /// The rule's WebSocket policy.
     pub websocket: Arc<WebSocketConfig>,
+    /// Live sessions on this rule, for `websocket.max_sessions`; carried across republishes
+    /// by rule name, so a new snapshot does not forget the sessions already running.
+    pub sessions: Arc<AtomicUsize>,
 }
 
 /// Rules for one path table (one host pattern on one listener).
@@ -122,11 +126,13 @@ impl RouteSnapshot {
     pub fn build(
         config: &Config,
         pools: &BTreeMap<String, Arc<Pool>>,
+        route_sessions: &BTreeMap<String, Arc<AtomicUsize>>,
         generation: u64,
     ) -> RouteSnapshot {
         let mut listeners: HashMap<String, ListenerRoutes> = HashMap::new();
         for rule in config.routing_rules.values() {
-            let Some(route) = resolve_rule(config, rule, pools) else {
+            let sessions = route_sessions.get(&rule.name).cloned().unwrap_or_default();
+            let Some(route) = resolve_rule(config, rule, pools, sessions) else {
                 continue; // validation guarantees references resolve; be defensive anyway
             };
             let routes = listeners.entry(rule.listener.clone()).or_default();
@@ -200,13 +206,40 @@ fn resolve_rule(
     config: &Config,
     rule: &RoutingRuleConfig,
     pools: &BTreeMap<String, Arc<Pool>>,
+    sessions: Arc<AtomicUsize>,
 ) -> Option<Arc<Route>> {
     Some(Arc::new(Route {
         name: rule.name.as_str().into(),
         pool: pools.get(&rule.backend_pool)?.clone(),
         settings: Arc::new(config.backend_settings.get(&rule.backend_settings)?.clone()),
         websocket: Arc::new(rule.websocket.clone()),
+        sessions,
     }))
+}
+
+/// A place in a rule's `max_sessions`, held from the handshake to the session's end.
+#[derive(Debug)]
+pub struct SessionSlot(Arc<AtomicUsize>);
+
+impl SessionSlot {
+    /// Takes a slot on `route`, or `None` when its `max_sessions` are all taken (one atomic
+    /// add; undone at once when over the limit).
+    pub fn acquire(route: &Route) -> Option<SessionSlot> {
+        let before = route.sessions.fetch_add(1, Ordering::AcqRel);
+        if let Some(max) = route.websocket.max_sessions {
+            if before >= max as usize {
+                route.sessions.fetch_sub(1, Ordering::AcqRel);
+                return None;
+            }
+        }
+        Some(SessionSlot(route.sessions.clone()))
+    }
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Strips the port (and IPv6 brackets) from a `Host` value and lowercases it into `buf`, without
@@ -386,6 +419,8 @@ pub struct RouteTableActor {
     reporter: Option<Recipient<MemberFailing>>,
     /// How long building the last snapshot took.
     last_build: Duration,
+    /// Live sessions per rule (see [`Route::sessions`]).
+    route_sessions: BTreeMap<String, Arc<AtomicUsize>>,
 }
 
 impl RouteTableActor {
@@ -433,6 +468,7 @@ impl RouteTableActor {
             sessions: HashMap::new(),
             reporter,
             last_build: Duration::ZERO,
+            route_sessions: BTreeMap::new(),
         };
         actor.publish();
         (actor, shared)
@@ -462,7 +498,10 @@ impl RouteTableActor {
             .iter()
             .map(|(name, pool)| (name.clone(), Arc::new(pool.snapshot())))
             .collect();
-        let snapshot = RouteSnapshot::build(&self.config, &pools, generation);
+        for name in self.config.routing_rules.keys() {
+            self.route_sessions.entry(name.clone()).or_default();
+        }
+        let snapshot = RouteSnapshot::build(&self.config, &pools, &self.route_sessions, generation);
         self.shared.store(Arc::new(snapshot));
         self.last_build = started.elapsed();
         tracing::debug!(

@@ -26,6 +26,7 @@ use crate::balance::MemberLease;
 use crate::messages::{DrainReason, DrainSession, SessionEnded, SessionOpened};
 use crate::metrics::Metrics;
 use crate::pump::{self, Counters, Initiator, Outcome, PumpConfig, PumpControl};
+use crate::route_table::SessionSlot;
 use crate::shutdown::{ShutdownSignal, TrackToken};
 use crate::trace;
 
@@ -133,6 +134,8 @@ pub struct SessionEnv {
     pub span: Span,
     /// Keeps it counted by the shutdown tracker.
     pub token: TrackToken,
+    /// Its place in the route's `max_sessions`, given back when the session ends.
+    pub slot: SessionSlot,
 }
 
 impl SessionActor {

@@ -383,3 +383,38 @@ async fn session_ends_after_the_close_handshake_even_if_the_client_lingers() {
     drop(ws);
     within("stop", sidecar.stop()).await.unwrap();
 }
+
+/// `max_sessions` bounds live sessions per route: the next handshake gets 503 (and never reaches
+/// the backend); a slot frees when a session ends.
+#[tokio::test]
+async fn max_sessions_refuses_the_next_handshake_with_503_until_one_ends() {
+    let backend = backends::ws_echo().await;
+    let sidecar = start(&config_toml(backend.addr, "", "max_sessions = 2"));
+    let addr = sidecar.addr("public");
+    let mut first = connect(addr).await;
+    let _second = connect(addr).await;
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(&raw::handshake("/ws", "")).await.unwrap();
+    let refused = within("503", raw::read_head(&mut stream)).await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(
+        backend.record.connections(),
+        2,
+        "the refused handshake never reached the backend"
+    );
+
+    first.close(None).await.unwrap();
+    while let Some(Ok(_)) = within("close", first.next()).await {}
+    // The slot is given back when the session actor ends; each attempt is a real handshake.
+    within("slot freed", async {
+        loop {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&raw::handshake("/ws", "")).await.unwrap();
+            if raw::read_head(&mut s).await.status == 101 {
+                break;
+            }
+        }
+    })
+    .await;
+    within("stop", sidecar.stop()).await.unwrap();
+}
