@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# Tether against nginx and HAProxy, on one machine, in one run (issue 8).
+#
+#   bash bench/run.sh
+#
+# From a fresh clone: installs nginx, HAProxy and wrk from Debian packages if they are missing,
+# builds release binaries, starts the fast echo backend and the three proxies (one worker each,
+# all pinned to the same core), runs every scenario interleaved (nginx, HAProxy, Tether, nginx,
+# HAProxy, Tether, ...) for several rounds, and prints a markdown table of medians with the
+# targets. Results: bench/out/results-<date>.{md,json}; raw records and logs: bench/out/run-<date>/.
+#
+# Knobs (environment variables, defaults in brackets):
+#   ROUNDS [3]             rounds; every figure is the median over rounds
+#   DURATION [2s]          measured time of echo, handshake and HTTP runs
+#   LATENCY_DURATION [4s]  measured time of latency runs
+#   WARMUP [500ms]         unmeasured run-in before each echo, latency and handshake run
+#   RATE [5000]            total messages/s of the latency scenario
+#   IDLE_SESSIONS [max]    idle sessions held; max = as many as the open-file limit allows
+#   PROXIES ["nginx haproxy tether"]
+#   PROXY_CORE [1]         the core every proxy is pinned to
+#   LOAD_CORE [0]          the core of the load tool and the echo backend
+#   BASE_PORT [18180]      backend on BASE_PORT, nginx +1, HAProxy +2, Tether +3 (127.0.0.1)
+#   CARGO_TARGET_DIR       where cargo builds (default: target/)
+#
+# Every process this script starts is stopped by its pid when it exits. Nothing but 127.0.0.1
+# (and client source addresses in 127.0.0.0/8) is ever contacted, apart from apt.
+
+set -Eeuo pipefail
+
+started_at=$(date +%s)
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-2s}
+LATENCY_DURATION=${LATENCY_DURATION:-4s}
+WARMUP=${WARMUP:-500ms}
+RATE=${RATE:-5000}
+IDLE_SESSIONS=${IDLE_SESSIONS:-max}
+PROXIES=${PROXIES:-"nginx haproxy tether"}
+PROXY_CORE=${PROXY_CORE:-1}
+LOAD_CORE=${LOAD_CORE:-0}
+BASE_PORT=${BASE_PORT:-18180}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+BIN=$TARGET_DIR/release
+export PATH=$PATH:/usr/sbin:/sbin
+
+BACKEND_PORT=$BASE_PORT
+declare -A PORT=([nginx]=$((BASE_PORT + 1)) [haproxy]=$((BASE_PORT + 2)) [tether]=$((BASE_PORT + 3)))
+
+STAMP=$(date -u +%Y-%m-%d-%H%M%S)
+OUT=$ROOT/bench/out
+RUN=$OUT/run-$STAMP
+RAW=$RUN/raw.jsonl
+mkdir -p "$RUN"
+exec > >(tee "$RUN/run.log") 2>&1
+
+say() { printf '\n== [%ds] %s\n' "$(($(date +%s) - started_at))" "$*"; }
+
+# --- 1. Packages -------------------------------------------------------------------------------
+need=()
+command -v nginx >/dev/null || need+=(nginx)
+command -v haproxy >/dev/null || need+=(haproxy)
+command -v wrk >/dev/null || need+=(wrk)
+command -v taskset >/dev/null || need+=(util-linux)
+if ((${#need[@]})); then
+    say "installing ${need[*]} from Debian packages"
+    # Debian 12's `nginx` has every module the benchmark needs (its `nginx-light` is now `nginx`
+    # plus the echo module). Package services do not matter: ours run with our own configs.
+    sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo)
+    if ! { "${sudo[@]}" apt-get update -qq &&
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive \
+            apt-get install -y -qq --no-install-recommends "${need[@]}"; } >"$RUN/apt.log" 2>&1; then
+        cat "$RUN/apt.log" >&2
+        echo "bench: could not install ${need[*]}" >&2
+        exit 1
+    fi
+fi
+
+# --- 2. Build ----------------------------------------------------------------------------------
+say "building release binaries (cargo, target dir $TARGET_DIR)"
+cargo build --release -p tether --bin tether -p tether-examples --bin load --bin fast_echo
+
+# --- 3. Configuration --------------------------------------------------------------------------
+NOFILE=$(ulimit -n)
+if [ "$IDLE_SESSIONS" = max ]; then
+    # Each proxied session costs the proxy two descriptors; keep some for listeners and logs.
+    IDLE_SESSIONS=$(((NOFILE - 200) / 2))
+fi
+mkdir -p "$RUN/nginx-tmp"
+sed -e "s|@RUN_DIR@|$RUN|g" -e "s|@PORT@|${PORT[nginx]}|g" -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" \
+    -e "s|@NOFILE@|$NOFILE|g" -e "s|@MAX_CONNS@|$((NOFILE + NOFILE / 15 + 100))|g" bench/nginx.conf >"$RUN/nginx.conf"
+sed -e "s|@PORT@|${PORT[haproxy]}|g" -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" \
+    -e "s|@MAX_CONNS@|$(((NOFILE - 100) / 2))|g" bench/haproxy.cfg >"$RUN/haproxy.cfg"
+
+load() { taskset -c "$LOAD_CORE" "$BIN/load" "$@"; }
+
+for port in "$BACKEND_PORT" "${PORT[@]}"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "bench: port $port on 127.0.0.1 is already in use; set BASE_PORT" >&2
+        exit 1
+    fi
+done
+
+# --- 4. Processes ------------------------------------------------------------------------------
+declare -A PID=()        # the pid each proxy was started as
+declare -A MEASURED=()   # --pid arguments: every process of the proxy
+BACKEND_PID=
+
+cleanup() {
+    local pid
+    for pid in "${PID[@]}" $BACKEND_PID; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PID[@]}" $BACKEND_PID; do
+        wait "$pid" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+trap 'echo "bench: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
+
+start_proxy() {
+    local name=$1
+    case $name in
+        nginx)
+            taskset -c "$PROXY_CORE" nginx -p "$RUN/" -c "$RUN/nginx.conf" -e "$RUN/nginx-error.log" \
+                >>"$RUN/nginx.log" 2>&1 &
+            ;;
+        haproxy)
+            taskset -c "$PROXY_CORE" haproxy -db -f "$RUN/haproxy.cfg" >>"$RUN/haproxy.log" 2>&1 &
+            ;;
+        tether)
+            TETHER_LISTENERS__BENCH__BIND=127.0.0.1:${PORT[tether]} \
+                TETHER_BACKEND_POOLS__ECHO__MEMBERS=127.0.0.1:$BACKEND_PORT \
+                taskset -c "$PROXY_CORE" "$BIN/tether" --config bench/tether.toml >>"$RUN/tether.log" 2>&1 &
+            ;;
+        *) echo "bench: unknown proxy $name" >&2; exit 1 ;;
+    esac
+    PID[$name]=$!
+    load wait --url "http://127.0.0.1:${PORT[$name]}/" --timeout 15s
+    # nginx does the work in its worker; count the master and every child.
+    local args=(--pid "${PID[$name]}") child
+    for child in $(pgrep -P "${PID[$name]}" || true); do args+=(--pid "$child"); done
+    MEASURED[$name]="${args[*]}"
+}
+
+stop_proxy() {
+    local name=$1
+    [ -n "${PID[$name]:-}" ] || return 0
+    kill "${PID[$name]}" 2>/dev/null || true
+    wait "${PID[$name]}" 2>/dev/null || true
+    unset "PID[$name]"
+}
+
+run() { # run SCENARIO LABEL ROUND [load args...]
+    local scenario=$1 label=$2 round=$3
+    shift 3
+    local url_host=127.0.0.1:${PORT[$label]:-$BACKEND_PORT} measured=()
+    [ "$label" = direct ] || read -ra measured <<<"${MEASURED[$label]}"
+    local url=ws://$url_host/ws
+    [ "$scenario" = http ] && url=http://$url_host/
+    load "$scenario" --url "$url" --label "$label" --round "$round" --out "$RAW" "${measured[@]}" "$@"
+}
+
+say "starting the fast echo backend on 127.0.0.1:$BACKEND_PORT (core $LOAD_CORE)"
+taskset -c "$LOAD_CORE" "$BIN/fast_echo" --listen "127.0.0.1:$BACKEND_PORT" >"$RUN/fast_echo.log" 2>&1 &
+BACKEND_PID=$!
+load wait --url "http://127.0.0.1:$BACKEND_PORT/" --timeout 15s
+
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# --- 5. Rounds ---------------------------------------------------------------------------------
+for round in $(seq 1 "$ROUNDS"); do
+    say "round $round of $ROUNDS (proxies restarted: idle memory is measured on fresh processes)"
+    for p in $PROXIES; do stop_proxy "$p"; start_proxy "$p"; done
+    for p in $PROXIES; do run idle "$p" "$round" --sessions "$IDLE_SESSIONS"; done
+    for size in 64 4096; do
+        for p in $PROXIES; do
+            run echo "$p" "$round" --size "$size" --connections 64 --window 16 \
+                --warmup "$WARMUP" --duration "$DURATION"
+        done
+    done
+    for p in direct $PROXIES; do
+        run latency "$p" "$round" --rate "$RATE" --connections 64 --size 64 \
+            --warmup "$WARMUP" --duration "$LATENCY_DURATION"
+    done
+    for p in $PROXIES; do
+        run handshake "$p" "$round" --workers 32 --warmup "$WARMUP" --duration "$DURATION"
+    done
+    for p in $PROXIES; do
+        run http "$p" "$round" --connections 64 --threads 1 --duration "$DURATION"
+    done
+done
+for p in $PROXIES; do stop_proxy "$p"; done
+
+# --- 6. Report ---------------------------------------------------------------------------------
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+elapsed=$(($(date +%s) - started_at))
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ "$commit" != unknown ] && [ -n "$(git status --porcelain 2>/dev/null)" ]; then
+    commit="$commit (with uncommitted changes)"
+fi
+cpu_model=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
+hypervisor=$(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1)
+mem_gib=$(awk '/MemTotal/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)
+knobs=""
+for v in ROUNDS DURATION LATENCY_DURATION WARMUP RATE IDLE_SESSIONS PROXIES PROXY_CORE LOAD_CORE BASE_PORT; do
+    if printenv "$v" >/dev/null; then knobs+="$v=$(printenv "$v") "; fi
+done
+first_line() { "$@" 2>&1 | head -1 || true; } # `wrk -v` exits 1; pipefail must not end the run
+versions="$(first_line nginx -v | sed 's|.*/|nginx |'), HAProxy $(first_line haproxy -v | awk '{print $3}'),"
+versions+=" $(first_line wrk -v | awk '{print $1, $2}'), $(first_line rustc --version | awk '{print $1, $2}')"
+
+say "report"
+load report --raw "$RAW" --md "$OUT/results-$STAMP.md" --json "$OUT/results-$STAMP.json" \
+    --meta "date=$(date -u '+%Y-%m-%d %H:%M UTC')" \
+    --meta "machine=$(nproc) CPUs (${cpu_model:-unknown}${hypervisor:+, $hypervisor guest}), ${mem_gib} GiB, Linux $(uname -r)" \
+    --meta "command=\`${knobs}bash bench/run.sh\` at $commit" \
+    --meta "setup=proxies pinned to core $PROXY_CORE, one worker each; load tool, wrk and fast_echo backend on core $LOAD_CORE; $ROUNDS rounds interleaved, median shown; idle: $IDLE_SESSIONS sessions" \
+    --meta "versions=$versions" \
+    --meta "load average (1/5/15 min)=$load_before before, $load_after after" \
+    --meta "took=${elapsed} s"
+cp "$OUT/results-$STAMP.md" "$OUT/latest.md"
+cp "$OUT/results-$STAMP.json" "$OUT/latest.json"
+printf '\nresults: bench/out/results-%s.md and .json (raw records and logs: %s)\n' "$STAMP" "${RUN#"$ROOT"/}"

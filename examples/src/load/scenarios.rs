@@ -1,0 +1,770 @@
+//! The five scenarios. Each returns its figures as a name → value map (the names are listed on
+//! each function); the caller wraps them in a [`Record`](super::Record).
+//!
+//! All of them run on the load tool's single-threaded runtime: on the benchmark machine the tool
+//! is pinned to one core, and one thread with non-blocking sockets drives it best.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::task::JoinSet;
+use tokio::time::{sleep_until, timeout, Instant};
+
+use super::client::{read_frame, SourceAddrs, Target, Upgrader, WsConn};
+use super::frame::{client_close_frame, client_frame, FrameScanner, OP_BINARY, OP_CLOSE};
+use super::procstat::Watched;
+use super::stats::quantile;
+use super::BoxError;
+
+/// The figures of one run, by name.
+pub type Metrics = BTreeMap<String, f64>;
+
+/// How long a single handshake, echo or close may take before it counts as an error.
+const STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Read buffer for connections that carry a window of messages.
+const READ_BUF: usize = 64 * 1024;
+
+/// A counter of failures that remembers the first one, for the error message.
+#[derive(Debug, Default)]
+struct Failures {
+    count: AtomicU64,
+    first: Mutex<Option<String>>,
+}
+
+impl Failures {
+    fn record(&self, error: impl std::fmt::Display) {
+        if self.count.fetch_add(1, Ordering::Relaxed) == 0 {
+            *self.first.lock().expect("failure lock poisoned") = Some(error.to_string());
+        }
+    }
+
+    fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Prints the first failure (if any) on stderr, so a run with errors says why.
+    fn report(&self, scenario: &str) {
+        if let Some(first) = self.first.lock().expect("failure lock poisoned").as_ref() {
+            eprintln!("load {scenario}: {} failures; first: {first}", self.count());
+        }
+    }
+}
+
+/// A measurement window: the CPU and counter readings at its start and end.
+struct Window {
+    start: Instant,
+    cpu_micros: u64,
+    count: u64,
+}
+
+impl Window {
+    fn open(watched: &Watched, counter: &AtomicU64) -> Result<Self, BoxError> {
+        Ok(Self {
+            start: Instant::now(),
+            cpu_micros: watched.cpu_micros()?,
+            count: counter.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Closes the window: (seconds, events, proxy CPU µs).
+    fn close(self, watched: &Watched, counter: &AtomicU64) -> Result<(f64, u64, u64), BoxError> {
+        let count = counter.load(Ordering::Relaxed);
+        let cpu = watched.cpu_micros()?;
+        let seconds = self.start.elapsed().as_secs_f64();
+        Ok((
+            seconds,
+            count - self.count,
+            cpu.saturating_sub(self.cpu_micros),
+        ))
+    }
+}
+
+/// Adds `<count>` (events in the window), `<count>_per_s`, `seconds`, and with a watched proxy
+/// `cpu_us_per_<unit>`, `proxy_cpu_us` and `proxy_cpu_share` (the proxy's CPU time over wall
+/// time: 1.0 is one core fully busy) to `metrics`.
+fn rate_and_cost(
+    metrics: &mut Metrics,
+    (count, unit): (&str, &str),
+    seconds: f64,
+    events: u64,
+    cpu_micros: u64,
+    watched: &Watched,
+) {
+    metrics.insert(format!("{count}_per_s"), events as f64 / seconds);
+    metrics.insert(count.to_owned(), events as f64);
+    metrics.insert("seconds".into(), seconds);
+    if !watched.is_empty() {
+        metrics.insert("proxy_cpu_us".into(), cpu_micros as f64);
+        metrics.insert(
+            "proxy_cpu_share".into(),
+            cpu_micros as f64 / (seconds * 1e6),
+        );
+        if events > 0 {
+            metrics.insert(
+                format!("cpu_us_per_{unit}"),
+                cpu_micros as f64 / events as f64,
+            );
+        }
+    }
+}
+
+/// Opens `count` WebSocket connections, one after another.
+async fn open_all(
+    upgrader: &Upgrader,
+    sources: &SourceAddrs,
+    count: usize,
+) -> Result<Vec<WsConn>, BoxError> {
+    let mut conns = Vec::with_capacity(count);
+    for _ in 0..count {
+        let conn = timeout(STEP_TIMEOUT, upgrader.open(sources.next()))
+            .await
+            .map_err(|_| format!("upgrade to {} timed out", upgrader.target()))??;
+        conns.push(conn);
+    }
+    Ok(conns)
+}
+
+/// Parameters of [`echo`].
+#[derive(Debug, Clone)]
+pub struct EchoParams {
+    /// Concurrent connections.
+    pub connections: usize,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// Messages in flight per connection.
+    pub window: usize,
+    /// Run time before the measurement starts.
+    pub warmup: Duration,
+    /// Measured run time.
+    pub duration: Duration,
+}
+
+/// Echo throughput: `connections` connections each keep `window` binary messages of `size`
+/// bytes in flight, sending one more for each echo that comes back.
+///
+/// Figures: `msgs_per_s`, `msgs`, `seconds`, `errors`, and with a watched proxy `cpu_us_per_msg`
+/// (proxy CPU µs per echoed message), `proxy_cpu_us`, `proxy_cpu_share`.
+pub async fn echo(
+    upgrader: &Upgrader,
+    watched: &Watched,
+    params: &EchoParams,
+) -> Result<Metrics, BoxError> {
+    let sources = SourceAddrs::new();
+    let conns = open_all(upgrader, &sources, params.connections).await?;
+    let frame = client_frame(OP_BINARY, &vec![b'x'; params.size]);
+    let batch: Arc<[u8]> = frame.repeat(params.window).into();
+    let frame_len = frame.len();
+
+    let echoed = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Failures::default());
+    let measure_from = Instant::now() + params.warmup;
+    let end = measure_from + params.duration;
+    let mut tasks = JoinSet::new();
+    for conn in conns {
+        let (batch, echoed, failures) = (batch.clone(), echoed.clone(), failures.clone());
+        let (size, window) = (params.size as u64, params.window);
+        tasks.spawn(async move {
+            let result = echo_connection(conn, &batch, frame_len, window, size, &echoed, end).await;
+            if let Err(error) = result {
+                failures.record(error);
+            }
+        });
+    }
+
+    sleep_until(measure_from).await;
+    let window = Window::open(watched, &echoed)?;
+    sleep_until(end).await;
+    let (seconds, msgs, cpu) = window.close(watched, &echoed)?;
+    while tasks.join_next().await.is_some() {}
+
+    failures.report("echo");
+    let mut metrics = Metrics::new();
+    rate_and_cost(&mut metrics, ("msgs", "msg"), seconds, msgs, cpu, watched);
+    metrics.insert("errors".into(), failures.count() as f64);
+    Ok(metrics)
+}
+
+/// One connection of [`echo`]: sends a window, then one message per echo, until `end`.
+async fn echo_connection(
+    conn: WsConn,
+    batch: &[u8],
+    frame_len: usize,
+    window: usize,
+    size: u64,
+    echoed: &AtomicU64,
+    end: Instant,
+) -> Result<(), BoxError> {
+    let WsConn { mut stream, early } = conn;
+    let mut scanner = FrameScanner::new();
+    let mut wrong_size = false;
+    // Nothing has been sent yet, so a data frame here would be the server's own; keep the
+    // scanner in step with the stream all the same.
+    scanner.feed(&early, |_| {})?;
+    stream.write_all(batch).await?;
+    let mut buf = vec![0u8; READ_BUF];
+    let stop = sleep_until(end);
+    tokio::pin!(stop);
+    loop {
+        let n = tokio::select! {
+            biased;
+            () = &mut stop => return Ok(()),
+            read = stream.read(&mut buf) => read?,
+        };
+        if n == 0 {
+            return Err("the proxy closed an echo connection".into());
+        }
+        let mut k = 0usize;
+        scanner.feed(&buf[..n], |h| {
+            if h.is_data() {
+                k += 1;
+                wrong_size |= h.payload_len != size;
+            }
+        })?;
+        if wrong_size {
+            return Err("an echo came back with the wrong size".into());
+        }
+        echoed.fetch_add(k as u64, Ordering::Relaxed);
+        // At most `window` messages are in flight, so at most that many can come back.
+        let resend = k.min(window);
+        if resend > 0 {
+            stream.write_all(&batch[..resend * frame_len]).await?;
+        }
+    }
+}
+
+/// Parameters of [`latency`].
+#[derive(Debug, Clone)]
+pub struct LatencyParams {
+    /// Connections the messages are spread over, round-robin.
+    pub connections: usize,
+    /// Total messages per second.
+    pub rate: u64,
+    /// Payload bytes per message.
+    pub size: usize,
+    /// Run time before the measurement starts.
+    pub warmup: Duration,
+    /// Measured run time.
+    pub duration: Duration,
+}
+
+/// Added latency: `rate` messages per second in total, spread round-robin over `connections`
+/// connections, each message's round trip timed from just before its write to the read that
+/// completes its echo. Sending is open-loop (it never waits for echoes), so a slow proxy cannot
+/// slow the sender down and hide its own delay.
+///
+/// The timer ticks every millisecond (tokio's timer resolution) and sends the messages due by
+/// then, so at 5,000 msg/s messages leave in bursts of about five, each to a different
+/// connection. The direct baseline sees the same bursts.
+///
+/// Figures: `p50_us`, `p99_us`, `p999_us`, `max_us`, `samples`, `sent_per_s` (the rate achieved),
+/// `lost` (echoes missing 2 s after the last send), `errors`.
+pub async fn latency(upgrader: &Upgrader, params: &LatencyParams) -> Result<Metrics, BoxError> {
+    let sources = SourceAddrs::new();
+    let conns = open_all(upgrader, &sources, params.connections).await?;
+    let frame = client_frame(OP_BINARY, &vec![b'x'; params.size]);
+
+    let start = Instant::now();
+    let measure_from = start + params.warmup;
+    let end = measure_from + params.duration;
+    let drain_until = end + Duration::from_secs(2);
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let failures = Arc::new(Failures::default());
+
+    let mut writers: Vec<(OwnedWriteHalf, Arc<Mutex<VecDeque<Instant>>>)> = Vec::new();
+    let mut readers = JoinSet::new();
+    for WsConn { stream, early } in conns {
+        let (mut read, write) = stream.into_split();
+        let sent: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
+        writers.push((write, sent.clone()));
+        let (mut done_rx, failures) = (done_rx.clone(), failures.clone());
+        let size = params.size as u64;
+        readers.spawn(async move {
+            let mut rtts = Vec::new();
+            let mut scanner = FrameScanner::new();
+            let mut buf = vec![0u8; READ_BUF];
+            let mut sending_done = false;
+            let drain = sleep_until(drain_until);
+            tokio::pin!(drain);
+            let mut on_bytes = |bytes: &[u8], rtts: &mut Vec<u64>| -> Result<(), BoxError> {
+                let now = Instant::now();
+                let mut sent = sent.lock().expect("latency queue lock poisoned");
+                let mut bad = None;
+                scanner.feed(bytes, |h| {
+                    if !h.is_data() {
+                        return;
+                    }
+                    if h.payload_len != size {
+                        bad = Some("an echo came back with the wrong size");
+                    }
+                    match sent.pop_front() {
+                        Some(at) if at >= measure_from && at < end => {
+                            rtts.push((now - at).as_nanos() as u64);
+                        }
+                        Some(_) => {}
+                        None => bad = Some("an echo arrived that was never sent"),
+                    }
+                })?;
+                match bad {
+                    Some(error) => Err(error.into()),
+                    None => Ok(()),
+                }
+            };
+            if let Err(error) = on_bytes(&early, &mut rtts) {
+                failures.record(error);
+                return (rtts, 0);
+            }
+            loop {
+                let outstanding = sent.lock().expect("latency queue lock poisoned").len();
+                if sending_done && outstanding == 0 {
+                    return (rtts, 0);
+                }
+                let n = tokio::select! {
+                    biased;
+                    () = &mut drain => return (rtts, outstanding as u64),
+                    changed = done_rx.changed(), if !sending_done => {
+                        // Sending is over (or the sender is gone): drain what is in flight.
+                        let _ = changed;
+                        sending_done = true;
+                        continue;
+                    }
+                    read = read.read(&mut buf) => match read {
+                        Ok(n) => n,
+                        Err(error) => {
+                            failures.record(error);
+                            return (rtts, outstanding as u64);
+                        }
+                    },
+                };
+                if n == 0 {
+                    failures.record("the proxy closed a latency connection");
+                    return (rtts, outstanding as u64);
+                }
+                if let Err(error) = on_bytes(&buf[..n], &mut rtts) {
+                    failures.record(error);
+                    return (rtts, 0);
+                }
+            }
+        });
+    }
+
+    // The fixed-rate sender: every millisecond, send the messages due by now.
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let (mut sent_total, mut sent_measured) = (0u64, 0u64);
+    let mut next_conn = 0usize;
+    loop {
+        let now = tick.tick().await;
+        if now >= end {
+            break;
+        }
+        let due = ((now - start).as_secs_f64() * params.rate as f64) as u64;
+        while sent_total < due {
+            let (write, sent) = &mut writers[next_conn];
+            next_conn = (next_conn + 1) % params.connections;
+            let at = Instant::now();
+            sent.lock()
+                .expect("latency queue lock poisoned")
+                .push_back(at);
+            if let Err(error) = write.write_all(&frame).await {
+                failures.record(error);
+                sent.lock().expect("latency queue lock poisoned").pop_back();
+            }
+            sent_total += 1;
+            if at >= measure_from {
+                sent_measured += 1;
+            }
+        }
+    }
+    // `send` only fails once every reader has already ended, which is fine.
+    let _ = done_tx.send(true);
+
+    let mut rtts = Vec::new();
+    let mut lost = 0;
+    while let Some(joined) = readers.join_next().await {
+        let (mut conn_rtts, conn_lost) = joined?;
+        rtts.append(&mut conn_rtts);
+        lost += conn_lost;
+    }
+    drop(writers);
+    rtts.sort_unstable();
+
+    failures.report("latency");
+    let micros = |q: f64| quantile(&rtts, q).map_or(f64::NAN, |ns| ns as f64 / 1e3);
+    let mut metrics = Metrics::new();
+    metrics.insert("p50_us".into(), micros(0.5));
+    metrics.insert("p99_us".into(), micros(0.99));
+    metrics.insert("p999_us".into(), micros(0.999));
+    metrics.insert("max_us".into(), micros(1.0));
+    metrics.insert("samples".into(), rtts.len() as f64);
+    metrics.insert(
+        "sent_per_s".into(),
+        sent_measured as f64 / params.duration.as_secs_f64(),
+    );
+    metrics.insert("lost".into(), lost as f64);
+    metrics.insert("errors".into(), failures.count() as f64);
+    Ok(metrics)
+}
+
+/// Parameters of [`handshake`].
+#[derive(Debug, Clone)]
+pub struct HandshakeParams {
+    /// Concurrent workers, each doing one handshake after another.
+    pub workers: usize,
+    /// Payload bytes of the one echoed message.
+    pub size: usize,
+    /// Run time before the measurement starts.
+    pub warmup: Duration,
+    /// Measured run time.
+    pub duration: Duration,
+}
+
+/// Handshake rate: `workers` workers each loop over connect, upgrade, one echoed message, a
+/// close handshake (client close 1000, wait for the server's close frame), and closing the
+/// socket. Every connection comes from a different source address in `127.0.0.0/8`.
+///
+/// Figures: `handshakes_per_s`, `handshakes`, `seconds`, `errors`, and with a watched proxy
+/// `cpu_us_per_handshake`, `proxy_cpu_us`, `proxy_cpu_share`.
+pub async fn handshake(
+    upgrader: &Upgrader,
+    watched: &Watched,
+    params: &HandshakeParams,
+) -> Result<Metrics, BoxError> {
+    let sources = Arc::new(SourceAddrs::new());
+    let upgrader = Arc::new(upgrader.clone());
+    let message: Arc<[u8]> = client_frame(OP_BINARY, &vec![b'x'; params.size]).into();
+    let done = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(Failures::default());
+    let measure_from = Instant::now() + params.warmup;
+    let end = measure_from + params.duration;
+
+    let mut tasks = JoinSet::new();
+    for _ in 0..params.workers {
+        let (sources, upgrader, message) = (sources.clone(), upgrader.clone(), message.clone());
+        let (done, failures) = (done.clone(), failures.clone());
+        tasks.spawn(async move {
+            while Instant::now() < end {
+                let once = one_handshake(&upgrader, sources.next(), &message);
+                match timeout(STEP_TIMEOUT, once).await {
+                    Ok(Ok(())) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(error)) => failures.record(error),
+                    Err(_) => failures.record("a handshake cycle timed out"),
+                }
+            }
+        });
+    }
+
+    sleep_until(measure_from).await;
+    let window = Window::open(watched, &done)?;
+    sleep_until(end).await;
+    let (seconds, handshakes, cpu) = window.close(watched, &done)?;
+    while tasks.join_next().await.is_some() {}
+
+    failures.report("handshake");
+    let mut metrics = Metrics::new();
+    rate_and_cost(
+        &mut metrics,
+        ("handshakes", "handshake"),
+        seconds,
+        handshakes,
+        cpu,
+        watched,
+    );
+    metrics.insert("errors".into(), failures.count() as f64);
+    Ok(metrics)
+}
+
+/// One connect–upgrade–echo–close cycle.
+async fn one_handshake(
+    upgrader: &Upgrader,
+    source: std::net::Ipv4Addr,
+    message: &[u8],
+) -> Result<(), BoxError> {
+    let WsConn {
+        mut stream,
+        mut early,
+    } = upgrader.open(source).await?;
+    let mut scanner = FrameScanner::new();
+    stream.write_all(message).await?;
+    read_frame(&mut stream, &mut early, &mut scanner, |h| h.is_data()).await?;
+    stream.write_all(&client_close_frame()).await?;
+    read_frame(&mut stream, &mut early, &mut scanner, |h| {
+        h.opcode() == OP_CLOSE
+    })
+    .await?;
+    Ok(())
+}
+
+/// Parameters of [`idle`].
+#[derive(Debug, Clone)]
+pub struct IdleParams {
+    /// Sessions to open.
+    pub sessions: usize,
+    /// Upgrades in flight while opening.
+    pub concurrency: usize,
+}
+
+/// Idle memory: opens `sessions` sessions (each from its own source address, `concurrency` at a
+/// time), reads the proxy's RSS, then sends one message on every session and waits for every
+/// echo, and reads the RSS again.
+///
+/// Figures: `sessions` (requested), `opened`, `alive` (sessions that echoed), `rss_base_kib`,
+/// `rss_idle_kib`, `rss_after_echo_kib`, `kib_per_session` (growth per open session, while
+/// idle), `kib_per_session_after_echo` (growth per session once every session has carried a
+/// message and gone idle again: buffers a proxy keeps after traffic show here), `open_seconds`,
+/// `close_seconds` (until the proxy's descriptor count is back to where it started), `errors`.
+pub async fn idle(
+    upgrader: &Upgrader,
+    watched: &Watched,
+    params: &IdleParams,
+) -> Result<Metrics, BoxError> {
+    let sources = Arc::new(SourceAddrs::new());
+    let upgrader = Arc::new(upgrader.clone());
+    let failures = Failures::default();
+    let rss_base = watched.rss_kib()?;
+    let fds_base = watched.open_fds()?;
+
+    let opening = Instant::now();
+    let mut conns = Vec::with_capacity(params.sessions);
+    let mut in_flight = JoinSet::new();
+    let mut launched = 0;
+    let mut consecutive_failures = 0;
+    while launched < params.sessions || !in_flight.is_empty() {
+        while launched < params.sessions && in_flight.len() < params.concurrency.max(1) {
+            let (sources, upgrader) = (sources.clone(), upgrader.clone());
+            in_flight.spawn(async move {
+                match timeout(STEP_TIMEOUT, upgrader.open(sources.next())).await {
+                    Ok(result) => result,
+                    Err(_) => Err("upgrade timed out".into()),
+                }
+            });
+            launched += 1;
+        }
+        let Some(joined) = in_flight.join_next().await else {
+            break;
+        };
+        match joined? {
+            Ok(conn) => {
+                conns.push(conn);
+                consecutive_failures = 0;
+            }
+            Err(error) => {
+                failures.record(error);
+                consecutive_failures += 1;
+                if consecutive_failures >= 50 {
+                    // Out of descriptors or ports somewhere: stop trying, report what we have.
+                    launched = params.sessions;
+                }
+            }
+        }
+    }
+    let open_seconds = opening.elapsed().as_secs_f64();
+    let opened = conns.len();
+    let rss_idle = watched.rss_kib()?;
+
+    let message: Arc<[u8]> = client_frame(OP_BINARY, b"are you alive?").into();
+    let mut echoes = JoinSet::new();
+    for conn in conns {
+        let message = message.clone();
+        echoes.spawn(async move {
+            let WsConn {
+                mut stream,
+                mut early,
+            } = conn;
+            let cycle = async {
+                stream.write_all(&message).await?;
+                let mut scanner = FrameScanner::new();
+                read_frame(&mut stream, &mut early, &mut scanner, |h| h.is_data()).await?;
+                Ok::<_, BoxError>(())
+            };
+            let result = match timeout(Duration::from_secs(30), cycle).await {
+                Ok(result) => result,
+                Err(_) => Err("no echo within 30 s".into()),
+            };
+            (stream, result)
+        });
+    }
+    let mut streams = Vec::with_capacity(opened);
+    let mut alive = 0u64;
+    while let Some(joined) = echoes.join_next().await {
+        let (stream, result) = joined?;
+        match result {
+            Ok(()) => alive += 1,
+            Err(error) => failures.record(error),
+        }
+        streams.push(stream);
+    }
+    let rss_after = watched.rss_kib()?;
+
+    // Close every session, and wait until the proxy has let go of them (its descriptor count is
+    // back near where it started), so that closing them does not spill into the next run.
+    drop(streams);
+    let closing = Instant::now();
+    let mut poll = tokio::time::interval(Duration::from_millis(10));
+    while watched.open_fds()? > fds_base + 16 {
+        if closing.elapsed() > Duration::from_secs(10) {
+            failures
+                .record("the proxy still held the sessions' descriptors 10 s after they closed");
+            break;
+        }
+        poll.tick().await;
+    }
+    let close_seconds = closing.elapsed().as_secs_f64();
+
+    failures.report("idle");
+    let per_session = |rss: u64| {
+        if opened == 0 {
+            f64::NAN
+        } else {
+            (rss as f64 - rss_base as f64) / opened as f64
+        }
+    };
+    let mut metrics = Metrics::new();
+    metrics.insert("sessions".into(), params.sessions as f64);
+    metrics.insert("opened".into(), opened as f64);
+    metrics.insert("alive".into(), alive as f64);
+    metrics.insert("rss_base_kib".into(), rss_base as f64);
+    metrics.insert("rss_idle_kib".into(), rss_idle as f64);
+    metrics.insert("rss_after_echo_kib".into(), rss_after as f64);
+    metrics.insert("kib_per_session".into(), per_session(rss_idle));
+    metrics.insert("kib_per_session_after_echo".into(), per_session(rss_after));
+    metrics.insert("open_seconds".into(), open_seconds);
+    metrics.insert("close_seconds".into(), close_seconds);
+    metrics.insert("errors".into(), failures.count() as f64);
+    Ok(metrics)
+}
+
+/// Parameters of [`http`].
+#[derive(Debug, Clone)]
+pub struct HttpParams {
+    /// Keep-alive connections (`wrk -c`).
+    pub connections: usize,
+    /// `wrk` threads (`wrk -t`).
+    pub threads: usize,
+    /// Run time (`wrk -d`, whole seconds, at least one).
+    pub duration: Duration,
+}
+
+/// Plain HTTP: runs `wrk` (keep-alive, small response) against `target` and reads the proxy's
+/// CPU time before and after.
+///
+/// Figures: `reqs_per_s` (as `wrk` reports it), `reqs`, `seconds`, `errors` (non-2xx/3xx
+/// responses plus socket errors), and with a watched proxy `cpu_us_per_req`, `proxy_cpu_us`,
+/// `proxy_cpu_share`.
+pub async fn http(
+    target: &Target,
+    watched: &Watched,
+    params: &HttpParams,
+) -> Result<Metrics, BoxError> {
+    let seconds = params.duration.as_secs().max(1);
+    let url = format!("http://{}{}", target.addr, target.path);
+    let mut command = tokio::process::Command::new("wrk");
+    command
+        .arg(format!("-t{}", params.threads.max(1)))
+        .arg(format!(
+            "-c{}",
+            params.connections.max(params.threads.max(1))
+        ))
+        .arg(format!("-d{seconds}s"))
+        .args(["--timeout", "2s"])
+        .arg(&url)
+        .kill_on_drop(true);
+    let cpu_before = watched.cpu_micros()?;
+    let started = Instant::now();
+    let output = timeout(Duration::from_secs(seconds + 30), command.output())
+        .await
+        .map_err(|_| "wrk did not finish in time")?
+        .map_err(|error| format!("cannot run wrk (install the wrk package): {error}"))?;
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = watched.cpu_micros()?.saturating_sub(cpu_before);
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        return Err(format!(
+            "wrk failed ({}): {text}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )
+        .into());
+    }
+    let summary = parse_wrk(&text).ok_or_else(|| format!("cannot read wrk's output:\n{text}"))?;
+
+    let mut metrics = Metrics::new();
+    // CPU per request uses the whole wrk run (connection set-up included) and all its requests.
+    rate_and_cost(
+        &mut metrics,
+        ("reqs", "req"),
+        wall,
+        summary.requests,
+        cpu,
+        watched,
+    );
+    metrics.insert("reqs_per_s".into(), summary.requests_per_sec);
+    metrics.insert("errors".into(), summary.errors as f64);
+    Ok(metrics)
+}
+
+/// What the benchmark reads from `wrk`'s output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrkSummary {
+    /// Total requests completed.
+    pub requests: u64,
+    /// `Requests/sec`.
+    pub requests_per_sec: f64,
+    /// Non-2xx/3xx responses plus socket errors.
+    pub errors: u64,
+}
+
+/// Parses `wrk`'s report.
+pub fn parse_wrk(text: &str) -> Option<WrkSummary> {
+    let mut requests = None;
+    let mut requests_per_sec = None;
+    let mut errors = 0;
+    for line in text.lines().map(str::trim) {
+        if let Some((count, _)) = line.split_once(" requests in ") {
+            requests = count.trim().parse().ok();
+        } else if let Some(rate) = line.strip_prefix("Requests/sec:") {
+            requests_per_sec = rate.trim().parse().ok();
+        } else if let Some(count) = line.strip_prefix("Non-2xx or 3xx responses:") {
+            errors += count.trim().parse::<u64>().ok()?;
+        } else if let Some(list) = line.strip_prefix("Socket errors:") {
+            // "connect 0, read 0, write 0, timeout 0"
+            for item in list.split(',') {
+                errors += item.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+            }
+        }
+    }
+    Some(WrkSummary {
+        requests: requests?,
+        requests_per_sec: requests_per_sec?,
+        errors,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_wrk_output() {
+        let text = "Running 3s test @ http://127.0.0.1:18181/\n  1 threads and 64 connections\n  \
+                    Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency     1.23ms  \
+                    200.00us   5.00ms   90.00%\n  123456 requests in 3.00s, 12.34MB read\n  \
+                    Socket errors: connect 0, read 2, write 0, timeout 1\n  Non-2xx or 3xx \
+                    responses: 4\nRequests/sec:  41152.00\nTransfer/sec:      4.11MB\n";
+        assert_eq!(
+            parse_wrk(text),
+            Some(WrkSummary {
+                requests: 123_456,
+                requests_per_sec: 41_152.0,
+                errors: 7
+            })
+        );
+        assert_eq!(parse_wrk("nonsense"), None);
+    }
+}
