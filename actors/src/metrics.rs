@@ -126,6 +126,40 @@ impl Metrics {
         self.handshakes[i].load(Ordering::Relaxed)
     }
 
+    /// Handshake counts by outcome (for the OTLP export).
+    pub fn handshake_counts(&self) -> impl Iterator<Item = (HandshakeOutcome, u64)> + '_ {
+        HandshakeOutcome::ALL
+            .iter()
+            .zip(&self.handshakes)
+            .map(|(o, n)| (*o, n.load(Ordering::Relaxed)))
+    }
+
+    /// Finished sessions by cause and close-code bucket, non-zero only (for the OTLP export).
+    pub fn closed_counts(&self) -> Vec<(EndCause, String, u64)> {
+        let mut out = Vec::new();
+        for (c, cause) in CAUSES.iter().enumerate() {
+            for (b, counter) in self.sessions_closed[c].iter().enumerate() {
+                let n = counter.load(Ordering::Relaxed);
+                if n > 0 {
+                    out.push((*cause, bucket_label(b), n));
+                }
+            }
+        }
+        out
+    }
+
+    /// Bytes and messages of finished sessions, `[client, backend]` each (for the OTLP export).
+    pub fn traffic(&self) -> ([u64; 2], [u64; 2]) {
+        let load =
+            |a: &[AtomicU64; 2]| [a[0].load(Ordering::Relaxed), a[1].load(Ordering::Relaxed)];
+        (load(&self.bytes), load(&self.messages))
+    }
+
+    /// Ordinary requests by status class 1xx..5xx (for the OTLP export).
+    pub fn request_counts(&self) -> [u64; 5] {
+        std::array::from_fn(|i| self.requests[i].load(Ordering::Relaxed))
+    }
+
     /// Renders every counter in the Prometheus text exposition format.
     pub fn render(&self, out: &mut String) {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -5,6 +5,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -12,6 +18,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::metrics::v1::number_data_point;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::sync::Notify;
 
@@ -48,10 +56,63 @@ fn text(value: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>) -> Str
     }
 }
 
+/// A received metric data point, flattened.
+#[derive(Debug, Clone)]
+pub struct ReceivedPoint {
+    /// Metric name.
+    pub name: String,
+    /// Point attributes as text.
+    pub attributes: HashMap<String, String>,
+    /// The value.
+    pub value: f64,
+}
+
 #[derive(Clone, Default)]
 struct Sink {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    points: Arc<Mutex<Vec<ReceivedPoint>>>,
     arrived: Arc<Notify>,
+}
+
+#[tonic::async_trait]
+impl MetricsService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut points = self.points.lock().unwrap();
+        for rm in &request.get_ref().resource_metrics {
+            for sm in &rm.scope_metrics {
+                for m in &sm.metrics {
+                    let data_points = match &m.data {
+                        Some(Data::Sum(sum)) => &sum.data_points,
+                        Some(Data::Gauge(gauge)) => &gauge.data_points,
+                        _ => continue,
+                    };
+                    for p in data_points {
+                        let value = match p.value {
+                            Some(number_data_point::Value::AsInt(i)) => i as f64,
+                            Some(number_data_point::Value::AsDouble(d)) => d,
+                            None => continue,
+                        };
+                        points.push(ReceivedPoint {
+                            name: m.name.clone(),
+                            attributes: p
+                                .attributes
+                                .iter()
+                                .map(|kv| (kv.key.clone(), text(&kv.value)))
+                                .collect(),
+                            value,
+                        });
+                    }
+                }
+            }
+        }
+        self.arrived.notify_waiters();
+        Ok(tonic::Response::new(ExportMetricsServiceResponse {
+            partial_success: None,
+        }))
+    }
 }
 
 #[tonic::async_trait]
@@ -117,11 +178,13 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let sink = Sink::default();
-        let service = TraceServiceServer::new(sink.clone());
+        let traces = TraceServiceServer::new(sink.clone());
+        let metrics = MetricsServiceServer::new(sink.clone());
         let task = tokio::spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
             let _ = tonic::transport::Server::builder()
-                .add_service(service)
+                .add_service(traces)
+                .add_service(metrics)
                 .serve_with_incoming(incoming)
                 .await;
         });
@@ -136,6 +199,31 @@ impl Receiver {
     /// Every span so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.sink.spans.lock().unwrap().clone()
+    }
+
+    /// Waits until a data point of metric `name` satisfying `filter` has arrived.
+    pub async fn wait_for_point(
+        &self,
+        name: &str,
+        filter: impl Fn(&ReceivedPoint) -> bool,
+    ) -> ReceivedPoint {
+        loop {
+            let notified = self.sink.arrived.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(p) = self
+                .sink
+                .points
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|p| p.name == name && filter(p))
+                .cloned()
+            {
+                return p;
+            }
+            notified.await;
+        }
     }
 
     /// Waits until a span named `name` (and matching `filter`) has arrived, and returns it.

@@ -313,3 +313,33 @@ async fn a_dead_collector_costs_traffic_nothing_and_its_losses_are_counted() {
     assert_eq!(counted[r#"tether_otel_spans_exported_total"#], 0.0);
     within("stop", sidecar.stop()).await.unwrap();
 }
+
+/// The same counters go out over OTLP as metrics (exported every 200 ms here).
+#[tokio::test]
+async fn metrics_are_exported_over_otlp_too() {
+    let receiver = Receiver::start().await;
+    let backend = backends::ws_echo().await;
+    let toml = format!(
+        "{}\n[telemetry]\notlp_endpoint = \"{}\"\n",
+        config_toml(backend.addr, "", ""),
+        receiver.endpoint()
+    );
+    let env = vec![("OTEL_METRIC_EXPORT_INTERVAL".to_string(), "200".to_string())];
+    let sidecar = tether::Sidecar::start_traced(config(&toml), &env).unwrap();
+    let (mut ws, _) = within(
+        "connect",
+        tokio_tungstenite::connect_async(format!("ws://{}/ws", sidecar.addr("public"))),
+    )
+    .await
+    .unwrap();
+    let point = within(
+        "handshake counter exported",
+        receiver.wait_for_point("tether.websocket.handshakes", |p| {
+            p.attributes.get("outcome").map(String::as_str) == Some("upgraded") && p.value >= 1.0
+        }),
+    )
+    .await;
+    assert_eq!(point.value, 1.0);
+    ws.close(None).await.unwrap();
+    within("stop", sidecar.stop()).await.unwrap();
+}

@@ -247,6 +247,9 @@ pub async fn run_with(
         }
     }
     let metrics = Arc::new(tether_actors::metrics::Metrics::default());
+    if let Some(telemetry) = &telemetry {
+        telemetry.observe(&metrics);
+    }
     let (_, admin_socket) = listeners.admin;
     let admin = admin::AdminServer::start(
         admin_socket,

@@ -16,12 +16,15 @@ use std::sync::mpsc::{self, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor};
 use opentelemetry_sdk::Resource;
+use tether_actors::metrics::Metrics;
 use tether_config::{LogFormat, TelemetryConfig};
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::Layer as _;
@@ -61,7 +64,14 @@ pub struct TelemetrySettings {
     pub log_format: LogFormat,
     /// Default log filter (RUST_LOG wins).
     pub log_level: String,
+    /// Where metrics go over OTLP (`None`: only `GET /metrics`).
+    pub metrics_endpoint: Option<String>,
+    /// How often metrics are exported (`OTEL_METRIC_EXPORT_INTERVAL`, milliseconds).
+    pub metric_interval: Duration,
 }
+
+/// Default of `OTEL_METRIC_EXPORT_INTERVAL`.
+pub const DEFAULT_METRIC_INTERVAL: Duration = Duration::from_secs(60);
 
 impl TelemetrySettings {
     /// Applies the `OTEL_*` variables of `env` over `config`. Errors name the variable.
@@ -105,6 +115,18 @@ impl TelemetrySettings {
             var("OTEL_SDK_DISABLED").as_deref(),
             Some("true" | "TRUE" | "1")
         );
+        let metrics_endpoint = var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT").or_else(|| {
+            endpoint.as_ref().map(|e| match protocol {
+                OtlpProtocol::HttpProtobuf => e.replace("/v1/traces", "/v1/metrics"),
+                OtlpProtocol::Grpc => e.clone(),
+            })
+        });
+        let metric_interval = match var("OTEL_METRIC_EXPORT_INTERVAL") {
+            None => DEFAULT_METRIC_INTERVAL,
+            Some(ms) => Duration::from_millis(ms.parse().map_err(|_| {
+                format!("OTEL_METRIC_EXPORT_INTERVAL: {ms:?} is not a number of milliseconds")
+            })?),
+        };
         let mut resource = Vec::new();
         if let Some(attrs) = var("OTEL_RESOURCE_ATTRIBUTES") {
             for pair in attrs.split(',').filter(|p| !p.trim().is_empty()) {
@@ -142,6 +164,8 @@ impl TelemetrySettings {
             sample_ratio,
             log_format: config.log_format,
             log_level: config.log_level.clone(),
+            metrics_endpoint: if disabled { None } else { metrics_endpoint },
+            metric_interval,
         })
     }
 }
@@ -165,6 +189,7 @@ pub struct Telemetry {
     /// Export counters.
     pub stats: Arc<ExportStats>,
     provider: Option<SdkTracerProvider>,
+    meters: Option<SdkMeterProvider>,
 }
 
 impl Telemetry {
@@ -193,6 +218,7 @@ impl Telemetry {
                 dispatch,
                 stats,
                 provider: None,
+                meters: None,
             });
         };
         let exporter = match settings.protocol {
@@ -210,15 +236,7 @@ impl Telemetry {
                 .build(),
         }
         .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
-        let resource = Resource::builder_empty()
-            .with_service_name(settings.service_name.clone())
-            .with_attributes(
-                settings
-                    .resource
-                    .iter()
-                    .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
-            )
-            .build();
+        let resource = resource_for(settings);
         let sampler = Sampler::ParentBased(Box::new(if settings.sample_ratio >= 1.0 {
             Sampler::AlwaysOn
         } else if settings.sample_ratio <= 0.0 {
@@ -240,19 +258,106 @@ impl Telemetry {
             );
         let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(logs).with(otel));
         tether_actors::trace::enable();
+        let meters = match &settings.metrics_endpoint {
+            Some(endpoint) => Some(meter_provider(settings, endpoint, resource_for(settings))?),
+            None => None,
+        };
         Ok(Telemetry {
             dispatch,
             stats,
             provider: Some(provider),
+            meters,
         })
     }
 
-    /// Flushes and stops the exporter. Blocks up to a few seconds: call it off the runtime's
+    /// Exports `metrics` over OTLP as observable instruments (read at each export; nothing is
+    /// added to the data path). A no-op without a metrics endpoint.
+    pub fn observe(&self, metrics: &Arc<Metrics>) {
+        let Some(meters) = &self.meters else {
+            return;
+        };
+        let meter = meters.meter("tether");
+        let m = metrics.clone();
+        meter
+            .u64_observable_counter("tether.websocket.handshakes")
+            .with_description("WebSocket handshakes by outcome")
+            .with_callback(move |obs| {
+                for (outcome, n) in m.handshake_counts() {
+                    obs.observe(n, &[KeyValue::new("outcome", outcome.as_str())]);
+                }
+            })
+            .build();
+        let m = metrics.clone();
+        meter
+            .u64_observable_counter("tether.websocket.sessions.closed")
+            .with_description("Finished sessions by cause and close code of whoever closed first")
+            .with_callback(move |obs| {
+                for (cause, code, n) in m.closed_counts() {
+                    obs.observe(
+                        n,
+                        &[
+                            KeyValue::new("cause", cause.as_str()),
+                            KeyValue::new("code", code),
+                        ],
+                    );
+                }
+            })
+            .build();
+        let m = metrics.clone();
+        meter
+            .u64_observable_counter("tether.websocket.bytes")
+            .with_unit("By")
+            .with_callback(move |obs| {
+                let (bytes, _) = m.traffic();
+                obs.observe(bytes[0], &[KeyValue::new("from", "client")]);
+                obs.observe(bytes[1], &[KeyValue::new("from", "backend")]);
+            })
+            .build();
+        let m = metrics.clone();
+        meter
+            .u64_observable_counter("tether.websocket.messages")
+            .with_callback(move |obs| {
+                let (_, messages) = m.traffic();
+                obs.observe(messages[0], &[KeyValue::new("from", "client")]);
+                obs.observe(messages[1], &[KeyValue::new("from", "backend")]);
+            })
+            .build();
+        let m = metrics.clone();
+        meter
+            .u64_observable_counter("tether.http.requests")
+            .with_callback(move |obs| {
+                for (i, n) in m.request_counts().iter().enumerate() {
+                    obs.observe(*n, &[KeyValue::new("status_class", format!("{}xx", i + 1))]);
+                }
+            })
+            .build();
+        let stats = self.stats.clone();
+        meter
+            .u64_observable_counter("tether.otel.spans.dropped")
+            .with_callback(move |obs| {
+                use std::sync::atomic::Ordering::Relaxed;
+                obs.observe(
+                    stats.dropped.load(Relaxed),
+                    &[KeyValue::new("reason", "queue_full")],
+                );
+                obs.observe(
+                    stats.failed.load(Relaxed),
+                    &[KeyValue::new("reason", "export_failed")],
+                );
+            })
+            .build();
+    }
+
+    /// Flushes and stops the exporters. Blocks up to a few seconds: call it off the runtime's
     /// worker threads (e.g. in `spawn_blocking`).
     pub fn shutdown(&self) {
         if let Some(provider) = &self.provider {
             let _ = provider.force_flush();
             let _ = provider.shutdown();
+        }
+        if let Some(meters) = &self.meters {
+            let _ = meters.force_flush();
+            let _ = meters.shutdown();
         }
     }
 
@@ -262,6 +367,48 @@ impl Telemetry {
             let _ = provider.force_flush();
         }
     }
+}
+
+fn resource_for(settings: &TelemetrySettings) -> Resource {
+    Resource::builder_empty()
+        .with_service_name(settings.service_name.clone())
+        .with_attributes(
+            settings
+                .resource
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        )
+        .build()
+}
+
+/// A meter provider exporting every `metric_interval` on a reader thread of the SDK's own.
+fn meter_provider(
+    settings: &TelemetrySettings,
+    endpoint: &str,
+    resource: Resource,
+) -> Result<SdkMeterProvider, String> {
+    let exporter = match settings.protocol {
+        OtlpProtocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint.to_string())
+            .with_timeout(EXPORT_TIMEOUT)
+            .build(),
+        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::MetricExporter::builder()
+            .with_http()
+            .with_http_client(BlockingHttp)
+            .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+            .with_endpoint(endpoint.to_string())
+            .with_timeout(EXPORT_TIMEOUT)
+            .build(),
+    }
+    .map_err(|e| format!("OTLP metric exporter for {endpoint}: {e}"))?;
+    let reader = PeriodicReader::builder(exporter)
+        .with_interval(settings.metric_interval)
+        .build();
+    Ok(SdkMeterProvider::builder()
+        .with_resource(resource)
+        .with_reader(reader)
+        .build())
 }
 
 enum Job {
