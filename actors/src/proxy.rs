@@ -36,6 +36,7 @@ use crate::pump::PumpConfig;
 use crate::route_table::Route;
 use crate::session::{SessionActor, SessionEnv, SessionInfo, SessionStreams};
 use crate::trace::{self, HandshakeOutcome};
+use crate::transport::{SessionIo, TlsIo};
 use crate::upstream::{self, UpstreamBody};
 use crate::worker::WorkerContext;
 
@@ -242,6 +243,7 @@ fn report_failure(lease: &MemberLease, err: &ProxyError) {
         | ProxyError::ConnectTimeout { .. }
         | ProxyError::BackendFailed { .. }
         | ProxyError::ResponseTimeout { .. }
+        | ProxyError::TlsFailed { .. }
         | ProxyError::UnrequestedUpgrade { .. } => lease.member().passive_failure(err),
         _ => {}
     }
@@ -313,10 +315,15 @@ async fn forward_http(
     } else {
         Either::Left(body)
     };
+    let tls = ctx
+        .upstream
+        .tls_for(&route.settings, backend)
+        .inspect_err(|e| report_failure(&lease, e))?;
     let (resp, pooled) = ctx
         .upstream
         .send(
             backend,
+            tls.as_ref(),
             Request::from_parts(parts, body),
             route.settings.connect_timeout,
             route.settings.request_timeout,
@@ -366,8 +373,13 @@ async fn forward_websocket(
     headers::set_websocket_upgrade(&mut parts.headers);
     trace::inject(span, &mut parts.headers);
     let upstream_req = Request::from_parts(parts, Either::Right(Empty::<Bytes>::new()));
+    let tls = ctx
+        .upstream
+        .tls_for(&route.settings, backend)
+        .inspect_err(|e| report_failure(&lease, e))?;
     let mut resp = upstream::send_upgrade(
         backend,
+        tls.as_ref(),
         upstream_req,
         route.settings.connect_timeout,
         route.settings.request_timeout,
@@ -427,12 +439,34 @@ async fn forward_websocket(
     Ok(Response::from_parts(parts, ProxyBody::empty()))
 }
 
-/// Recovers the TCP socket under an upgraded connection, with the bytes hyper had read past the
-/// handshake. hyper's own read buffer is dropped here, so it does not live as long as the
+/// Recovers the connection under an upgraded one (TCP, or TCP + the rustls state of a TLS
+/// client or backend connection), with the bytes hyper had read past the handshake. hyper's own
+/// read buffer and tokio-rustls' wrapper are dropped here, so they do not live as long as the
 /// session.
-fn into_tcp(upgraded: Upgraded) -> Option<(TcpStream, Bytes)> {
-    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
-    Some((parts.io.into_inner(), parts.read_buf))
+fn into_tcp(upgraded: Upgraded) -> Option<(SessionIo, Bytes)> {
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => return Some((SessionIo::Plain(parts.io.into_inner()), parts.read_buf)),
+        Err(upgraded) => upgraded,
+    };
+    let upgraded = match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>()
+    {
+        Ok(parts) => {
+            let (tcp, conn) = parts.io.into_inner().into_inner();
+            return Some((
+                SessionIo::Tls(Box::new(TlsIo::new(tcp, conn))),
+                parts.read_buf,
+            ));
+        }
+        Err(upgraded) => upgraded,
+    };
+    let parts = upgraded
+        .downcast::<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>()
+        .ok()?;
+    let (tcp, conn) = parts.io.into_inner().into_inner();
+    Some((
+        SessionIo::Tls(Box::new(TlsIo::new(tcp, conn))),
+        parts.read_buf,
+    ))
 }
 
 /// How a session on `route` is pumped: its inspection mode and bounds.

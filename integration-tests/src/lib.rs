@@ -6,6 +6,7 @@
 pub mod backends;
 pub mod pool;
 pub mod raw;
+pub mod tls_front;
 
 use std::future::Future;
 use std::net::SocketAddr;
