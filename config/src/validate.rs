@@ -18,6 +18,7 @@ use crate::sources::Node;
 use crate::units::{format_duration, format_size, parse_duration, parse_size};
 
 mod tls;
+pub(crate) use tls::check_files as check_tls_files;
 
 /// A valid configuration and the warnings found on the way.
 pub(crate) struct Validated {
