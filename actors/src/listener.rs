@@ -30,6 +30,8 @@ pub struct ListenerInfo {
     pub config: ListenerConfig,
     /// An HTTPS listener's TLS (certificates by SNI, reloaded in place); `None` = plain HTTP.
     pub tls: Option<Arc<ListenerTls>>,
+    /// `redirect_to`: the port of the https listener every request is redirected to.
+    pub redirect_port: Option<u16>,
 }
 
 /// Owns one listening socket.

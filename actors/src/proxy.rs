@@ -185,6 +185,12 @@ async fn route_and_forward(
     span: &Span,
     facts: &mut RequestFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    if let Some(port) = conn.listener.redirect_port {
+        if websocket {
+            return Err(ProxyError::InsecureWebSocket { port });
+        }
+        return Ok(redirect_to_https(&req, port, conn.listener.local_addr));
+    }
     let route = {
         let snapshot = ctx.routes.load();
         let host = request_host(&req);
@@ -199,6 +205,36 @@ async fn route_and_forward(
     } else {
         forward_http(ctx, conn, &route, req, span, facts).await
     }
+}
+
+/// `308 Permanent Redirect` to the same host, path and query on the https listener's `port`
+/// (308 keeps the method and body, unlike 301).
+fn redirect_to_https<B>(req: &Request<B>, port: u16, local: SocketAddr) -> Response<ProxyBody> {
+    let host = match request_host(req) {
+        Some(h) => match h.rsplit_once(':') {
+            // Drop the port; keep an IPv6 literal's brackets intact.
+            Some((name, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
+                name.to_owned()
+            }
+            _ => h.to_owned(),
+        },
+        None => match local.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        },
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let mut resp = Response::new(ProxyBody::empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 /// The host a request is for: the URI authority (absolute-form) or the `Host` header.

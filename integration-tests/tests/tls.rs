@@ -807,8 +807,8 @@ probe = "app"
 [probes.app]
 protocol = "https"
 path = "/health"
-interval = "1s"
-timeout = "1s"
+interval = "5s"
+timeout = "5s"
 
 [routing_rules.app]
 listener = "public"
@@ -821,8 +821,8 @@ backend_settings = "app"
     );
     let sidecar = start(&toml);
     let admin = sidecar.admin_addr();
-    let status = wait_for(admin, "both members probed", |s| {
-        !member(s, "app", good.addr)["last_probe"].is_null()
+    let status = wait_for(admin, "good member healthy, bad one probed", |s| {
+        member(s, "app", good.addr)["state"] == "healthy"
             && !member(s, "app", bad.addr)["last_probe"].is_null()
     })
     .await;
@@ -838,5 +838,79 @@ backend_settings = "app"
         let (status, _) = within("get", get(sidecar.addr("public"), "/")).await;
         assert_eq!(status, 200);
     }
+    within("stop", sidecar.stop()).await.unwrap();
+}
+
+#[tokio::test]
+async fn http_listener_redirects_requests_to_https_and_refuses_plain_websockets() {
+    let ca = Ca::new("test ca");
+    let dir = temp_dir();
+    let (cert, key) = write_leaf(&dir, "site", &ca.leaf(&["site.test"]));
+    let backend = backends::ws_echo().await;
+    let toml = format!(
+        r#"workers = 1
+admin = {{ bind = "127.0.0.1:0" }}
+
+[listeners.plain]
+bind = "127.0.0.1:0"
+redirect_to = "secure"
+
+[listeners.secure]
+bind = "127.0.0.1:0"
+protocol = "https"
+
+[[listeners.secure.certificates]]
+cert_file = "{cert}"
+key_file = "{key}"
+
+[backend_pools.app]
+members = ["{backend}"]
+
+[backend_settings.app]
+
+[routing_rules.app]
+listener = "secure"
+backend_pool = "app"
+backend_settings = "app"
+"#,
+        cert = cert.display(),
+        key = key.display(),
+        backend = backend.addr,
+    );
+    let sidecar = start(&toml);
+    let (plain, secure) = (sidecar.addr("plain"), sidecar.addr("secure"));
+    let resp = tether_integration_tests::raw::send(
+        plain,
+        b"POST /chat/room?x=1 HTTP/1.1\r\nHost: site.test:8080\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 308);
+    assert_eq!(
+        resp.header("location"),
+        Some(format!("https://site.test:{}/chat/room?x=1", secure.port()).as_str())
+    );
+    // Browsers do not follow redirects for WebSockets: a plain upgrade gets 403 with a reason.
+    let mut tcp = TcpStream::connect(plain).await.unwrap();
+    tcp.write_all(&tether_integration_tests::raw::handshake("/ws", ""))
+        .await
+        .unwrap();
+    let resp = within("403", tether_integration_tests::raw::read_head(&mut tcp)).await;
+    assert_eq!(resp.status, 403);
+    let len: usize = resp.header("content-length").unwrap().parse().unwrap();
+    let mut reason = vec![0u8; len];
+    within("reason", tcp.read_exact(&mut reason)).await.unwrap();
+    let reason = String::from_utf8(reason).unwrap();
+    assert!(reason.contains("wss://"), "{reason}");
+    assert_eq!(backend.record.connections(), 0);
+    // The https listener itself serves.
+    let mut ws = wss(secure, "site.test", client_config(&[&ca.der])).await;
+    within("send", ws.send(Message::text("secure")))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("echo", ws.next()).await.unwrap().unwrap(),
+        Message::text("secure")
+    );
+    within("close", ws.close(None)).await.unwrap();
     within("stop", sidecar.stop()).await.unwrap();
 }

@@ -306,6 +306,11 @@ pub async fn run_with(
         stop.signal(),
     ));
     let mut listener_tls = listeners.tls;
+    let bound: BTreeMap<String, SocketAddr> = listeners
+        .sockets
+        .iter()
+        .map(|(name, addr, _)| (name.clone(), *addr))
+        .collect();
     let listener_addrs: Vec<_> = listeners
         .sockets
         .into_iter()
@@ -316,6 +321,11 @@ pub async fn run_with(
                 name: name.as_str().into(),
                 local_addr,
                 scheme: if tls.is_some() { "https" } else { "http" },
+                redirect_port: listener_config
+                    .redirect_to
+                    .as_ref()
+                    .and_then(|target| bound.get(target))
+                    .map(SocketAddr::port),
                 config: listener_config,
                 tls,
             });
