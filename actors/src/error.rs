@@ -87,6 +87,30 @@ pub enum ProxyError {
         /// hyper's description.
         cause: hyper::Error,
     },
+    /// The TLS handshake with an https backend failed (certificate not trusted, wrong name,
+    /// protocol error, timeout).
+    #[error("TLS to backend {backend} failed: {reason}")]
+    TlsFailed {
+        /// The member we tried.
+        backend: SocketAddr,
+        /// Why, as rustls put it.
+        reason: String,
+    },
+    /// The TLS files of the backend settings could not be loaded.
+    #[error("backend settings \"{settings}\": {reason}")]
+    TlsConfig {
+        /// The settings' name.
+        settings: Arc<str>,
+        /// Which file, and why.
+        reason: String,
+    },
+    /// A WebSocket handshake on a listener that redirects to HTTPS: browsers do not follow
+    /// redirects for WebSockets, so the client must use `wss://`.
+    #[error("this listener redirects to https; open the WebSocket with wss:// on port {port}")]
+    InsecureWebSocket {
+        /// The https listener's port.
+        port: u16,
+    },
     /// The backend answered 101 to a request that did not ask for a WebSocket.
     #[error("backend {backend} switched protocols without being asked")]
     UnrequestedUpgrade {
@@ -102,13 +126,17 @@ impl ProxyError {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadHandshake(e) => e.status(),
             ProxyError::SubprotocolNotAllowed => StatusCode::BAD_REQUEST,
-            ProxyError::OriginNotAllowed | ProxyError::OriginRequired => StatusCode::FORBIDDEN,
+            ProxyError::OriginNotAllowed
+            | ProxyError::OriginRequired
+            | ProxyError::InsecureWebSocket { .. } => StatusCode::FORBIDDEN,
             ProxyError::NoHealthyBackend { .. } | ProxyError::SessionLimit { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::BackendFailed { .. }
+            | ProxyError::TlsFailed { .. }
+            | ProxyError::TlsConfig { .. }
             | ProxyError::UnrequestedUpgrade { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -120,10 +148,12 @@ impl ProxyError {
             ProxyError::BadHandshake(_)
             | ProxyError::OriginNotAllowed
             | ProxyError::OriginRequired
-            | ProxyError::SubprotocolNotAllowed => Side::Downstream,
+            | ProxyError::SubprotocolNotAllowed
+            | ProxyError::InsecureWebSocket { .. } => Side::Downstream,
             ProxyError::NoRoute
             | ProxyError::NoHealthyBackend { .. }
-            | ProxyError::SessionLimit { .. } => Side::Proxy,
+            | ProxyError::SessionLimit { .. }
+            | ProxyError::TlsConfig { .. } => Side::Proxy,
             _ => Side::Upstream,
         }
     }

@@ -54,6 +54,8 @@ pub mod resolver;
 pub mod route_table;
 pub mod session;
 pub mod shutdown;
+pub mod tls;
 pub mod trace;
+pub mod transport;
 pub mod upstream;
 pub mod worker;

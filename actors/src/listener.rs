@@ -15,6 +15,7 @@ use actix::{Actor, AsyncContext, Context, Handler, Recipient, SpawnHandle, WrapF
 use tether_config::ListenerConfig;
 
 use crate::messages::{Accepted, StopAccepting};
+use crate::tls::ListenerTls;
 
 /// What a worker needs to know about the listener a connection came from.
 #[derive(Debug)]
@@ -27,6 +28,10 @@ pub struct ListenerInfo {
     pub scheme: &'static str,
     /// The listener's configuration (header limits, timeouts).
     pub config: ListenerConfig,
+    /// An HTTPS listener's TLS (certificates by SNI, reloaded in place); `None` = plain HTTP.
+    pub tls: Option<Arc<ListenerTls>>,
+    /// `redirect_to`: the port of the https listener every request is redirected to.
+    pub redirect_port: Option<u16>,
 }
 
 /// Owns one listening socket.

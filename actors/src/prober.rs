@@ -30,7 +30,9 @@
 //! if set, the body contains `match_body`. Or a real WebSocket opening handshake
 //! (`kind = "websocket"`): healthy on `101 Switching Protocols` with the right
 //! `Sec-WebSocket-Accept` (RFC 6455 §4.2.2), after which the probe closes with 1000. Every probe
-//! must finish within `timeout`, connection included.
+//! must finish within `timeout`, connection included. With `protocol = "https"` the probe
+//! runs over TLS with its backend settings' trust (CA file or system roots, `server_name`,
+//! client certificate): a certificate that does not verify makes the member unhealthy.
 //!
 //! Jitter: after a probe starts, the next one for the member starts `interval` × a random factor
 //! in [0.9, 1.1] later, so sidecars started together drift apart instead of probing a backend
@@ -51,9 +53,12 @@ use http::{header, HeaderValue, Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
 use serde::Serialize;
 use sha1::{Digest, Sha1};
-use tether_config::{BackendSettingsConfig, ProbeConfig, ProbeKind};
+use tether_config::{BackendProtocol, BackendSettingsConfig, ProbeConfig, ProbeKind};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -156,6 +161,16 @@ pub struct ProbeReport {
     pub consecutive_failures: u32,
 }
 
+/// How an https probe connects: the client configuration (or why it could not be built), and
+/// the name verified when it is not the member's IP address.
+#[derive(Debug, Clone)]
+pub struct ProbeTls {
+    /// Trusted roots and client certificate of the backend settings.
+    pub config: Result<Arc<ClientConfig>, String>,
+    /// `server_name`, else the probe's `host`, else the settings' host override.
+    pub server_name: Option<ServerName<'static>>,
+}
+
 /// What a pool's prober does: the probe, where it is sent, and the `Host` it names.
 #[derive(Debug, Clone)]
 pub struct ProbePlan {
@@ -165,15 +180,37 @@ pub struct ProbePlan {
     pub probe: ProbeConfig,
     /// The port probed when set (the probe's, else the backend settings'); else each member's.
     pub port: Option<u16>,
+    /// `protocol = "https"`: the client configuration (or why it could not be built), and the
+    /// name verified when it is not the member's IP address.
+    pub tls: Option<ProbeTls>,
 }
 
 impl ProbePlan {
     /// The plan for `pool` from its probe and the settings that name it.
     pub fn new(pool: Arc<str>, probe: &ProbeConfig, settings: &BackendSettingsConfig) -> Self {
+        let tls = (probe.protocol == BackendProtocol::Https).then(|| {
+            let config =
+                crate::upstream::backend_client_config(settings).map_err(|e| e.to_string());
+            let name = settings
+                .server_name
+                .as_deref()
+                .or(probe.host.as_deref())
+                .or(settings.host_override.as_deref())
+                .map(|h| match h.rsplit_once(':') {
+                    Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+                    _ => h,
+                })
+                .and_then(|n| ServerName::try_from(n.to_owned()).ok());
+            ProbeTls {
+                config,
+                server_name: name,
+            }
+        });
         ProbePlan {
             pool,
             probe: probe.clone(),
             port: probe.port.or(settings.port),
+            tls,
         }
     }
 
@@ -227,19 +264,49 @@ impl Drop for AbortOnDrop {
 
 type ProbeSender = http1::SendRequest<Empty<Bytes>>;
 
-/// Opens the probe's TCP connection.
-async fn connect_tcp(target: SocketAddr) -> Result<TokioIo<TcpStream>, String> {
+/// A probe's connection: TCP, or TLS over TCP.
+trait ProbeStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ProbeStream for T {}
+
+/// Opens the probe's connection: TCP, then TLS when the probe is https.
+async fn connect_tcp(
+    plan: &ProbePlan,
+    target: SocketAddr,
+) -> Result<TokioIo<Box<dyn ProbeStream>>, String> {
     let stream = TcpStream::connect(target)
         .await
         .map_err(|e| format!("connect to {target} failed: {e}"))?;
     let _ = stream.set_nodelay(true);
-    Ok(TokioIo::new(stream))
+    let Some(ProbeTls {
+        config,
+        server_name: name,
+    }) = &plan.tls
+    else {
+        return Ok(TokioIo::new(Box::new(stream)));
+    };
+    let config = config.as_ref().map_err(Clone::clone)?;
+    let name = name
+        .clone()
+        .unwrap_or_else(|| ServerName::IpAddress(target.ip().into()));
+    let tls = tokio_rustls::TlsConnector::from(config.clone())
+        .connect(name, stream)
+        .await
+        .map_err(|e| {
+            format!(
+                "TLS with {target} failed: {}",
+                crate::tls::describe_io_error(&e)
+            )
+        })?;
+    Ok(TokioIo::new(Box::new(tls)))
 }
 
 /// Connects and performs the HTTP/1.1 client handshake for an upgrade; the connection runs in
 /// a task (an upgrade needs it driven while the response is awaited) that ends with the probe.
-async fn connect_for_upgrade(target: SocketAddr) -> Result<(ProbeSender, AbortOnDrop), String> {
-    let (sender, conn) = http1::handshake(connect_tcp(target).await?)
+async fn connect_for_upgrade(
+    plan: &ProbePlan,
+    target: SocketAddr,
+) -> Result<(ProbeSender, AbortOnDrop), String> {
+    let (sender, conn) = http1::handshake(connect_tcp(plan, target).await?)
         .await
         .map_err(|e| format!("HTTP handshake with {target} failed: {e}"))?;
     let task = tokio::spawn(async move {
@@ -278,7 +345,7 @@ fn ranges(probe: &ProbeConfig) -> String {
 const MAX_PROBE_BODY: usize = 64 * 1024;
 
 async fn http_probe(plan: &ProbePlan, target: SocketAddr) -> Result<String, String> {
-    let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(connect_tcp(target).await?)
+    let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(connect_tcp(plan, target).await?)
         .await
         .map_err(|e| format!("HTTP handshake with {target} failed: {e}"))?;
     let req = request(plan, target)
@@ -368,7 +435,7 @@ async fn websocket_probe(
     target: SocketAddr,
     deadline: tokio::time::Instant,
 ) -> Result<String, String> {
-    let (mut sender, _conn) = connect_for_upgrade(target).await?;
+    let (mut sender, _conn) = connect_for_upgrade(plan, target).await?;
     let mut nonce = [0u8; 16];
     fastrand::fill(&mut nonce);
     let key = base64::engine::general_purpose::STANDARD.encode(nonce);

@@ -36,6 +36,7 @@ use crate::pump::PumpConfig;
 use crate::route_table::{Route, SessionSlot};
 use crate::session::{SessionActor, SessionEnv, SessionInfo, SessionStreams};
 use crate::trace::{self, HandshakeOutcome};
+use crate::transport::{SessionIo, TlsIo};
 use crate::upstream::{self, UpstreamBody};
 use crate::worker::WorkerContext;
 
@@ -172,6 +173,7 @@ fn handshake_outcome(err: &ProxyError) -> HandshakeOutcome {
         }
         ProxyError::SubprotocolNotAllowed => HandshakeOutcome::RejectedSubprotocol,
         ProxyError::SessionLimit { .. } => HandshakeOutcome::SessionLimit,
+        ProxyError::InsecureWebSocket { .. } => HandshakeOutcome::RejectedInsecure,
         ProxyError::NoHealthyBackend { .. } => HandshakeOutcome::NoBackend,
         _ => HandshakeOutcome::BackendError,
     }
@@ -185,6 +187,12 @@ async fn route_and_forward(
     span: &Span,
     facts: &mut RequestFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    if let Some(port) = conn.listener.redirect_port {
+        if websocket {
+            return Err(ProxyError::InsecureWebSocket { port });
+        }
+        return Ok(redirect_to_https(&req, port, conn.listener.local_addr));
+    }
     let route = {
         let snapshot = ctx.routes.load();
         let host = request_host(&req);
@@ -199,6 +207,36 @@ async fn route_and_forward(
     } else {
         forward_http(ctx, conn, &route, req, span, facts).await
     }
+}
+
+/// `308 Permanent Redirect` to the same host, path and query on the https listener's `port`
+/// (308 keeps the method and body, unlike 301).
+fn redirect_to_https<B>(req: &Request<B>, port: u16, local: SocketAddr) -> Response<ProxyBody> {
+    let host = match request_host(req) {
+        Some(h) => match h.rsplit_once(':') {
+            // Drop the port; keep an IPv6 literal's brackets intact.
+            Some((name, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
+                name.to_owned()
+            }
+            _ => h.to_owned(),
+        },
+        None => match local.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        },
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let mut resp = Response::new(ProxyBody::empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 /// The host a request is for: the URI authority (absolute-form) or the `Host` header.
@@ -243,6 +281,7 @@ fn report_failure(lease: &MemberLease, err: &ProxyError) {
         | ProxyError::ConnectTimeout { .. }
         | ProxyError::BackendFailed { .. }
         | ProxyError::ResponseTimeout { .. }
+        | ProxyError::TlsFailed { .. }
         | ProxyError::UnrequestedUpgrade { .. } => lease.member().passive_failure(err),
         _ => {}
     }
@@ -314,10 +353,15 @@ async fn forward_http(
     } else {
         Either::Left(body)
     };
+    let tls = ctx
+        .upstream
+        .tls_for(&route.settings, backend)
+        .inspect_err(|e| report_failure(&lease, e))?;
     let (resp, pooled) = ctx
         .upstream
         .send(
             backend,
+            tls.as_ref(),
             Request::from_parts(parts, body),
             route.settings.connect_timeout,
             route.settings.request_timeout,
@@ -370,8 +414,13 @@ async fn forward_websocket(
     headers::set_websocket_upgrade(&mut parts.headers);
     trace::inject(span, &mut parts.headers);
     let upstream_req = Request::from_parts(parts, Either::Right(Empty::<Bytes>::new()));
+    let tls = ctx
+        .upstream
+        .tls_for(&route.settings, backend)
+        .inspect_err(|e| report_failure(&lease, e))?;
     let mut resp = upstream::send_upgrade(
         backend,
+        tls.as_ref(),
         upstream_req,
         route.settings.connect_timeout,
         route.settings.request_timeout,
@@ -432,12 +481,34 @@ async fn forward_websocket(
     Ok(Response::from_parts(parts, ProxyBody::empty()))
 }
 
-/// Recovers the TCP socket under an upgraded connection, with the bytes hyper had read past the
-/// handshake. hyper's own read buffer is dropped here, so it does not live as long as the
+/// Recovers the connection under an upgraded one (TCP, or TCP + the rustls state of a TLS
+/// client or backend connection), with the bytes hyper had read past the handshake. hyper's own
+/// read buffer and tokio-rustls' wrapper are dropped here, so they do not live as long as the
 /// session.
-fn into_tcp(upgraded: Upgraded) -> Option<(TcpStream, Bytes)> {
-    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
-    Some((parts.io.into_inner(), parts.read_buf))
+fn into_tcp(upgraded: Upgraded) -> Option<(SessionIo, Bytes)> {
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => return Some((SessionIo::Plain(parts.io.into_inner()), parts.read_buf)),
+        Err(upgraded) => upgraded,
+    };
+    let upgraded = match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>()
+    {
+        Ok(parts) => {
+            let (tcp, conn) = parts.io.into_inner().into_inner();
+            return Some((
+                SessionIo::Tls(Box::new(TlsIo::new(tcp, conn))),
+                parts.read_buf,
+            ));
+        }
+        Err(upgraded) => upgraded,
+    };
+    let parts = upgraded
+        .downcast::<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>()
+        .ok()?;
+    let (tcp, conn) = parts.io.into_inner().into_inner();
+    Some((
+        SessionIo::Tls(Box::new(TlsIo::new(tcp, conn))),
+        parts.read_buf,
+    ))
 }
 
 /// How a session on `route` is pumped: its inspection mode and bounds.

@@ -37,7 +37,6 @@ use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::frame::{
@@ -47,6 +46,7 @@ use crate::frame::{
 use crate::messages::DrainReason;
 use crate::session::SessionStreams;
 use crate::shutdown::ShutdownSignal;
+use crate::transport::{ReadEnd, SessionIo};
 
 /// Size of the per-worker read buffer.
 pub const READ_BUFFER_SIZE: usize = 64 * 1024;
@@ -55,6 +55,8 @@ pub const PING_PAYLOAD_LEN: usize = 8;
 /// How long peers get to answer a close frame Tether sent for a reason of its own (idle timeout,
 /// lost peer, oversize message). Drains bring their own grace period.
 pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a finished session waits for TLS records still buffered for a peer to be written.
+pub const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
 thread_local! {
     /// One read buffer per worker thread, shared by every session on it. Never borrowed across
@@ -205,7 +207,7 @@ impl Half {
 /// Delivers bytes to a socket: straight through while it takes them, into `pending` once it
 /// does not.
 struct Outbox<'a> {
-    dst: &'a TcpStream,
+    dst: &'a SessionIo,
     pending: &'a mut Vec<u8>,
     failed: &'a mut bool,
     discard: bool,
@@ -376,7 +378,7 @@ impl<'c> Pump<'c> {
     }
 
     /// Bytes arrived from the source of `dir`; forwards them to `dst`.
-    fn on_bytes(&mut self, dir: Dir, bytes: &[u8], dst: &TcpStream) {
+    fn on_bytes(&mut self, dir: Dir, bytes: &[u8], dst: &SessionIo) {
         let now = Instant::now();
         self.last_activity = now;
         let counter = match dir {
@@ -552,7 +554,7 @@ impl<'c> Pump<'c> {
     }
 
     /// Sends queued frames that have reached a frame boundary, and passes on pending FINs.
-    fn service(&mut self, client: &TcpStream, backend: &TcpStream) {
+    fn service(&mut self, client: &SessionIo, backend: &SessionIo) {
         for dir in [Dir::Up, Dir::Down] {
             let dst = match dir {
                 Dir::Up => backend,
@@ -591,7 +593,7 @@ impl<'c> Pump<'c> {
                 }
             }
             if half.fin_pending && half.pending.is_empty() && !half.write_failed {
-                let _ = socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write);
+                dst.shutdown_write();
                 half.fin_pending = false;
             }
             self.check_write(dir);
@@ -599,9 +601,12 @@ impl<'c> Pump<'c> {
     }
 
     /// Writes what `dir` has pending.
-    fn flush(&mut self, dir: Dir, dst: &TcpStream) {
+    fn flush(&mut self, dir: Dir, dst: &SessionIo) {
         let (half, _) = self.halves(dir);
-        while !half.pending.is_empty() {
+        if dst.flush_output().is_err() {
+            half.write_failed = true;
+        }
+        while !half.write_failed && !half.pending.is_empty() {
             match dst.try_write(&half.pending) {
                 Ok(0) => {
                     half.write_failed = true;
@@ -670,7 +675,7 @@ impl<'c> Pump<'c> {
         next
     }
 
-    fn on_timer(&mut self, client: &TcpStream) {
+    fn on_timer(&mut self, client: &SessionIo) {
         let now = Instant::now();
         if self.close_deadline.is_some() {
             return; // `finished` sees the deadline
@@ -689,7 +694,7 @@ impl<'c> Pump<'c> {
         if let (true, Some(interval)) = (self.cfg.frames, self.cfg.keepalive) {
             if now >= self.last_client + interval * 2 {
                 // The client is gone: close its socket, tell the backend.
-                let _ = socket2::SockRef::from(client).shutdown(std::net::Shutdown::Both);
+                client.shutdown_both();
                 self.up.src_done = true;
                 self.down.dst_done = true;
                 self.down.queued = None;
@@ -785,14 +790,13 @@ impl<'c> Pump<'c> {
 }
 
 /// Reads once from `src` into the worker's buffer and hands the bytes to the pump.
-fn read_once(pump: &mut Pump<'_>, dir: Dir, src: &TcpStream, dst: &TcpStream) {
+fn read_once(pump: &mut Pump<'_>, dir: Dir, src: &SessionIo, dst: &SessionIo) {
     READ_BUFFER.with(|cell| {
         let mut buf = cell.borrow_mut();
-        match src.try_read(&mut buf) {
-            Ok(0) => pump.on_end(dir, false),
-            Ok(n) => pump.on_bytes(dir, &buf[..n], dst),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(_) => pump.on_end(dir, true),
+        match src.read(&mut buf, |bytes| pump.on_bytes(dir, bytes, dst)) {
+            ReadEnd::Open => {}
+            ReadEnd::Eof => pump.on_end(dir, false),
+            ReadEnd::Error => pump.on_end(dir, true),
         }
     });
 }
@@ -856,11 +860,11 @@ pub async fn run(
                 shutdown_seen = true;
                 pump.on_drain(DrainReason::Shutdown, control.shutdown_grace);
             }
-            r = backend.writable(), if pump.up.wants_write() => match r {
+            r = backend.writable(), if pump.up.wants_write() || backend.output_pending() => match r {
                 Ok(()) => pump.flush(Dir::Up, &backend),
                 Err(_) => { pump.up.write_failed = true; pump.check_write(Dir::Up); }
             },
-            r = client.writable(), if pump.down.wants_write() => match r {
+            r = client.writable(), if pump.down.wants_write() || client.output_pending() => match r {
                 Ok(()) => pump.flush(Dir::Down, &client),
                 Err(_) => { pump.down.write_failed = true; pump.check_write(Dir::Down); }
             },
@@ -875,5 +879,11 @@ pub async fn run(
             _ = &mut timer => pump.on_timer(&client),
         }
     }
+    // What TLS still holds for a peer (a close frame, close_notify) gets a short last chance.
+    let _ = tokio::time::timeout(
+        FINAL_FLUSH_TIMEOUT,
+        futures_util::future::join(client.drain_output(), backend.drain_output()),
+    )
+    .await;
     pump.outcome()
 }

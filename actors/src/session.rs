@@ -18,7 +18,6 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Recipient, WrapFuture,
 };
 use bytes::Bytes;
-use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tracing::Span;
 
@@ -29,6 +28,7 @@ use crate::pump::{self, Counters, Initiator, Outcome, PumpConfig, PumpControl};
 use crate::route_table::SessionSlot;
 use crate::shutdown::{ShutdownSignal, TrackToken};
 use crate::trace;
+use crate::transport::SessionIo;
 
 /// A session's process-wide id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -77,12 +77,12 @@ pub struct SessionRegistry {
 /// Both upgraded sockets, with any bytes the HTTP layer had already read past the handshake.
 #[derive(Debug)]
 pub struct SessionStreams {
-    /// The client's socket.
-    pub client: TcpStream,
+    /// The client's connection (TCP, or TLS on an https listener).
+    pub client: SessionIo,
     /// Bytes the client sent right after its handshake, already read by the HTTP server.
     pub client_prefix: Bytes,
-    /// The backend's socket.
-    pub backend: TcpStream,
+    /// The backend's connection (TCP, or TLS to an https backend).
+    pub backend: SessionIo,
     /// Bytes the backend sent right after its 101, already read by the HTTP client.
     pub backend_prefix: Bytes,
 }

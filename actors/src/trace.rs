@@ -45,6 +45,8 @@ pub enum HandshakeOutcome {
     RejectedSubprotocol,
     /// The route's session limit was reached (503).
     SessionLimit,
+    /// A plain-text upgrade on a listener that redirects to HTTPS (403).
+    RejectedInsecure,
     /// No healthy member (503).
     NoBackend,
     /// The backend could not be reached or did not answer (502/504).
@@ -55,13 +57,14 @@ pub enum HandshakeOutcome {
 
 impl HandshakeOutcome {
     /// Every outcome, in a fixed order (metrics index by it).
-    pub const ALL: [HandshakeOutcome; 9] = [
+    pub const ALL: [HandshakeOutcome; 10] = [
         HandshakeOutcome::Upgraded,
         HandshakeOutcome::NoRoute,
         HandshakeOutcome::BadHandshake,
         HandshakeOutcome::RejectedOrigin,
         HandshakeOutcome::RejectedSubprotocol,
         HandshakeOutcome::SessionLimit,
+        HandshakeOutcome::RejectedInsecure,
         HandshakeOutcome::NoBackend,
         HandshakeOutcome::BackendError,
         HandshakeOutcome::BackendRefused,
@@ -76,6 +79,7 @@ impl HandshakeOutcome {
             HandshakeOutcome::RejectedOrigin => "rejected_origin",
             HandshakeOutcome::RejectedSubprotocol => "rejected_subprotocol",
             HandshakeOutcome::SessionLimit => "session_limit",
+            HandshakeOutcome::RejectedInsecure => "rejected_insecure",
             HandshakeOutcome::NoBackend => "no_backend",
             HandshakeOutcome::BackendError => "backend_error",
             HandshakeOutcome::BackendRefused => "backend_refused",

@@ -4,11 +4,19 @@
 //! HTTP/1.1 connection to its member or opens a new one, and the connection comes back when the
 //! response body has been read to its end ([`crate::body::ProxyBody`]). WebSocket handshakes
 //! always use a fresh connection, since the upgrade consumes it.
+//!
+//! Backends with `protocol = "https"` are reached over TLS ([`UpstreamTls`]): the handshake runs
+//! right after the TCP connect, within the same `connect_timeout`, and a certificate that does
+//! not verify fails the request with 502 (never a silent downgrade to plain HTTP). Pooled
+//! connections are kept apart by TLS configuration, so a plain and a TLS connection to the same
+//! member never mix.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,10 +25,15 @@ use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
+use rustls::ClientConfig;
+use tether_config::{BackendProtocol, BackendSettingsConfig};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use crate::balance::MemberLease;
 use crate::error::ProxyError;
+use crate::tls;
 
 /// The body of a request to a backend: the client's body streamed through, or empty (then the
 /// request can be re-sent if a pooled connection turns out to be closed).
@@ -31,17 +44,40 @@ pub const MAX_IDLE_PER_BACKEND: usize = 64;
 
 type Sender = SendRequest<UpstreamBody>;
 
-/// A worker's idle backend connections, by member address.
+/// Where idle connections are kept apart: the member, and the TLS configuration (0 = plain).
+type PoolKey = (SocketAddr, usize);
+
+/// The TLS files of one backend settings entry: the key of the client configuration cache.
+type TlsFiles = (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>);
+
+/// A worker's idle backend connections, by member address and TLS configuration, and the TLS
+/// client configurations built so far (one per set of files, built on first use).
 #[derive(Debug, Default)]
 pub struct UpstreamPool {
-    idle: RefCell<HashMap<SocketAddr, Vec<Sender>>>,
+    idle: RefCell<HashMap<PoolKey, Vec<Sender>>>,
+    tls: RefCell<HashMap<TlsFiles, Arc<ClientConfig>>>,
+}
+
+/// How a request reaches an https backend: the client configuration and the name verified.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Trusted roots, client certificate, ALPN.
+    pub config: Arc<ClientConfig>,
+    /// Sent as SNI and verified against the backend's certificate.
+    pub server_name: ServerName<'static>,
+}
+
+impl UpstreamTls {
+    fn key(tls: Option<&UpstreamTls>) -> usize {
+        tls.map_or(0, |t| Arc::as_ptr(&t.config) as usize)
+    }
 }
 
 /// A checked-out connection that goes back to its pool with [`PooledConnection::release`].
 #[derive(Debug)]
 pub struct PooledConnection {
     sender: Sender,
-    backend: SocketAddr,
+    backend: PoolKey,
     pool: Rc<UpstreamPool>,
     /// Counts the request on its member until the response body is done.
     lease: Option<MemberLease>,
@@ -85,8 +121,43 @@ pub async fn connect(backend: SocketAddr, timeout: Duration) -> Result<TcpStream
 }
 
 impl UpstreamPool {
+    /// The TLS to use for `backend` under `settings` (`None` for plain HTTP). The client
+    /// configuration is built on first use and kept for this worker; the server name is
+    /// `server_name`, else the host override (without port), else the member's IP address.
+    pub fn tls_for(
+        &self,
+        settings: &BackendSettingsConfig,
+        backend: SocketAddr,
+    ) -> Result<Option<UpstreamTls>, ProxyError> {
+        if settings.protocol != BackendProtocol::Https {
+            return Ok(None);
+        }
+        let files = (
+            settings.ca_file.clone(),
+            settings.client_cert_file.clone(),
+            settings.client_key_file.clone(),
+        );
+        let cached = self.tls.borrow().get(&files).cloned();
+        let config = match cached {
+            Some(config) => config,
+            None => {
+                let config =
+                    backend_client_config(settings).map_err(|e| ProxyError::TlsConfig {
+                        settings: settings.name.as_str().into(),
+                        reason: e.to_string(),
+                    })?;
+                self.tls.borrow_mut().insert(files, config.clone());
+                config
+            }
+        };
+        Ok(Some(UpstreamTls {
+            config,
+            server_name: server_name(settings, backend),
+        }))
+    }
+
     /// Takes an idle connection to `backend`, skipping any the backend has closed.
-    fn checkout(&self, backend: SocketAddr) -> Option<Sender> {
+    fn checkout(&self, backend: PoolKey) -> Option<Sender> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&backend)?;
         while let Some(sender) = list.pop() {
@@ -108,15 +179,17 @@ impl UpstreamPool {
     pub async fn send(
         self: &Rc<Self>,
         backend: SocketAddr,
+        tls: Option<&UpstreamTls>,
         mut req: Request<UpstreamBody>,
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<(Response<Incoming>, PooledConnection), ProxyError> {
         let deadline = tokio::time::Instant::now() + request_timeout;
+        let key = (backend, UpstreamTls::key(tls));
         loop {
-            let (mut sender, pooled) = match self.checkout(backend) {
+            let (mut sender, pooled) = match self.checkout(key) {
                 Some(sender) => (sender, true),
-                None => (open(backend, connect_timeout, false).await?, false),
+                None => (open(backend, tls, connect_timeout, false).await?, false),
             };
             if let Err(cause) = sender.ready().await {
                 if pooled {
@@ -135,7 +208,7 @@ impl UpstreamPool {
                 Ok(Ok(resp)) => {
                     let conn = PooledConnection {
                         sender,
-                        backend,
+                        backend: key,
                         pool: self.clone(),
                         lease: None,
                     };
@@ -160,11 +233,12 @@ impl UpstreamPool {
 /// waits for the response head within `request_timeout`.
 pub async fn send_upgrade(
     backend: SocketAddr,
+    tls: Option<&UpstreamTls>,
     req: Request<UpstreamBody>,
     connect_timeout: Duration,
     request_timeout: Duration,
 ) -> Result<Response<Incoming>, ProxyError> {
-    let mut sender = open(backend, connect_timeout, true).await?;
+    let mut sender = open(backend, tls, connect_timeout, true).await?;
     match tokio::time::timeout(request_timeout, sender.send_request(req)).await {
         Err(_) => Err(ProxyError::ResponseTimeout {
             backend,
@@ -175,15 +249,48 @@ pub async fn send_upgrade(
     }
 }
 
-/// Connects and performs the HTTP/1.1 client handshake; the connection task runs on this worker.
+/// Connects (and, for https, completes the TLS handshake) within `connect_timeout`, then
+/// performs the HTTP/1.1 client handshake; the connection task runs on this worker.
 async fn open(
     backend: SocketAddr,
+    tls: Option<&UpstreamTls>,
     connect_timeout: Duration,
     upgrades: bool,
 ) -> Result<Sender, ProxyError> {
+    let deadline = tokio::time::Instant::now() + connect_timeout;
     let stream = connect(backend, connect_timeout).await?;
+    let Some(tls) = tls else {
+        return handshake(backend, TokioIo::new(stream), upgrades).await;
+    };
+    let connector = TlsConnector::from(tls.config.clone());
+    let stream =
+        match tokio::time::timeout_at(deadline, connector.connect(tls.server_name.clone(), stream))
+            .await
+        {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                return Err(ProxyError::TlsFailed {
+                    backend,
+                    reason: tls::describe_io_error(&e),
+                })
+            }
+            Err(_) => {
+                return Err(ProxyError::TlsFailed {
+                    backend,
+                    reason: format!("TLS handshake not done within {connect_timeout:?}"),
+                })
+            }
+        };
+    handshake(backend, TokioIo::new(stream), upgrades).await
+}
+
+/// The HTTP/1.1 client handshake over `io`; the connection task runs on this worker.
+async fn handshake<I>(backend: SocketAddr, io: I, upgrades: bool) -> Result<Sender, ProxyError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(io)
         .await
         .map_err(|cause| ProxyError::BackendFailed { backend, cause })?;
     if upgrades {
@@ -200,4 +307,30 @@ async fn open(
         });
     }
     Ok(sender)
+}
+
+/// The client configuration of an https backend: its CA file (else the system roots) and its
+/// client certificate, if any.
+pub fn backend_client_config(
+    settings: &BackendSettingsConfig,
+) -> Result<Arc<ClientConfig>, tls::TlsError> {
+    let client_cert = match (&settings.client_cert_file, &settings.client_key_file) {
+        (Some(cert), Some(key)) => Some((cert.as_path(), key.as_path())),
+        _ => None,
+    };
+    tls::client_config(settings.ca_file.as_deref(), client_cert)
+}
+
+/// The name an https backend is verified against: `server_name`, else the host override
+/// (without its port), else the member's IP address.
+pub fn server_name(settings: &BackendSettingsConfig, backend: SocketAddr) -> ServerName<'static> {
+    let configured = settings.server_name.as_deref().or_else(|| {
+        settings
+            .host_override
+            .as_deref()
+            .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host))
+    });
+    configured
+        .and_then(|n| ServerName::try_from(n.to_owned()).ok())
+        .unwrap_or_else(|| ServerName::IpAddress(backend.ip().into()))
 }

@@ -5,7 +5,9 @@
 //! `Rc`: the route snapshot handle, the backend connection pool and the session registry. None of
 //! it needs a lock because only this thread touches it.
 
+use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +17,14 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use crate::listener::ListenerInfo;
 use crate::messages::Accepted;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Connection};
 use crate::route_table::SharedRoutes;
 use crate::session::SessionRegistry;
 use crate::shutdown::{ShutdownSignal, TrackToken, Tracker};
+use crate::tls::{self, TLS_HANDSHAKE_TIMEOUT};
 use crate::upstream::UpstreamPool;
 
 /// What every connection on one worker shares.
@@ -119,6 +123,30 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
         }
     };
     let _ = stream.set_nodelay(true);
+    match listener.tls.clone() {
+        None => serve_http(ctx, TokioIo::new(stream), peer, listener).await,
+        Some(tls) => {
+            // The handshake runs here, on the worker, bounded; a failure concerns this
+            // connection only.
+            let accept = tls.acceptor().accept(stream);
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+                Ok(Ok(stream)) => {
+                    tls.handshakes.fetch_add(1, Ordering::Relaxed);
+                    serve_http(ctx, TokioIo::new(stream), peer, listener).await
+                }
+                Ok(Err(e)) => tls::handshake_failed(&tls, peer, &e),
+                Err(_) => tls::handshake_failed(&tls, peer, &"timed out"),
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 on a connection (plain or TLS) until it closes, upgrades, or shutdown ends it
+/// gracefully.
+async fn serve_http<I>(ctx: Rc<WorkerContext>, io: I, peer: SocketAddr, listener: Arc<ListenerInfo>)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let mut shutdown = ctx.shutdown.clone();
     let conn_info = Rc::new(Connection { peer, listener });
     let limits = &conn_info.listener.config;
@@ -134,9 +162,7 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
         let conn_info = conn_info.clone();
         service_fn(move |req| proxy::handle(ctx.clone(), conn_info.clone(), req))
     };
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
+    let conn = builder.serve_connection(io, service).with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,

@@ -82,7 +82,13 @@ pub struct Loaded {
 /// Loads and validates the configuration from `sources`, reporting every problem at once.
 pub fn load(sources: &Sources) -> Result<Loaded, ConfigErrors> {
     let layered = sources::layer(sources).map_err(ConfigErrors)?;
-    let validated = build(&layered.root)?;
+    let mut validated = build(&layered.root)?;
+    // TLS files are read here, where they will be used, not by `from_toml_str`.
+    let (errors, warnings) = validate::check_tls_files(&layered.root, &validated.config);
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    validated.warnings.extend(warnings);
     Ok(Loaded {
         config: validated.config,
         used_embedded_default: layered.used_embedded_default,

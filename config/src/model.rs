@@ -226,6 +226,12 @@ pub struct ListenerConfig {
     pub max_headers: usize,
     /// Time allowed to receive a request head; default [`DEFAULT_REQUEST_HEAD_TIMEOUT`].
     pub request_head_timeout: Duration,
+    /// HTTPS only: PEM bundle of the CAs client certificates must chain to (mTLS); `None` = no
+    /// client authentication.
+    pub client_ca: Option<PathBuf>,
+    /// HTTP only: every request is redirected (308) to this HTTPS listener's port; WebSocket
+    /// upgrades get 403, since browsers do not follow redirects for WebSockets.
+    pub redirect_to: Option<String>,
 }
 
 /// A listener's protocol.
@@ -492,6 +498,15 @@ pub struct BackendSettingsConfig {
     pub connect_timeout: Duration,
     /// Name of the probe that checks the members; `None` = members are always healthy.
     pub probe: Option<String>,
+    /// HTTPS only: PEM bundle of trusted CAs; `None` = the system's trusted roots.
+    pub ca_file: Option<PathBuf>,
+    /// HTTPS only: the name sent as SNI and verified in the backend's certificate; `None` = the
+    /// host override, else the member's DNS name or IP address.
+    pub server_name: Option<String>,
+    /// HTTPS only: client certificate chain presented to the backend (mTLS), with its key.
+    pub client_cert_file: Option<PathBuf>,
+    /// HTTPS only: the key of `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
 }
 
 /// The protocol spoken to a backend or a probe target.

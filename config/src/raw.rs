@@ -150,6 +150,16 @@ pub(crate) struct RawListener {
     pub request_head_timeout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificates: Option<Vec<RawCertificate>>,
+    #[serde(
+        deserialize_with = "lenient::text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_ca: Option<String>,
+    #[serde(
+        deserialize_with = "lenient::text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub redirect_to: Option<String>,
 }
 
 /// `[[listeners.NAME.certificates]]`
@@ -261,6 +271,26 @@ pub(crate) struct RawBackendSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub probe: Option<String>,
+    #[serde(
+        deserialize_with = "lenient::text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ca_file: Option<String>,
+    #[serde(
+        deserialize_with = "lenient::text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub server_name: Option<String>,
+    #[serde(
+        deserialize_with = "lenient::text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_cert_file: Option<String>,
+    #[serde(
+        deserialize_with = "lenient::text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub client_key_file: Option<String>,
 }
 
 /// `[probes.NAME]`
@@ -556,6 +586,8 @@ impl From<&Config> for RawConfig {
                                 })
                                 .collect()
                         }),
+                        client_ca: l.client_ca.as_ref().map(|p| p.display().to_string()),
+                        redirect_to: l.redirect_to.clone(),
                     };
                     (name.clone(), raw)
                 })
@@ -588,6 +620,16 @@ impl From<&Config> for RawConfig {
                         request_timeout: Some(format_duration(s.request_timeout)),
                         connect_timeout: Some(format_duration(s.connect_timeout)),
                         probe: s.probe.clone(),
+                        ca_file: s.ca_file.as_ref().map(|p| p.display().to_string()),
+                        server_name: s.server_name.clone(),
+                        client_cert_file: s
+                            .client_cert_file
+                            .as_ref()
+                            .map(|p| p.display().to_string()),
+                        client_key_file: s
+                            .client_key_file
+                            .as_ref()
+                            .map(|p| p.display().to_string()),
                     };
                     (name.clone(), raw)
                 })

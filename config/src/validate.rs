@@ -17,6 +17,9 @@ use crate::raw::{
 use crate::sources::Node;
 use crate::units::{format_duration, format_size, parse_duration, parse_size};
 
+mod tls;
+pub(crate) use tls::check_files as check_tls_files;
+
 /// A valid configuration and the warnings found on the way.
 pub(crate) struct Validated {
     pub(crate) config: Config,
@@ -61,6 +64,7 @@ pub(crate) fn validate(
     c.overlapping_rules(&routing_rules);
     c.clashing_binds(admin.as_ref(), &listeners);
     c.pool_probes(&routing_rules, &backend_settings, &probes);
+    c.redirects(&listeners);
     c.unused(raw, declared);
 
     let Checker {
@@ -344,6 +348,7 @@ impl Checker<'_> {
             .and_then(|s| self.bind(&at("bind"), s));
         let protocol = raw.protocol.unwrap_or(DEFAULT_LISTENER_PROTOCOL);
         let certificates = self.certificates(&entry, protocol, raw);
+        let listener_tls = self.listener_tls(&entry, protocol, raw);
         let max_request_head_bytes = match &raw.max_request_head_bytes {
             None => Some(DEFAULT_MAX_REQUEST_HEAD_BYTES),
             Some(s) => self
@@ -383,6 +388,8 @@ impl Checker<'_> {
             max_request_head_bytes: max_request_head_bytes?,
             max_headers: max_headers?,
             request_head_timeout: request_head_timeout?,
+            client_ca: listener_tls.as_ref()?.0.clone(),
+            redirect_to: listener_tls?.1,
         })
     }
 
@@ -550,14 +557,21 @@ impl Checker<'_> {
             raw.connect_timeout.as_ref(),
             DEFAULT_CONNECT_TIMEOUT,
         );
+        let protocol = raw.protocol.unwrap_or(DEFAULT_BACKEND_PROTOCOL);
+        let tls = self.backend_tls(name, protocol, raw);
+        let tls = tls?;
         Some(BackendSettingsConfig {
             name: name.to_owned(),
-            protocol: raw.protocol.unwrap_or(DEFAULT_BACKEND_PROTOCOL),
+            protocol,
             port: port?,
             host_override: host_override?,
             request_timeout: request_timeout?,
             connect_timeout: connect_timeout?,
             probe: raw.probe.clone(),
+            ca_file: tls.ca_file,
+            server_name: tls.server_name,
+            client_cert_file: tls.client_cert_file,
+            client_key_file: tls.client_key_file,
         })
     }
 
@@ -588,12 +602,6 @@ impl Checker<'_> {
         };
         let port = self.port(&at("port"), raw.port);
         let protocol = raw.protocol.unwrap_or(DEFAULT_PROBE_PROTOCOL);
-        if protocol == BackendProtocol::Https {
-            self.error(
-                &at("protocol"),
-                "https probes arrive with TLS support; use \"http\" (with probes.NAME.port for a plain health port) for now",
-            );
-        }
         let interval = self.timeout(
             &at("interval"),
             raw.interval.as_ref(),
@@ -892,29 +900,13 @@ impl Checker<'_> {
     }
 
     /// One pool has one prober: every rule that uses a pool must agree on the probe and the
-    /// port it probes, or the pool's health would depend on which rule looked. A probe of a
-    /// TLS backend's own port waits for TLS support.
+    /// port it probes, or the pool's health would depend on which rule looked.
     fn pool_probes(
         &mut self,
         rules: &BTreeMap<String, RoutingRuleConfig>,
         settings: &BTreeMap<String, BackendSettingsConfig>,
         probes: &BTreeMap<String, ProbeConfig>,
     ) {
-        for (name, s) in settings {
-            let Some(probe) = s.probe.as_ref().and_then(|p| probes.get(p)) else {
-                continue;
-            };
-            if s.protocol == BackendProtocol::Https && probe.port.is_none() {
-                self.error(
-                    &format!("backend_settings.{name}.probe"),
-                    format!(
-                        "the backend speaks https on the port probe \"{}\" would use; https probes arrive with \
-                         TLS support (set probes.{}.port to a plain-HTTP health port meanwhile)",
-                        probe.name, probe.name
-                    ),
-                );
-            }
-        }
         // pool -> (rule, probe name, probed port) of the first rule that probes it
         let mut first: BTreeMap<&str, (&str, &str, Option<u16>)> = BTreeMap::new();
         for (rule_name, rule) in rules {

@@ -7,6 +7,7 @@ pub mod backends;
 pub mod otlp;
 pub mod pool;
 pub mod raw;
+pub mod tls_front;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -27,6 +27,7 @@ use tether_actors::resolver::{self, DnsResolver, ResolverActor};
 use tether_actors::route_table::RouteTableActor;
 use tether_actors::session::SessionRegistry;
 use tether_actors::shutdown::Shutdown;
+use tether_actors::tls::{self, ListenerTls, TlsError};
 use tether_actors::worker::{WorkerActor, WorkerSetup};
 use tether_config::{Config, ListenerProtocol, Member};
 use tokio::sync::oneshot;
@@ -68,6 +69,14 @@ pub enum RunError {
         /// What is missing.
         reason: &'static str,
     },
+    /// An HTTPS listener's certificates, key or client CA could not be loaded.
+    #[error("listener \"{listener}\": {source}")]
+    Tls {
+        /// The listener's name.
+        listener: String,
+        /// Which file, and why.
+        source: TlsError,
+    },
     /// The runtime could not be built or the sidecar thread died.
     #[error("runtime failure: {0}")]
     Runtime(String),
@@ -78,6 +87,8 @@ pub enum RunError {
 #[derive(Debug)]
 pub struct BoundListeners {
     sockets: Vec<(String, SocketAddr, std::net::TcpListener)>,
+    /// The TLS of each HTTPS listener, loaded before anything is bound.
+    tls: BTreeMap<String, Arc<ListenerTls>>,
     admin: (SocketAddr, std::net::TcpListener),
 }
 
@@ -123,13 +134,17 @@ fn listen(addr: SocketAddr) -> std::io::Result<(SocketAddr, std::net::TcpListene
 /// backlog [`LISTEN_BACKLOG`]). Nothing is accepted until [`run`] starts.
 pub fn bind_listeners(config: &Config) -> Result<BoundListeners, RunError> {
     let mut sockets = Vec::with_capacity(config.listeners.len());
+    let mut tls = BTreeMap::new();
     for (name, listener) in &config.listeners {
         if listener.protocol == ListenerProtocol::Https {
-            return Err(RunError::Unsupported {
+            let loaded = ListenerTls::new(listener).map_err(|source| RunError::Tls {
                 listener: name.clone(),
-                reason: "protocol \"https\" is not supported by this build yet; use \"http\"",
-            });
+                source,
+            })?;
+            tls.insert(name.clone(), Arc::new(loaded));
         }
+    }
+    for (name, listener) in &config.listeners {
         let (addr, socket) = listen(listener.bind).map_err(|source| RunError::Bind {
             listener: name.clone(),
             addr: listener.bind,
@@ -141,7 +156,11 @@ pub fn bind_listeners(config: &Config) -> Result<BoundListeners, RunError> {
         addr: config.admin.bind,
         source,
     })?;
-    Ok(BoundListeners { sockets, admin })
+    Ok(BoundListeners {
+        sockets,
+        tls,
+        admin,
+    })
 }
 
 /// What a finished run did.
@@ -284,16 +303,34 @@ pub async fn run_with(
         })
         .collect();
 
+    // New connections get reloaded certificates; the watcher stops at shutdown.
+    actix::spawn(tls::watch(
+        listeners.tls.values().cloned().collect(),
+        stop.signal(),
+    ));
+    let mut listener_tls = listeners.tls;
+    let bound: BTreeMap<String, SocketAddr> = listeners
+        .sockets
+        .iter()
+        .map(|(name, addr, _)| (name.clone(), *addr))
+        .collect();
     let listener_addrs: Vec<_> = listeners
         .sockets
         .into_iter()
         .map(|(name, local_addr, socket)| {
             let listener_config = config.listeners[&name].clone();
+            let tls = listener_tls.remove(&name);
             let info = Arc::new(ListenerInfo {
                 name: name.as_str().into(),
                 local_addr,
-                scheme: "http",
+                scheme: if tls.is_some() { "https" } else { "http" },
+                redirect_port: listener_config
+                    .redirect_to
+                    .as_ref()
+                    .and_then(|target| bound.get(target))
+                    .map(SocketAddr::port),
                 config: listener_config,
+                tls,
             });
             ListenerActor::new(info, socket, worker_addrs.clone()).start()
         })

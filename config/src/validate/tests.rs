@@ -212,7 +212,7 @@ fn structural_errors_in_one_entry_do_not_hide_others() {
         [
             r#"admin.bnd: unknown field "bnd" (did you mean "bind"?) [inline]"#,
             r#"backend_pools.d.members: a pool needs at least one member (ip:port or host:port) [inline]"#,
-            r#"listeners.b.foo: unknown field "foo" (known fields: bind, protocol, max_request_head_bytes, max_headers, request_head_timeout, certificates) [inline]"#,
+            r#"listeners.b.foo: unknown field "foo" (known fields: bind, protocol, max_request_head_bytes, max_headers, request_head_timeout, certificates, client_ca, redirect_to) [inline]"#,
             r#"listeners.c.bind: expected a string, found a list [inline]"#,
             r#"telemetry.log_format: expected one of: text, json, found integer `3` [inline]"#,
         ]
@@ -458,26 +458,21 @@ fn hash_key_without_consistent_hash_is_a_warning() {
 }
 
 #[test]
-fn https_probes_wait_for_tls_and_one_pool_has_one_probe() {
+fn https_probes_are_accepted_and_one_pool_has_one_probe() {
     let probed = BASE.replace(
         "[backend_settings.chat]",
         "[backend_settings.chat]\nprobe = \"chat\"",
     );
-    let toml = format!("{probed}\n[probes.chat]\nprotocol = \"https\"\n");
-    assert_eq!(
-        one_error(&toml),
-        r#"probes.chat.protocol: https probes arrive with TLS support; use "http" (with probes.NAME.port for a plain health port) for now [inline]"#
-    );
     let toml = format!(
-        "{}\n[probes.chat]\n",
+        "{}\n[probes.chat]\nprotocol = \"https\"\n",
         probed.replace(
             "request_timeout = \"40s\"",
             "request_timeout = \"40s\"\nprotocol = \"https\""
         )
     );
-    assert!(one_error(&toml).starts_with(
-        r#"backend_settings.chat.probe: the backend speaks https on the port probe "chat" would use; https probes arrive with TLS support"#
-    ));
+    let root = crate::sources::parse_str(&toml, "inline").unwrap();
+    let config = crate::build(&root).unwrap().config;
+    assert_eq!(config.probes["chat"].protocol, BackendProtocol::Https);
     let toml = format!(
         "{probed}\n[probes.chat]\n[probes.other]\nport = 9000\n[backend_settings.other]\nrequest_timeout = \"40s\"\nprobe = \"other\"\n\
          [routing_rules.other]\nlistener = \"public\"\npaths = [\"/other\"]\nbackend_pool = \"chat\"\nbackend_settings = \"other\"\n"

@@ -1,0 +1,284 @@
+//! The two sockets of a session as the pump sees them: plain TCP, or TCP carrying TLS.
+//!
+//! The pump ([`crate::pump`]) is readiness-driven: it waits until a socket is readable or
+//! writable, then does one non-blocking read or write through the worker's shared read buffer.
+//! [`SessionIo`] keeps that design for TLS by driving rustls directly on the raw socket, with no
+//! buffer of its own:
+//!
+//! * **read**: ciphertext is read from the socket into the worker's buffer, fed to rustls
+//!   (`read_tls` + `process_new_packets`), and the plaintext is handed to the pump straight from
+//!   rustls' own buffer (`fill_buf`/`consume`), so it is never copied twice.
+//! * **write**: plaintext goes into rustls (`writer()`), which encrypts it into its outgoing
+//!   buffer; the records are written to the socket at once (`write_tls`). Records the socket
+//!   refuses stay in rustls, [`SessionIo::output_pending`] says so, and the pump waits for
+//!   writability to [`SessionIo::flush_output`] them before it offers more bytes.
+//! * **end of stream**: a FIN is preceded by `close_notify`, and the socket's write side is shut
+//!   only once every record before it is out.
+//!
+//! An idle TLS session therefore holds only what rustls keeps per connection.
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, BufRead, Read, Write};
+
+use tokio::net::TcpStream;
+
+/// One side of a session.
+#[derive(Debug)]
+pub enum SessionIo {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP, driven by the pump through rustls (boxed: rustls' state is over a KiB,
+    /// and plain sessions should not pay for it).
+    Tls(Box<TlsIo>),
+}
+
+/// TLS over a TCP socket, for the pump.
+#[derive(Debug)]
+pub struct TlsIo {
+    tcp: TcpStream,
+    /// Same thread as the pump, borrowed only inside synchronous calls.
+    conn: RefCell<rustls::Connection>,
+    /// rustls holds plaintext that no read has delivered yet (left over from the HTTP layer).
+    buffered: Cell<bool>,
+    /// The write side is shut down once rustls' outgoing records are all written.
+    fin_after_flush: Cell<bool>,
+}
+
+/// How a read left the source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// Still open (bytes were delivered, or there were none yet).
+    Open,
+    /// The peer finished its stream (FIN, or TLS `close_notify`).
+    Eof,
+    /// The connection failed (reset, or a TLS error).
+    Error,
+}
+
+/// `std::io` over a tokio socket's non-blocking calls, for rustls.
+struct NonBlocking<'a>(&'a TcpStream);
+
+impl Read for NonBlocking<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.try_read(buf)
+    }
+}
+
+impl Write for NonBlocking<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.try_write(buf)
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.0.try_write_vectored(bufs)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl TlsIo {
+    /// A TLS connection whose handshake is complete, over its socket.
+    pub fn new(tcp: TcpStream, conn: impl Into<rustls::Connection>) -> TlsIo {
+        let mut conn = conn.into();
+        // Plaintext the HTTP layer did not take is delivered before the socket is read again.
+        let buffered = conn
+            .process_new_packets()
+            .map(|s| s.plaintext_bytes_to_read() > 0 || s.peer_has_closed())
+            .unwrap_or(true);
+        TlsIo {
+            tcp,
+            conn: RefCell::new(conn),
+            buffered: Cell::new(buffered),
+            fin_after_flush: Cell::new(false),
+        }
+    }
+
+    /// Writes rustls' outgoing records until done or the socket refuses more.
+    fn flush(&self, conn: &mut rustls::Connection) -> io::Result<()> {
+        while conn.wants_write() {
+            match conn.write_tls(&mut NonBlocking(&self.tcp)) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        if self.fin_after_flush.get() {
+            self.fin_after_flush.set(false);
+            let _ = socket2::SockRef::from(&self.tcp).shutdown(std::net::Shutdown::Write);
+        }
+        Ok(())
+    }
+
+    /// Hands every plaintext chunk rustls holds to `deliver`; `Some` when the stream ended.
+    fn drain_plaintext(
+        conn: &mut rustls::Connection,
+        deliver: &mut impl FnMut(&[u8]),
+    ) -> Option<ReadEnd> {
+        loop {
+            let mut reader = conn.reader();
+            match reader.fill_buf() {
+                Ok([]) => return Some(ReadEnd::Eof),
+                Ok(chunk) => {
+                    let n = chunk.len();
+                    deliver(chunk);
+                    reader.consume(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                // TCP ended without close_notify: for a WebSocket that is a plain end of
+                // stream (its own close frames say whether it was orderly).
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Some(ReadEnd::Eof),
+                Err(_) => return Some(ReadEnd::Error),
+            }
+        }
+    }
+
+    fn read(&self, buf: &mut [u8], mut deliver: impl FnMut(&[u8])) -> ReadEnd {
+        let mut conn = self.conn.borrow_mut();
+        if self.buffered.replace(false) {
+            if let Some(end) = Self::drain_plaintext(&mut conn, &mut deliver) {
+                return end;
+            }
+        }
+        let n = match self.tcp.try_read(buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadEnd::Open,
+            Err(_) => return ReadEnd::Error,
+        };
+        let mut rest = &buf[..n];
+        loop {
+            if let Err(e) = conn.read_tls(&mut rest) {
+                tracing::debug!(error = %e, "TLS read failed");
+                return ReadEnd::Error;
+            }
+            if let Err(e) = conn.process_new_packets() {
+                tracing::debug!(error = %e, "TLS session failed");
+                // Best effort: the alert rustls queued tells the peer why.
+                let _ = self.flush(&mut conn);
+                return ReadEnd::Error;
+            }
+            if let Some(end) = Self::drain_plaintext(&mut conn, &mut deliver) {
+                return end;
+            }
+            if rest.is_empty() {
+                break;
+            }
+        }
+        // Post-handshake messages (key updates, tickets) may want an answer.
+        if self.flush(&mut conn).is_err() {
+            return ReadEnd::Error;
+        }
+        ReadEnd::Open
+    }
+
+    fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        let mut conn = self.conn.borrow_mut();
+        self.flush(&mut conn)?;
+        if conn.wants_write() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let n = conn.writer().write(bytes)?;
+        self.flush(&mut conn)?;
+        if n == 0 && !bytes.is_empty() {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+}
+
+impl SessionIo {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &TcpStream {
+        match self {
+            SessionIo::Plain(tcp) => tcp,
+            SessionIo::Tls(tls) => &tls.tcp,
+        }
+    }
+
+    /// Waits until a read may make progress.
+    pub async fn readable(&self) -> io::Result<()> {
+        match self {
+            SessionIo::Tls(tls) if tls.buffered.get() => Ok(()),
+            _ => self.tcp().readable().await,
+        }
+    }
+
+    /// Waits until the socket takes bytes.
+    pub async fn writable(&self) -> io::Result<()> {
+        self.tcp().writable().await
+    }
+
+    /// One non-blocking read: every byte it yields goes to `deliver` (possibly in several
+    /// chunks), and the result says whether the stream is still open.
+    pub fn read(&self, buf: &mut [u8], mut deliver: impl FnMut(&[u8])) -> ReadEnd {
+        match self {
+            SessionIo::Plain(tcp) => match tcp.try_read(buf) {
+                Ok(0) => ReadEnd::Eof,
+                Ok(n) => {
+                    deliver(&buf[..n]);
+                    ReadEnd::Open
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadEnd::Open,
+                Err(_) => ReadEnd::Error,
+            },
+            SessionIo::Tls(tls) => tls.read(buf, deliver),
+        }
+    }
+
+    /// Writes what the socket takes now, like `TcpStream::try_write`: `WouldBlock` when it takes
+    /// nothing. TLS refuses new bytes while records of earlier ones wait for the socket.
+    pub fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
+        match self {
+            SessionIo::Plain(tcp) => tcp.try_write(bytes),
+            SessionIo::Tls(tls) => tls.try_write(bytes),
+        }
+    }
+
+    /// Bytes accepted earlier still wait inside the transport (TLS records the socket refused).
+    pub fn output_pending(&self) -> bool {
+        match self {
+            SessionIo::Plain(_) => false,
+            SessionIo::Tls(tls) => tls.fin_after_flush.get() || tls.conn.borrow().wants_write(),
+        }
+    }
+
+    /// Writes what the transport holds, as far as the socket takes it.
+    pub fn flush_output(&self) -> io::Result<()> {
+        match self {
+            SessionIo::Plain(_) => Ok(()),
+            SessionIo::Tls(tls) => tls.flush(&mut tls.conn.borrow_mut()),
+        }
+    }
+
+    /// Waits until everything the transport holds is written (or writing fails).
+    pub async fn drain_output(&self) {
+        while self.output_pending() {
+            if self.writable().await.is_err() || self.flush_output().is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Ends the stream towards the peer (TLS: `close_notify`, then FIN once it is written).
+    pub fn shutdown_write(&self) {
+        match self {
+            SessionIo::Plain(tcp) => {
+                let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Write);
+            }
+            SessionIo::Tls(tls) => {
+                let mut conn = tls.conn.borrow_mut();
+                conn.send_close_notify();
+                tls.fin_after_flush.set(true);
+                let _ = tls.flush(&mut conn);
+            }
+        }
+    }
+
+    /// Closes the socket both ways at once.
+    pub fn shutdown_both(&self) {
+        let _ = socket2::SockRef::from(self.tcp()).shutdown(std::net::Shutdown::Both);
+        if let SessionIo::Tls(tls) = self {
+            tls.fin_after_flush.set(false);
+        }
+    }
+}
