@@ -127,9 +127,14 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
         None => serve_http(ctx, TokioIo::new(stream), peer, listener).await,
         Some(tls) => {
             // The handshake runs here, on the worker, bounded; a failure concerns this
-            // connection only.
-            let accept = tls.acceptor().accept(stream);
-            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, accept).await {
+            // connection only. Shutdown abandons handshakes still in progress.
+            let accept = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
+            let mut shutdown = ctx.shutdown.clone();
+            let handshake = tokio::select! {
+                r = accept => r,
+                _ = shutdown.fired() => return,
+            };
+            match handshake {
                 Ok(Ok(stream)) => {
                     tls.handshakes.fetch_add(1, Ordering::Relaxed);
                     serve_http(ctx, TokioIo::new(stream), peer, listener).await

@@ -914,3 +914,42 @@ backend_settings = "app"
     within("close", ws.close(None)).await.unwrap();
     within("stop", sidecar.stop()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_stalled_or_broken_handshake_does_not_disturb_other_connections() {
+    let ca = Ca::new("test ca");
+    let leaf = ca.leaf(&["chat.test"]);
+    let dir = temp_dir();
+    let (cert, key) = write_leaf(&dir, "chat", &leaf);
+    let backend = backends::ws_echo().await;
+    let certs = cert_tables(&[(&cert, &key, &[])]);
+    // One worker: every connection below shares it.
+    let sidecar = start(&https_toml(backend.addr, "", &certs, "", ""));
+    let addr = sidecar.addr("public");
+    // A client that connects and never says hello, one that sends half a ClientHello, and one
+    // that speaks plain HTTP to the TLS port.
+    let _silent = TcpStream::connect(addr).await.unwrap();
+    let mut half = TcpStream::connect(addr).await.unwrap();
+    half.write_all(&old_client_hello([3, 3])[..20])
+        .await
+        .unwrap();
+    let mut plain = TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: chat.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = within("plain http refused", plain.read_to_end(&mut answer)).await;
+    assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
+    // Meanwhile a real client is served at once.
+    let mut ws = wss(addr, "chat.test", client_config(&[&ca.der])).await;
+    within("send", ws.send(Message::text("unaffected")))
+        .await
+        .unwrap();
+    assert_eq!(
+        within("echo", ws.next()).await.unwrap().unwrap(),
+        Message::text("unaffected")
+    );
+    within("close", ws.close(None)).await.unwrap();
+    within("stop", sidecar.stop()).await.unwrap();
+}
