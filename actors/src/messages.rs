@@ -55,6 +55,8 @@ pub struct SessionOpened {
     pub backend: SocketAddr,
     /// Where to send a drain order for this session.
     pub control: Recipient<DrainSession>,
+    /// Where to ask for its byte and message counters (admin only).
+    pub stats: Recipient<SessionStatsQuery>,
 }
 
 /// A WebSocket session ended (`do_send` from the session actor to the route table).
@@ -193,10 +195,79 @@ pub struct LiveSessionInfo {
     pub backend: SocketAddr,
     /// How long ago it started, in milliseconds.
     pub age_ms: u64,
+    /// Its counters, when asked for ([`SessionsReport::stats`]) and the session answered.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<SessionStats>,
 }
 
 /// Asks the route table for every live session (`send`, from the admin endpoint only; never
 /// from the request path).
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "Vec<LiveSessionInfo>")]
-pub struct SessionsReport;
+pub struct SessionsReport {
+    /// Also ask every session for its counters ([`SessionStatsQuery`], one message per
+    /// session, answered concurrently); `false` answers from the registry alone.
+    pub stats: bool,
+}
+
+/// Asks one session for its counters (`send` from the route table while answering
+/// [`SessionsReport`]; admin only, never per frame). The session reads the `Cell`s its pump
+/// writes on the session's own thread, so the data path takes no lock for it.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "SessionStats")]
+pub struct SessionStatsQuery;
+
+/// One session's counters, for `GET /sessions`.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct SessionStats {
+    /// Bytes the client sent.
+    pub client_bytes: u64,
+    /// Bytes the backend sent.
+    pub backend_bytes: u64,
+    /// Messages the client sent (frames mode).
+    pub client_messages: u64,
+    /// Messages the backend sent (frames mode).
+    pub backend_messages: u64,
+    /// Milliseconds since the byte counters were last seen to move. Sampled when asked: a
+    /// session whose counters moved since the previous question says 0, so the resolution is
+    /// the interval between questions (the status page asks every 2 s).
+    pub idle_ms: u64,
+}
+
+/// One ended session, as kept in the route table's ring of recent endings (`GET /sessions`,
+/// status page).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EndedSessionInfo {
+    /// The session's id.
+    pub id: u64,
+    /// Its routing rule.
+    pub route: String,
+    /// Its backend member.
+    pub backend: SocketAddr,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// How long ago it ended, in milliseconds (at the time of the report).
+    pub ended_ms_ago: u64,
+    /// From the 101 to the end, in milliseconds.
+    pub duration_ms: u64,
+    /// Why it ended (`normal`, `drain`, `idle_timeout`, `client_lost`, ...).
+    pub cause: &'static str,
+    /// Who closed first (`client`, `backend`, `tether`), if anyone sent a close frame.
+    pub initiator: Option<&'static str>,
+    /// The close code the client sent, if any.
+    pub client_close_code: Option<u16>,
+    /// The close code the backend sent, if any.
+    pub backend_close_code: Option<u16>,
+    /// The close code Tether sent, if it closed.
+    pub tether_close_code: Option<u16>,
+    /// Bytes the client sent.
+    pub client_bytes: u64,
+    /// Bytes the backend sent.
+    pub backend_bytes: u64,
+}
+
+/// Asks the route table for the most recent session endings, newest first (`send`, admin
+/// only). The table keeps at most [`crate::route_table::RECENT_ENDINGS`].
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Vec<EndedSessionInfo>")]
+pub struct RecentEndings;

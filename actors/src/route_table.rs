@@ -25,7 +25,7 @@
 //! `*.suffix`, then rules with no host) → path (an exact path, then the longest `/prefix/*`). A
 //! more specific host that has no matching path falls through to the less specific ones.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -41,9 +41,9 @@ use tether_config::{
 use crate::balance::Member;
 pub use crate::balance::Pool;
 use crate::messages::{
-    AttachProber, BackendsReport, DrainReason, DrainSession, LiveSessionInfo, LiveSessions,
-    MemberFailing, MemberHealthChanged, MembersResolved, ProbeTargets, SessionEnded, SessionOpened,
-    SessionsReport,
+    AttachProber, BackendsReport, DrainReason, DrainSession, EndedSessionInfo, LiveSessionInfo,
+    LiveSessions, MemberFailing, MemberHealthChanged, MembersResolved, ProbeTargets, RecentEndings,
+    SessionEnded, SessionOpened, SessionStatsQuery, SessionsReport,
 };
 use crate::prober::Health;
 use crate::resolver::DnsMember;
@@ -231,12 +231,20 @@ fn normalize_host<'b>(host: &str, buf: &'b mut [u8; 256]) -> Option<&'b str> {
     std::str::from_utf8(out).ok()
 }
 
+/// How many ended sessions the route table remembers for `GET /sessions` and the status page.
+pub const RECENT_ENDINGS: usize = 100;
+
+/// How long `GET /sessions` waits for a session to report its counters (a session on a busy
+/// worker answers late; it is then listed without counters).
+pub const SESSION_STATS_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// What the route table knows of one live session.
 struct LiveSession {
     route: Arc<str>,
     backend: SocketAddr,
     opened: Instant,
     control: Recipient<DrainSession>,
+    stats: Recipient<SessionStatsQuery>,
 }
 
 /// The last probe-health flip of a member, for `GET /backends`.
@@ -382,6 +390,8 @@ pub struct RouteTableActor {
     pools: BTreeMap<String, PoolState>,
     shared: SharedRoutes,
     sessions: HashMap<SessionId, LiveSession>,
+    /// The last [`RECENT_ENDINGS`] sessions that ended, oldest first, with when they ended.
+    recent: VecDeque<(Instant, EndedSessionInfo)>,
     /// Where members report crossed passive thresholds (this actor, once started).
     reporter: Option<Recipient<MemberFailing>>,
     /// How long building the last snapshot took.
@@ -431,6 +441,7 @@ impl RouteTableActor {
             pools,
             shared: shared.clone(),
             sessions: HashMap::new(),
+            recent: VecDeque::with_capacity(RECENT_ENDINGS),
             reporter,
             last_build: Duration::ZERO,
         };
@@ -586,6 +597,11 @@ impl RouteTableActor {
                     })
                     .collect();
                 PoolStatus {
+                    routed: self
+                        .config
+                        .routing_rules
+                        .values()
+                        .any(|r| r.backend_pool == *pool.name),
                     name: pool.name.to_string(),
                     load_balancing: pool.config.load_balancing,
                     hash_key: (pool.config.load_balancing == LoadBalancing::ConsistentHash)
@@ -621,6 +637,7 @@ impl Handler<SessionOpened> for RouteTableActor {
                 backend: msg.backend,
                 opened: Instant::now(),
                 control: msg.control,
+                stats: msg.stats,
             },
         );
     }
@@ -639,6 +656,47 @@ impl Handler<SessionEnded> for RouteTableActor {
                 "session deregistered"
             );
         }
+        let summary = &msg.summary;
+        let o = &summary.outcome;
+        if self.recent.len() == RECENT_ENDINGS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((
+            Instant::now(),
+            EndedSessionInfo {
+                id: msg.id.0,
+                route: summary.route.to_string(),
+                backend: summary.backend,
+                client: summary.client,
+                ended_ms_ago: 0,
+                duration_ms: summary.duration.as_millis() as u64,
+                cause: o.cause.as_str(),
+                initiator: o.initiator.map(crate::pump::Initiator::as_str),
+                client_close_code: o.client_close.as_ref().and_then(|c| c.code),
+                backend_close_code: o.backend_close.as_ref().and_then(|c| c.code),
+                tether_close_code: o.tether_close,
+                client_bytes: summary.client_bytes,
+                backend_bytes: summary.backend_bytes,
+            },
+        ));
+    }
+}
+
+impl Handler<RecentEndings> for RouteTableActor {
+    type Result = MessageResult<RecentEndings>;
+
+    fn handle(&mut self, _: RecentEndings, _: &mut Context<Self>) -> Self::Result {
+        let now = Instant::now();
+        MessageResult(
+            self.recent
+                .iter()
+                .rev()
+                .map(|(at, info)| EndedSessionInfo {
+                    ended_ms_ago: now.saturating_duration_since(*at).as_millis() as u64,
+                    ..info.clone()
+                })
+                .collect(),
+        )
     }
 }
 
@@ -651,21 +709,40 @@ impl Handler<LiveSessions> for RouteTableActor {
 }
 
 impl Handler<SessionsReport> for RouteTableActor {
-    type Result = MessageResult<SessionsReport>;
+    type Result = actix::ResponseFuture<Vec<LiveSessionInfo>>;
 
-    fn handle(&mut self, _: SessionsReport, _: &mut Context<Self>) -> Self::Result {
-        let mut list: Vec<LiveSessionInfo> = self
+    fn handle(&mut self, msg: SessionsReport, _: &mut Context<Self>) -> Self::Result {
+        let mut list: Vec<(LiveSessionInfo, Recipient<SessionStatsQuery>)> = self
             .sessions
             .iter()
-            .map(|(id, live)| LiveSessionInfo {
-                id: id.0,
-                route: live.route.to_string(),
-                backend: live.backend,
-                age_ms: live.opened.elapsed().as_millis() as u64,
+            .map(|(id, live)| {
+                let info = LiveSessionInfo {
+                    id: id.0,
+                    route: live.route.to_string(),
+                    backend: live.backend,
+                    age_ms: live.opened.elapsed().as_millis() as u64,
+                    stats: None,
+                };
+                (info, live.stats.clone())
             })
             .collect();
-        list.sort_by_key(|s| s.id);
-        MessageResult(list)
+        list.sort_by_key(|(s, _)| s.id);
+        if !msg.stats {
+            return Box::pin(std::future::ready(
+                list.into_iter().map(|(info, _)| info).collect(),
+            ));
+        }
+        // Every session is asked at once; the answers are awaited off the actor, so the
+        // route table keeps handling messages meanwhile.
+        Box::pin(futures_util::future::join_all(list.into_iter().map(
+            |(mut info, stats)| async move {
+                let asked = stats.send(SessionStatsQuery);
+                if let Ok(Ok(stats)) = tokio::time::timeout(SESSION_STATS_TIMEOUT, asked).await {
+                    info.stats = Some(stats);
+                }
+                info
+            },
+        )))
     }
 }
 
@@ -827,6 +904,9 @@ pub struct BackendsStatus {
 pub struct PoolStatus {
     /// The pool's name.
     pub name: String,
+    /// Whether a routing rule sends traffic to it (readiness needs a member in rotation in
+    /// every routed pool).
+    pub routed: bool,
     /// Its balancing policy.
     pub load_balancing: LoadBalancing,
     /// What `consistent_hash` hashes (only for that policy).

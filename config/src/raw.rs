@@ -31,6 +31,8 @@ pub(crate) struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_close_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<RawAdmin>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<RawTelemetry>,
@@ -52,6 +54,7 @@ pub(crate) struct RawConfig {
 const TOP_LEVEL_KEYS: &[&str] = &[
     "workers",
     "shutdown_grace",
+    "shutdown_close_code",
     "admin",
     "telemetry",
     "listeners",
@@ -71,6 +74,11 @@ pub(crate) struct RawAdmin {
         skip_serializing_if = "Option::is_none"
     )]
     pub bind: Option<String>,
+    #[serde(
+        deserialize_with = "lenient::text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub token: Option<String>,
 }
 
 /// `[dns]`
@@ -420,6 +428,9 @@ pub(crate) fn read(root: &Node) -> (RawConfig, Declared, Vec<ConfigError>) {
             "shutdown_grace" => {
                 from_node_with(node, key, lenient::text).map(|v| raw.shutdown_grace = v)
             }
+            "shutdown_close_code" => {
+                from_node_with(node, key, lenient::num).map(|v| raw.shutdown_close_code = v)
+            }
             "admin" => from_node(node, key).map(|v| raw.admin = Some(v)),
             "dns" => from_node(node, key).map(|v| raw.dns = Some(v)),
             "telemetry" => from_node(node, key).map(|v| raw.telemetry = Some(v)),
@@ -527,8 +538,10 @@ impl From<&Config> for RawConfig {
         Self {
             workers: Some(c.workers),
             shutdown_grace: Some(format_duration(c.shutdown_grace)),
+            shutdown_close_code: Some(c.shutdown_close_code),
             admin: Some(RawAdmin {
                 bind: Some(c.admin.bind.to_string()),
+                token: c.admin.token.clone(),
             }),
             telemetry: Some(RawTelemetry {
                 service_name: Some(c.telemetry.service_name.clone()),

@@ -206,6 +206,7 @@ pub async fn run_with(
         .as_ref()
         .map(|t| tracing::dispatcher::set_default(&t.dispatch));
     let config = Arc::new(config);
+    let lifecycle = Arc::new(admin::Lifecycle::new(config.clone()));
     let stop = Shutdown::new();
     let (dns, resolved) = resolve_dns(&config).await;
 
@@ -247,12 +248,15 @@ pub async fn run_with(
         }
     }
     let metrics = Arc::new(tether_actors::metrics::Metrics::default());
+    let bound = listeners.addrs();
     let (_, admin_socket) = listeners.admin;
     let admin = admin::AdminServer::start(
         admin_socket,
         admin::AdminState {
             backends: route_table.clone().recipient(),
             sessions: route_table.clone().recipient(),
+            endings: route_table.clone().recipient(),
+            lifecycle: lifecycle.clone(),
             metrics: metrics.clone(),
             export: telemetry.as_ref().map(|t| t.stats.clone()),
         },
@@ -295,6 +299,7 @@ pub async fn run_with(
             ListenerActor::new(info, socket, worker_addrs.clone()).start()
         })
         .collect();
+    lifecycle.set_listening(bound);
     tracing::info!(
         workers = workers.len(),
         listeners = listener_addrs.len(),
@@ -302,6 +307,9 @@ pub async fn run_with(
     );
 
     shutdown.await;
+    // Readiness turns false before anything else happens, so that a load balancer polling
+    // /readyz stops sending new clients while the listeners are being closed.
+    lifecycle.set_draining();
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: no longer accepting");
     let mut report = RunReport::default();
     for listener in &listener_addrs {

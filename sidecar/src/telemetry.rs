@@ -79,9 +79,11 @@ impl TelemetrySettings {
         {
             None | Some("grpc") => OtlpProtocol::Grpc,
             Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
-            Some(other) => return Err(format!(
+            Some(other) => {
+                return Err(format!(
                 "OTEL_EXPORTER_OTLP_PROTOCOL: {other:?} is not supported (grpc or http/protobuf)"
-            )),
+            ))
+            }
         };
         let endpoint = if let Some(e) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
             Some(e)
