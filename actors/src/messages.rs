@@ -72,13 +72,27 @@ pub struct SessionEnded {
 /// Why a session is asked to end before either peer closed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrainReason {
-    /// The sidecar is shutting down.
+    /// The sidecar is shutting down: close 1001 `going away`.
     Shutdown,
+    /// The sidecar is shutting down with `shutdown_close_code = 1012`: close 1012
+    /// `service restart`, which tells clients to reconnect soon.
+    Restart,
     /// The session's backend member was marked unhealthy and its rule says
     /// `on_backend_unhealthy = "drain"`.
     BackendUnhealthy,
     /// A configuration reload removed the session's route.
     RouteRemoved,
+}
+
+impl DrainReason {
+    /// The close code and reason Tether sends to both peers when this drain closes a session
+    /// (RFC 6455 §7.4.1; 1012 from the IANA WebSocket close code registry).
+    pub fn close_frame(self) -> (u16, &'static str) {
+        match self {
+            DrainReason::Restart => (1012, "service restart"),
+            _ => (1001, "going away"),
+        }
+    }
 }
 
 /// Asks one session to end (`do_send` from the route table to a session actor).

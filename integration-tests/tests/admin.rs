@@ -61,8 +61,8 @@ async fn healthz_readyz_config_and_the_token() {
 
     // Open to probes without credentials.
     assert_eq!(admin_get(admin, "/healthz", None).await.0, 200);
-    let (status, _, body) = admin_get(admin, "/readyz", None).await;
-    assert_eq!((status, body.as_str()), (200, "ready\n"));
+    // Ready once the listeners accept (the sidecar starts them just after the admin endpoint).
+    assert_eq!(wait_ready(admin, true).await, "ready\n");
 
     // Everything else needs the token.
     for path in [
@@ -256,4 +256,47 @@ async fn drain_turns_readiness_off_and_cuts_a_deaf_client_at_the_deadline() {
     assert!(waited < Duration::from_secs(4), "stopped after {waited:?}");
     assert!(report.accepted >= 1);
     drop(deaf);
+}
+
+/// `shutdown_close_code = 1012`: both peers of every session get `service restart`.
+#[tokio::test]
+async fn shutdown_close_code_1012_tells_both_peers_service_restart() {
+    let backend = backends::ws_echo().await;
+    let toml = format!(
+        "shutdown_close_code = 1012\n{}",
+        config_toml(backend.addr, "", "")
+    );
+    let sidecar = start(&toml);
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let (mut ws, _) = within(
+            "connect",
+            tokio_tungstenite::connect_async(format!("ws://{}/ws", sidecar.addr("public"))),
+        )
+        .await
+        .expect("upgrade");
+        ws.send(Message::text("up")).await.unwrap();
+        within("echo", ws.next()).await.unwrap().unwrap();
+        readers.push(tokio::spawn(async move {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(Some(f)))) => {
+                        return (u16::from(f.code), f.reason.to_string())
+                    }
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected a close frame, got {other:?}"),
+                }
+            }
+        }));
+    }
+    let report = within("stop", sidecar.stop()).await.unwrap();
+    assert_eq!(report.forced, 0);
+    for reader in readers {
+        assert_eq!(
+            within("close", reader).await.unwrap(),
+            (1012, "service restart".into())
+        );
+    }
+    let closes = within("backend closes", backend.record.wait_closes(3)).await;
+    assert!(closes.iter().all(|(code, _)| *code == 1012), "{closes:?}");
 }

@@ -207,7 +207,7 @@ pub async fn run_with(
         .map(|t| tracing::dispatcher::set_default(&t.dispatch));
     let config = Arc::new(config);
     let lifecycle = Arc::new(admin::Lifecycle::new(config.clone()));
-    let stop = Shutdown::new();
+    let stop = Shutdown::with_close_code(config.shutdown_close_code);
     let (dns, resolved) = resolve_dns(&config).await;
 
     let (route_table, routes) = RouteTableActor::start(config.clone(), &resolved);
