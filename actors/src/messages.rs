@@ -192,6 +192,33 @@ pub struct AttachProber {
     pub prober: Recipient<ProbeTargets>,
 }
 
+/// A reload put a new, valid configuration in force (`send` from the sidecar's reload path,
+/// awaited; never from the request path). The route table swaps routes and pools in one
+/// published snapshot: pools that stay keep their members' records (health, counters) for
+/// addresses that stay; sessions keep running on their backend whatever happened to their
+/// route, except that sessions whose route is gone are drained ([`DrainReason::RouteRemoved`]
+/// after the old rule's `drain_grace`). Starting and stopping probers and resolvers is the
+/// sender's job; it re-attaches new probers with [`AttachProber`].
+#[derive(Message)]
+#[rtype(result = "ConfigChange")]
+pub struct ConfigReplaced {
+    /// The new configuration.
+    pub config: Arc<tether_config::Config>,
+    /// The new configuration's DNS members, resolved once.
+    pub resolved: Vec<(Arc<str>, Vec<crate::resolver::DnsMember>)>,
+}
+
+/// What a [`ConfigReplaced`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigChange {
+    /// Pools that did not exist before.
+    pub pools_added: Vec<String>,
+    /// Pools that no longer exist.
+    pub pools_removed: Vec<String>,
+    /// Sessions asked to drain because their route was removed.
+    pub sessions_drained: usize,
+}
+
 /// Asks the route table for every pool and member with its state (`send`, awaited by the admin
 /// endpoint's `GET /backends`; never by the request path).
 #[derive(Message, Debug, Clone, Copy)]

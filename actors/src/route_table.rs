@@ -41,9 +41,10 @@ use tether_config::{
 use crate::balance::Member;
 pub use crate::balance::Pool;
 use crate::messages::{
-    AttachProber, BackendsReport, DrainReason, DrainSession, EndedSessionInfo, LiveSessionInfo,
-    LiveSessions, MemberFailing, MemberHealthChanged, MembersResolved, ProbeTargets, RecentEndings,
-    SessionEnded, SessionOpened, SessionStatsQuery, SessionsReport,
+    AttachProber, BackendsReport, ConfigChange, ConfigReplaced, DrainReason, DrainSession,
+    EndedSessionInfo, LiveSessionInfo, LiveSessions, MemberFailing, MemberHealthChanged,
+    MembersResolved, ProbeTargets, RecentEndings, SessionEnded, SessionOpened, SessionStatsQuery,
+    SessionsReport,
 };
 use crate::prober::Health;
 use crate::resolver::DnsMember;
@@ -382,6 +383,31 @@ impl PoolState {
     }
 }
 
+/// The addresses each configured member of `pool` stands for: an IP member itself, a DNS
+/// member its start-up (or reload) resolution.
+fn pool_entries(
+    name: &str,
+    pool: &BackendPoolConfig,
+    resolved: &[(Arc<str>, Vec<DnsMember>)],
+) -> Vec<Vec<SocketAddr>> {
+    let mut entries: Vec<Vec<SocketAddr>> = pool
+        .members
+        .iter()
+        .map(|m| match m.address {
+            tether_config::Member::Addr(addr) => vec![addr],
+            tether_config::Member::Dns { .. } => Vec::new(),
+        })
+        .collect();
+    for (_, dns) in resolved.iter().filter(|(pool, _)| **pool == *name) {
+        for member in dns {
+            if let Some(slot) = entries.get_mut(member.entry) {
+                slot.clone_from(&member.addrs);
+            }
+        }
+    }
+    entries
+}
+
 /// Owns routes, pool membership and the live-session registry; publishes [`RouteSnapshot`]s.
 ///
 /// Runs on the System arbiter. Nothing on the request path waits for it.
@@ -409,26 +435,11 @@ impl RouteTableActor {
     ) -> (RouteTableActor, SharedRoutes) {
         let mut pools = BTreeMap::new();
         for (name, pool) in &config.backend_pools {
-            let mut entries: Vec<Vec<SocketAddr>> = pool
-                .members
-                .iter()
-                .map(|m| match m.address {
-                    tether_config::Member::Addr(addr) => vec![addr],
-                    tether_config::Member::Dns { .. } => Vec::new(),
-                })
-                .collect();
-            for (_, dns) in resolved.iter().filter(|(pool, _)| **pool == **name) {
-                for member in dns {
-                    if let Some(slot) = entries.get_mut(member.entry) {
-                        slot.clone_from(&member.addrs);
-                    }
-                }
-            }
             let mut state = PoolState {
                 name: name.as_str().into(),
                 config: pool.clone(),
                 probe: config.pool_probe(name).map(|p| p.probe.name.clone()),
-                entries,
+                entries: pool_entries(name, pool, resolved),
                 members: BTreeMap::new(),
                 prober: None,
             };
@@ -875,6 +886,86 @@ impl Handler<AttachProber> for RouteTableActor {
             pool.prober = Some(msg.prober);
             pool.tell_prober();
         }
+    }
+}
+
+impl Handler<ConfigReplaced> for RouteTableActor {
+    type Result = MessageResult<ConfigReplaced>;
+
+    fn handle(&mut self, msg: ConfigReplaced, _: &mut Context<Self>) -> Self::Result {
+        let old = std::mem::replace(&mut self.config, msg.config);
+        let config = self.config.clone();
+        let mut change = ConfigChange::default();
+        let mut pools = BTreeMap::new();
+        for (name, pool) in &config.backend_pools {
+            let probe = config.pool_probe(name).map(|p| p.probe.name.clone());
+            let entries = pool_entries(name, pool, &msg.resolved);
+            let mut state = match self.pools.remove(name) {
+                Some(mut state) => {
+                    // A member whose weight or passive threshold changed gets a fresh record
+                    // (those live in the record); its probe health carries over.
+                    state.members.retain(|_, m| {
+                        pool.members
+                            .get(m.entry)
+                            .is_some_and(|c| c.weight.get() == m.shared.weight)
+                            && pool.passive.failures == state.config.passive.failures
+                    });
+                    if old.pool_probe(name) != config.pool_probe(name) {
+                        // The sender starts the new prober and attaches it.
+                        state.prober = None;
+                    }
+                    if probe.is_none() {
+                        for m in state.members.values_mut() {
+                            m.health = Health::Healthy;
+                        }
+                    }
+                    state.config = pool.clone();
+                    state.probe = probe;
+                    state.entries = entries;
+                    state
+                }
+                None => {
+                    change.pools_added.push(name.clone());
+                    PoolState {
+                        name: name.as_str().into(),
+                        config: pool.clone(),
+                        probe,
+                        entries,
+                        members: BTreeMap::new(),
+                        prober: None,
+                    }
+                }
+            };
+            if state.sync_members(&self.reporter) {
+                state.tell_prober();
+            }
+            pools.insert(name.clone(), state);
+        }
+        change.pools_removed = self.pools.keys().cloned().collect();
+        self.pools = pools;
+        for live in self.sessions.values() {
+            if config.routing_rules.contains_key(&*live.route) {
+                continue; // kept or changed: it runs on, on its backend
+            }
+            let grace = old
+                .routing_rules
+                .get(&*live.route)
+                .map_or(config.shutdown_grace, |r| r.websocket.drain_grace);
+            live.control.do_send(DrainSession {
+                reason: DrainReason::RouteRemoved,
+                grace,
+            });
+            change.sessions_drained += 1;
+        }
+        self.publish();
+        tracing::info!(
+            generation = self.shared.load().generation,
+            pools_added = ?change.pools_added,
+            pools_removed = ?change.pools_removed,
+            sessions_drained = change.sessions_drained,
+            "configuration replaced"
+        );
+        MessageResult(change)
     }
 }
 
