@@ -23,6 +23,7 @@ tether — a WebSocket-aware service-mesh sidecar
 
 usage:
   tether [--config FILE]...         run (no --config: the embedded default, :8080 -> 127.0.0.1:3000)
+                                    --config-dir DIR adds every DIR/*.toml, in name order
   tether check [--config FILE]...   validate and print the effective configuration
   tether health [--config FILE]...  exit 0 when the admin endpoint's GET /healthz answers 200
                                     (for container HEALTHCHECKs; TETHER_ADMIN__BIND also works)
@@ -57,6 +58,10 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
                 Some(file) => files.push(PathBuf::from(file)),
                 None => return Err("--config needs a file".into()),
             },
+            "--config-dir" => match args.next() {
+                Some(dir) => files.extend(config_dir(&dir)?),
+                None => return Err("--config-dir needs a directory".into()),
+            },
             other => match other.strip_prefix("--config=") {
                 Some(file) => files.push(PathBuf::from(file)),
                 None => return Err(format!("unexpected argument {other:?}")),
@@ -71,6 +76,21 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
     } else {
         Command::Run(files)
     })
+}
+
+/// Every `*.toml` file in `dir`, in name order (what the container image reads from
+/// `/etc/tether`).
+fn config_dir(dir: &str) -> Result<Vec<PathBuf>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("--config-dir {dir}: {e}"))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("--config-dir {dir}: no *.toml file in it"));
+    }
+    Ok(files)
 }
 
 fn load(files: Vec<PathBuf>) -> Result<Loaded, ExitCode> {
