@@ -35,6 +35,9 @@ pub struct Accepted {
     pub peer: SocketAddr,
     /// Which listener accepted it.
     pub listener: Arc<ListenerInfo>,
+    /// Counts the connection against the listener's limits while the worker serves it (the
+    /// worker keeps it, unread, until the connection ends or upgrades).
+    pub guard: crate::listener::ConnectionGuard,
 }
 
 /// Tells a listener to close its socket and stop accepting (`send`, awaited by shutdown so the
@@ -190,6 +193,16 @@ pub struct AttachProber {
     pub pool: Arc<str>,
     /// Where the route table sends [`ProbeTargets`].
     pub prober: Recipient<ProbeTargets>,
+}
+
+/// The connection limits of every listener, by name (`do_send` from the sidecar at start-up
+/// and after a reload): the route table counts each WebSocket session against the limit of
+/// its rule's listener while the session lives.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct ListenerLimits {
+    /// Each listener's limit.
+    pub limits: std::collections::HashMap<String, crate::listener::ConnectionLimit>,
 }
 
 /// A reload put a new, valid configuration in force (`send` from the sidecar's reload path,

@@ -42,9 +42,9 @@ use crate::balance::Member;
 pub use crate::balance::Pool;
 use crate::messages::{
     AttachProber, BackendsReport, ConfigChange, ConfigReplaced, DrainReason, DrainSession,
-    EndedSessionInfo, LiveSessionInfo, LiveSessions, MemberFailing, MemberHealthChanged,
-    MembersResolved, ProbeTargets, RecentEndings, SessionEnded, SessionOpened, SessionStatsQuery,
-    SessionsReport,
+    EndedSessionInfo, ListenerLimits, LiveSessionInfo, LiveSessions, MemberFailing,
+    MemberHealthChanged, MembersResolved, ProbeTargets, RecentEndings, SessionEnded, SessionOpened,
+    SessionStatsQuery, SessionsReport,
 };
 use crate::prober::Health;
 use crate::resolver::DnsMember;
@@ -246,6 +246,8 @@ struct LiveSession {
     opened: Instant,
     control: Recipient<DrainSession>,
     stats: Recipient<SessionStatsQuery>,
+    /// Counts the session against its listener's `max_connections`.
+    _guard: Option<crate::listener::ConnectionGuard>,
 }
 
 /// The last probe-health flip of a member, for `GET /backends`.
@@ -416,6 +418,8 @@ pub struct RouteTableActor {
     pools: BTreeMap<String, PoolState>,
     shared: SharedRoutes,
     sessions: HashMap<SessionId, LiveSession>,
+    /// Each listener's connection limit (sessions count against it).
+    limits: HashMap<String, crate::listener::ConnectionLimit>,
     /// The last [`RECENT_ENDINGS`] sessions that ended, oldest first, with when they ended.
     recent: VecDeque<(Instant, EndedSessionInfo)>,
     /// Where members report crossed passive thresholds (this actor, once started).
@@ -453,6 +457,7 @@ impl RouteTableActor {
             shared: shared.clone(),
             sessions: HashMap::new(),
             recent: VecDeque::with_capacity(RECENT_ENDINGS),
+            limits: HashMap::new(),
             reporter,
             last_build: Duration::ZERO,
         };
@@ -641,6 +646,12 @@ impl Handler<SessionOpened> for RouteTableActor {
     type Result = ();
 
     fn handle(&mut self, msg: SessionOpened, _: &mut Context<Self>) {
+        let guard = self
+            .config
+            .routing_rules
+            .get(&*msg.route)
+            .and_then(|rule| self.limits.get(&rule.listener))
+            .map(crate::listener::ConnectionLimit::session);
         self.sessions.insert(
             msg.id,
             LiveSession {
@@ -649,6 +660,7 @@ impl Handler<SessionOpened> for RouteTableActor {
                 opened: Instant::now(),
                 control: msg.control,
                 stats: msg.stats,
+                _guard: guard,
             },
         );
     }
@@ -690,6 +702,14 @@ impl Handler<SessionEnded> for RouteTableActor {
                 backend_bytes: summary.backend_bytes,
             },
         ));
+    }
+}
+
+impl Handler<ListenerLimits> for RouteTableActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ListenerLimits, _: &mut Context<Self>) {
+        self.limits = msg.limits;
     }
 }
 

@@ -250,6 +250,13 @@ pub struct ListenerConfig {
     pub max_headers: usize,
     /// Time allowed to receive a request head; default [`DEFAULT_REQUEST_HEAD_TIMEOUT`].
     pub request_head_timeout: Duration,
+    /// Most client connections open at once (WebSocket sessions included); beyond it new
+    /// connections wait in the accept queue. `0` (default) = no limit.
+    pub max_connections: usize,
+    /// Most connections from one client IP that are still in their HTTP phase (handshakes and
+    /// plain requests, not upgraded sessions); more get `429` and are closed. `0` (default) =
+    /// no limit.
+    pub max_handshakes_per_ip: usize,
 }
 
 /// A listener's protocol.

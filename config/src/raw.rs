@@ -158,6 +158,16 @@ pub(crate) struct RawListener {
     pub request_head_timeout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificates: Option<Vec<RawCertificate>>,
+    #[serde(
+        deserialize_with = "lenient::num",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_connections: Option<usize>,
+    #[serde(
+        deserialize_with = "lenient::num",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_handshakes_per_ip: Option<usize>,
 }
 
 /// `[[listeners.NAME.certificates]]`
@@ -559,6 +569,8 @@ impl From<&Config> for RawConfig {
                         max_request_head_bytes: Some(format_size(l.max_request_head_bytes as u64)),
                         max_headers: Some(l.max_headers),
                         request_head_timeout: Some(format_duration(l.request_head_timeout)),
+                        max_connections: Some(l.max_connections),
+                        max_handshakes_per_ip: Some(l.max_handshakes_per_ip),
                         certificates: (!l.certificates.is_empty()).then(|| {
                             l.certificates
                                 .iter()

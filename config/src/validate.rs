@@ -413,6 +413,8 @@ impl Checker<'_> {
             max_request_head_bytes: max_request_head_bytes?,
             max_headers: max_headers?,
             request_head_timeout: request_head_timeout?,
+            max_connections: raw.max_connections.unwrap_or(0),
+            max_handshakes_per_ip: raw.max_handshakes_per_ip.unwrap_or(0),
         })
     }
 

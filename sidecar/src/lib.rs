@@ -21,9 +21,10 @@ use std::time::Duration;
 
 use actix::Recipient;
 use actix::{Actor, Addr, Arbiter};
+use tether_actors::listener::ConnectionLimit;
 use tether_actors::listener::{ListenerActor, ListenerInfo};
 use tether_actors::messages::Accepted;
-use tether_actors::messages::{AttachProber, ConfigReplaced, StopAccepting};
+use tether_actors::messages::{AttachProber, ConfigReplaced, ListenerLimits, StopAccepting};
 use tether_actors::prober::{ProbePlan, ProberActor};
 use tether_actors::resolver::{self, DnsResolver, ResolverActor};
 use tether_actors::route_table::RouteTableActor;
@@ -291,14 +292,19 @@ pub async fn run_reloadable(
         })
         .collect();
 
+    let mut limits = std::collections::HashMap::new();
     let mut listener_addrs: BTreeMap<String, Addr<ListenerActor>> = listeners
         .sockets
         .into_iter()
         .map(|(name, local_addr, socket)| {
-            let actor = start_listener(&config, &name, local_addr, socket, &worker_addrs);
+            let (actor, limit) = start_listener(&config, &name, local_addr, socket, &worker_addrs);
+            limits.insert(name.clone(), limit);
             (name, actor)
         })
         .collect();
+    route_table.do_send(ListenerLimits {
+        limits: limits.clone(),
+    });
     lifecycle.set_listening(bound.clone());
     tracing::info!(
         workers = workers.len(),
@@ -319,6 +325,7 @@ pub async fn run_reloadable(
                     background: &mut background,
                     probe_arbiter: &probe_arbiter,
                     listeners: &mut listener_addrs,
+                    limits: &mut limits,
                     bound: &mut bound,
                     workers: &worker_addrs,
                 }, request.config).await;
@@ -372,21 +379,26 @@ pub async fn run_reloadable(
     Ok(report)
 }
 
-/// Starts the listener actor of `name` over its bound socket.
+/// Starts the listener actor of `name` over its bound socket, with its connection limit.
 fn start_listener(
     config: &Config,
     name: &str,
     local_addr: SocketAddr,
     socket: std::net::TcpListener,
     workers: &[Recipient<Accepted>],
-) -> Addr<ListenerActor> {
+) -> (Addr<ListenerActor>, ConnectionLimit) {
+    let listener = &config.listeners[name];
+    let limit = ConnectionLimit::new(listener.max_connections, listener.max_handshakes_per_ip);
     let info = Arc::new(ListenerInfo {
         name: name.into(),
         local_addr,
         scheme: "http",
-        config: config.listeners[name].clone(),
+        config: listener.clone(),
     });
-    ListenerActor::new(info, socket, workers.to_vec()).start()
+    let actor = ListenerActor::new(info, socket, workers.to_vec())
+        .with_limit(limit.clone())
+        .start();
+    (actor, limit)
 }
 
 /// The probers and resolvers of every pool, each with a stop signal of its own so that a
@@ -486,6 +498,7 @@ struct ReloadContext<'a> {
     background: &'a mut Background,
     probe_arbiter: &'a Arbiter,
     listeners: &'a mut BTreeMap<String, Addr<ListenerActor>>,
+    limits: &'a mut std::collections::HashMap<String, ConnectionLimit>,
     bound: &'a mut BTreeMap<String, SocketAddr>,
     workers: &'a [Recipient<Accepted>],
 }
@@ -571,12 +584,17 @@ async fn reload(cx: ReloadContext<'_>, new: Config) -> Result<(), String> {
             let _ = actor.send(StopAccepting).await;
         }
         cx.bound.remove(&name);
+        cx.limits.remove(&name);
     }
     for (name, addr, socket) in fresh {
-        let actor = start_listener(&new, &name, addr, socket, cx.workers);
+        let (actor, limit) = start_listener(&new, &name, addr, socket, cx.workers);
         cx.listeners.insert(name.clone(), actor);
+        cx.limits.insert(name.clone(), limit);
         cx.bound.insert(name, addr);
     }
+    cx.route_table.do_send(ListenerLimits {
+        limits: cx.limits.clone(),
+    });
     tracing::info!(
         pools_added = ?change.pools_added,
         pools_removed = ?change.pools_removed,
