@@ -79,7 +79,21 @@ try {
   // The ending is listed with its close code (the page closes with 1000).
   await status.locator("#endings tr", { hasText: "1000" }).first().waitFor({ timeout: STEP });
   await status.screenshot({ path: join(artifacts, "status-page.png"), fullPage: true });
-  console.log("echo demo closed; ending listed; screenshots in", artifacts);
+  console.log("echo demo closed; ending listed");
+
+  // Chat: two tabs through the sidecar; a message from one is broadcast to both.
+  const tabs = [await context.newPage(), await context.newPage()];
+  for (const tab of tabs) {
+    await tab.goto(addrs.chat);
+    await tab.locator("#state[data-state=open]").waitFor({ timeout: STEP });
+  }
+  await tabs[0].fill("#message", "hello from tab 1");
+  await tabs[0].click("#send");
+  for (const tab of tabs) {
+    await tab.locator("#messages li", { hasText: "hello from tab 1" }).waitFor({ timeout: STEP });
+  }
+  await tabs[1].screenshot({ path: join(artifacts, "chat.png") });
+  console.log("chat: broadcast reached both tabs; screenshots in", artifacts);
 } finally {
   if (browser) await browser.close();
   fixture.stdin.end();

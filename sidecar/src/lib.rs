@@ -10,7 +10,15 @@
 //! actor per worker arbiter → start one listener actor per listener. Shutdown: stop accepting →
 //! fire the shutdown signal (HTTP connections finish their request, sessions drain, probers and
 //! resolvers stop) → wait for every connection and session up to `shutdown_grace` → stop the
-//! workers, closing what is left → stop the admin endpoint.
+//! workers, closing what is left → stop the admin endpoint. Readiness (`/readyz`) turns false
+//! the moment shutdown begins, before the listeners close.
+//!
+//! Reload ([`run_reloadable`], [`Sidecar::reload`]; the binary on SIGHUP or a changed
+//! `--config` file): bind added or moved listeners (a failure refuses the reload, nothing
+//! changed) → `ConfigReplaced` to the route table (one new snapshot; live sessions untouched
+//! unless their route is gone, then drained with 1001 after `drain_grace`) → stop the probers
+//! and resolvers of removed or changed pools, start new ones → stop accepting on removed
+//! listeners.
 
 use std::collections::BTreeMap;
 use std::future::Future;

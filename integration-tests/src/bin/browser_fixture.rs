@@ -1,7 +1,8 @@
 //! What the headless-browser test (`integration-tests/browser/`) runs against: the example echo
-//! backend (with its page), a pool member the test can kill, and Tether in front of both.
+//! backend (with its page), the chat example's backend (on a second listener), a pool member
+//! the test can kill, and Tether in front of them.
 //!
-//! Prints one JSON line with the addresses — `{"demo": …, "status": …, "doomed": …}` — then
+//! Prints one JSON line with the addresses — `{"demo": …, "chat": …, "status": …, "doomed": …}` — then
 //! reads commands on stdin: `kill` kills the member of pool `doomed` (its probe fails within
 //! ~200 ms) and answers `killed`; end of input stops everything.
 
@@ -16,6 +17,11 @@ async fn main() {
         .expect("bind echo");
     let echo_addr = echo.local_addr().expect("addr");
     tokio::spawn(tether_examples::echo::serve(echo));
+    let chat = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind chat");
+    let chat_addr = chat.local_addr().expect("addr");
+    tokio::spawn(tether_examples::chat::serve(chat));
     let mut doomed = Member::start("doomed").await;
     let toml = format!(
         r#"workers = 1
@@ -23,6 +29,14 @@ shutdown_grace = "2s"
 admin = {{ bind = "127.0.0.1:0" }}
 [listeners.public]
 bind = "127.0.0.1:0"
+[listeners.chat]
+bind = "127.0.0.1:0"
+[backend_pools.chat]
+members = ["{chat_addr}"]
+[routing_rules.chat]
+listener = "chat"
+backend_pool = "chat"
+backend_settings = "echo"
 [backend_pools.echo]
 members = ["{echo_addr}"]
 [backend_pools.doomed]
@@ -54,6 +68,7 @@ backend_settings = "doomed"
         "{}",
         serde_json::json!({
             "demo": format!("http://{}/", sidecar.addr("public")),
+            "chat": format!("http://{}/", sidecar.addr("chat")),
             "status": format!("http://{}/", sidecar.admin_addr()),
             "doomed": doomed.addr.to_string(),
         })
