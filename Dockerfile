@@ -22,7 +22,7 @@ COPY examples/Cargo.toml examples/Cargo.toml
 RUN for c in sidecar actors config integration-tests examples; do mkdir -p "$c/src" && echo '' > "$c/src/lib.rs"; done \
  && echo 'fn main() {}' > sidecar/src/main.rs \
  && mkdir -p examples/src/bin integration-tests/src/bin \
- && for b in examples/src/bin/echo_backend.rs examples/src/bin/demo.rs integration-tests/src/bin/pool_scale.rs integration-tests/src/bin/browser_fixture.rs; do echo 'fn main() {}' > "$b"; done \
+ && for b in examples/src/bin/echo_backend.rs examples/src/bin/demo.rs examples/src/bin/chat.rs integration-tests/src/bin/pool_scale.rs integration-tests/src/bin/browser_fixture.rs; do echo 'fn main() {}' > "$b"; done \
  && (cargo build --release --locked -p tether || true)
 COPY . .
 RUN touch sidecar/src/main.rs sidecar/src/lib.rs actors/src/lib.rs config/src/lib.rs \
