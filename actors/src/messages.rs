@@ -35,6 +35,9 @@ pub struct Accepted {
     pub peer: SocketAddr,
     /// Which listener accepted it.
     pub listener: Arc<ListenerInfo>,
+    /// Counts the connection against the listener's limits while the worker serves it (the
+    /// worker keeps it, unread, until the connection ends or upgrades).
+    pub guard: crate::listener::ConnectionGuard,
 }
 
 /// Tells a listener to close its socket and stop accepting (`send`, awaited by shutdown so the
@@ -55,6 +58,8 @@ pub struct SessionOpened {
     pub backend: SocketAddr,
     /// Where to send a drain order for this session.
     pub control: Recipient<DrainSession>,
+    /// Where to ask for its byte and message counters (admin only).
+    pub stats: Recipient<SessionStatsQuery>,
 }
 
 /// A WebSocket session ended (`do_send` from the session actor to the route table).
@@ -70,13 +75,27 @@ pub struct SessionEnded {
 /// Why a session is asked to end before either peer closed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DrainReason {
-    /// The sidecar is shutting down.
+    /// The sidecar is shutting down: close 1001 `going away`.
     Shutdown,
+    /// The sidecar is shutting down with `shutdown_close_code = 1012`: close 1012
+    /// `service restart`, which tells clients to reconnect soon.
+    Restart,
     /// The session's backend member was marked unhealthy and its rule says
     /// `on_backend_unhealthy = "drain"`.
     BackendUnhealthy,
     /// A configuration reload removed the session's route.
     RouteRemoved,
+}
+
+impl DrainReason {
+    /// The close code and reason Tether sends to both peers when this drain closes a session
+    /// (RFC 6455 §7.4.1; 1012 from the IANA WebSocket close code registry).
+    pub fn close_frame(self) -> (u16, &'static str) {
+        match self {
+            DrainReason::Restart => (1012, "service restart"),
+            _ => (1001, "going away"),
+        }
+    }
 }
 
 /// Asks one session to end (`do_send` from the route table to a session actor).
@@ -176,6 +195,43 @@ pub struct AttachProber {
     pub prober: Recipient<ProbeTargets>,
 }
 
+/// The connection limits of every listener, by name (`do_send` from the sidecar at start-up
+/// and after a reload): the route table counts each WebSocket session against the limit of
+/// its rule's listener while the session lives.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct ListenerLimits {
+    /// Each listener's limit.
+    pub limits: std::collections::HashMap<String, crate::listener::ConnectionLimit>,
+}
+
+/// A reload put a new, valid configuration in force (`send` from the sidecar's reload path,
+/// awaited; never from the request path). The route table swaps routes and pools in one
+/// published snapshot: pools that stay keep their members' records (health, counters) for
+/// addresses that stay; sessions keep running on their backend whatever happened to their
+/// route, except that sessions whose route is gone are drained ([`DrainReason::RouteRemoved`]
+/// after the old rule's `drain_grace`). Starting and stopping probers and resolvers is the
+/// sender's job; it re-attaches new probers with [`AttachProber`].
+#[derive(Message)]
+#[rtype(result = "ConfigChange")]
+pub struct ConfigReplaced {
+    /// The new configuration.
+    pub config: Arc<tether_config::Config>,
+    /// The new configuration's DNS members, resolved once.
+    pub resolved: Vec<(Arc<str>, Vec<crate::resolver::DnsMember>)>,
+}
+
+/// What a [`ConfigReplaced`] changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigChange {
+    /// Pools that did not exist before.
+    pub pools_added: Vec<String>,
+    /// Pools that no longer exist.
+    pub pools_removed: Vec<String>,
+    /// Sessions asked to drain because their route was removed.
+    pub sessions_drained: usize,
+}
+
 /// Asks the route table for every pool and member with its state (`send`, awaited by the admin
 /// endpoint's `GET /backends`; never by the request path).
 #[derive(Message, Debug, Clone, Copy)]
@@ -193,10 +249,79 @@ pub struct LiveSessionInfo {
     pub backend: SocketAddr,
     /// How long ago it started, in milliseconds.
     pub age_ms: u64,
+    /// Its counters, when asked for ([`SessionsReport::stats`]) and the session answered.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<SessionStats>,
 }
 
 /// Asks the route table for every live session (`send`, from the admin endpoint only; never
 /// from the request path).
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "Vec<LiveSessionInfo>")]
-pub struct SessionsReport;
+pub struct SessionsReport {
+    /// Also ask every session for its counters ([`SessionStatsQuery`], one message per
+    /// session, answered concurrently); `false` answers from the registry alone.
+    pub stats: bool,
+}
+
+/// Asks one session for its counters (`send` from the route table while answering
+/// [`SessionsReport`]; admin only, never per frame). The session reads the `Cell`s its pump
+/// writes on the session's own thread, so the data path takes no lock for it.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "SessionStats")]
+pub struct SessionStatsQuery;
+
+/// One session's counters, for `GET /sessions`.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct SessionStats {
+    /// Bytes the client sent.
+    pub client_bytes: u64,
+    /// Bytes the backend sent.
+    pub backend_bytes: u64,
+    /// Messages the client sent (frames mode).
+    pub client_messages: u64,
+    /// Messages the backend sent (frames mode).
+    pub backend_messages: u64,
+    /// Milliseconds since the byte counters were last seen to move. Sampled when asked: a
+    /// session whose counters moved since the previous question says 0, so the resolution is
+    /// the interval between questions (the status page asks every 2 s).
+    pub idle_ms: u64,
+}
+
+/// One ended session, as kept in the route table's ring of recent endings (`GET /sessions`,
+/// status page).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EndedSessionInfo {
+    /// The session's id.
+    pub id: u64,
+    /// Its routing rule.
+    pub route: String,
+    /// Its backend member.
+    pub backend: SocketAddr,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// How long ago it ended, in milliseconds (at the time of the report).
+    pub ended_ms_ago: u64,
+    /// From the 101 to the end, in milliseconds.
+    pub duration_ms: u64,
+    /// Why it ended (`normal`, `drain`, `idle_timeout`, `client_lost`, ...).
+    pub cause: &'static str,
+    /// Who closed first (`client`, `backend`, `tether`), if anyone sent a close frame.
+    pub initiator: Option<&'static str>,
+    /// The close code the client sent, if any.
+    pub client_close_code: Option<u16>,
+    /// The close code the backend sent, if any.
+    pub backend_close_code: Option<u16>,
+    /// The close code Tether sent, if it closed.
+    pub tether_close_code: Option<u16>,
+    /// Bytes the client sent.
+    pub client_bytes: u64,
+    /// Bytes the backend sent.
+    pub backend_bytes: u64,
+}
+
+/// Asks the route table for the most recent session endings, newest first (`send`, admin
+/// only). The table keeps at most [`crate::route_table::RECENT_ENDINGS`].
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Vec<EndedSessionInfo>")]
+pub struct RecentEndings;

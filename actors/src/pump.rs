@@ -634,10 +634,10 @@ impl<'c> Pump<'c> {
     /// in-flight messages finish), then closes it.
     fn on_drain(&mut self, reason: DrainReason, grace: Duration) {
         match reason {
-            DrainReason::Shutdown => self.begin_close(
+            DrainReason::Shutdown | DrainReason::Restart => self.begin_close(
                 EndCause::Drain,
-                Some((1001, "going away")),
-                Some((1001, "going away")),
+                Some(reason.close_frame()),
+                Some(reason.close_frame()),
                 grace,
             ),
             DrainReason::BackendUnhealthy | DrainReason::RouteRemoved => {
@@ -836,7 +836,7 @@ pub async fn run(
     drop((client_prefix, backend_prefix));
     let mut shutdown_seen = control.shutdown.is_fired();
     if shutdown_seen {
-        pump.on_drain(DrainReason::Shutdown, control.shutdown_grace);
+        pump.on_drain(control.shutdown.reason(), control.shutdown_grace);
     }
     let timer = tokio::time::sleep_until(pump.next_deadline());
     tokio::pin!(timer);
@@ -858,7 +858,7 @@ pub async fn run(
             }
             _ = control.shutdown.fired(), if !shutdown_seen => {
                 shutdown_seen = true;
-                pump.on_drain(DrainReason::Shutdown, control.shutdown_grace);
+                pump.on_drain(control.shutdown.reason(), control.shutdown_grace);
             }
             r = backend.writable(), if pump.up.wants_write() || backend.output_pending() => match r {
                 Ok(()) => pump.flush(Dir::Up, &backend),

@@ -25,7 +25,7 @@
 //! `*.suffix`, then rules with no host) → path (an exact path, then the longest `/prefix/*`). A
 //! more specific host that has no matching path falls through to the less specific ones.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -42,9 +42,10 @@ use tether_config::{
 use crate::balance::Member;
 pub use crate::balance::Pool;
 use crate::messages::{
-    AttachProber, BackendsReport, DrainReason, DrainSession, LiveSessionInfo, LiveSessions,
-    MemberFailing, MemberHealthChanged, MembersResolved, ProbeTargets, SessionEnded, SessionOpened,
-    SessionsReport,
+    AttachProber, BackendsReport, ConfigChange, ConfigReplaced, DrainReason, DrainSession,
+    EndedSessionInfo, ListenerLimits, LiveSessionInfo, LiveSessions, MemberFailing,
+    MemberHealthChanged, MembersResolved, ProbeTargets, RecentEndings, SessionEnded, SessionOpened,
+    SessionStatsQuery, SessionsReport,
 };
 use crate::prober::Health;
 use crate::resolver::DnsMember;
@@ -264,12 +265,22 @@ fn normalize_host<'b>(host: &str, buf: &'b mut [u8; 256]) -> Option<&'b str> {
     std::str::from_utf8(out).ok()
 }
 
+/// How many ended sessions the route table remembers for `GET /sessions` and the status page.
+pub const RECENT_ENDINGS: usize = 100;
+
+/// How long `GET /sessions` waits for a session to report its counters (a session on a busy
+/// worker answers late; it is then listed without counters).
+pub const SESSION_STATS_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// What the route table knows of one live session.
 struct LiveSession {
     route: Arc<str>,
     backend: SocketAddr,
     opened: Instant,
     control: Recipient<DrainSession>,
+    stats: Recipient<SessionStatsQuery>,
+    /// Counts the session against its listener's `max_connections`.
+    _guard: Option<crate::listener::ConnectionGuard>,
 }
 
 /// The last probe-health flip of a member, for `GET /backends`.
@@ -407,6 +418,31 @@ impl PoolState {
     }
 }
 
+/// The addresses each configured member of `pool` stands for: an IP member itself, a DNS
+/// member its start-up (or reload) resolution.
+fn pool_entries(
+    name: &str,
+    pool: &BackendPoolConfig,
+    resolved: &[(Arc<str>, Vec<DnsMember>)],
+) -> Vec<Vec<SocketAddr>> {
+    let mut entries: Vec<Vec<SocketAddr>> = pool
+        .members
+        .iter()
+        .map(|m| match m.address {
+            tether_config::Member::Addr(addr) => vec![addr],
+            tether_config::Member::Dns { .. } => Vec::new(),
+        })
+        .collect();
+    for (_, dns) in resolved.iter().filter(|(pool, _)| **pool == *name) {
+        for member in dns {
+            if let Some(slot) = entries.get_mut(member.entry) {
+                slot.clone_from(&member.addrs);
+            }
+        }
+    }
+    entries
+}
+
 /// Owns routes, pool membership and the live-session registry; publishes [`RouteSnapshot`]s.
 ///
 /// Runs on the System arbiter. Nothing on the request path waits for it.
@@ -415,6 +451,10 @@ pub struct RouteTableActor {
     pools: BTreeMap<String, PoolState>,
     shared: SharedRoutes,
     sessions: HashMap<SessionId, LiveSession>,
+    /// Each listener's connection limit (sessions count against it).
+    limits: HashMap<String, crate::listener::ConnectionLimit>,
+    /// The last [`RECENT_ENDINGS`] sessions that ended, oldest first, with when they ended.
+    recent: VecDeque<(Instant, EndedSessionInfo)>,
     /// Where members report crossed passive thresholds (this actor, once started).
     reporter: Option<Recipient<MemberFailing>>,
     /// How long building the last snapshot took.
@@ -434,26 +474,11 @@ impl RouteTableActor {
     ) -> (RouteTableActor, SharedRoutes) {
         let mut pools = BTreeMap::new();
         for (name, pool) in &config.backend_pools {
-            let mut entries: Vec<Vec<SocketAddr>> = pool
-                .members
-                .iter()
-                .map(|m| match m.address {
-                    tether_config::Member::Addr(addr) => vec![addr],
-                    tether_config::Member::Dns { .. } => Vec::new(),
-                })
-                .collect();
-            for (_, dns) in resolved.iter().filter(|(pool, _)| **pool == **name) {
-                for member in dns {
-                    if let Some(slot) = entries.get_mut(member.entry) {
-                        slot.clone_from(&member.addrs);
-                    }
-                }
-            }
             let mut state = PoolState {
                 name: name.as_str().into(),
                 config: pool.clone(),
                 probe: config.pool_probe(name).map(|p| p.probe.name.clone()),
-                entries,
+                entries: pool_entries(name, pool, resolved),
                 members: BTreeMap::new(),
                 prober: None,
             };
@@ -466,6 +491,8 @@ impl RouteTableActor {
             pools,
             shared: shared.clone(),
             sessions: HashMap::new(),
+            recent: VecDeque::with_capacity(RECENT_ENDINGS),
+            limits: HashMap::new(),
             reporter,
             last_build: Duration::ZERO,
             route_sessions: BTreeMap::new(),
@@ -625,6 +652,11 @@ impl RouteTableActor {
                     })
                     .collect();
                 PoolStatus {
+                    routed: self
+                        .config
+                        .routing_rules
+                        .values()
+                        .any(|r| r.backend_pool == *pool.name),
                     name: pool.name.to_string(),
                     load_balancing: pool.config.load_balancing,
                     hash_key: (pool.config.load_balancing == LoadBalancing::ConsistentHash)
@@ -653,6 +685,12 @@ impl Handler<SessionOpened> for RouteTableActor {
     type Result = ();
 
     fn handle(&mut self, msg: SessionOpened, _: &mut Context<Self>) {
+        let guard = self
+            .config
+            .routing_rules
+            .get(&*msg.route)
+            .and_then(|rule| self.limits.get(&rule.listener))
+            .map(crate::listener::ConnectionLimit::session);
         self.sessions.insert(
             msg.id,
             LiveSession {
@@ -660,6 +698,8 @@ impl Handler<SessionOpened> for RouteTableActor {
                 backend: msg.backend,
                 opened: Instant::now(),
                 control: msg.control,
+                stats: msg.stats,
+                _guard: guard,
             },
         );
     }
@@ -678,6 +718,55 @@ impl Handler<SessionEnded> for RouteTableActor {
                 "session deregistered"
             );
         }
+        let summary = &msg.summary;
+        let o = &summary.outcome;
+        if self.recent.len() == RECENT_ENDINGS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((
+            Instant::now(),
+            EndedSessionInfo {
+                id: msg.id.0,
+                route: summary.route.to_string(),
+                backend: summary.backend,
+                client: summary.client,
+                ended_ms_ago: 0,
+                duration_ms: summary.duration.as_millis() as u64,
+                cause: o.cause.as_str(),
+                initiator: o.initiator.map(crate::pump::Initiator::as_str),
+                client_close_code: o.client_close.as_ref().and_then(|c| c.code),
+                backend_close_code: o.backend_close.as_ref().and_then(|c| c.code),
+                tether_close_code: o.tether_close,
+                client_bytes: summary.client_bytes,
+                backend_bytes: summary.backend_bytes,
+            },
+        ));
+    }
+}
+
+impl Handler<ListenerLimits> for RouteTableActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ListenerLimits, _: &mut Context<Self>) {
+        self.limits = msg.limits;
+    }
+}
+
+impl Handler<RecentEndings> for RouteTableActor {
+    type Result = MessageResult<RecentEndings>;
+
+    fn handle(&mut self, _: RecentEndings, _: &mut Context<Self>) -> Self::Result {
+        let now = Instant::now();
+        MessageResult(
+            self.recent
+                .iter()
+                .rev()
+                .map(|(at, info)| EndedSessionInfo {
+                    ended_ms_ago: now.saturating_duration_since(*at).as_millis() as u64,
+                    ..info.clone()
+                })
+                .collect(),
+        )
     }
 }
 
@@ -690,21 +779,40 @@ impl Handler<LiveSessions> for RouteTableActor {
 }
 
 impl Handler<SessionsReport> for RouteTableActor {
-    type Result = MessageResult<SessionsReport>;
+    type Result = actix::ResponseFuture<Vec<LiveSessionInfo>>;
 
-    fn handle(&mut self, _: SessionsReport, _: &mut Context<Self>) -> Self::Result {
-        let mut list: Vec<LiveSessionInfo> = self
+    fn handle(&mut self, msg: SessionsReport, _: &mut Context<Self>) -> Self::Result {
+        let mut list: Vec<(LiveSessionInfo, Recipient<SessionStatsQuery>)> = self
             .sessions
             .iter()
-            .map(|(id, live)| LiveSessionInfo {
-                id: id.0,
-                route: live.route.to_string(),
-                backend: live.backend,
-                age_ms: live.opened.elapsed().as_millis() as u64,
+            .map(|(id, live)| {
+                let info = LiveSessionInfo {
+                    id: id.0,
+                    route: live.route.to_string(),
+                    backend: live.backend,
+                    age_ms: live.opened.elapsed().as_millis() as u64,
+                    stats: None,
+                };
+                (info, live.stats.clone())
             })
             .collect();
-        list.sort_by_key(|s| s.id);
-        MessageResult(list)
+        list.sort_by_key(|(s, _)| s.id);
+        if !msg.stats {
+            return Box::pin(std::future::ready(
+                list.into_iter().map(|(info, _)| info).collect(),
+            ));
+        }
+        // Every session is asked at once; the answers are awaited off the actor, so the
+        // route table keeps handling messages meanwhile.
+        Box::pin(futures_util::future::join_all(list.into_iter().map(
+            |(mut info, stats)| async move {
+                let asked = stats.send(SessionStatsQuery);
+                if let Ok(Ok(stats)) = tokio::time::timeout(SESSION_STATS_TIMEOUT, asked).await {
+                    info.stats = Some(stats);
+                }
+                info
+            },
+        )))
     }
 }
 
@@ -840,6 +948,86 @@ impl Handler<AttachProber> for RouteTableActor {
     }
 }
 
+impl Handler<ConfigReplaced> for RouteTableActor {
+    type Result = MessageResult<ConfigReplaced>;
+
+    fn handle(&mut self, msg: ConfigReplaced, _: &mut Context<Self>) -> Self::Result {
+        let old = std::mem::replace(&mut self.config, msg.config);
+        let config = self.config.clone();
+        let mut change = ConfigChange::default();
+        let mut pools = BTreeMap::new();
+        for (name, pool) in &config.backend_pools {
+            let probe = config.pool_probe(name).map(|p| p.probe.name.clone());
+            let entries = pool_entries(name, pool, &msg.resolved);
+            let mut state = match self.pools.remove(name) {
+                Some(mut state) => {
+                    // A member whose weight or passive threshold changed gets a fresh record
+                    // (those live in the record); its probe health carries over.
+                    state.members.retain(|_, m| {
+                        pool.members
+                            .get(m.entry)
+                            .is_some_and(|c| c.weight.get() == m.shared.weight)
+                            && pool.passive.failures == state.config.passive.failures
+                    });
+                    if old.pool_probe(name) != config.pool_probe(name) {
+                        // The sender starts the new prober and attaches it.
+                        state.prober = None;
+                    }
+                    if probe.is_none() {
+                        for m in state.members.values_mut() {
+                            m.health = Health::Healthy;
+                        }
+                    }
+                    state.config = pool.clone();
+                    state.probe = probe;
+                    state.entries = entries;
+                    state
+                }
+                None => {
+                    change.pools_added.push(name.clone());
+                    PoolState {
+                        name: name.as_str().into(),
+                        config: pool.clone(),
+                        probe,
+                        entries,
+                        members: BTreeMap::new(),
+                        prober: None,
+                    }
+                }
+            };
+            if state.sync_members(&self.reporter) {
+                state.tell_prober();
+            }
+            pools.insert(name.clone(), state);
+        }
+        change.pools_removed = self.pools.keys().cloned().collect();
+        self.pools = pools;
+        for live in self.sessions.values() {
+            if config.routing_rules.contains_key(&*live.route) {
+                continue; // kept or changed: it runs on, on its backend
+            }
+            let grace = old
+                .routing_rules
+                .get(&*live.route)
+                .map_or(config.shutdown_grace, |r| r.websocket.drain_grace);
+            live.control.do_send(DrainSession {
+                reason: DrainReason::RouteRemoved,
+                grace,
+            });
+            change.sessions_drained += 1;
+        }
+        self.publish();
+        tracing::info!(
+            generation = self.shared.load().generation,
+            pools_added = ?change.pools_added,
+            pools_removed = ?change.pools_removed,
+            sessions_drained = change.sessions_drained,
+            "configuration replaced"
+        );
+        MessageResult(change)
+    }
+}
+
 impl Handler<BackendsReport> for RouteTableActor {
     type Result = MessageResult<BackendsReport>;
 
@@ -866,6 +1054,9 @@ pub struct BackendsStatus {
 pub struct PoolStatus {
     /// The pool's name.
     pub name: String,
+    /// Whether a routing rule sends traffic to it (readiness needs a member in rotation in
+    /// every routed pool).
+    pub routed: bool,
     /// Its balancing policy.
     pub load_balancing: LoadBalancing,
     /// What `consistent_hash` hashes (only for that policy).

@@ -22,7 +22,9 @@ use tokio::sync::Notify;
 use tracing::Span;
 
 use crate::balance::MemberLease;
-use crate::messages::{DrainReason, DrainSession, SessionEnded, SessionOpened};
+use crate::messages::{
+    DrainReason, DrainSession, SessionEnded, SessionOpened, SessionStats, SessionStatsQuery,
+};
 use crate::metrics::Metrics;
 use crate::pump::{self, Counters, Initiator, Outcome, PumpConfig, PumpControl};
 use crate::route_table::SessionSlot;
@@ -118,6 +120,9 @@ pub struct SessionActor {
     pump: PumpConfig,
     control: Rc<Control>,
     env: SessionEnv,
+    /// Total bytes at the last [`SessionStatsQuery`] and when they were first seen at that
+    /// total: how `idle_ms` is sampled without touching the pump.
+    last_look: Cell<(u64, Instant)>,
 }
 
 /// What a session needs from the worker that starts it.
@@ -154,6 +159,7 @@ impl SessionActor {
             pump,
             control: Rc::new(Control::default()),
             env,
+            last_look: Cell::new((0, Instant::now())),
         }
     }
 
@@ -219,6 +225,7 @@ impl Actor for SessionActor {
             route: self.info.route.clone(),
             backend: self.info.backend,
             control: ctx.address().recipient(),
+            stats: ctx.address().recipient(),
         });
         let Some(streams) = self.streams.take() else {
             return;
@@ -249,6 +256,26 @@ impl Handler<DrainSession> for SessionActor {
     fn handle(&mut self, msg: DrainSession, _: &mut Context<Self>) {
         self.control.drain.set(Some((msg.reason, msg.grace)));
         self.control.wake.notify_one();
+    }
+}
+
+impl Handler<SessionStatsQuery> for SessionActor {
+    type Result = actix::MessageResult<SessionStatsQuery>;
+
+    fn handle(&mut self, _: SessionStatsQuery, _: &mut Context<Self>) -> Self::Result {
+        let c = &self.control.counters;
+        let total = c.client_bytes.get() + c.backend_bytes.get();
+        let now = Instant::now();
+        let (seen, since) = self.last_look.get();
+        let since = if total == seen { since } else { now };
+        self.last_look.set((total, since));
+        actix::MessageResult(SessionStats {
+            client_bytes: c.client_bytes.get(),
+            backend_bytes: c.backend_bytes.get(),
+            client_messages: c.client_messages.get(),
+            backend_messages: c.backend_messages.get(),
+            idle_ms: now.saturating_duration_since(since).as_millis() as u64,
+        })
     }
 }
 

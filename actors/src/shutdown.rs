@@ -12,11 +12,14 @@ use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
 
+use crate::messages::DrainReason;
+
 /// The owner's side: fires the signal once.
 #[derive(Debug)]
 pub struct Shutdown {
     tx: watch::Sender<bool>,
     tracker: Tracker,
+    reason: DrainReason,
 }
 
 impl Default for Shutdown {
@@ -26,12 +29,23 @@ impl Default for Shutdown {
 }
 
 impl Shutdown {
-    /// A shutdown that has not fired.
+    /// A shutdown that has not fired; sessions it drains get 1001 `going away`.
     pub fn new() -> Shutdown {
+        Shutdown::with_close_code(1001)
+    }
+
+    /// A shutdown whose drained sessions get `close_code`: 1012 sends `service restart`
+    /// ([`DrainReason::Restart`]), anything else 1001 `going away`.
+    pub fn with_close_code(close_code: u16) -> Shutdown {
         let (tx, _) = watch::channel(false);
         Shutdown {
             tx,
             tracker: Tracker::default(),
+            reason: if close_code == 1012 {
+                DrainReason::Restart
+            } else {
+                DrainReason::Shutdown
+            },
         }
     }
 
@@ -39,6 +53,7 @@ impl Shutdown {
     pub fn signal(&self) -> ShutdownSignal {
         ShutdownSignal {
             rx: self.tx.subscribe(),
+            reason: self.reason,
         }
     }
 
@@ -57,6 +72,7 @@ impl Shutdown {
 #[derive(Debug, Clone)]
 pub struct ShutdownSignal {
     rx: watch::Receiver<bool>,
+    reason: DrainReason,
 }
 
 impl ShutdownSignal {
@@ -64,6 +80,12 @@ impl ShutdownSignal {
     pub async fn fired(&mut self) {
         // An error means the owner is gone, which is also a shutdown.
         let _ = self.rx.wait_for(|fired| *fired).await;
+    }
+
+    /// How sessions are drained when it fires ([`DrainReason::Shutdown`] or
+    /// [`DrainReason::Restart`]).
+    pub fn reason(&self) -> DrainReason {
+        self.reason
     }
 
     /// True once shutdown has begun.

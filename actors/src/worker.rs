@@ -114,6 +114,7 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
         stream,
         peer,
         listener,
+        .. // the connection guard stays in `accepted` until this function returns
     } = accepted;
     let stream = match TcpStream::from_std(stream) {
         Ok(s) => s,

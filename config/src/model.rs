@@ -18,6 +18,9 @@ use crate::error::ParseError;
 pub const DEFAULT_WORKERS: usize = 0;
 /// `shutdown_grace`: how long connections and sessions get to finish after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// `shutdown_close_code`: the close code sessions get when Tether shuts down — 1001 `going away`
+/// (RFC 6455 §7.4.1); 1012 `service restart` (IANA registry) tells clients to reconnect soon.
+pub const DEFAULT_SHUTDOWN_CLOSE_CODE: u16 = 1001;
 /// `admin.bind`: loopback only, so health, metrics and status are not exposed by default.
 pub const DEFAULT_ADMIN_BIND: SocketAddr =
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9901));
@@ -100,6 +103,9 @@ pub const DEFAULT_ON_BACKEND_UNHEALTHY: OnBackendUnhealthy = OnBackendUnhealthy:
 /// when they are drained, before they are cut.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
 
+/// What [`Config::redacted`] writes in place of a secret.
+pub const REDACTED: &str = "<redacted>";
+
 /// The validated, effective configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -107,6 +113,9 @@ pub struct Config {
     pub workers: usize,
     /// How long connections and sessions get to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// Close code sent to both peers of every session at shutdown: 1001 or 1012; default
+    /// [`DEFAULT_SHUTDOWN_CLOSE_CODE`].
+    pub shutdown_close_code: u16,
     /// The admin endpoint (health, readiness, metrics, status page).
     pub admin: AdminConfig,
     /// Tracing and logging.
@@ -153,6 +162,17 @@ impl Config {
         toml::to_string(&crate::raw::RawConfig::from(self))
             .expect("the raw configuration holds only strings, small integers, tables and lists")
     }
+
+    /// The configuration with its secrets replaced by [`REDACTED`]: what the admin endpoint's
+    /// `GET /config` shows. Secrets are values that grant access (`admin.token`); file paths
+    /// (certificate and key files) are not.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        if c.admin.token.is_some() {
+            c.admin.token = Some(REDACTED.to_owned());
+        }
+        c
+    }
 }
 
 /// The probe a pool's members get, and where it is sent (see [`Config::pool_probe`]).
@@ -183,6 +203,10 @@ pub struct DnsConfig {
 pub struct AdminConfig {
     /// Address of the admin endpoint; default [`DEFAULT_ADMIN_BIND`].
     pub bind: SocketAddr,
+    /// Bearer token every admin request but `/healthz` and `/readyz` must carry
+    /// (`Authorization: Bearer TOKEN`); `None` = no token needed. A secret: redacted by
+    /// [`Config::redacted`].
+    pub token: Option<String>,
 }
 
 /// `[telemetry]`
@@ -232,6 +256,13 @@ pub struct ListenerConfig {
     /// HTTP only: every request is redirected (308) to this HTTPS listener's port; WebSocket
     /// upgrades get 403, since browsers do not follow redirects for WebSockets.
     pub redirect_to: Option<String>,
+    /// Most client connections open at once (WebSocket sessions included); beyond it new
+    /// connections wait in the accept queue. `0` (default) = no limit.
+    pub max_connections: usize,
+    /// Most connections from one client IP that are still in their HTTP phase (handshakes and
+    /// plain requests, not upgraded sessions); more get `429` and are closed. `0` (default) =
+    /// no limit.
+    pub max_handshakes_per_ip: usize,
 }
 
 /// A listener's protocol.

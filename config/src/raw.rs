@@ -31,6 +31,8 @@ pub(crate) struct RawConfig {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_close_code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<RawAdmin>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<RawTelemetry>,
@@ -52,6 +54,7 @@ pub(crate) struct RawConfig {
 const TOP_LEVEL_KEYS: &[&str] = &[
     "workers",
     "shutdown_grace",
+    "shutdown_close_code",
     "admin",
     "telemetry",
     "listeners",
@@ -71,6 +74,11 @@ pub(crate) struct RawAdmin {
         skip_serializing_if = "Option::is_none"
     )]
     pub bind: Option<String>,
+    #[serde(
+        deserialize_with = "lenient::text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub token: Option<String>,
 }
 
 /// `[dns]`
@@ -160,6 +168,16 @@ pub(crate) struct RawListener {
         skip_serializing_if = "Option::is_none"
     )]
     pub redirect_to: Option<String>,
+    #[serde(
+        deserialize_with = "lenient::num",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_connections: Option<usize>,
+    #[serde(
+        deserialize_with = "lenient::num",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_handshakes_per_ip: Option<usize>,
 }
 
 /// `[[listeners.NAME.certificates]]`
@@ -450,6 +468,9 @@ pub(crate) fn read(root: &Node) -> (RawConfig, Declared, Vec<ConfigError>) {
             "shutdown_grace" => {
                 from_node_with(node, key, lenient::text).map(|v| raw.shutdown_grace = v)
             }
+            "shutdown_close_code" => {
+                from_node_with(node, key, lenient::num).map(|v| raw.shutdown_close_code = v)
+            }
             "admin" => from_node(node, key).map(|v| raw.admin = Some(v)),
             "dns" => from_node(node, key).map(|v| raw.dns = Some(v)),
             "telemetry" => from_node(node, key).map(|v| raw.telemetry = Some(v)),
@@ -557,8 +578,10 @@ impl From<&Config> for RawConfig {
         Self {
             workers: Some(c.workers),
             shutdown_grace: Some(format_duration(c.shutdown_grace)),
+            shutdown_close_code: Some(c.shutdown_close_code),
             admin: Some(RawAdmin {
                 bind: Some(c.admin.bind.to_string()),
+                token: c.admin.token.clone(),
             }),
             telemetry: Some(RawTelemetry {
                 service_name: Some(c.telemetry.service_name.clone()),
@@ -576,6 +599,8 @@ impl From<&Config> for RawConfig {
                         max_request_head_bytes: Some(format_size(l.max_request_head_bytes as u64)),
                         max_headers: Some(l.max_headers),
                         request_head_timeout: Some(format_duration(l.request_head_timeout)),
+                        max_connections: Some(l.max_connections),
+                        max_handshakes_per_ip: Some(l.max_handshakes_per_ip),
                         certificates: (!l.certificates.is_empty()).then(|| {
                             l.certificates
                                 .iter()

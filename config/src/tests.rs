@@ -184,7 +184,7 @@ fn env_variable_for_an_unknown_field_is_an_error_naming_it() {
         lines,
         [
             r#"listeners.public.bindd: unknown field "bindd" (did you mean "bind"?) [env TETHER_LISTENERS__PUBLIC__BINDD]"#,
-            "nope: unknown field \"nope\" (known fields: workers, shutdown_grace, admin, telemetry, listeners, \
+            "nope: unknown field \"nope\" (known fields: workers, shutdown_grace, shutdown_close_code, admin, telemetry, listeners, \
              backend_pools, backend_settings, probes, routing_rules, dns) [env TETHER_NOPE]",
         ]
     );
@@ -476,4 +476,35 @@ fn full_config_converts_to_strong_types() {
     );
     assert_eq!(rule.websocket.inspect, Inspect::Opaque);
     assert_eq!(rule.websocket.drain_grace, Duration::ZERO);
+}
+
+#[test]
+fn shutdown_close_code_is_1001_or_1012() {
+    let c = from_toml_str(CHAT).unwrap();
+    assert_eq!(c.shutdown_close_code, DEFAULT_SHUTDOWN_CLOSE_CODE);
+    let c = from_toml_str(&format!("shutdown_close_code = 1012\n{CHAT}")).unwrap();
+    assert_eq!(c.shutdown_close_code, 1012);
+    let file = TempFile::new("toml", CHAT);
+    let errors = load_err(&sources(
+        &[&file],
+        &[("TETHER_SHUTDOWN_CLOSE_CODE", "1000")],
+    ));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].path, "shutdown_close_code");
+    assert!(errors[0].to_string().contains("1001"), "{}", errors[0]);
+}
+
+#[test]
+fn admin_token_is_redacted_but_key_files_are_not() {
+    let file = TempFile::new("toml", CHAT);
+    let loaded = load(&sources(&[&file], &[("TETHER_ADMIN__TOKEN", "s3cret")])).unwrap();
+    assert_eq!(loaded.config.admin.token.as_deref(), Some("s3cret"));
+    let shown = loaded.config.redacted().to_toml_string();
+    assert!(!shown.contains("s3cret"), "{shown}");
+    assert!(shown.contains(REDACTED), "{shown}");
+    // Without a token there is nothing to redact and the round trip is exact.
+    let c = from_toml_str(CHAT).unwrap();
+    assert_eq!(from_toml_str(&c.redacted().to_toml_string()).unwrap(), c);
+    let errors = load_err(&sources(&[&file], &[("TETHER_ADMIN__TOKEN", " ")]));
+    assert_eq!(errors[0].path, "admin.token");
 }

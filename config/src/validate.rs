@@ -50,6 +50,7 @@ pub(crate) fn validate(
         raw.shutdown_grace.as_ref(),
         DEFAULT_SHUTDOWN_GRACE,
     );
+    let shutdown_close_code = c.shutdown_close_code(raw);
     let admin = c.admin(raw);
     let telemetry = c.telemetry(raw);
     let dns = c.dns(raw);
@@ -72,24 +73,29 @@ pub(crate) fn validate(
         warnings,
         ..
     } = c;
-    match (shutdown_grace, admin, telemetry, dns) {
-        (Some(shutdown_grace), Some(admin), Some(telemetry), Some(dns)) if errors.is_empty() => {
-            Ok(Validated {
-                config: Config {
-                    workers,
-                    shutdown_grace,
-                    admin,
-                    telemetry,
-                    listeners,
-                    backend_pools,
-                    backend_settings,
-                    probes,
-                    routing_rules,
-                    dns,
-                },
-                warnings,
-            })
-        }
+    match (shutdown_grace, shutdown_close_code, admin, telemetry, dns) {
+        (
+            Some(shutdown_grace),
+            Some(shutdown_close_code),
+            Some(admin),
+            Some(telemetry),
+            Some(dns),
+        ) if errors.is_empty() => Ok(Validated {
+            config: Config {
+                workers,
+                shutdown_grace,
+                shutdown_close_code,
+                admin,
+                telemetry,
+                listeners,
+                backend_pools,
+                backend_settings,
+                probes,
+                routing_rules,
+                dns,
+            },
+            warnings,
+        }),
         _ => {
             // By field path, so that the problems of one entry read together.
             errors.sort_by(|a, b| a.path.cmp(&b.path));
@@ -247,7 +253,31 @@ impl Checker<'_> {
             None => Some(DEFAULT_ADMIN_BIND),
             Some(s) => self.bind("admin.bind", s),
         };
-        Some(AdminConfig { bind: bind? })
+        let token = raw.admin.as_ref().and_then(|a| a.token.clone());
+        if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            self.error(
+                "admin.token",
+                "must not be empty (leave it out for no token)",
+            );
+            return None;
+        }
+        Some(AdminConfig { bind: bind?, token })
+    }
+
+    fn shutdown_close_code(&mut self, raw: &RawConfig) -> Option<u16> {
+        match raw.shutdown_close_code {
+            None => Some(DEFAULT_SHUTDOWN_CLOSE_CODE),
+            Some(code @ (1001 | 1012)) => Some(code),
+            Some(other) => {
+                self.error(
+                    "shutdown_close_code",
+                    format!(
+                        "{other} is not a shutdown close code: use 1001 (going away) or 1012 (service restart)"
+                    ),
+                );
+                None
+            }
+        }
     }
 
     fn dns(&mut self, raw: &RawConfig) -> Option<DnsConfig> {
@@ -390,6 +420,8 @@ impl Checker<'_> {
             request_head_timeout: request_head_timeout?,
             client_ca: listener_tls.as_ref()?.0.clone(),
             redirect_to: listener_tls?.1,
+            max_connections: raw.max_connections.unwrap_or(0),
+            max_handshakes_per_ip: raw.max_handshakes_per_ip.unwrap_or(0),
         })
     }
 

@@ -3,14 +3,26 @@
 //!
 //! | request | answer |
 //! |---|---|
+//! | `GET /` | the status page: one self-contained HTML page that polls the JSON endpoints |
+//! | `GET /healthz` | `200 ok` while the process serves (liveness) |
+//! | `GET /readyz` | `200 ready`, or `503` with the reason: draining, listeners not bound, or a routed pool with no member in rotation |
+//! | `GET /config` | the effective configuration as TOML, secrets redacted |
+//! | `GET /status` | listeners (bound addresses), routes, readiness, as JSON ([`StatusReport`]) |
 //! | `GET /backends` | every pool and member with its state, as JSON ([`BackendsStatus`]) |
+//! | `GET /sessions` | live sessions (route, backend, age, bytes, idle time) and the recent endings with their close codes, as JSON ([`SessionsList`]) |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! With `admin.token` set, every request but `/healthz` and `/readyz` (which orchestrators probe
+//! without credentials) needs `Authorization: Bearer TOKEN`, else `401`.
 //!
 //! Each answer is computed by asking the actor that owns the state (`send`, awaited): the admin
-//! path may wait on a mailbox, the request path never does. Routes are matched in [`route`];
-//! health, readiness and metrics endpoints belong there too.
+//! path may wait on a mailbox, the request path never does. Routes are matched in [`route`].
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
 
 use actix::Recipient;
 use bytes::Bytes;
@@ -20,12 +32,82 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::sync::Arc;
 
-use tether_actors::messages::{BackendsReport, SessionsReport};
+use tether_actors::messages::{
+    BackendsReport, EndedSessionInfo, LiveSessionInfo, RecentEndings, SessionsReport,
+};
 use tether_actors::metrics::Metrics;
+use tether_config::{Config, HostPattern, ListenerProtocol, PathPattern};
 
 use crate::telemetry::ExportStats;
+#[cfg(doc)]
 use tether_actors::route_table::BackendsStatus;
 use tokio::task::{JoinHandle, JoinSet};
+
+/// The status page, served at `GET /` (inline CSS and JS, no external assets).
+pub const STATUS_PAGE: &str = include_str!("status.html");
+
+/// The sidecar's lifecycle as the admin endpoint reports it; `run` updates it, the admin
+/// endpoint only reads it.
+#[derive(Debug)]
+pub struct Lifecycle {
+    /// Set once the listeners accept connections.
+    listening: AtomicBool,
+    /// Set the moment shutdown begins (before the listeners stop accepting).
+    draining: AtomicBool,
+    /// The configuration in force (replaced by a reload).
+    config: RwLock<Arc<Config>>,
+    /// Every listener's bound address, by name.
+    listeners: RwLock<BTreeMap<String, SocketAddr>>,
+}
+
+impl Lifecycle {
+    /// A sidecar that is starting with `config` and has not bound its listeners yet.
+    pub fn new(config: Arc<Config>) -> Lifecycle {
+        Lifecycle {
+            listening: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            config: RwLock::new(config),
+            listeners: RwLock::new(BTreeMap::new()),
+        }
+    }
+
+    /// The listeners accept connections at these addresses.
+    pub fn set_listening(&self, listeners: BTreeMap<String, SocketAddr>) {
+        *self.listeners.write().unwrap_or_else(|e| e.into_inner()) = listeners;
+        self.listening.store(true, Ordering::Release);
+    }
+
+    /// Shutdown began: readiness turns false for good.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether shutdown began.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// A reload put `config` in force.
+    pub fn set_config(&self, config: Arc<Config>) {
+        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<Config> {
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Every listener's bound address.
+    pub fn listeners(&self) -> BTreeMap<String, SocketAddr> {
+        self.listeners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
 
 /// What the admin endpoint asks for its answers.
 #[derive(Clone)]
@@ -34,6 +116,10 @@ pub struct AdminState {
     pub backends: Recipient<BackendsReport>,
     /// The route table, for live sessions.
     pub sessions: Recipient<SessionsReport>,
+    /// The route table, for recent session endings.
+    pub endings: Recipient<RecentEndings>,
+    /// Readiness, the configuration in force and the bound listeners.
+    pub lifecycle: Arc<Lifecycle>,
     /// The data path's counters, for `GET /metrics`.
     pub metrics: Arc<Metrics>,
     /// Span export counters, when tracing is on.
@@ -99,19 +185,100 @@ impl Drop for AdminServer {
     }
 }
 
+/// Paths the admin endpoint serves (all with `GET` and `HEAD`).
+const PATHS: &[&str] = &[
+    "/",
+    "/healthz",
+    "/readyz",
+    "/config",
+    "/status",
+    "/backends",
+    "/sessions",
+    "/metrics",
+];
+
 /// Answers one admin request.
 pub async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/backends") => {
-            match state.backends.send(BackendsReport).await {
-                Ok(status) => json(&status),
-                Err(_) => text(
+    let path = req.uri().path();
+    if !PATHS.contains(&path) {
+        return text(
+            StatusCode::NOT_FOUND,
+            "not found; try GET / (status page), /healthz, /readyz, /config, /status, /backends, /sessions or /metrics\n",
+        );
+    }
+    if !matches!(req.method(), &Method::GET | &Method::HEAD) {
+        let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    let open = matches!(path, "/healthz" | "/readyz");
+    if !open && !authorized(state, &req) {
+        let mut resp = text(
+            StatusCode::UNAUTHORIZED,
+            "admin.token is set: send Authorization: Bearer TOKEN\n",
+        );
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"tether-admin\""),
+        );
+        return resp;
+    }
+    match path {
+        "/" => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        "/healthz" => text(StatusCode::OK, "ok\n"),
+        "/readyz" => match readiness(state).await {
+            Ok(()) => text(StatusCode::OK, "ready\n"),
+            Err(reason) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not ready: {reason}\n"),
+            ),
+        },
+        "/config" => {
+            let body = state.lifecycle.config().redacted().to_toml_string();
+            let mut resp = Response::new(Full::new(Bytes::from(body)));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/toml; charset=utf-8"),
+            );
+            resp
+        }
+        "/status" => {
+            let ready = readiness(state).await;
+            json(&StatusReport::new(&state.lifecycle, ready))
+        }
+        "/sessions" => {
+            let live = state.sessions.send(SessionsReport { stats: true }).await;
+            let ended = state.endings.send(RecentEndings).await;
+            match (live, ended) {
+                (Ok(live), Ok(recent_endings)) => json(&SessionsList {
+                    live,
+                    recent_endings,
+                }),
+                _ => text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the route table is not running\n",
                 ),
             }
         }
-        (&Method::GET | &Method::HEAD, "/metrics") => {
+        "/backends" => match state.backends.send(BackendsReport).await {
+            Ok(status) => json(&status),
+            Err(_) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the route table is not running\n",
+            ),
+        },
+        _ => {
+            // "/metrics"
             let mut body = String::with_capacity(8192);
             state.metrics.render(&mut body);
             render_control_plane(state, &mut body).await;
@@ -122,20 +289,155 @@ pub async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<
             );
             resp
         }
-        (_, "/backends") => {
-            let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
-            resp.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            resp
-        }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found; try GET /backends or GET /metrics\n",
-        ),
     }
 }
 
-fn json(status: &BackendsStatus) -> Response<Full<Bytes>> {
+/// Whether the request carries the admin token (always, when none is configured). The
+/// comparison takes the same time wherever the first difference is.
+fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
+    let config = state.lifecycle.config();
+    let Some(token) = config.admin.token.as_deref() else {
+        return true;
+    };
+    let Some(sent) = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (sent.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Ready: listeners bound, not draining, and every pool a rule routes to has a member in
+/// rotation. `Err` says why not.
+async fn readiness(state: &AdminState) -> Result<(), String> {
+    let lifecycle = &state.lifecycle;
+    if lifecycle.is_draining() {
+        return Err("draining (shutting down)".into());
+    }
+    if !lifecycle.listening.load(Ordering::Acquire) {
+        return Err("listeners are not accepting yet".into());
+    }
+    let status = state
+        .backends
+        .send(BackendsReport)
+        .await
+        .map_err(|_| "the route table is not running".to_owned())?;
+    let empty: Vec<&str> = status
+        .pools
+        .iter()
+        .filter(|p| p.routed && p.in_rotation == 0)
+        .map(|p| p.name.as_str())
+        .collect();
+    if !empty.is_empty() {
+        return Err(format!(
+            "no member in rotation in pool{} {}",
+            if empty.len() > 1 { "s" } else { "" },
+            empty
+                .iter()
+                .map(|p| format!("\"{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// `GET /sessions`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionsList {
+    /// Every live session, oldest id first.
+    pub live: Vec<LiveSessionInfo>,
+    /// The most recent endings, newest first.
+    pub recent_endings: Vec<EndedSessionInfo>,
+}
+
+/// `GET /status`: what the status page shows besides pools and sessions.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusReport {
+    /// Tether's version.
+    pub version: &'static str,
+    /// Whether `/readyz` says ready.
+    pub ready: bool,
+    /// Why not, when not.
+    pub not_ready_reason: Option<String>,
+    /// Whether shutdown began.
+    pub draining: bool,
+    /// Every listener.
+    pub listeners: Vec<ListenerStatus>,
+    /// Every routing rule.
+    pub routes: Vec<RouteStatus>,
+}
+
+/// One listener in [`StatusReport`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ListenerStatus {
+    /// Its name.
+    pub name: String,
+    /// The address it is bound to (the real port when configured as `:0`); `None` until bound.
+    pub address: Option<SocketAddr>,
+    /// `http` or `https`.
+    pub protocol: &'static str,
+}
+
+/// One routing rule in [`StatusReport`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RouteStatus {
+    /// Its name.
+    pub name: String,
+    /// The listener it belongs to.
+    pub listener: String,
+    /// Host patterns as written (empty = any host).
+    pub hosts: Vec<String>,
+    /// Path patterns as written (empty = everything).
+    pub paths: Vec<String>,
+    /// The pool it sends to.
+    pub backend_pool: String,
+    /// The backend settings it uses.
+    pub backend_settings: String,
+}
+
+impl StatusReport {
+    fn new(lifecycle: &Lifecycle, ready: Result<(), String>) -> StatusReport {
+        let config = lifecycle.config();
+        let bound = lifecycle.listeners();
+        StatusReport {
+            version: env!("CARGO_PKG_VERSION"),
+            ready: ready.is_ok(),
+            not_ready_reason: ready.err(),
+            draining: lifecycle.is_draining(),
+            listeners: config
+                .listeners
+                .values()
+                .map(|l| ListenerStatus {
+                    name: l.name.clone(),
+                    address: bound.get(&l.name).copied(),
+                    protocol: match l.protocol {
+                        ListenerProtocol::Http => "http",
+                        ListenerProtocol::Https => "https",
+                    },
+                })
+                .collect(),
+            routes: config
+                .routing_rules
+                .values()
+                .map(|r| RouteStatus {
+                    name: r.name.clone(),
+                    listener: r.listener.clone(),
+                    hosts: r.hosts.iter().map(HostPattern::to_string).collect(),
+                    paths: r.paths.iter().map(PathPattern::to_string).collect(),
+                    backend_pool: r.backend_pool.clone(),
+                    backend_settings: r.backend_settings.clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn json<T: serde::Serialize>(status: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(status) {
         Ok(mut body) => {
             body.push(b'\n');
@@ -167,7 +469,7 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 /// sessions, span export counts.
 async fn render_control_plane(state: &AdminState, out: &mut String) {
     use std::fmt::Write as _;
-    if let Ok(sessions) = state.sessions.send(SessionsReport).await {
+    if let Ok(sessions) = state.sessions.send(SessionsReport { stats: false }).await {
         let mut per_route: std::collections::BTreeMap<&str, usize> = Default::default();
         for s in &sessions {
             *per_route.entry(s.route.as_str()).or_default() += 1;

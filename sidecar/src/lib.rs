@@ -10,7 +10,15 @@
 //! actor per worker arbiter → start one listener actor per listener. Shutdown: stop accepting →
 //! fire the shutdown signal (HTTP connections finish their request, sessions drain, probers and
 //! resolvers stop) → wait for every connection and session up to `shutdown_grace` → stop the
-//! workers, closing what is left → stop the admin endpoint.
+//! workers, closing what is left → stop the admin endpoint. Readiness (`/readyz`) turns false
+//! the moment shutdown begins, before the listeners close.
+//!
+//! Reload ([`run_reloadable`], [`Sidecar::reload`]; the binary on SIGHUP or a changed
+//! `--config` file): bind added or moved listeners (a failure refuses the reload, nothing
+//! changed) → `ConfigReplaced` to the route table (one new snapshot; live sessions untouched
+//! unless their route is gone, then drained with 1001 after `drain_grace`) → stop the probers
+//! and resolvers of removed or changed pools, start new ones → stop accepting on removed
+//! listeners.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,9 +27,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use actix::{Actor, Arbiter};
+use actix::Recipient;
+use actix::{Actor, Addr, Arbiter};
+use tether_actors::listener::ConnectionLimit;
 use tether_actors::listener::{ListenerActor, ListenerInfo};
-use tether_actors::messages::{AttachProber, StopAccepting};
+use tether_actors::messages::Accepted;
+use tether_actors::messages::{AttachProber, ConfigReplaced, ListenerLimits, StopAccepting};
 use tether_actors::prober::{ProbePlan, ProberActor};
 use tether_actors::resolver::{self, DnsResolver, ResolverActor};
 use tether_actors::route_table::RouteTableActor;
@@ -30,7 +41,7 @@ use tether_actors::shutdown::Shutdown;
 use tether_actors::tls::{self, ListenerTls, TlsError};
 use tether_actors::worker::{WorkerActor, WorkerSetup};
 use tether_config::{Config, ListenerProtocol, Member};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 pub mod admin;
 pub mod telemetry;
@@ -221,11 +232,35 @@ pub async fn run_with(
     telemetry: Option<Arc<Telemetry>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<RunReport, RunError> {
+    run_reloadable(config, listeners, telemetry, None, shutdown).await
+}
+
+/// A request to put a new configuration in force, and where to say how it went.
+#[derive(Debug)]
+pub struct ReloadRequest {
+    /// The new configuration (already loaded and validated).
+    pub config: Config,
+    /// Answered once the reload is applied (`Ok`) or refused (`Err` with the reason; the old
+    /// configuration keeps serving).
+    pub done: oneshot::Sender<Result<(), String>>,
+}
+
+/// [`run_with`] that also applies the configurations arriving on `reloads` (see
+/// [`ReloadRequest`]): routes, pools, probers, resolvers and listeners are swapped while
+/// sessions keep running.
+pub async fn run_reloadable(
+    config: Config,
+    listeners: BoundListeners,
+    telemetry: Option<Arc<Telemetry>>,
+    reloads: Option<mpsc::UnboundedReceiver<ReloadRequest>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<RunReport, RunError> {
     let _dispatch = telemetry
         .as_ref()
         .map(|t| tracing::dispatcher::set_default(&t.dispatch));
     let config = Arc::new(config);
-    let stop = Shutdown::new();
+    let lifecycle = Arc::new(admin::Lifecycle::new(config.clone()));
+    let stop = Shutdown::with_close_code(config.shutdown_close_code);
     let (dns, resolved) = resolve_dns(&config).await;
 
     let (route_table, routes) = RouteTableActor::start(config.clone(), &resolved);
@@ -237,44 +272,28 @@ pub async fn run_with(
     // driven where it is handled, without a wake-up hop per event, and a thousand members'
     // probes never delay the route table's updates on the System arbiter.
     let probe_arbiter = Arbiter::new();
-    for name in config.backend_pools.keys() {
-        let Some(probe) = config.pool_probe(name) else {
-            continue;
-        };
-        let pool: Arc<str> = name.as_str().into();
-        let plan = ProbePlan::new(pool.clone(), probe.probe, probe.settings);
-        let table = route_table.clone().recipient();
-        let signal = stop.signal();
-        let prober = ProberActor::start_in_arbiter(&probe_arbiter.handle(), move |_| {
-            ProberActor::new(plan, table, signal)
-        });
-        route_table.do_send(AttachProber {
-            pool,
-            prober: prober.recipient(),
-        });
-    }
-    if let Some(dns) = &dns {
-        for (pool, members) in resolved {
-            ResolverActor::new(
-                pool,
-                members,
-                dns.clone(),
-                route_table.clone().recipient(),
-                stop.signal(),
-            )
-            .start();
-        }
-    }
+    let mut background = Background::default();
+    background.start(
+        &config,
+        None,
+        &route_table,
+        &probe_arbiter,
+        dns.as_ref(),
+        resolved,
+    );
     let metrics = Arc::new(tether_actors::metrics::Metrics::default());
     if let Some(telemetry) = &telemetry {
         telemetry.observe(&metrics);
     }
+    let mut bound = listeners.addrs();
     let (_, admin_socket) = listeners.admin;
     let admin = admin::AdminServer::start(
         admin_socket,
         admin::AdminState {
             backends: route_table.clone().recipient(),
             sessions: route_table.clone().recipient(),
+            endings: route_table.clone().recipient(),
+            lifecycle: lifecycle.clone(),
             metrics: metrics.clone(),
             export: telemetry.as_ref().map(|t| t.stats.clone()),
         },
@@ -309,44 +328,68 @@ pub async fn run_with(
         stop.signal(),
     ));
     let mut listener_tls = listeners.tls;
-    let bound: BTreeMap<String, SocketAddr> = listeners
-        .sockets
-        .iter()
-        .map(|(name, addr, _)| (name.clone(), *addr))
-        .collect();
-    let listener_addrs: Vec<_> = listeners
+    let mut limits = std::collections::HashMap::new();
+    let mut listener_addrs: BTreeMap<String, Addr<ListenerActor>> = listeners
         .sockets
         .into_iter()
         .map(|(name, local_addr, socket)| {
-            let listener_config = config.listeners[&name].clone();
             let tls = listener_tls.remove(&name);
-            let info = Arc::new(ListenerInfo {
-                name: name.as_str().into(),
-                local_addr,
-                scheme: if tls.is_some() { "https" } else { "http" },
-                redirect_port: listener_config
-                    .redirect_to
-                    .as_ref()
-                    .and_then(|target| bound.get(target))
-                    .map(SocketAddr::port),
-                config: listener_config,
+            let (actor, limit) = start_listener(
+                &config,
+                &name,
+                (local_addr, socket),
                 tls,
-            });
-            ListenerActor::new(info, socket, worker_addrs.clone()).start()
+                &bound,
+                &worker_addrs,
+            );
+            limits.insert(name.clone(), limit);
+            (name, actor)
         })
         .collect();
+    route_table.do_send(ListenerLimits {
+        limits: limits.clone(),
+    });
+    lifecycle.set_listening(bound.clone());
     tracing::info!(
         workers = workers.len(),
         listeners = listener_addrs.len(),
         "tether is running"
     );
 
-    shutdown.await;
+    let mut config = config;
+    let mut reloads = reloads;
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(request) = async { reloads.as_mut()?.recv().await } => {
+                let outcome = reload(ReloadContext {
+                    config: &mut config,
+                    route_table: &route_table,
+                    background: &mut background,
+                    probe_arbiter: &probe_arbiter,
+                    listeners: &mut listener_addrs,
+                    limits: &mut limits,
+                    bound: &mut bound,
+                    workers: &worker_addrs,
+                }, request.config).await;
+                if outcome.is_ok() {
+                    lifecycle.set_config(config.clone());
+                    lifecycle.set_listening(bound.clone());
+                }
+                let _ = request.done.send(outcome);
+            }
+        }
+    }
+    // Readiness turns false before anything else happens, so that a load balancer polling
+    // /readyz stops sending new clients while the listeners are being closed.
+    lifecycle.set_draining();
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: no longer accepting");
     let mut report = RunReport::default();
-    for listener in &listener_addrs {
+    for listener in listener_addrs.values() {
         report.accepted += listener.send(StopAccepting).await.unwrap_or(0);
     }
+    background.stop_all();
     stop.fire();
     let tracker = stop.tracker().clone();
     if tokio::time::timeout(config.shutdown_grace, tracker.wait_idle())
@@ -380,6 +423,241 @@ pub async fn run_with(
     Ok(report)
 }
 
+/// Starts the listener actor of `name` over its bound socket, with its connection limit.
+fn start_listener(
+    config: &Config,
+    name: &str,
+    (local_addr, socket): (SocketAddr, std::net::TcpListener),
+    tls: Option<Arc<ListenerTls>>,
+    bound: &BTreeMap<String, SocketAddr>,
+    workers: &[Recipient<Accepted>],
+) -> (Addr<ListenerActor>, ConnectionLimit) {
+    let listener = &config.listeners[name];
+    let limit = ConnectionLimit::new(listener.max_connections, listener.max_handshakes_per_ip);
+    let info = Arc::new(ListenerInfo {
+        name: name.into(),
+        local_addr,
+        scheme: if tls.is_some() { "https" } else { "http" },
+        redirect_port: listener
+            .redirect_to
+            .as_ref()
+            .and_then(|target| bound.get(target))
+            .map(SocketAddr::port),
+        config: listener.clone(),
+        tls,
+    });
+    let actor = ListenerActor::new(info, socket, workers.to_vec())
+        .with_limit(limit.clone())
+        .start();
+    (actor, limit)
+}
+
+/// The probers and resolvers of every pool, each with a stop signal of its own so that a
+/// reload can stop one pool's without touching the others.
+#[derive(Default)]
+struct Background {
+    probers: BTreeMap<String, Shutdown>,
+    resolvers: BTreeMap<String, Shutdown>,
+}
+
+impl Background {
+    /// Starts a prober for every pool of `config` whose probe differs from `old`'s (every
+    /// probed pool when `old` is `None`), and a resolver for every pool with DNS members that
+    /// is new or changed; stops those of pools that are gone or changed.
+    fn start(
+        &mut self,
+        config: &Config,
+        old: Option<&Config>,
+        route_table: &Addr<RouteTableActor>,
+        probe_arbiter: &Arbiter,
+        dns: Option<&Arc<DnsResolver>>,
+        resolved: Vec<(Arc<str>, Vec<resolver::DnsMember>)>,
+    ) {
+        for (name, stop) in std::mem::take(&mut self.probers) {
+            let same = old.is_some_and(|old| old.pool_probe(&name) == config.pool_probe(&name));
+            if same && config.pool_probe(&name).is_some() {
+                self.probers.insert(name, stop);
+            } else {
+                stop.fire();
+            }
+        }
+        for name in config.backend_pools.keys() {
+            let Some(probe) = config.pool_probe(name) else {
+                continue;
+            };
+            if self.probers.contains_key(name) {
+                continue;
+            }
+            let pool: Arc<str> = name.as_str().into();
+            let plan = ProbePlan::new(pool.clone(), probe.probe, probe.settings);
+            let table = route_table.clone().recipient();
+            let stop = Shutdown::new();
+            let signal = stop.signal();
+            let prober = ProberActor::start_in_arbiter(&probe_arbiter.handle(), move |_| {
+                ProberActor::new(plan, table, signal)
+            });
+            route_table.do_send(AttachProber {
+                pool,
+                prober: prober.recipient(),
+            });
+            self.probers.insert(name.clone(), stop);
+        }
+        for (name, stop) in std::mem::take(&mut self.resolvers) {
+            let same = old.is_some_and(|old| {
+                old.backend_pools.get(&name) == config.backend_pools.get(&name)
+                    && old.dns == config.dns
+            });
+            if same {
+                self.resolvers.insert(name, stop);
+            } else {
+                stop.fire();
+            }
+        }
+        if let Some(dns) = dns {
+            for (pool, members) in resolved {
+                if self.resolvers.contains_key(&*pool) {
+                    continue;
+                }
+                let stop = Shutdown::new();
+                ResolverActor::new(
+                    pool.clone(),
+                    members,
+                    dns.clone(),
+                    route_table.clone().recipient(),
+                    stop.signal(),
+                )
+                .start();
+                self.resolvers.insert(pool.to_string(), stop);
+            }
+        }
+    }
+
+    fn stop_all(&mut self) {
+        for (_, stop) in std::mem::take(&mut self.probers) {
+            stop.fire();
+        }
+        for (_, stop) in std::mem::take(&mut self.resolvers) {
+            stop.fire();
+        }
+    }
+}
+
+/// What a reload may change.
+struct ReloadContext<'a> {
+    config: &'a mut Arc<Config>,
+    route_table: &'a Addr<RouteTableActor>,
+    background: &'a mut Background,
+    probe_arbiter: &'a Arbiter,
+    listeners: &'a mut BTreeMap<String, Addr<ListenerActor>>,
+    limits: &'a mut std::collections::HashMap<String, ConnectionLimit>,
+    bound: &'a mut BTreeMap<String, SocketAddr>,
+    workers: &'a [Recipient<Accepted>],
+}
+
+/// Puts `new` in force: binds added or moved listeners first (a bind failure refuses the
+/// whole reload, nothing changed), then swaps routes and pools in the route table, restarts
+/// the probers and resolvers of changed pools, and closes removed listeners. Settings that
+/// only a restart applies (`workers`, `admin`, `telemetry`) are kept, with a warning.
+async fn reload(cx: ReloadContext<'_>, new: Config) -> Result<(), String> {
+    let old = cx.config.clone();
+    let mut new = new;
+    for (field, differs) in [
+        ("workers", old.workers != new.workers),
+        ("admin", old.admin.bind != new.admin.bind),
+        ("telemetry", old.telemetry != new.telemetry),
+    ] {
+        if differs {
+            tracing::warn!(
+                field,
+                "reload: this setting takes effect at the next restart"
+            );
+        }
+    }
+    new.workers = old.workers;
+    new.admin.bind = old.admin.bind;
+    new.telemetry = old.telemetry.clone();
+    // Listeners: (re)bind what is new or moved before anything changes.
+    let mut fresh = Vec::new();
+    for (name, listener) in &new.listeners {
+        let same = old
+            .listeners
+            .get(name)
+            .is_some_and(|o| o.bind == listener.bind && o.protocol == listener.protocol);
+        if same && old.listeners[name] == *listener {
+            continue;
+        }
+        if listener.protocol == ListenerProtocol::Https {
+            return Err(format!(
+                "listener \"{name}\": adding or moving an https listener takes a restart (its certificates are loaded at start-up)"
+            ));
+        }
+        if same {
+            // Only limits changed: a new actor over a new socket would race the old one for
+            // the port, so the listener is restarted with its new settings on the same port.
+            tracing::warn!(listener = %name, "reload: listener settings change at the next restart");
+            continue;
+        }
+        let (addr, socket) = listen(listener.bind)
+            .map_err(|e| format!("listener \"{name}\": cannot bind {}: {e}", listener.bind))?;
+        fresh.push((name.clone(), addr, socket));
+    }
+    let new = Arc::new(new);
+    let (dns, resolved) = resolve_dns(&new).await;
+    let change = cx
+        .route_table
+        .send(ConfigReplaced {
+            config: new.clone(),
+            resolved: resolved.clone(),
+        })
+        .await
+        .map_err(|_| "the route table is not running".to_owned())?;
+    cx.background.start(
+        &new,
+        Some(&old),
+        cx.route_table,
+        cx.probe_arbiter,
+        dns.as_ref(),
+        resolved,
+    );
+    // Listeners removed or moved stop accepting; their open connections finish.
+    let gone: Vec<String> = cx
+        .listeners
+        .keys()
+        .filter(|name| {
+            new.listeners
+                .get(*name)
+                .is_none_or(|l| l.bind != old.listeners[*name].bind)
+        })
+        .cloned()
+        .collect();
+    for name in gone {
+        if let Some(actor) = cx.listeners.remove(&name) {
+            let _ = actor.send(StopAccepting).await;
+        }
+        cx.bound.remove(&name);
+        cx.limits.remove(&name);
+    }
+    for (name, addr, socket) in fresh {
+        let (actor, limit) =
+            start_listener(&new, &name, (addr, socket), None, cx.bound, cx.workers);
+        cx.listeners.insert(name.clone(), actor);
+        cx.limits.insert(name.clone(), limit);
+        cx.bound.insert(name, addr);
+    }
+    cx.route_table.do_send(ListenerLimits {
+        limits: cx.limits.clone(),
+    });
+    tracing::info!(
+        pools_added = ?change.pools_added,
+        pools_removed = ?change.pools_removed,
+        sessions_drained = change.sessions_drained,
+        listeners = ?cx.bound.keys().collect::<Vec<_>>(),
+        "reload applied"
+    );
+    *cx.config = new;
+    Ok(())
+}
+
 /// Builds the actix System every Tether instance runs in: the System arbiter on the calling
 /// thread, over a small multi-thread tokio runtime for work that is not on the data path.
 pub fn system() -> actix::SystemRunner {
@@ -398,6 +676,7 @@ pub struct Sidecar {
     addrs: BTreeMap<String, SocketAddr>,
     admin: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
+    reloads: mpsc::UnboundedSender<ReloadRequest>,
     done: Option<oneshot::Receiver<Result<RunReport, RunError>>>,
     thread: Option<thread::JoinHandle<()>>,
 }
@@ -431,6 +710,7 @@ impl Sidecar {
         let addrs = listeners.addrs();
         let admin = listeners.admin_addr();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (reload_tx, reload_rx) = mpsc::unbounded_channel();
         let (done_tx, done_rx) = oneshot::channel();
         let thread = thread::Builder::new()
             .name("tether-main".into())
@@ -442,7 +722,7 @@ impl Sidecar {
                         )),
                         None => None,
                     };
-                    run_with(config, listeners, telemetry, async move {
+                    run_reloadable(config, listeners, telemetry, Some(reload_rx), async move {
                         let _ = stop_rx.await;
                     })
                     .await
@@ -454,6 +734,7 @@ impl Sidecar {
             addrs,
             admin,
             stop: Some(stop_tx),
+            reloads: reload_tx,
             done: Some(done_rx),
             thread: Some(thread),
         }
@@ -470,6 +751,28 @@ impl Sidecar {
     /// The bound address of the admin endpoint (`GET /backends`).
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
+    }
+
+    /// Puts `config` in force as a reload does (the binary reloads on SIGHUP or a changed
+    /// `--config` file): routes, pools, probers and listeners are swapped, live sessions keep
+    /// running. `Err` says why it was refused; the old configuration then keeps serving.
+    pub async fn reload(&self, config: Config) -> Result<(), String> {
+        let (done, answer) = oneshot::channel();
+        self.reloads
+            .send(ReloadRequest { config, done })
+            .map_err(|_| "the sidecar is not running".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "the sidecar stopped during the reload".to_owned())?
+    }
+
+    /// Validates `toml` as a whole configuration and reloads it; an invalid configuration is
+    /// refused with every problem (one per line) and nothing changes.
+    pub async fn reload_toml(&self, toml: &str) -> Result<(), String> {
+        match tether_config::from_toml_str(toml) {
+            Ok(config) => self.reload(config).await,
+            Err(errors) => Err(errors.to_string()),
+        }
     }
 
     /// Starts a graceful shutdown and waits for it to finish.

@@ -23,8 +23,14 @@ tether — a WebSocket-aware service-mesh sidecar
 
 usage:
   tether [--config FILE]...         run (no --config: the embedded default, :8080 -> 127.0.0.1:3000)
+                                    --config-dir DIR adds every DIR/*.toml, in name order
   tether check [--config FILE]...   validate and print the effective configuration
+  tether health [--config FILE]...  exit 0 when the admin endpoint's GET /healthz answers 200
+                                    (for container HEALTHCHECKs; TETHER_ADMIN__BIND also works)
   tether --help | --version
+
+Signals: SIGTERM/SIGINT drain and exit (a second one exits at once); SIGHUP reloads every
+layer (so does a change to a --config file, checked every second).
 
 Layers, lowest first: built-in defaults < each --config FILE in order (.toml, .yaml, .json)
 < TETHER_* environment variables (TETHER_BACKEND_SETTINGS__CHAT__REQUEST_TIMEOUT=60s).";
@@ -32,6 +38,7 @@ Layers, lowest first: built-in defaults < each --config FILE in order (.toml, .y
 enum Command {
     Run(Vec<PathBuf>),
     Check(Vec<PathBuf>),
+    Health(Vec<PathBuf>),
     Help,
     Version,
 }
@@ -39,15 +46,21 @@ enum Command {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String> {
     let mut files = Vec::new();
     let mut check = false;
+    let mut health = false;
     let mut first = true;
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "check" if first => check = true,
+            "health" if first => health = true,
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "-c" | "--config" => match args.next() {
                 Some(file) => files.push(PathBuf::from(file)),
                 None => return Err("--config needs a file".into()),
+            },
+            "--config-dir" => match args.next() {
+                Some(dir) => files.extend(config_dir(&dir)?),
+                None => return Err("--config-dir needs a directory".into()),
             },
             other => match other.strip_prefix("--config=") {
                 Some(file) => files.push(PathBuf::from(file)),
@@ -56,11 +69,28 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
         }
         first = false;
     }
-    Ok(if check {
+    Ok(if health {
+        Command::Health(files)
+    } else if check {
         Command::Check(files)
     } else {
         Command::Run(files)
     })
+}
+
+/// Every `*.toml` file in `dir`, in name order (what the container image reads from
+/// `/etc/tether`).
+fn config_dir(dir: &str) -> Result<Vec<PathBuf>, String> {
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("--config-dir {dir}: {e}"))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("--config-dir {dir}: no *.toml file in it"));
+    }
+    Ok(files)
 }
 
 fn load(files: Vec<PathBuf>) -> Result<Loaded, ExitCode> {
@@ -102,6 +132,128 @@ fn termination() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
+/// How often the `--config` files' modification times are checked.
+const CONFIG_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What identifies a version of a file: its modification time and length (`None` while it
+/// cannot be read, e.g. during an editor's rename-and-replace).
+fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// Installs the SIGHUP handler now and returns the task that re-reads every layer on SIGHUP or
+/// when a `--config` file changes, and hands a valid result to the sidecar. An invalid one is
+/// logged, problem by problem, and the running configuration stays.
+fn reloader(
+    files: Vec<PathBuf>,
+    reloads: tokio::sync::mpsc::UnboundedSender<tether::ReloadRequest>,
+) -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        let mut stamps: Vec<_> = files.iter().map(|f| stamp(f)).collect();
+        let mut poll = tokio::time::interval(CONFIG_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let why = tokio::select! {
+                _ = hup.recv() => "SIGHUP received",
+                _ = poll.tick() => {
+                    let now: Vec<_> = files.iter().map(|f| stamp(f)).collect();
+                    if now == stamps {
+                        continue;
+                    }
+                    stamps = now;
+                    "a --config file changed"
+                }
+            };
+            tracing::info!("{why}: reloading the configuration");
+            let sources = Sources {
+                files: files.clone(),
+                env: std::env::vars().collect(),
+            };
+            let loaded = match tether_config::load(&sources) {
+                Ok(loaded) => loaded,
+                Err(errors) => {
+                    tracing::error!(
+                        problems = errors.0.len(),
+                        "reload refused: invalid configuration; the running one stays"
+                    );
+                    for e in &errors.0 {
+                        tracing::error!("  {e}");
+                    }
+                    continue;
+                }
+            };
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
+            let (done, answer) = tokio::sync::oneshot::channel();
+            if reloads
+                .send(tether::ReloadRequest {
+                    config: loaded.config,
+                    done,
+                })
+                .is_err()
+            {
+                return;
+            }
+            match answer.await {
+                Ok(Ok(())) => tracing::info!("reload applied"),
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "reload refused; the running configuration stays")
+                }
+                Err(_) => return,
+            }
+        }
+    })
+}
+
+/// `tether health`: `GET /healthz` on the admin endpoint of the configuration the other
+/// layers describe (an unspecified bind address is asked on loopback). Exit 0 on `200`, 1
+/// otherwise — what a container `HEALTHCHECK` needs, without curl in the image.
+fn health(files: Vec<PathBuf>) -> ExitCode {
+    use std::io::{Read, Write};
+    let loaded = match load(files) {
+        Ok(l) => l,
+        Err(code) => return code,
+    };
+    let mut addr = loaded.config.admin.bind;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(match addr {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let timeout = std::time::Duration::from_secs(3);
+    let answer = (|| -> std::io::Result<String> {
+        let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: tether\r\nConnection: close\r\n\r\n")?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response)?;
+        Ok(response)
+    })();
+    match answer {
+        Ok(r) if r.starts_with("HTTP/1.1 200") => {
+            println!("tether at {addr}: healthy");
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            eprintln!(
+                "tether at {addr}: unhealthy: {}",
+                r.lines().next().unwrap_or("no answer")
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tether at {addr}: unreachable: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let command = match parse_args(std::env::args().skip(1)) {
         Ok(c) => c,
@@ -132,10 +284,11 @@ fn main() -> ExitCode {
                 Err(code) => code,
             };
         }
+        Command::Health(files) => return health(files),
         Command::Run(files) => files,
     };
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let loaded = match load(files) {
+    let loaded = match load(files.clone()) {
         Ok(l) => l,
         Err(code) => return code,
     };
@@ -174,7 +327,12 @@ fn main() -> ExitCode {
             None => tracing::info!("tracing export off (set telemetry.otlp_endpoint or OTEL_EXPORTER_OTLP_ENDPOINT)"),
         }
         let stop = termination().map_err(|e| tether::RunError::Runtime(format!("signals: {e}")))?;
-        tether::run_with(config, listeners, Some(Arc::new(telemetry)), stop).await
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
+        let watcher = reloader(files, reload_tx).map_err(|e| tether::RunError::Runtime(format!("signals: {e}")))?;
+        let watcher = tokio::spawn(watcher);
+        let outcome = tether::run_reloadable(config, listeners, Some(Arc::new(telemetry)), Some(reload_rx), stop).await;
+        watcher.abort();
+        outcome
     });
     match outcome {
         Ok(_) => ExitCode::SUCCESS,

@@ -164,3 +164,38 @@ fn runs_and_exits_cleanly_on_sigterm() {
     assert_eq!(exit.code(), Some(0), "{stderr}");
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
 }
+
+/// `tether health` fails (exit 1) when nothing answers on the admin address; `--config-dir`
+/// reads the directory's TOML files (the container image's bundled configuration).
+#[test]
+fn health_fails_without_an_admin_endpoint_and_config_dir_reads_the_image_config() {
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let path = write_config("health", &config("127.0.0.1:0".parse().unwrap(), "chat"));
+    let out = tether()
+        .arg("health")
+        .arg("--config")
+        .arg(&path)
+        .env("TETHER_ADMIN__BIND", closed.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unreachable"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/docker");
+    let out = tether()
+        .args(["check", "--config-dir", dir])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("127.0.0.1:3000"));
+}
