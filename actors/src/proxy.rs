@@ -72,7 +72,7 @@ pub async fn handle(
         trace::handshake(
             req.uri().path(),
             &conn.listener.name,
-            &conn.peer.to_string(),
+            conn.peer,
             req.headers(),
         )
     } else {
@@ -80,7 +80,7 @@ pub async fn handle(
             method.as_str(),
             req.uri().path(),
             &conn.listener.name,
-            &conn.peer.to_string(),
+            conn.peer,
         )
     };
     trace::adopt_parent(&span, req.headers());
@@ -346,7 +346,7 @@ async fn forward_http(
     facts.backend = Some(backend);
     let (mut parts, body) = req.into_parts();
     prepare_head(&mut parts, conn, route);
-    let client_span = trace::http_client(span, parts.method.as_str(), &backend.to_string());
+    let client_span = trace::http_client(span, parts.method.as_str(), backend);
     trace::inject(&client_span, &mut parts.headers);
     let body: UpstreamBody = if body.is_end_stream() {
         Either::Right(Empty::new())
@@ -451,8 +451,7 @@ async fn forward_websocket(
         match tokio::try_join!(client_upgrade, backend_upgrade) {
             Ok((client, backend_io)) => match (into_tcp(client), into_tcp(backend_io)) {
                 (Some((client, client_prefix)), Some((backend_sock, backend_prefix))) => {
-                    let span =
-                        trace::session(&handshake_span, &info.route, &info.backend.to_string());
+                    let span = trace::session(&handshake_span, &info.route, info.backend);
                     let env = SessionEnv {
                         registry: ctx.registry.clone(),
                         shutdown: ctx.shutdown.clone(),

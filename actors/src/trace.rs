@@ -2,7 +2,8 @@
 //!
 //! Every span here uses the target `tether::trace`, which only the OpenTelemetry layer listens
 //! to, and is created only once an exporter is configured ([`enable`]); with telemetry off a
-//! request pays one relaxed atomic load and no span.
+//! request pays one relaxed atomic load and no span. Addresses are passed as values and formatted
+//! only into a span that exists, so a request without tracing allocates nothing here.
 //!
 //! The trace model, per the anchors' advice (a 101 span that never ends is a known bug
 //! elsewhere): a short `websocket.handshake` SERVER span that ends with the 101, and a
@@ -10,6 +11,7 @@
 //! Ordinary requests get an HTTP SERVER span and a CLIENT span for the backend request.
 //! `traceparent`/`tracestate` from the client become the parent, and the backend receives ours.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -131,7 +133,7 @@ pub fn inject(span: &Span, headers: &mut HeaderMap) {
 }
 
 /// The SERVER span of an ordinary request.
-pub fn http_server(method: &str, path: &str, listener: &str, client: &str) -> Span {
+pub fn http_server(method: &str, path: &str, listener: &str, client: SocketAddr) -> Span {
     if !enabled() {
         return Span::none();
     }
@@ -145,7 +147,7 @@ pub fn http_server(method: &str, path: &str, listener: &str, client: &str) -> Sp
         url.path = path,
         http.route = tracing::field::Empty,
         http.response.status_code = tracing::field::Empty,
-        client.address = client,
+        client.address = %client,
         tether.listener = listener,
         tether.backend = tracing::field::Empty,
         error.type = tracing::field::Empty,
@@ -153,7 +155,7 @@ pub fn http_server(method: &str, path: &str, listener: &str, client: &str) -> Sp
 }
 
 /// The CLIENT span of the request to the backend.
-pub fn http_client(parent: &Span, method: &str, backend: &str) -> Span {
+pub fn http_client(parent: &Span, method: &str, backend: SocketAddr) -> Span {
     if parent.is_none() {
         return Span::none();
     }
@@ -164,14 +166,14 @@ pub fn http_client(parent: &Span, method: &str, backend: &str) -> Span {
         otel.name = method,
         otel.kind = "client",
         http.request.method = method,
-        server.address = backend,
+        server.address = %backend,
         http.response.status_code = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     )
 }
 
 /// The `websocket.handshake` SERVER span.
-pub fn handshake(path: &str, listener: &str, client: &str, headers: &HeaderMap) -> Span {
+pub fn handshake(path: &str, listener: &str, client: SocketAddr, headers: &HeaderMap) -> Span {
     if !enabled() {
         return Span::none();
     }
@@ -189,7 +191,7 @@ pub fn handshake(path: &str, listener: &str, client: &str, headers: &HeaderMap) 
         http.request.method = "GET",
         url.path = path,
         http.response.status_code = tracing::field::Empty,
-        client.address = client,
+        client.address = %client,
         tether.listener = listener,
         tether.route = tracing::field::Empty,
         tether.backend = tracing::field::Empty,
@@ -201,7 +203,7 @@ pub fn handshake(path: &str, listener: &str, client: &str, headers: &HeaderMap) 
 }
 
 /// The `websocket.session` span, child of the handshake's.
-pub fn session(handshake: &Span, route: &str, backend: &str) -> Span {
+pub fn session(handshake: &Span, route: &str, backend: SocketAddr) -> Span {
     if handshake.is_none() {
         return Span::none();
     }
@@ -211,7 +213,7 @@ pub fn session(handshake: &Span, route: &str, backend: &str) -> Span {
         "websocket.session",
         otel.kind = "internal",
         tether.route = route,
-        tether.backend = backend,
+        tether.backend = %backend,
         websocket.close.cause = tracing::field::Empty,
         websocket.close.initiator = tracing::field::Empty,
         websocket.close.client.code = tracing::field::Empty,

@@ -72,14 +72,6 @@ pub enum RunError {
         /// What the OS said.
         source: std::io::Error,
     },
-    /// A listener asks for something this build does not do yet.
-    #[error("listener \"{listener}\": {reason}")]
-    Unsupported {
-        /// The listener's name.
-        listener: String,
-        /// What is missing.
-        reason: &'static str,
-    },
     /// An HTTPS listener's certificates, key or client CA could not be loaded.
     #[error("listener \"{listener}\": {source}")]
     Tls {
