@@ -15,13 +15,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::{Message, Recipient};
+use actix::{Message, Recipient, WeakAddr};
 
 use crate::balance::Member;
 use crate::listener::ListenerInfo;
 use crate::prober::ProbeOutcome;
 use crate::route_table::BackendsStatus;
-use crate::session::{SessionId, SessionSummary};
+use crate::session::{SessionActor, SessionId, SessionSummary};
 
 /// A connection a listener accepted, handed to a worker (`do_send`, once per connection). The
 /// stream is a std socket because a tokio socket is tied to the runtime that registered it; the
@@ -56,10 +56,10 @@ pub struct SessionOpened {
     pub route: Arc<str>,
     /// The backend member it is connected to.
     pub backend: SocketAddr,
-    /// Where to send a drain order for this session.
-    pub control: Recipient<DrainSession>,
-    /// Where to ask for its byte and message counters (admin only).
-    pub stats: Recipient<SessionStatsQuery>,
+    /// The session actor, for drain orders ([`DrainSession`]) and counter queries
+    /// ([`SessionStatsQuery`], admin only). Weak: holding it allocates nothing per session, and
+    /// it is upgraded only when a message is sent (a stopped session simply does not upgrade).
+    pub session: WeakAddr<SessionActor>,
 }
 
 /// A WebSocket session ended (`do_send` from the session actor to the route table).
@@ -105,6 +105,18 @@ pub struct DrainSession {
     /// Why.
     pub reason: DrainReason,
     /// How long the peers get to answer a close before the sockets are closed.
+    pub grace: Duration,
+}
+
+/// Drains every registered session (`do_send` from shutdown to the route table, right after
+/// the shutdown signal fired). A session that registers after this message was handled saw the
+/// signal fired when it started, and drains itself.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct DrainAll {
+    /// [`DrainReason::Shutdown`] or [`DrainReason::Restart`].
+    pub reason: DrainReason,
+    /// How long the peers get to answer the close.
     pub grace: Duration,
 }
 

@@ -33,11 +33,15 @@
 //! it is replaced by 1002.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 
 use crate::frame::{
     is_reserved_close_code, CloseInfo, ControlFrame, FrameHeader, FrameTracker, Held, Inspector,
@@ -45,7 +49,6 @@ use crate::frame::{
 };
 use crate::messages::DrainReason;
 use crate::session::SessionStreams;
-use crate::shutdown::ShutdownSignal;
 use crate::transport::{ReadEnd, SessionIo};
 
 /// Size of the per-worker read buffer.
@@ -179,8 +182,9 @@ struct Half {
     src_done: bool,
     /// `dst` is gone or was closed by Tether: bytes for it are dropped.
     dst_done: bool,
-    /// A frame of Tether's waiting for a frame boundary towards `dst`.
-    queued: Option<Queued>,
+    /// A frame of Tether's waiting for a frame boundary towards `dst` (boxed: rare, and an
+    /// idle session should not carry 130 bytes for it).
+    queued: Option<Box<Queued>>,
     /// Pass `src`'s FIN on to `dst` once `pending` is flushed.
     fin_pending: bool,
     /// The close frame `src` sent, if any.
@@ -334,12 +338,13 @@ enum Dir {
 }
 
 /// The whole state of one session's pump.
-struct Pump<'c> {
+struct Pump {
     cfg: PumpConfig,
     up: Half,
     down: Half,
     ping: Ping,
-    counters: &'c Counters,
+    /// Counters and drain orders, shared with the session actor.
+    shared: Rc<Shared>,
     cause: Option<EndCause>,
     first_close: Option<Initiator>,
     tether_close: Option<u16>,
@@ -351,15 +356,15 @@ struct Pump<'c> {
     drain_at: Option<(Instant, EndCause)>,
 }
 
-impl<'c> Pump<'c> {
-    fn new(cfg: PumpConfig, counters: &'c Counters) -> Pump<'c> {
+impl Pump {
+    fn new(cfg: PumpConfig, shared: Rc<Shared>) -> Pump {
         let now = Instant::now();
         Pump {
             cfg,
             up: Half::default(),
             down: Half::default(),
             ping: Ping::default(),
-            counters,
+            shared,
             cause: None,
             first_close: None,
             tether_close: None,
@@ -384,16 +389,16 @@ impl<'c> Pump<'c> {
         let counter = match dir {
             Dir::Up => {
                 self.last_client = now;
-                &self.counters.client_bytes
+                &self.shared.counters.client_bytes
             }
-            Dir::Down => &self.counters.backend_bytes,
+            Dir::Down => &self.shared.counters.backend_bytes,
         };
         counter.set(counter.get() + bytes.len() as u64);
         let frames = self.cfg.frames;
         let max_message = self.cfg.max_message_size;
         let messages = match dir {
-            Dir::Up => &self.counters.client_messages,
-            Dir::Down => &self.counters.backend_messages,
+            Dir::Up => &self.shared.counters.client_messages,
+            Dir::Down => &self.shared.counters.backend_messages,
         };
         let half = match dir {
             Dir::Up => &mut self.up,
@@ -545,10 +550,10 @@ impl<'c> Pump<'c> {
 
     fn queue_close(&mut self, dir: Dir, frame: ControlFrame, code: u16) {
         let (half, _) = self.halves(dir);
-        if half.dst_done || matches!(half.queued, Some(Queued::Close(_))) {
+        if half.dst_done || matches!(half.queued.as_deref(), Some(Queued::Close(_))) {
             return;
         }
-        half.queued = Some(Queued::Close(frame));
+        half.queued = Some(Box::new(Queued::Close(frame)));
         self.tether_close.get_or_insert(code);
         self.first_close.get_or_insert(Initiator::Tether);
     }
@@ -569,7 +574,7 @@ impl<'c> Pump<'c> {
                 if half.dst_done || stuck {
                     // Nobody to send to, or the stream can never reach a boundary again: a
                     // close becomes a plain FIN.
-                    if matches!(queued, Queued::Close(_)) {
+                    if matches!(*queued, Queued::Close(_)) {
                         half.fin_pending = true;
                     }
                 } else if half.tracker.at_boundary() {
@@ -579,7 +584,7 @@ impl<'c> Pump<'c> {
                         failed: &mut half.write_failed,
                         discard: false,
                     };
-                    match queued {
+                    match *queued {
                         Queued::Ping(frame) => out.send(frame.as_bytes()),
                         Queued::Close(frame) => {
                             out.send(frame.as_bytes());
@@ -728,11 +733,11 @@ impl<'c> Pump<'c> {
                 payload[4..].copy_from_slice(&self.ping.seq.to_be_bytes());
                 self.ping.outstanding = Some((payload, now));
                 self.ping.last_sent = Some(now);
-                self.down.queued = Some(Queued::Ping(ControlFrame::new(
+                self.down.queued = Some(Box::new(Queued::Ping(ControlFrame::new(
                     OpCode::Ping,
                     &payload,
                     None,
-                )));
+                ))));
             }
         }
     }
@@ -769,7 +774,7 @@ impl<'c> Pump<'c> {
         false
     }
 
-    fn outcome(self) -> Outcome {
+    fn outcome(&mut self) -> Outcome {
         let cause = self.cause.unwrap_or(
             if self.up.close.is_some() || self.down.close.is_some() || !self.cfg.frames {
                 EndCause::Normal
@@ -779,8 +784,8 @@ impl<'c> Pump<'c> {
         );
         Outcome {
             cause,
-            client_close: self.up.close,
-            backend_close: self.down.close,
+            client_close: self.up.close.take(),
+            backend_close: self.down.close.take(),
             tether_close: self.tether_close,
             initiator: self.first_close,
             ping_rtt_last: self.ping.rtt_last,
@@ -790,7 +795,7 @@ impl<'c> Pump<'c> {
 }
 
 /// Reads once from `src` into the worker's buffer and hands the bytes to the pump.
-fn read_once(pump: &mut Pump<'_>, dir: Dir, src: &SessionIo, dst: &SessionIo) {
+fn read_once(pump: &mut Pump, dir: Dir, src: &SessionIo, dst: &SessionIo) {
     READ_BUFFER.with(|cell| {
         let mut buf = cell.borrow_mut();
         match src.read(&mut buf, |bytes| pump.on_bytes(dir, bytes, dst)) {
@@ -801,89 +806,190 @@ fn read_once(pump: &mut Pump<'_>, dir: Dir, src: &SessionIo, dst: &SessionIo) {
     });
 }
 
-/// What can interrupt a pumping session from outside.
-pub struct PumpControl<'a> {
-    /// Fires when Tether shuts down.
-    pub shutdown: ShutdownSignal,
-    /// Woken when a drain order arrives.
-    pub wake: &'a tokio::sync::Notify,
-    /// The drain order, once one arrived.
-    pub drain: &'a Cell<Option<(DrainReason, Duration)>>,
-    /// Grace period for shutdown drains.
-    pub shutdown_grace: Duration,
+/// What a session's pump shares with its actor (same thread: `Cell`s, no lock).
+#[derive(Default)]
+pub struct Shared {
+    /// Live counters (read by `GET /sessions` through the actor).
+    pub counters: Counters,
+    /// A drain order the pump has not acted on yet.
+    drain: Cell<Option<(DrainReason, Duration)>>,
+    /// The pump's task, woken when a drain order arrives.
+    waker: Cell<Option<Waker>>,
 }
 
-/// Runs a session until it ends, and says how it went.
-pub async fn run(
-    streams: SessionStreams,
-    cfg: PumpConfig,
-    counters: &Counters,
-    mut control: PumpControl<'_>,
-) -> Outcome {
-    let SessionStreams {
-        client,
-        client_prefix,
-        backend,
-        backend_prefix,
-    } = streams;
-    let mut pump = Pump::new(cfg, counters);
-    if !client_prefix.is_empty() {
-        pump.on_bytes(Dir::Up, &client_prefix, &backend);
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("counters", &self.counters)
+            .finish_non_exhaustive()
     }
-    if !backend_prefix.is_empty() {
-        pump.on_bytes(Dir::Down, &backend_prefix, &client);
-    }
-    drop((client_prefix, backend_prefix));
-    let mut shutdown_seen = control.shutdown.is_fired();
-    if shutdown_seen {
-        pump.on_drain(control.shutdown.reason(), control.shutdown_grace);
-    }
-    let timer = tokio::time::sleep_until(pump.next_deadline());
-    tokio::pin!(timer);
-    loop {
-        pump.service(&client, &backend);
-        if pump.finished() {
-            break;
+}
+
+impl Shared {
+    /// Hands the pump a drain order (the latest wins) and wakes it.
+    pub fn drain(&self, reason: DrainReason, grace: Duration) {
+        self.drain.set(Some((reason, grace)));
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
         }
-        let due = pump.next_deadline();
-        if timer.deadline() != due {
-            timer.as_mut().reset(due);
+    }
+
+    /// Keeps `waker` as the one a drain order wakes (a clone only when it changed).
+    fn register(&self, waker: &Waker) {
+        let kept = match self.waker.take() {
+            Some(w) if w.will_wake(waker) => w,
+            _ => waker.clone(),
+        };
+        self.waker.set(Some(kept));
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One session's pump, as a future that resolves to how the session went.
+    ///
+    /// Written by hand rather than as an `async fn` so that its size is exactly its fields:
+    /// this is the largest allocation an idle session owns. Every event source is polled
+    /// through a single-slot registration (`poll_read_ready`/`poll_write_ready`, the timer,
+    /// the drain waker in [`Shared`]), so nothing is pinned per wait and no waiter node lives
+    /// in the future. Events are handled one at a time in a fixed order — drain order, writes
+    /// to the backend, writes to the client, reads from the client, reads from the backend,
+    /// timer — until none is ready; tokio's cooperative budget bounds each turn.
+    pub struct Pumping {
+        client: SessionIo,
+        backend: SessionIo,
+        pump: Pump,
+        // Set once the session is over and only TLS records still wait to be written.
+        flushing: bool,
+        #[pin]
+        timer: Sleep,
+    }
+}
+
+impl Pumping {
+    /// A pump over `streams`; bytes the HTTP layer read past either handshake are forwarded
+    /// at once.
+    pub fn new(streams: SessionStreams, cfg: PumpConfig, shared: Rc<Shared>) -> Pumping {
+        let SessionStreams {
+            client,
+            client_prefix,
+            backend,
+            backend_prefix,
+        } = streams;
+        let mut pump = Pump::new(cfg, shared);
+        if !client_prefix.is_empty() {
+            pump.on_bytes(Dir::Up, &client_prefix, &backend);
         }
-        tokio::select! {
-            biased;
-            _ = control.wake.notified() => {
-                if let Some((reason, grace)) = control.drain.get() {
+        if !backend_prefix.is_empty() {
+            pump.on_bytes(Dir::Down, &backend_prefix, &client);
+        }
+        let timer = tokio::time::sleep_until(pump.next_deadline());
+        Pumping {
+            client,
+            backend,
+            pump,
+            flushing: false,
+            timer,
+        }
+    }
+}
+
+impl Future for Pumping {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut this = self.project();
+        let (client, backend, pump) = (&*this.client, &*this.backend, &mut *this.pump);
+        if !*this.flushing {
+            pump.shared.register(cx.waker());
+            loop {
+                if let Some((reason, grace)) = pump.shared.drain.take() {
                     pump.on_drain(reason, grace);
                 }
+                pump.service(client, backend);
+                if pump.finished() {
+                    break;
+                }
+                let due = pump.next_deadline();
+                if this.timer.deadline() != due {
+                    this.timer.as_mut().reset(due);
+                }
+                if pump.up.wants_write() || backend.output_pending() {
+                    if let Poll::Ready(r) = backend.poll_writable(cx) {
+                        match r {
+                            Ok(()) => pump.flush(Dir::Up, backend),
+                            Err(_) => {
+                                pump.up.write_failed = true;
+                                pump.check_write(Dir::Up);
+                            }
+                        }
+                        continue;
+                    }
+                }
+                if pump.down.wants_write() || client.output_pending() {
+                    if let Poll::Ready(r) = client.poll_writable(cx) {
+                        match r {
+                            Ok(()) => pump.flush(Dir::Down, client),
+                            Err(_) => {
+                                pump.down.write_failed = true;
+                                pump.check_write(Dir::Down);
+                            }
+                        }
+                        continue;
+                    }
+                }
+                if pump.up.can_read() {
+                    if let Poll::Ready(r) = client.poll_readable(cx) {
+                        match r {
+                            Ok(()) => read_once(pump, Dir::Up, client, backend),
+                            Err(_) => pump.on_end(Dir::Up, true),
+                        }
+                        continue;
+                    }
+                }
+                if pump.down.can_read() {
+                    if let Poll::Ready(r) = backend.poll_readable(cx) {
+                        match r {
+                            Ok(()) => read_once(pump, Dir::Down, backend, client),
+                            Err(_) => pump.on_end(Dir::Down, true),
+                        }
+                        continue;
+                    }
+                }
+                if this.timer.as_mut().poll(cx).is_ready() {
+                    pump.on_timer(client);
+                    continue;
+                }
+                return Poll::Pending;
             }
-            _ = control.shutdown.fired(), if !shutdown_seen => {
-                shutdown_seen = true;
-                pump.on_drain(control.shutdown.reason(), control.shutdown_grace);
+            // What TLS still holds for a peer (a close frame, close_notify) gets a short last
+            // chance.
+            *this.flushing = true;
+            this.timer
+                .as_mut()
+                .reset(Instant::now() + FINAL_FLUSH_TIMEOUT);
+        }
+        let client_done = poll_drained(client, cx);
+        let backend_done = poll_drained(backend, cx);
+        if (client_done && backend_done) || this.timer.poll(cx).is_ready() {
+            return Poll::Ready(pump.outcome());
+        }
+        Poll::Pending
+    }
+}
+
+/// Writes what `io` still holds (TLS records) as far as the socket takes it: `true` once
+/// nothing is left or writing failed.
+fn poll_drained(io: &SessionIo, cx: &mut Context<'_>) -> bool {
+    while io.output_pending() {
+        match io.poll_writable(cx) {
+            Poll::Pending => return false,
+            Poll::Ready(Err(_)) => return true,
+            Poll::Ready(Ok(())) => {
+                if io.flush_output().is_err() {
+                    return true;
+                }
             }
-            r = backend.writable(), if pump.up.wants_write() || backend.output_pending() => match r {
-                Ok(()) => pump.flush(Dir::Up, &backend),
-                Err(_) => { pump.up.write_failed = true; pump.check_write(Dir::Up); }
-            },
-            r = client.writable(), if pump.down.wants_write() || client.output_pending() => match r {
-                Ok(()) => pump.flush(Dir::Down, &client),
-                Err(_) => { pump.down.write_failed = true; pump.check_write(Dir::Down); }
-            },
-            r = client.readable(), if pump.up.can_read() => match r {
-                Ok(()) => read_once(&mut pump, Dir::Up, &client, &backend),
-                Err(_) => pump.on_end(Dir::Up, true),
-            },
-            r = backend.readable(), if pump.down.can_read() => match r {
-                Ok(()) => read_once(&mut pump, Dir::Down, &backend, &client),
-                Err(_) => pump.on_end(Dir::Down, true),
-            },
-            _ = &mut timer => pump.on_timer(&client),
         }
     }
-    // What TLS still holds for a peer (a close frame, close_notify) gets a short last chance.
-    let _ = tokio::time::timeout(
-        FINAL_FLUSH_TIMEOUT,
-        futures_util::future::join(client.drain_output(), backend.drain_output()),
-    )
-    .await;
-    pump.outcome()
+    true
 }

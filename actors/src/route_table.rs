@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler, MessageResult, Recipient};
+use actix::{Actor, Addr, AsyncContext, Context, Handler, MessageResult, Recipient, WeakAddr};
 use arc_swap::ArcSwap;
 use serde::Serialize;
 use tether_config::{
@@ -42,14 +42,14 @@ use tether_config::{
 use crate::balance::Member;
 pub use crate::balance::Pool;
 use crate::messages::{
-    AttachProber, BackendsReport, ConfigChange, ConfigReplaced, DrainReason, DrainSession,
-    EndedSessionInfo, ListenerLimits, LiveSessionInfo, LiveSessions, MemberFailing,
+    AttachProber, BackendsReport, ConfigChange, ConfigReplaced, DrainAll, DrainReason,
+    DrainSession, EndedSessionInfo, ListenerLimits, LiveSessionInfo, LiveSessions, MemberFailing,
     MemberHealthChanged, MembersResolved, ProbeTargets, RecentEndings, SessionEnded, SessionOpened,
     SessionStatsQuery, SessionsReport,
 };
 use crate::prober::Health;
 use crate::resolver::DnsMember;
-use crate::session::SessionId;
+use crate::session::{SessionActor, SessionId};
 
 /// The shared handle through which the route table publishes snapshots and everyone else reads
 /// them.
@@ -277,8 +277,8 @@ struct LiveSession {
     route: Arc<str>,
     backend: SocketAddr,
     opened: Instant,
-    control: Recipient<DrainSession>,
-    stats: Recipient<SessionStatsQuery>,
+    /// The session actor (weak: see [`SessionOpened::session`]).
+    session: WeakAddr<SessionActor>,
     /// Counts the session against its listener's `max_connections`.
     _guard: Option<crate::listener::ConnectionGuard>,
 }
@@ -562,10 +562,12 @@ impl RouteTableActor {
                 target.set_port(port);
             }
             if live.backend == target {
-                live.control.do_send(DrainSession {
-                    reason: DrainReason::BackendUnhealthy,
-                    grace: rule.websocket.drain_grace,
-                });
+                if let Some(session) = live.session.upgrade() {
+                    session.do_send(DrainSession {
+                        reason: DrainReason::BackendUnhealthy,
+                        grace: rule.websocket.drain_grace,
+                    });
+                }
                 drained += 1;
             }
         }
@@ -697,11 +699,26 @@ impl Handler<SessionOpened> for RouteTableActor {
                 route: msg.route,
                 backend: msg.backend,
                 opened: Instant::now(),
-                control: msg.control,
-                stats: msg.stats,
+                session: msg.session,
                 _guard: guard,
             },
         );
+    }
+}
+
+impl Handler<DrainAll> for RouteTableActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: DrainAll, _: &mut Context<Self>) {
+        for live in self.sessions.values() {
+            if let Some(session) = live.session.upgrade() {
+                session.do_send(DrainSession {
+                    reason: msg.reason,
+                    grace: msg.grace,
+                });
+            }
+        }
+        tracing::info!(sessions = self.sessions.len(), reason = ?msg.reason, "draining every session");
     }
 }
 
@@ -782,7 +799,7 @@ impl Handler<SessionsReport> for RouteTableActor {
     type Result = actix::ResponseFuture<Vec<LiveSessionInfo>>;
 
     fn handle(&mut self, msg: SessionsReport, _: &mut Context<Self>) -> Self::Result {
-        let mut list: Vec<(LiveSessionInfo, Recipient<SessionStatsQuery>)> = self
+        let mut list: Vec<(LiveSessionInfo, WeakAddr<SessionActor>)> = self
             .sessions
             .iter()
             .map(|(id, live)| {
@@ -793,7 +810,7 @@ impl Handler<SessionsReport> for RouteTableActor {
                     age_ms: live.opened.elapsed().as_millis() as u64,
                     stats: None,
                 };
-                (info, live.stats.clone())
+                (info, live.session.clone())
             })
             .collect();
         list.sort_by_key(|(s, _)| s.id);
@@ -805,8 +822,11 @@ impl Handler<SessionsReport> for RouteTableActor {
         // Every session is asked at once; the answers are awaited off the actor, so the
         // route table keeps handling messages meanwhile.
         Box::pin(futures_util::future::join_all(list.into_iter().map(
-            |(mut info, stats)| async move {
-                let asked = stats.send(SessionStatsQuery);
+            |(mut info, session)| async move {
+                let Some(session) = session.upgrade() else {
+                    return info; // ended meanwhile
+                };
+                let asked = session.send(SessionStatsQuery);
                 if let Ok(Ok(stats)) = tokio::time::timeout(SESSION_STATS_TIMEOUT, asked).await {
                     info.stats = Some(stats);
                 }
@@ -1010,10 +1030,12 @@ impl Handler<ConfigReplaced> for RouteTableActor {
                 .routing_rules
                 .get(&*live.route)
                 .map_or(config.shutdown_grace, |r| r.websocket.drain_grace);
-            live.control.do_send(DrainSession {
-                reason: DrainReason::RouteRemoved,
-                grace,
-            });
+            if let Some(session) = live.session.upgrade() {
+                session.do_send(DrainSession {
+                    reason: DrainReason::RouteRemoved,
+                    grace,
+                });
+            }
             change.sessions_drained += 1;
         }
         self.publish();

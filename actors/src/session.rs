@@ -18,15 +18,12 @@ use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Recipient, WrapFuture,
 };
 use bytes::Bytes;
-use tokio::sync::Notify;
 use tracing::Span;
 
 use crate::balance::MemberLease;
-use crate::messages::{
-    DrainReason, DrainSession, SessionEnded, SessionOpened, SessionStats, SessionStatsQuery,
-};
+use crate::messages::{DrainSession, SessionEnded, SessionOpened, SessionStats, SessionStatsQuery};
 use crate::metrics::Metrics;
-use crate::pump::{self, Counters, Initiator, Outcome, PumpConfig, PumpControl};
+use crate::pump::{Initiator, Outcome, PumpConfig, Pumping, Shared};
 use crate::route_table::SessionSlot;
 use crate::shutdown::{ShutdownSignal, TrackToken};
 use crate::trace;
@@ -103,14 +100,6 @@ pub struct SessionInfo {
     pub lease: Option<MemberLease>,
 }
 
-/// State the actor shares with its pump (same thread: `Rc` and `Cell`, no lock).
-#[derive(Debug, Default)]
-struct Control {
-    counters: Counters,
-    drain: Cell<Option<(DrainReason, Duration)>>,
-    wake: Notify,
-}
-
 /// Owns one upgraded WebSocket.
 pub struct SessionActor {
     id: SessionId,
@@ -118,7 +107,8 @@ pub struct SessionActor {
     started: Instant,
     streams: Option<SessionStreams>,
     pump: PumpConfig,
-    control: Rc<Control>,
+    /// Counters and drain orders, shared with the pump (same thread).
+    shared: Rc<Shared>,
     env: SessionEnv,
     /// Total bytes at the last [`SessionStatsQuery`] and when they were first seen at that
     /// total: how `idle_ms` is sampled without touching the pump.
@@ -157,14 +147,14 @@ impl SessionActor {
             started: Instant::now(),
             streams: Some(streams),
             pump,
-            control: Rc::new(Control::default()),
+            shared: Rc::new(Shared::default()),
             env,
             last_look: Cell::new((0, Instant::now())),
         }
     }
 
     fn finish(&mut self, outcome: Outcome) {
-        let counters = &self.control.counters;
+        let counters = &self.shared.counters;
         let summary = SessionSummary {
             route: self.info.route.clone(),
             backend: self.info.backend,
@@ -224,25 +214,18 @@ impl Actor for SessionActor {
             id: self.id,
             route: self.info.route.clone(),
             backend: self.info.backend,
-            control: ctx.address().recipient(),
-            stats: ctx.address().recipient(),
+            session: ctx.address().downgrade(),
         });
         let Some(streams) = self.streams.take() else {
             return;
         };
-        let control = self.control.clone();
-        let shutdown = self.env.shutdown.clone();
-        let cfg = self.pump;
-        let grace = self.env.shutdown_grace;
-        let pump = async move {
-            let pump_control = PumpControl {
-                shutdown,
-                wake: &control.wake,
-                drain: &control.drain,
-                shutdown_grace: grace,
-            };
-            pump::run(streams, cfg, &control.counters, pump_control).await
-        };
+        // Shutdown drains every registered session through the route table; one that started
+        // after the signal fired learns it here.
+        if self.env.shutdown.is_fired() {
+            self.shared
+                .drain(self.env.shutdown.reason(), self.env.shutdown_grace);
+        }
+        let pump = Pumping::new(streams, self.pump, self.shared.clone());
         ctx.spawn(pump.into_actor(self).map(|outcome, act, ctx| {
             act.finish(outcome);
             ctx.stop();
@@ -254,8 +237,7 @@ impl Handler<DrainSession> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: DrainSession, _: &mut Context<Self>) {
-        self.control.drain.set(Some((msg.reason, msg.grace)));
-        self.control.wake.notify_one();
+        self.shared.drain(msg.reason, msg.grace);
     }
 }
 
@@ -263,7 +245,7 @@ impl Handler<SessionStatsQuery> for SessionActor {
     type Result = actix::MessageResult<SessionStatsQuery>;
 
     fn handle(&mut self, _: SessionStatsQuery, _: &mut Context<Self>) -> Self::Result {
-        let c = &self.control.counters;
+        let c = &self.shared.counters;
         let total = c.client_bytes.get() + c.backend_bytes.get();
         let now = Instant::now();
         let (seen, since) = self.last_look.get();

@@ -57,6 +57,12 @@ impl Shutdown {
         }
     }
 
+    /// How sessions are drained when it fires ([`DrainReason::Shutdown`], or
+    /// [`DrainReason::Restart`] with `shutdown_close_code = 1012`).
+    pub fn reason(&self) -> DrainReason {
+        self.reason
+    }
+
     /// The tracker that counts live connections and sessions.
     pub fn tracker(&self) -> &Tracker {
         &self.tracker

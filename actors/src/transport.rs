@@ -19,7 +19,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, BufRead, Read, Write};
+use std::task::{Context, Poll};
 
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// One side of a session.
@@ -55,18 +57,58 @@ pub enum ReadEnd {
     Error,
 }
 
+/// One non-blocking read. A short read (fewer bytes than `buf` holds) emptied the socket's
+/// receive queue, so the socket's readiness is cleared right away, as tokio's own `poll_read`
+/// does: the next wait goes to epoll instead of costing a `recv` that would answer `EAGAIN`.
+/// (Readiness that arrived after the read carries a newer tick and is not cleared.)
+fn read_tcp(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let want = buf.len();
+    let mut got = 0;
+    match tcp.try_io(Interest::READABLE, || {
+        let n = (&*socket2::SockRef::from(tcp)).read(buf)?;
+        got = n;
+        if n > 0 && n < want {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    }) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
+    }
+}
+
+/// One non-blocking write. A short write filled the socket's send buffer, so its writability
+/// is cleared at once (the next wait goes to epoll, not to a `send` answering `EAGAIN`).
+fn write_tcp(tcp: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
+    let want = bytes.len();
+    let mut put = 0;
+    match tcp.try_io(Interest::WRITABLE, || {
+        let n = (&*socket2::SockRef::from(tcp)).write(bytes)?;
+        put = n;
+        if n > 0 && n < want {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    }) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && put > 0 => Ok(put),
+        other => other,
+    }
+}
+
 /// `std::io` over a tokio socket's non-blocking calls, for rustls.
 struct NonBlocking<'a>(&'a TcpStream);
 
 impl Read for NonBlocking<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.try_read(buf)
+        read_tcp(self.0, buf)
     }
 }
 
 impl Write for NonBlocking<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.try_write(buf)
+        write_tcp(self.0, buf)
     }
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         self.0.try_write_vectored(bufs)
@@ -140,7 +182,7 @@ impl TlsIo {
                 return end;
             }
         }
-        let n = match self.tcp.try_read(buf) {
+        let n = match read_tcp(&self.tcp, buf) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadEnd::Open,
             Err(_) => return ReadEnd::Error,
@@ -195,24 +237,32 @@ impl SessionIo {
         }
     }
 
-    /// Waits until a read may make progress.
-    pub async fn readable(&self) -> io::Result<()> {
+    /// Ready once a read may make progress. Registers `cx`'s waker in the socket's single read
+    /// slot (not in a list of waiters), which also replaces any waker the HTTP layer left there
+    /// before the upgrade, so that no finished task is kept alive by the session.
+    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            SessionIo::Tls(tls) if tls.buffered.get() => Ok(()),
-            _ => self.tcp().readable().await,
+            SessionIo::Tls(tls) if tls.buffered.get() => Poll::Ready(Ok(())),
+            _ => self.tcp().poll_read_ready(cx),
         }
+    }
+
+    /// Ready once the socket takes bytes (same single-slot registration as
+    /// [`SessionIo::poll_readable`]).
+    pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.tcp().poll_write_ready(cx)
     }
 
     /// Waits until the socket takes bytes.
     pub async fn writable(&self) -> io::Result<()> {
-        self.tcp().writable().await
+        std::future::poll_fn(|cx| self.poll_writable(cx)).await
     }
 
     /// One non-blocking read: every byte it yields goes to `deliver` (possibly in several
     /// chunks), and the result says whether the stream is still open.
     pub fn read(&self, buf: &mut [u8], mut deliver: impl FnMut(&[u8])) -> ReadEnd {
         match self {
-            SessionIo::Plain(tcp) => match tcp.try_read(buf) {
+            SessionIo::Plain(tcp) => match read_tcp(tcp, buf) {
                 Ok(0) => ReadEnd::Eof,
                 Ok(n) => {
                     deliver(&buf[..n]);
@@ -229,7 +279,7 @@ impl SessionIo {
     /// nothing. TLS refuses new bytes while records of earlier ones wait for the socket.
     pub fn try_write(&self, bytes: &[u8]) -> io::Result<usize> {
         match self {
-            SessionIo::Plain(tcp) => tcp.try_write(bytes),
+            SessionIo::Plain(tcp) => write_tcp(tcp, bytes),
             SessionIo::Tls(tls) => tls.try_write(bytes),
         }
     }

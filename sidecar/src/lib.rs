@@ -32,7 +32,9 @@ use actix::{Actor, Addr, Arbiter};
 use tether_actors::listener::ConnectionLimit;
 use tether_actors::listener::{ListenerActor, ListenerInfo};
 use tether_actors::messages::Accepted;
-use tether_actors::messages::{AttachProber, ConfigReplaced, ListenerLimits, StopAccepting};
+use tether_actors::messages::{
+    AttachProber, ConfigReplaced, DrainAll, ListenerLimits, StopAccepting,
+};
 use tether_actors::prober::{ProbePlan, ProberActor};
 use tether_actors::resolver::{self, DnsResolver, ResolverActor};
 use tether_actors::route_table::RouteTableActor;
@@ -383,6 +385,10 @@ pub async fn run_reloadable(
     }
     background.stop_all();
     stop.fire();
+    route_table.do_send(DrainAll {
+        reason: stop.reason(),
+        grace: config.shutdown_grace,
+    });
     let tracker = stop.tracker().clone();
     if tokio::time::timeout(config.shutdown_grace, tracker.wait_idle())
         .await
