@@ -105,8 +105,9 @@ pub struct SessionActor {
     id: SessionId,
     info: SessionInfo,
     started: Instant,
-    streams: Option<SessionStreams>,
-    pump: PumpConfig,
+    /// What the pump starts from, until it starts (boxed: the actor lives as long as the
+    /// session, and these would be dead weight in it).
+    start: Option<Box<(SessionStreams, PumpConfig)>>,
     /// Counters and drain orders, shared with the pump (same thread).
     shared: Rc<Shared>,
     env: SessionEnv,
@@ -145,8 +146,7 @@ impl SessionActor {
             id: SessionId::next(),
             info,
             started: Instant::now(),
-            streams: Some(streams),
-            pump,
+            start: Some(Box::new((streams, pump))),
             shared: Rc::new(Shared::default()),
             env,
             last_look: Cell::new((0, Instant::now())),
@@ -216,16 +216,17 @@ impl Actor for SessionActor {
             backend: self.info.backend,
             session: ctx.address().downgrade(),
         });
-        let Some(streams) = self.streams.take() else {
+        let Some(start) = self.start.take() else {
             return;
         };
+        let (streams, cfg) = *start;
         // Shutdown drains every registered session through the route table; one that started
         // after the signal fired learns it here.
         if self.env.shutdown.is_fired() {
             self.shared
                 .drain(self.env.shutdown.reason(), self.env.shutdown_grace);
         }
-        let pump = Pumping::new(streams, self.pump, self.shared.clone());
+        let pump = Pumping::new(streams, cfg, self.shared.clone());
         ctx.spawn(pump.into_actor(self).map(|outcome, act, ctx| {
             act.finish(outcome);
             ctx.stop();
