@@ -176,6 +176,7 @@ where
     }
 }
 
+/// [`exchange`] without its deadline: write, read the head, and on a refusal read the body.
 async fn exchange_on<Io>(io: &mut Io, request: &[u8]) -> Result<UpgradeAnswer<()>, AnswerError>
 where
     Io: AsyncRead + AsyncWrite + Unpin,
