@@ -1,5 +1,5 @@
-//! The response body type: either the backend's body streamed through, or a short text Tether
-//! wrote itself. An enum rather than a boxed trait object, so relaying a body costs no allocation.
+//! The response body type: either the backend's body streamed through, or a complete body held
+//! in memory (a short text Tether wrote, or a backend's refusal of a WebSocket handshake). An enum rather than a boxed trait object, so relaying a body costs no allocation.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -20,7 +20,8 @@ pub enum ProxyBody {
         /// The connection to return when the body is done.
         release: Option<PooledConnection>,
     },
-    /// A body Tether wrote (an error reason), sent in one frame.
+    /// A complete body held in memory, sent in one frame: a reason Tether wrote, or a backend's
+    /// refusal of a WebSocket handshake read in full. `None` once sent (or when empty).
     Text(Option<Bytes>),
 }
 
@@ -28,6 +29,11 @@ impl ProxyBody {
     /// A complete short body.
     pub fn text(bytes: Bytes) -> ProxyBody {
         ProxyBody::Text(Some(bytes))
+    }
+
+    /// A complete body read in full (empty bytes make an empty body).
+    pub fn full(bytes: Bytes) -> ProxyBody {
+        ProxyBody::Text((!bytes.is_empty()).then_some(bytes))
     }
 
     /// An empty body.

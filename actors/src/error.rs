@@ -13,6 +13,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
 use crate::handshake::HandshakeError;
+use crate::upgrade::AnswerError;
 
 /// Which side a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +88,15 @@ pub enum ProxyError {
         /// hyper's description.
         cause: hyper::Error,
     },
+    /// The backend's answer to a WebSocket handshake could not be relayed: the connection failed
+    /// or closed early, or the answer is malformed or over a limit ([`crate::upgrade`]).
+    #[error("backend {backend} failed the WebSocket handshake: {cause}")]
+    BackendAnswer {
+        /// The member we tried.
+        backend: SocketAddr,
+        /// What went wrong.
+        cause: AnswerError,
+    },
     /// The TLS handshake with an https backend failed (certificate not trusted, wrong name,
     /// protocol error, timeout).
     #[error("TLS to backend {backend} failed: {reason}")]
@@ -135,6 +145,7 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::BackendFailed { .. }
+            | ProxyError::BackendAnswer { .. }
             | ProxyError::TlsFailed { .. }
             | ProxyError::TlsConfig { .. }
             | ProxyError::UnrequestedUpgrade { .. } => StatusCode::BAD_GATEWAY,

@@ -57,5 +57,6 @@ pub mod shutdown;
 pub mod tls;
 pub mod trace;
 pub mod transport;
+pub mod upgrade;
 pub mod upstream;
 pub mod worker;

@@ -6,8 +6,11 @@
 //! 3. Pick a member (none in rotation → 503).
 //! 4. Strip hop-by-hop headers, add `X-Forwarded-*`, forward with `connect_timeout` (→ 502) and
 //!    wait for the head within `request_timeout` (→ 504).
-//! 5. A `101` goes back unchanged and both upgraded sockets go to a new [`SessionActor`] on this
-//!    worker; any other answer is relayed with its body streamed.
+//! 5. A WebSocket handshake goes to the backend over a fresh connection with no HTTP client on
+//!    it ([`crate::upgrade`]). A `101` goes back unchanged; the backend socket and the client's
+//!    upgraded one go to a new [`SessionActor`] on this worker. A refusal is relayed with its
+//!    body read in full (bounded); any other answer to a plain request is relayed with its body
+//!    streamed.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,6 +40,7 @@ use crate::route_table::{Route, SessionSlot};
 use crate::session::{SessionActor, SessionEnv, SessionInfo, SessionStreams};
 use crate::trace::{self, HandshakeOutcome};
 use crate::transport::{SessionIo, TlsIo};
+use crate::upgrade::UpgradeAnswer;
 use crate::upstream::{self, UpstreamBody};
 use crate::worker::WorkerContext;
 
@@ -280,6 +284,7 @@ fn report_failure(lease: &MemberLease, err: &ProxyError) {
         ProxyError::ConnectFailed { .. }
         | ProxyError::ConnectTimeout { .. }
         | ProxyError::BackendFailed { .. }
+        | ProxyError::BackendAnswer { .. }
         | ProxyError::ResponseTimeout { .. }
         | ProxyError::TlsFailed { .. }
         | ProxyError::UnrequestedUpgrade { .. } => lease.member().passive_failure(err),
@@ -413,30 +418,31 @@ async fn forward_websocket(
     prepare_head(&mut parts, conn, &route);
     headers::set_websocket_upgrade(&mut parts.headers);
     trace::inject(span, &mut parts.headers);
-    let upstream_req = Request::from_parts(parts, Either::Right(Empty::<Bytes>::new()));
     let tls = ctx
         .upstream
         .tls_for(&route.settings, backend)
         .inspect_err(|e| report_failure(&lease, e))?;
-    let mut resp = upstream::send_upgrade(
+    let answer = upstream::send_upgrade(
         backend,
         tls.as_ref(),
-        upstream_req,
+        &parts,
         route.settings.connect_timeout,
         route.settings.request_timeout,
     )
     .await
     .inspect_err(|e| report_failure(&lease, e))?;
-    report_answer(&lease, backend, resp.status());
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // The backend refused the upgrade: relay its answer as it is.
-        facts.refused = true;
-        let (mut parts, body) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        return Ok(Response::from_parts(parts, ProxyBody::upstream(body, None)));
-    }
-    let backend_upgrade = hyper::upgrade::on(&mut resp);
-    let (parts, _) = resp.into_parts();
+    report_answer(&lease, backend, answer.status());
+    let (head, backend_io, backend_prefix) = match answer {
+        UpgradeAnswer::Switched { head, io, prefix } => (head, io, prefix),
+        UpgradeAnswer::Refused(resp) => {
+            // The backend refused the upgrade: relay its answer, read in full. Its backend
+            // connection is already closed.
+            facts.refused = true;
+            let (mut parts, body) = resp.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            return Ok(Response::from_parts(parts, ProxyBody::full(body)));
+        }
+    };
     let info = SessionInfo {
         route: route.name.clone(),
         backend,
@@ -448,60 +454,52 @@ async fn forward_websocket(
     let ctx = ctx.clone();
     let handshake_span = span.clone();
     tokio::task::spawn_local(async move {
-        match tokio::try_join!(client_upgrade, backend_upgrade) {
-            Ok((client, backend_io)) => match (into_tcp(client), into_tcp(backend_io)) {
-                (Some((client, client_prefix)), Some((backend_sock, backend_prefix))) => {
-                    let span = trace::session(&handshake_span, &info.route, info.backend);
-                    let env = SessionEnv {
-                        registry: ctx.registry.clone(),
-                        shutdown: ctx.shutdown.clone(),
-                        shutdown_grace: ctx.shutdown_grace,
-                        metrics: ctx.metrics.clone(),
-                        span,
-                        token,
-                        slot,
-                    };
-                    let streams = SessionStreams {
-                        client,
-                        client_prefix,
-                        backend: backend_sock,
-                        backend_prefix,
-                    };
-                    SessionActor::new(info, streams, pump, env).start();
-                }
-                _ => tracing::error!("upgraded connection is not a TCP stream"),
-            },
+        // Only the client side goes through hyper's upgrade; the backend socket is ready.
+        let client = match client_upgrade.await {
+            Ok(client) => client,
             Err(e) => {
-                tracing::debug!(client = %info.client, error = %e, "upgrade did not complete")
+                tracing::debug!(client = %info.client, error = %e, "upgrade did not complete");
+                return;
             }
-        }
+        };
+        let Some((client, client_prefix)) = into_tcp(client) else {
+            tracing::error!("upgraded client connection is not a TCP stream");
+            return;
+        };
+        let span = trace::session(&handshake_span, &info.route, info.backend);
+        let env = SessionEnv {
+            registry: ctx.registry.clone(),
+            shutdown: ctx.shutdown.clone(),
+            shutdown_grace: ctx.shutdown_grace,
+            metrics: ctx.metrics.clone(),
+            span,
+            token,
+            slot,
+        };
+        let streams = SessionStreams {
+            client,
+            client_prefix,
+            backend: backend_io,
+            backend_prefix,
+        };
+        SessionActor::new(info, streams, pump, env).start();
     });
     // The backend's 101 goes back unchanged: accept key, subprotocol and extensions included.
+    let (parts, ()) = head.into_parts();
     Ok(Response::from_parts(parts, ProxyBody::empty()))
 }
 
-/// Recovers the connection under an upgraded one (TCP, or TCP + the rustls state of a TLS
-/// client or backend connection), with the bytes hyper had read past the handshake. hyper's own
-/// read buffer and tokio-rustls' wrapper are dropped here, so they do not live as long as the
-/// session.
+/// Recovers the client's connection under its upgraded one (TCP, or TCP + the rustls state of
+/// an https listener's connection), with the bytes hyper had read past the handshake. hyper's
+/// own read buffer and tokio-rustls' wrapper are dropped here, so they do not live as long as
+/// the session.
 fn into_tcp(upgraded: Upgraded) -> Option<(SessionIo, Bytes)> {
     let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => return Some((SessionIo::Plain(parts.io.into_inner()), parts.read_buf)),
         Err(upgraded) => upgraded,
     };
-    let upgraded = match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>()
-    {
-        Ok(parts) => {
-            let (tcp, conn) = parts.io.into_inner().into_inner();
-            return Some((
-                SessionIo::Tls(Box::new(TlsIo::new(tcp, conn))),
-                parts.read_buf,
-            ));
-        }
-        Err(upgraded) => upgraded,
-    };
     let parts = upgraded
-        .downcast::<TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>()
+        .downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>()
         .ok()?;
     let (tcp, conn) = parts.io.into_inner().into_inner();
     Some((

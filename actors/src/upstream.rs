@@ -2,8 +2,12 @@
 //!
 //! The pool belongs to one worker thread (`Rc`/`RefCell`, no lock): a request checks out an idle
 //! HTTP/1.1 connection to its member or opens a new one, and the connection comes back when the
-//! response body has been read to its end ([`crate::body::ProxyBody`]). WebSocket handshakes
-//! always use a fresh connection, since the upgrade consumes it.
+//! response body has been read to its end ([`crate::body::ProxyBody`]).
+//!
+//! WebSocket handshakes always use a fresh connection, since the upgrade consumes it, and no
+//! hyper client: [`send_upgrade`] connects, writes the request head and reads the answer by hand
+//! ([`crate::upgrade`]), and on a `101` the socket goes to the session as it is, with nothing
+//! (no connection task, no waker) left behind.
 //!
 //! Backends with `protocol = "https"` are reached over TLS ([`UpstreamTls`]): the handshake runs
 //! right after the TCP connect, within the same `connect_timeout`, and a certificate that does
@@ -29,11 +33,14 @@ use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tether_config::{BackendProtocol, BackendSettingsConfig};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::balance::MemberLease;
 use crate::error::ProxyError;
 use crate::tls;
+use crate::transport::{SessionIo, TlsIo};
+use crate::upgrade::{self, UpgradeAnswer};
 
 /// The body of a request to a backend: the client's body streamed through, or empty (then the
 /// request can be re-sent if a pooled connection turns out to be closed).
@@ -189,7 +196,7 @@ impl UpstreamPool {
         loop {
             let (mut sender, pooled) = match self.checkout(key) {
                 Some(sender) => (sender, true),
-                None => (open(backend, tls, connect_timeout, false).await?, false),
+                None => (open(backend, tls, connect_timeout).await?, false),
             };
             if let Err(cause) = sender.ready().await {
                 if pooled {
@@ -229,24 +236,31 @@ impl UpstreamPool {
     }
 }
 
-/// Sends a WebSocket handshake to `backend` over a new connection that allows upgrades, and
-/// waits for the response head within `request_timeout`.
+/// Sends a WebSocket handshake to `backend` over a new connection with no HTTP client on it:
+/// connects (and, for https, completes the TLS handshake) within `connect_timeout`, writes
+/// `head` and reads the answer within `request_timeout` ([`upgrade::exchange`]). On a `101` the
+/// connection comes back ready for the session: plain TCP, or TCP with its rustls state.
 pub async fn send_upgrade(
     backend: SocketAddr,
     tls: Option<&UpstreamTls>,
-    req: Request<UpstreamBody>,
+    head: &http::request::Parts,
     connect_timeout: Duration,
     request_timeout: Duration,
-) -> Result<Response<Incoming>, ProxyError> {
-    let mut sender = open(backend, tls, connect_timeout, true).await?;
-    match tokio::time::timeout(request_timeout, sender.send_request(req)).await {
-        Err(_) => Err(ProxyError::ResponseTimeout {
-            backend,
-            after: request_timeout,
-        }),
-        Ok(Err(cause)) => Err(ProxyError::BackendFailed { backend, cause }),
-        Ok(Ok(resp)) => Ok(resp),
-    }
+) -> Result<UpgradeAnswer<SessionIo>, ProxyError> {
+    let request = upgrade::request_head(head);
+    let deadline = tokio::time::Instant::now() + connect_timeout;
+    let stream = connect(backend, connect_timeout).await?;
+    let Some(tls) = tls else {
+        let answer = upgrade::exchange(stream, &request, backend, request_timeout).await?;
+        return Ok(answer.map_io(SessionIo::Plain));
+    };
+    let stream = connect_tls(backend, tls, stream, deadline, connect_timeout).await?;
+    let answer = upgrade::exchange(stream, &request, backend, request_timeout).await?;
+    Ok(answer.map_io(|stream| {
+        // tokio-rustls' wrapper goes; plaintext rustls already holds is kept for the pump.
+        let (tcp, conn) = stream.into_inner();
+        SessionIo::Tls(Box::new(TlsIo::new(tcp, conn)))
+    }))
 }
 
 /// Connects (and, for https, completes the TLS handshake) within `connect_timeout`, then
@@ -255,37 +269,43 @@ async fn open(
     backend: SocketAddr,
     tls: Option<&UpstreamTls>,
     connect_timeout: Duration,
-    upgrades: bool,
 ) -> Result<Sender, ProxyError> {
     let deadline = tokio::time::Instant::now() + connect_timeout;
     let stream = connect(backend, connect_timeout).await?;
     let Some(tls) = tls else {
-        return handshake(backend, TokioIo::new(stream), upgrades).await;
+        return handshake(backend, TokioIo::new(stream)).await;
     };
+    let stream = connect_tls(backend, tls, stream, deadline, connect_timeout).await?;
+    handshake(backend, TokioIo::new(stream)).await
+}
+
+/// The TLS handshake with an https backend over `stream`, done by `deadline` (the end of the
+/// `connect_timeout` that started with the TCP connect).
+async fn connect_tls(
+    backend: SocketAddr,
+    tls: &UpstreamTls,
+    stream: TcpStream,
+    deadline: tokio::time::Instant,
+    connect_timeout: Duration,
+) -> Result<TlsStream<TcpStream>, ProxyError> {
     let connector = TlsConnector::from(tls.config.clone());
-    let stream =
-        match tokio::time::timeout_at(deadline, connector.connect(tls.server_name.clone(), stream))
-            .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => {
-                return Err(ProxyError::TlsFailed {
-                    backend,
-                    reason: tls::describe_io_error(&e),
-                })
-            }
-            Err(_) => {
-                return Err(ProxyError::TlsFailed {
-                    backend,
-                    reason: format!("TLS handshake not done within {connect_timeout:?}"),
-                })
-            }
-        };
-    handshake(backend, TokioIo::new(stream), upgrades).await
+    match tokio::time::timeout_at(deadline, connector.connect(tls.server_name.clone(), stream))
+        .await
+    {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(ProxyError::TlsFailed {
+            backend,
+            reason: tls::describe_io_error(&e),
+        }),
+        Err(_) => Err(ProxyError::TlsFailed {
+            backend,
+            reason: format!("TLS handshake not done within {connect_timeout:?}"),
+        }),
+    }
 }
 
 /// The HTTP/1.1 client handshake over `io`; the connection task runs on this worker.
-async fn handshake<I>(backend: SocketAddr, io: I, upgrades: bool) -> Result<Sender, ProxyError>
+async fn handshake<I>(backend: SocketAddr, io: I) -> Result<Sender, ProxyError>
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
@@ -293,19 +313,11 @@ where
         .handshake(io)
         .await
         .map_err(|cause| ProxyError::BackendFailed { backend, cause })?;
-    if upgrades {
-        tokio::task::spawn_local(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(%backend, error = %e, "backend connection ended with an error");
-            }
-        });
-    } else {
-        tokio::task::spawn_local(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%backend, error = %e, "backend connection ended with an error");
-            }
-        });
-    }
+    tokio::task::spawn_local(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(%backend, error = %e, "backend connection ended with an error");
+        }
+    });
     Ok(sender)
 }
 

@@ -345,6 +345,77 @@ async fn backend_down_gives_502_for_upgrades() {
     within("stop", sidecar.stop()).await.unwrap();
 }
 
+/// A backend that refuses the upgrade is relayed as it answered: status, end-to-end headers and
+/// body (decoded from chunked or read to the close, re-framed with Content-Length), hop-by-hop
+/// headers removed. An answer that is not HTTP becomes 502.
+#[tokio::test]
+async fn refused_upgrades_are_relayed_with_their_body() {
+    let cases: Vec<(&'static [u8], u16, &'static [u8])> = vec![
+        (
+            b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer\r\nKeep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\n\r\n6;ext=1\r\nlog in\r\n7\r\n, first\r\n0\r\nX-Trailer: t\r\n\r\n",
+            401,
+            b"log in, first",
+        ),
+        (
+            b"HTTP/1.1 403 Forbidden\r\nX-Reason: closed\r\n\r\ngo away",
+            403,
+            b"go away",
+        ),
+        (
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope",
+            404,
+            b"nope",
+        ),
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", 502, b"WebSocket handshake"),
+    ];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = listener.local_addr().unwrap();
+    let answers: Vec<&'static [u8]> = cases.iter().map(|c| c.0).collect();
+    let backend = tokio::spawn(async move {
+        for answer in answers {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                conn.read_exact(&mut byte).await.unwrap();
+                head.push(byte[0]);
+            }
+            conn.write_all(answer).await.unwrap();
+            conn.shutdown().await.unwrap();
+        }
+    });
+    let sidecar = start(&config_toml(backend_addr, "", ""));
+    for (answer, status, body) in cases {
+        let mut stream = TcpStream::connect(sidecar.addr("public")).await.unwrap();
+        stream.write_all(&raw::handshake("/ws", "")).await.unwrap();
+        let resp = within("refusal", raw::read_head(&mut stream)).await;
+        let what = String::from_utf8_lossy(answer);
+        assert_eq!(resp.status, status, "for {what:?}");
+        assert_eq!(resp.header("transfer-encoding"), None, "for {what:?}");
+        assert_eq!(resp.header("keep-alive"), None, "for {what:?}");
+        let len: usize = resp.header("content-length").unwrap().parse().unwrap();
+        let mut got = vec![0u8; len];
+        within("body", stream.read_exact(&mut got)).await.unwrap();
+        if status == 502 {
+            let text = String::from_utf8_lossy(&got);
+            let reason = String::from_utf8_lossy(body);
+            assert!(
+                text.contains(&*reason),
+                "{text:?} should mention {reason:?}"
+            );
+            continue;
+        }
+        assert_eq!(got, body, "for {what:?}");
+        match status {
+            401 => assert_eq!(resp.header("www-authenticate"), Some("Bearer")),
+            403 => assert_eq!(resp.header("x-reason"), Some("closed")),
+            _ => {}
+        }
+    }
+    within("backend", backend).await.unwrap();
+    within("stop", sidecar.stop()).await.unwrap();
+}
+
 /// Many sessions at once on two workers, each echoing its own bytes: one session never sees
 /// another's traffic.
 #[tokio::test]
