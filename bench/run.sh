@@ -172,7 +172,7 @@ start_tether() {
 # Waits until the proxy NAME answers through its port, then notes the pids to measure.
 measure_pids() {
     local name=$1
-    load wait --url "http://127.0.0.1:${PORT[$name]}/" --timeout 15s
+    load wait --url "http://127.0.0.1:${PORT[$name]}/" --timeout 15s || return 1
     # nginx does the work in its worker; count the master and every child.
     local args=(--pid "${PID[$name]}") child
     for child in $(pgrep -P "${PID[$name]}" || true); do args+=(--pid "$child"); done
@@ -232,9 +232,9 @@ for p in $PROXIES; do stop_proxy "$p"; done
 # A step that fails is reported and skipped: its rows are missing, the rest of the table stays.
 if [ "$SCALE" = 1 ]; then
     say "scale step: a fresh Tether (core $PROXY_CORE, shutdown_grace $SCALE_GRACE) holds $SCALE_SESSIONS idle sessions, then SIGTERM"
-    start_tether tether "$PROXY_CORE" TETHER_SHUTDOWN_GRACE="$SCALE_GRACE"
-    if ! run drain tether 1 --sessions "$SCALE_SESSIONS" --grace "$SCALE_GRACE"; then
-        echo "bench: the scale step failed; its rows are missing" >&2
+    if ! { start_tether tether "$PROXY_CORE" TETHER_SHUTDOWN_GRACE="$SCALE_GRACE" &&
+        run drain tether 1 --sessions "$SCALE_SESSIONS" --grace "$SCALE_GRACE"; }; then
+        echo "bench: the scale step failed; its rows are missing (log: $RUN/tether.log)" >&2
     fi
     stop_proxy tether # it has exited by itself; this collects it (or stops it if it has not)
 fi
@@ -242,9 +242,14 @@ fi
 # --- 7. Workers step: echo through workers = 1 and workers = 2, on every core ------------------
 if [ "$WORKERS2" = 1 ]; then
     say "workers step: echo 64 B through Tether with workers = 1 and = 2 (cores $ALL_CORES, load tool unpinned), $ROUNDS rounds"
-    start_tether tether-w1 "$ALL_CORES" TETHER_WORKERS=1
-    start_tether tether-w2 "$ALL_CORES" TETHER_WORKERS=2
-    for round in $(seq 1 "$ROUNDS"); do
+    if ! { start_tether tether-w1 "$ALL_CORES" TETHER_WORKERS=1 &&
+        start_tether tether-w2 "$ALL_CORES" TETHER_WORKERS=2; }; then
+        echo "bench: a Tether of the workers step did not start (logs: $RUN/tether-w*.log)" >&2
+        rounds_w=0
+    else
+        rounds_w=$ROUNDS
+    fi
+    for round in $(seq 1 "$rounds_w"); do
         for w in 1 2; do
             read -ra measured <<<"${MEASURED[tether-w$w]}"
             # Unpinned: with two workers the proxy may use every core, and so may the load tool.
