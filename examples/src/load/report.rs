@@ -644,6 +644,14 @@ pub fn warnings(records: &[Record]) -> Vec<String> {
                     get("closed_before_signal")
                 ));
             }
+            if let Some(closed) = r.metrics.get("tcp_closed") {
+                if *closed < get("drained") {
+                    problems.push(format!(
+                        "{} sessions still connected after their close frame",
+                        get("drained") - closed
+                    ));
+                }
+            }
             if r.metrics.get("exited") == Some(&0.0) {
                 problems.push("the proxy did not exit".into());
             }
@@ -931,6 +939,7 @@ mod tests {
                 ("kib_per_session", 2.5),
                 ("drained", 9899.0),
                 ("drained_within_grace", 9899.0),
+                ("tcp_closed", 9898.0),
                 ("close_1001", 9899.0),
                 ("close_1012", 0.0),
                 ("close_other", 0.0),
@@ -972,7 +981,8 @@ mod tests {
         // Codes that did not occur get no row; the problems are listed.
         assert!(!text.contains("code 1012"));
         assert!(text.contains(
-            "- Tether drain round 1: 1 sessions without a close frame (1 cut, 0 still open)"
+            "- Tether drain round 1: 1 sessions without a close frame (1 cut, 0 still open), \
+             1 sessions still connected after their close frame"
         ));
 
         // Per-round ratios: (120 + r) ÷ (100 + r), median at r = 2.

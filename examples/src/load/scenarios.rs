@@ -679,8 +679,8 @@ pub struct DrainParams {
     /// Upgrades in flight while opening.
     pub concurrency: usize,
     /// The proxy's shutdown grace period (Tether's `shutdown_grace`): the time every session has
-    /// to get its close frame. Sessions wait [`DRAIN_MARGIN`] longer, the exit
-    /// [`EXIT_MARGIN`] longer, so that a late close or exit is measured, not cut off.
+    /// to get its close frame. Sessions wait 5 s longer, the exit 10 s longer, so that a late
+    /// close or exit is measured, not cut off.
     pub grace: Duration,
 }
 
@@ -1128,6 +1128,75 @@ mod tests {
         let none = tally_drain(&[], signal, Duration::from_secs(2));
         assert_eq!(none["drained"], 0.0);
         assert!(!none.contains_key("drain_seconds"));
+    }
+
+    /// The drain end to end: a child process (`sleep`) stands for the proxy's pid, and a
+    /// WebSocket server in this test sends every session a close 1001 once that child has ended
+    /// on the SIGTERM the scenario sends it.
+    #[tokio::test]
+    async fn drain_counts_close_frames_after_sigterm() {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+        let mut child = tokio::process::Command::new("sleep")
+            .arg("30")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+            let _ = stopped_tx.send(true);
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let mut stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                    let _ = stopped.wait_for(|stopped| *stopped).await;
+                    let close = CloseFrame {
+                        code: CloseCode::Away,
+                        reason: "".into(),
+                    };
+                    ws.close(Some(close)).await.unwrap();
+                    // The client's close reply ends the stream; dropping `ws` closes the socket.
+                    while let Some(Ok(_)) = ws.next().await {}
+                });
+            }
+        });
+
+        let upgrader = Upgrader::new(Target::parse(&format!("ws://{addr}/ws")).unwrap());
+        let params = DrainParams {
+            sessions: 20,
+            concurrency: 8,
+            grace: Duration::from_secs(2),
+        };
+        let m = drain(&upgrader, &Watched::new(vec![pid]), &params)
+            .await
+            .unwrap();
+        for (name, value) in [
+            ("opened", 20.0),
+            ("drained", 20.0),
+            ("close_1001", 20.0),
+            ("drained_within_grace", 20.0),
+            ("tcp_closed", 20.0),
+            ("no_close", 0.0),
+            ("exited", 1.0),
+            ("errors", 0.0),
+        ] {
+            assert_eq!(m[name], value, "{name}: {m:?}");
+        }
+        assert!(m["drain_seconds"] < 2.0, "{m:?}");
+        assert!(m["exit_seconds"] < 2.0, "{m:?}");
+
+        // The child is gone now: a second drain refuses to start.
+        assert!(drain(&upgrader, &Watched::new(vec![pid]), &params)
+            .await
+            .is_err());
     }
 
     #[test]
