@@ -6,8 +6,11 @@
 # From a fresh clone: installs nginx, HAProxy and wrk from Debian packages if they are missing,
 # builds release binaries, starts the fast echo backend and the three proxies (one worker each,
 # all pinned to the same core), runs every scenario interleaved (nginx, HAProxy, Tether, nginx,
-# HAProxy, Tether, ...) for several rounds, and prints a markdown table of medians with the
-# targets. Results: bench/out/results-<date>.{md,json}; raw records and logs: bench/out/run-<date>/.
+# HAProxy, Tether, ...) for several rounds, then two Tether-only steps: the scale check (a fresh
+# Tether holds as many idle sessions as the open-file limit allows, then drains them on SIGTERM)
+# and the workers step (echo with `workers = 1` and `workers = 2`, unpinned). It prints a markdown
+# table of medians with the targets. Results: bench/out/results-<date>.{md,json}; raw records and
+# logs: bench/out/run-<date>/.
 #
 # Knobs (environment variables, defaults in brackets):
 #   ROUNDS [3]             rounds; every figure is the median over rounds
@@ -15,11 +18,17 @@
 #   LATENCY_DURATION [4s]  measured time of latency runs
 #   WARMUP [500ms]         unmeasured run-in before each echo, latency and handshake run
 #   RATE [5000]            total messages/s of the latency scenario
-#   IDLE_SESSIONS [max]    idle sessions held; max = as many as the open-file limit allows
+#   IDLE_SESSIONS [max]    idle sessions held in the rounds; max = as many as the open-file limit
+#                          allows ((ulimit -n - 200) / 2: the proxy holds two descriptors each)
+#   SCALE [1]              0 skips the scale step (drain scenario against a fresh Tether)
+#   SCALE_SESSIONS [max]   idle sessions of the scale step; max as for IDLE_SESSIONS
+#   SCALE_GRACE [30s]      Tether's shutdown_grace in the scale step (TETHER_SHUTDOWN_GRACE)
+#   WORKERS2 [1]           0 skips the workers step (echo 64 B, workers = 1 against workers = 2)
 #   PROXIES ["nginx haproxy tether"]
 #   PROXY_CORE [1]         the core every proxy is pinned to
 #   LOAD_CORE [0]          the core of the load tool and the echo backend
-#   BASE_PORT [18180]      backend on BASE_PORT, nginx +1, HAProxy +2, Tether +3 (127.0.0.1)
+#   BASE_PORT [18180]      backend on BASE_PORT, nginx +1, HAProxy +2, Tether +3 (admin +4);
+#                          workers step: workers = 1 on +5 (admin +6), workers = 2 on +7 (+8)
 #   CARGO_TARGET_DIR       where cargo builds (default: target/)
 #
 # Every process this script starts is stopped by its pid when it exits. Nothing but 127.0.0.1
@@ -37,6 +46,10 @@ LATENCY_DURATION=${LATENCY_DURATION:-4s}
 WARMUP=${WARMUP:-500ms}
 RATE=${RATE:-5000}
 IDLE_SESSIONS=${IDLE_SESSIONS:-max}
+SCALE=${SCALE:-1}
+SCALE_SESSIONS=${SCALE_SESSIONS:-max}
+SCALE_GRACE=${SCALE_GRACE:-30s}
+WORKERS2=${WORKERS2:-1}
 PROXIES=${PROXIES:-"nginx haproxy tether"}
 PROXY_CORE=${PROXY_CORE:-1}
 LOAD_CORE=${LOAD_CORE:-0}
@@ -46,7 +59,11 @@ BIN=$TARGET_DIR/release
 export PATH=$PATH:/usr/sbin:/sbin
 
 BACKEND_PORT=$BASE_PORT
-declare -A PORT=([nginx]=$((BASE_PORT + 1)) [haproxy]=$((BASE_PORT + 2)) [tether]=$((BASE_PORT + 3)))
+declare -A PORT=([nginx]=$((BASE_PORT + 1)) [haproxy]=$((BASE_PORT + 2)) [tether]=$((BASE_PORT + 3))
+    [tether-w1]=$((BASE_PORT + 5)) [tether-w2]=$((BASE_PORT + 7)))
+# Tether's admin endpoint (default 127.0.0.1:9901) moves next to its listener, so that two
+# Tethers, or another engineer's, never fight over it.
+declare -A ADMIN_PORT=([tether]=$((BASE_PORT + 4)) [tether-w1]=$((BASE_PORT + 6)) [tether-w2]=$((BASE_PORT + 8)))
 
 STAMP=$(date -u +%Y-%m-%d-%H%M%S)
 OUT=$ROOT/bench/out
@@ -84,10 +101,11 @@ cargo build --release -p tether --bin tether -p tether-examples --bin load --bin
 
 # --- 3. Configuration --------------------------------------------------------------------------
 NOFILE=$(ulimit -n)
-if [ "$IDLE_SESSIONS" = max ]; then
-    # Each proxied session costs the proxy two descriptors; keep some for listeners and logs.
-    IDLE_SESSIONS=$(((NOFILE - 200) / 2))
-fi
+# Each proxied session costs the proxy two descriptors; keep some for listeners and logs.
+MAX_SESSIONS=$(((NOFILE - 200) / 2))
+[ "$IDLE_SESSIONS" = max ] && IDLE_SESSIONS=$MAX_SESSIONS
+[ "$SCALE_SESSIONS" = max ] && SCALE_SESSIONS=$MAX_SESSIONS
+ALL_CORES=0-$(($(nproc) - 1))
 mkdir -p "$RUN/nginx-tmp"
 sed -e "s|@RUN_DIR@|$RUN|g" -e "s|@PORT@|${PORT[nginx]}|g" -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" \
     -e "s|@NOFILE@|$NOFILE|g" -e "s|@MAX_CONNS@|$((NOFILE + NOFILE / 15 + 100))|g" bench/nginx.conf >"$RUN/nginx.conf"
@@ -96,7 +114,7 @@ sed -e "s|@PORT@|${PORT[haproxy]}|g" -e "s|@BACKEND_PORT@|$BACKEND_PORT|g" \
 
 load() { taskset -c "$LOAD_CORE" "$BIN/load" "$@"; }
 
-for port in "$BACKEND_PORT" "${PORT[@]}"; do
+for port in "$BACKEND_PORT" "${PORT[@]}" "${ADMIN_PORT[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
         echo "bench: port $port on 127.0.0.1 is already in use; set BASE_PORT" >&2
         exit 1
@@ -131,15 +149,30 @@ start_proxy() {
         haproxy)
             taskset -c "$PROXY_CORE" haproxy -db -f "$RUN/haproxy.cfg" >>"$RUN/haproxy.log" 2>&1 &
             ;;
-        tether)
-            TETHER_LISTENERS__BENCH__BIND=127.0.0.1:${PORT[tether]} \
-                TETHER_BACKEND_POOLS__ECHO__MEMBERS=127.0.0.1:$BACKEND_PORT \
-                taskset -c "$PROXY_CORE" "$BIN/tether" --config bench/tether.toml >>"$RUN/tether.log" 2>&1 &
-            ;;
+        tether) start_tether tether "$PROXY_CORE"; return ;;
         *) echo "bench: unknown proxy $name" >&2; exit 1 ;;
     esac
     PID[$name]=$!
-    load wait --url "http://127.0.0.1:${PORT[$name]}/" --timeout 15s
+    measure_pids "$name"
+}
+
+# start_tether NAME CORES [VAR=VALUE...]: Tether on PORT[NAME] (admin on ADMIN_PORT[NAME]),
+# pinned to CORES, with extra configuration from TETHER_* variables.
+start_tether() {
+    local name=$1 cores=$2
+    shift 2
+    env TETHER_LISTENERS__BENCH__BIND="127.0.0.1:${PORT[$name]}" \
+        TETHER_ADMIN__BIND="127.0.0.1:${ADMIN_PORT[$name]}" \
+        TETHER_BACKEND_POOLS__ECHO__MEMBERS="127.0.0.1:$BACKEND_PORT" "$@" \
+        taskset -c "$cores" "$BIN/tether" --config bench/tether.toml >>"$RUN/$name.log" 2>&1 &
+    PID[$name]=$!
+    measure_pids "$name"
+}
+
+# Waits until the proxy NAME answers through its port, then notes the pids to measure.
+measure_pids() {
+    local name=$1
+    load wait --url "http://127.0.0.1:${PORT[$name]}/" --timeout 15s || return 1
     # nginx does the work in its worker; count the master and every child.
     local args=(--pid "${PID[$name]}") child
     for child in $(pgrep -P "${PID[$name]}" || true); do args+=(--pid "$child"); done
@@ -195,7 +228,43 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 for p in $PROXIES; do stop_proxy "$p"; done
 
-# --- 6. Report ---------------------------------------------------------------------------------
+# --- 6. Scale step: hold the most sessions the descriptors allow, then drain on SIGTERM --------
+# A step that fails is reported and skipped: its rows are missing, the rest of the table stays.
+if [ "$SCALE" = 1 ]; then
+    say "scale step: a fresh Tether (core $PROXY_CORE, shutdown_grace $SCALE_GRACE) holds $SCALE_SESSIONS idle sessions, then SIGTERM"
+    if ! { start_tether tether "$PROXY_CORE" TETHER_SHUTDOWN_GRACE="$SCALE_GRACE" &&
+        run drain tether 1 --sessions "$SCALE_SESSIONS" --grace "$SCALE_GRACE"; }; then
+        echo "bench: the scale step failed; its rows are missing (log: $RUN/tether.log)" >&2
+    fi
+    stop_proxy tether # it has exited by itself; this collects it (or stops it if it has not)
+fi
+
+# --- 7. Workers step: echo through workers = 1 and workers = 2, on every core ------------------
+if [ "$WORKERS2" = 1 ]; then
+    say "workers step: echo 64 B through Tether with workers = 1 and = 2 (cores $ALL_CORES, load tool unpinned), $ROUNDS rounds"
+    if ! { start_tether tether-w1 "$ALL_CORES" TETHER_WORKERS=1 &&
+        start_tether tether-w2 "$ALL_CORES" TETHER_WORKERS=2; }; then
+        echo "bench: a Tether of the workers step did not start (logs: $RUN/tether-w*.log)" >&2
+        rounds_w=0
+    else
+        rounds_w=$ROUNDS
+    fi
+    for round in $(seq 1 "$rounds_w"); do
+        for w in 1 2; do
+            read -ra measured <<<"${MEASURED[tether-w$w]}"
+            # Unpinned: with two workers the proxy may use every core, and so may the load tool.
+            if ! "$BIN/load" echo --url "ws://127.0.0.1:${PORT[tether-w$w]}/ws" --label tether \
+                --id "workers${w}_echo_64B" --round "$round" --out "$RAW" "${measured[@]}" \
+                --size 64 --connections 64 --window 16 --warmup "$WARMUP" --duration "$DURATION"; then
+                echo "bench: the workers = $w run of round $round failed" >&2
+            fi
+        done
+    done
+    stop_proxy tether-w1
+    stop_proxy tether-w2
+fi
+
+# --- 8. Report ---------------------------------------------------------------------------------
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 elapsed=$(($(date +%s) - started_at))
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
@@ -206,12 +275,25 @@ cpu_model=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
 hypervisor=$(lscpu | sed -n 's/^Hypervisor vendor: *//p' | head -1)
 mem_gib=$(awk '/MemTotal/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)
 knobs=""
-for v in ROUNDS DURATION LATENCY_DURATION WARMUP RATE IDLE_SESSIONS PROXIES PROXY_CORE LOAD_CORE BASE_PORT; do
+for v in ROUNDS DURATION LATENCY_DURATION WARMUP RATE IDLE_SESSIONS SCALE SCALE_SESSIONS SCALE_GRACE \
+    WORKERS2 PROXIES PROXY_CORE LOAD_CORE BASE_PORT; do
     if printenv "$v" >/dev/null; then knobs+="$v=$(printenv "$v") "; fi
 done
 first_line() { "$@" 2>&1 | head -1 || true; } # `wrk -v` exits 1; pipefail must not end the run
 versions="$(first_line nginx -v | sed 's|.*/|nginx |'), HAProxy $(first_line haproxy -v | awk '{print $3}'),"
 versions+=" $(first_line wrk -v | awk '{print $1, $2}'), $(first_line rustc --version | awk '{print $1, $2}')"
+
+steps=()
+if [ "$SCALE" = 1 ]; then
+    steps+=(--meta "scale step=Tether only, after the rounds: a fresh Tether (workers = 1, core $PROXY_CORE, shutdown_grace $SCALE_GRACE) holds $SCALE_SESSIONS idle sessions (open-file limit $NOFILE), then gets SIGTERM; one run")
+fi
+if [ "$WORKERS2" = 1 ]; then
+    note="proxy on cores $ALL_CORES, load tool unpinned, fast_echo backend on core $LOAD_CORE"
+    if [ "$(nproc)" -lt 4 ]; then
+        note+="; with $(nproc) cores the load generator and backend share the proxy's cores, so the workers = 2 ÷ workers = 1 ratio is bounded by them, not by Tether"
+    fi
+    steps+=(--meta "workers step=Tether only: echo 64 B, 64 connections, window 16, workers = 1 and workers = 2 interleaved, $ROUNDS rounds; $note")
+fi
 
 say "report"
 load report --raw "$RAW" --md "$OUT/results-$STAMP.md" --json "$OUT/results-$STAMP.json" \
@@ -219,6 +301,7 @@ load report --raw "$RAW" --md "$OUT/results-$STAMP.md" --json "$OUT/results-$STA
     --meta "machine=$(nproc) CPUs (${cpu_model:-unknown}${hypervisor:+, $hypervisor guest}), ${mem_gib} GiB, Linux $(uname -r)" \
     --meta "command=\`${knobs}bash bench/run.sh\` at $commit" \
     --meta "setup=proxies pinned to core $PROXY_CORE, one worker each; load tool, wrk and fast_echo backend on core $LOAD_CORE; $ROUNDS rounds interleaved, median shown; idle: $IDLE_SESSIONS sessions" \
+    "${steps[@]}" \
     --meta "versions=$versions" \
     --meta "load average (1/5/15 min)=$load_before before, $load_after after" \
     --meta "took=${elapsed} s"

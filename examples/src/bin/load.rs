@@ -7,6 +7,7 @@
 //! load latency   --url ws://127.0.0.1:18183/ws [--rate 5000] [--connections 64]
 //! load handshake --url ws://127.0.0.1:18183/ws --pid PID [--workers 32]
 //! load idle      --url ws://127.0.0.1:18183/ws --pid PID [--sessions 1000]
+//! load drain     --url ws://127.0.0.1:18183/ws --pid PID [--sessions 1000] [--grace 30s]
 //! load http      --url http://127.0.0.1:18183/ --pid PID [--connections 64]
 //! load wait      --url http://127.0.0.1:18183/ [--timeout 10s]
 //! load report    --raw FILE [--md FILE] [--json FILE] [--meta KEY=VALUE]...
@@ -17,9 +18,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use tether_examples::load::client::{wait_ready, Target, Upgrader};
-use tether_examples::load::procstat::Watched;
+use tether_examples::load::procstat::{machine_cores, Watched};
 use tether_examples::load::scenarios::{
-    self, EchoParams, HandshakeParams, HttpParams, IdleParams, LatencyParams, Metrics,
+    self, DrainParams, EchoParams, HandshakeParams, HttpParams, IdleParams, LatencyParams, Metrics,
 };
 use tether_examples::load::{parse_duration, report, BoxError, Record};
 
@@ -35,6 +36,9 @@ scenarios (each appends one JSON line to --out, or prints it):
              connect + upgrade + one echo + close: handshakes/s and CPU µs per handshake
   idle       --url WS [--sessions 1000] [--concurrency 64]
              proxy RSS growth per idle session, then one echo on every session
+  drain      --url WS --pid PID [--sessions 1000] [--concurrency 64] [--grace 30s]
+             hold N idle sessions, SIGTERM the first --pid: close frames and their codes,
+             time to the last close frame and to the proxy's exit, RSS growth per session
   http       --url HTTP [--connections 64] [--threads 1] [--duration 3s]
              wrk with keep-alive: requests/s and CPU µs per request
   wait       --url HTTP [--timeout 10s]
@@ -47,6 +51,8 @@ common options:
   --label NAME   what is measured: direct, nginx, haproxy, tether (default: target)
   --round N      round number (default 1)
   --out FILE     append the JSON record to FILE instead of printing it
+  --id NAME      record the run under this scenario id instead of the default one
+                 (e.g. workers2_echo_64B for the echo run of the workers = 2 step)
 
 URLs must be ws:// or http:// with an IPv4 address in 127.0.0.0/8 and a port.";
 
@@ -121,7 +127,10 @@ impl Options {
     }
 }
 
-const COMMON: &[&str] = &["url", "pid", "label", "round", "out"];
+/// `--grace` of the drain scenario when not given: Tether's default `shutdown_grace`.
+const DEFAULT_GRACE: &str = "30s";
+
+const COMMON: &[&str] = &["url", "pid", "label", "round", "out", "id"];
 
 fn allowed(scenario: &str) -> Option<Vec<&'static str>> {
     let own: &[&str] = match scenario {
@@ -129,6 +138,7 @@ fn allowed(scenario: &str) -> Option<Vec<&'static str>> {
         "latency" => &["rate", "connections", "size", "warmup", "duration"],
         "handshake" => &["workers", "size", "warmup", "duration"],
         "idle" => &["sessions", "concurrency"],
+        "drain" => &["sessions", "concurrency", "grace"],
         "http" => &["connections", "threads", "duration"],
         "wait" => return Some(vec!["url", "timeout"]),
         "report" => return Some(vec!["raw", "md", "json", "meta"]),
@@ -210,6 +220,22 @@ async fn measure(
                 scenarios::idle(&upgrader, &watched, &p).await?,
             )
         }
+        "drain" => {
+            let p = DrainParams {
+                sessions: opts.number("sessions", 1000)?,
+                concurrency: opts.number("concurrency", 64)?,
+                grace: opts.duration("grace", DEFAULT_GRACE)?,
+            };
+            let params = serde_json::json!({
+                "sessions": p.sessions, "concurrency": p.concurrency,
+                "grace_s": p.grace.as_secs_f64(),
+            });
+            (
+                "drain".into(),
+                params,
+                scenarios::drain(&upgrader, &watched, &p).await?,
+            )
+        }
         "http" => {
             let p = HttpParams {
                 connections: opts.number("connections", 64)?,
@@ -244,6 +270,11 @@ fn summary(record: &Record) -> String {
         "alive",
         "kib_per_session",
         "kib_per_session_after_echo",
+        "drained",
+        "close_1001",
+        "no_close",
+        "drain_seconds",
+        "exit_seconds",
         "reqs_per_s",
         "cpu_us_per_req",
         "proxy_cpu_share",
@@ -274,12 +305,22 @@ async fn run(scenario: &str, opts: Options) -> Result<(), BoxError> {
     // Every scenario ends by itself; this bounds a run even if a proxy stops answering.
     let limit = Duration::from_secs(120)
         + opts.duration("duration", "5s")?
-        + opts.duration("warmup", "500ms")?;
-    let (id, params, metrics) = tokio::time::timeout(limit, measure(scenario, &opts))
+        + opts.duration("warmup", "500ms")?
+        + if scenario == "drain" {
+            opts.duration("grace", DEFAULT_GRACE)?
+        } else {
+            Duration::ZERO
+        };
+    let (id, mut params, metrics) = tokio::time::timeout(limit, measure(scenario, &opts))
         .await
         .map_err(|_| format!("{scenario} did not finish within {limit:?}"))??;
+    // The machine's cores: the report says when a scaling figure is bounded by them.
+    let cores = machine_cores();
+    if let Some(map) = params.as_object_mut() {
+        map.insert("cores".into(), cores.into());
+    }
     let record = Record {
-        scenario: id,
+        scenario: opts.last("id").map_or(id, str::to_owned),
         label: opts.last("label").unwrap_or("target").to_owned(),
         round: opts.number("round", 1)?,
         pids: opts.watched()?.pids().to_vec(),

@@ -215,6 +215,60 @@ impl FrameScanner {
     }
 }
 
+/// The largest frame [`CloseFinder`] buffers whole; anything bigger is a protocol surprise on an
+/// idle session and ends the wait with an error.
+pub const MAX_BUFFERED_FRAME: u64 = 1 << 20;
+
+/// The status code the RFC reserves for "a close frame without a code" (RFC 6455 §7.1.5).
+pub const NO_STATUS_CODE: u16 = 1005;
+
+/// Finds the first close frame in a byte stream and reads its status code: the client side of
+/// the drain scenario, where each session waits for the proxy's close frame at shutdown. Frames
+/// before it (data, pings) are skipped. Unlike [`FrameScanner`] it needs the payload, so it
+/// buffers one frame at a time (at most [`MAX_BUFFERED_FRAME`] bytes).
+#[derive(Debug, Default)]
+pub struct CloseFinder {
+    buf: Vec<u8>,
+}
+
+impl CloseFinder {
+    /// A finder at a frame boundary.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds the next bytes of the stream. Returns `Ok(Some(code))` once a whole close frame has
+    /// arrived: its status code, or [`NO_STATUS_CODE`] when it carries none. Bytes after the
+    /// close frame are ignored.
+    pub fn feed(&mut self, data: &[u8]) -> Result<Option<u16>, FrameError> {
+        self.buf.extend_from_slice(data);
+        loop {
+            let Some(header) = parse_header(&self.buf)? else {
+                return Ok(None);
+            };
+            if header.payload_len > MAX_BUFFERED_FRAME {
+                return Err(FrameError("frame too large while waiting for a close"));
+            }
+            // Within MAX_BUFFERED_FRAME, so it fits in usize.
+            let end = header.header_len + header.payload_len as usize;
+            if self.buf.len() < end {
+                return Ok(None);
+            }
+            if header.opcode() == OP_CLOSE {
+                let payload = &mut self.buf[header.header_len..end];
+                if let Some(mask) = header.mask {
+                    unmask(payload, mask, 0);
+                }
+                return Ok(Some(match payload {
+                    [a, b, ..] => u16::from_be_bytes([*a, *b]),
+                    _ => NO_STATUS_CODE,
+                }));
+            }
+            self.buf.drain(..end);
+        }
+    }
+}
+
 /// What the echoer found in the bytes it was fed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EchoStatus {
@@ -414,6 +468,44 @@ mod tests {
         write_header(&mut frame, 0x81, 2, false);
         frame.extend_from_slice(b"hi");
         assert!(Echoer::new().feed(&frame, &mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn close_finder_reads_the_code_across_any_split() {
+        let mut stream = Vec::new();
+        write_header(&mut stream, 0x80 | OP_BINARY, 3, false);
+        stream.extend_from_slice(b"abc");
+        write_header(&mut stream, 0x80 | OP_PING, 0, false);
+        write_header(&mut stream, 0x80 | OP_CLOSE, 4, false);
+        stream.extend_from_slice(&1001u16.to_be_bytes());
+        stream.extend_from_slice(b"go");
+        for split in 0..=stream.len() {
+            let mut finder = CloseFinder::new();
+            let first = finder.feed(&stream[..split]).unwrap();
+            if split == stream.len() {
+                assert_eq!(first, Some(1001));
+            } else {
+                assert_eq!(first, None, "split at {split}");
+                assert_eq!(finder.feed(&stream[split..]).unwrap(), Some(1001));
+            }
+        }
+        // Masked, and without a code.
+        let mut finder = CloseFinder::new();
+        assert_eq!(
+            finder
+                .feed(&masked(OP_CLOSE, &1012u16.to_be_bytes(), [1, 2, 3, 4]))
+                .unwrap(),
+            Some(1012)
+        );
+        let mut empty = Vec::new();
+        write_header(&mut empty, 0x80 | OP_CLOSE, 0, false);
+        assert_eq!(
+            CloseFinder::new().feed(&empty).unwrap(),
+            Some(NO_STATUS_CODE)
+        );
+        let mut huge = Vec::new();
+        write_header(&mut huge, 0x80 | OP_BINARY, MAX_BUFFERED_FRAME + 1, false);
+        assert!(CloseFinder::new().feed(&huge).is_err());
     }
 
     #[test]

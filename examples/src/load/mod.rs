@@ -9,6 +9,7 @@
 //! | [`scenarios::latency`] | a fixed total message rate spread over N connections | RTT p50/p99/p99.9 |
 //! | [`scenarios::handshake`] | W workers: connect, upgrade, one echo, close | handshakes/s, proxy CPU µs per handshake |
 //! | [`scenarios::idle`] | N idle sessions, then one echo on each | proxy RSS growth per session, sessions alive |
+//! | [`scenarios::drain`] | N idle sessions, then SIGTERM to the proxy | close frames and codes, time to the last close and to exit, RSS growth per session |
 //! | [`scenarios::http`] | `wrk` with keep-alive | requests/s, proxy CPU µs per request |
 //!
 //! Each run appends one JSON [`Record`] line to a file; [`report`] turns the lines of a whole
@@ -43,7 +44,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// One scenario run against one target: a line of the raw results file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
-    /// Scenario identifier, e.g. `echo_64B`, `latency`, `handshake`, `idle`, `http`.
+    /// Scenario identifier, e.g. `echo_64B`, `latency`, `handshake`, `idle`, `drain`, `http`, or
+    /// the `--id` given (`workers2_echo_64B`).
     pub scenario: String,
     /// What was measured: `direct`, `nginx`, `haproxy`, `tether`, …
     pub label: String,

@@ -87,6 +87,39 @@ pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Extracts the state letter (field 3: `R`, `S`, `Z`, …) from the text of `/proc/<pid>/stat`.
+pub fn parse_stat_state(stat: &str) -> Option<char> {
+    stat[stat.rfind(')')? + 1..]
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+/// Whether `pid` has exited: `/proc/<pid>` is gone, or the process is a zombie (`Z`) or dead
+/// (`X`) waiting for its parent to collect it (the benchmark's proxies are the script's
+/// children, not the load tool's, so they stay zombies until the script waits for them).
+pub fn process_gone(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => matches!(parse_stat_state(&stat), Some('Z' | 'X')),
+        Err(_) => true,
+    }
+}
+
+/// The machine's online CPUs (`processor` lines of `/proc/cpuinfo`), whatever this process is
+/// pinned to; falls back to the cores this process may run on.
+pub fn machine_cores() -> usize {
+    fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .map(|text| {
+            text.lines()
+                .filter(|line| line.split(':').next().map(str::trim) == Some("processor"))
+                .count()
+        })
+        .filter(|count| *count > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
 /// `VmRSS` of `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> io::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -134,6 +167,17 @@ mod tests {
                     250 75 0 0 20 0 3 0 12345 1000000 200 18446744073709551615";
         assert_eq!(parse_stat_ticks(stat), Some(325));
         assert_eq!(parse_stat_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn parses_the_state_and_sees_exits() {
+        let stat = "1234 (we ird) (name) Z 1 1234 1234 0 -1 4194560 100 0 0 0 250 75";
+        assert_eq!(parse_stat_state(stat), Some('Z'));
+        assert_eq!(parse_stat_state("garbage"), None);
+        assert!(!process_gone(std::process::id()));
+        // Beyond the kernel's pid_max (at most 2^22).
+        assert!(process_gone(u32::MAX));
+        assert!(machine_cores() >= 1);
     }
 
     #[test]

@@ -41,6 +41,26 @@ pub struct Target {
     pub note: &'static str,
 }
 
+/// Where the bound of a [`Limit`] comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Bound {
+    /// A fixed number.
+    Value(f64),
+    /// Tether's median of another metric of the same scenario (e.g. `grace_seconds`).
+    Metric(&'static str),
+}
+
+/// A goal on Tether's own figure rather than on a ratio to the rivals: the rows of the scale
+/// check and of the `workers = 2` step, which only Tether runs. The direction follows the row's
+/// [`Better`]: at most the bound for [`Better::Lower`], at least for [`Better::Higher`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limit {
+    /// The bound.
+    pub bound: Bound,
+    /// Extra words shown with the bound (what it is, or why the figure may miss it).
+    pub note: String,
+}
+
 /// One row of the table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Measure {
@@ -60,6 +80,11 @@ pub struct Measure {
     pub decimals: usize,
     /// The target, if the issue sets one.
     pub target: Option<Target>,
+    /// Whether the row is the metric divided by the same metric of another scenario, same label
+    /// and round (the `workers = 2` ÷ `workers = 1` row).
+    pub over: Option<String>,
+    /// A goal on Tether's figure itself, for rows without rivals.
+    pub limit: Option<Limit>,
 }
 
 impl Measure {
@@ -79,7 +104,22 @@ impl Measure {
             scale: 1.0,
             decimals,
             target: None,
+            over: None,
+            limit: None,
         }
+    }
+
+    fn over(mut self, scenario: impl Into<String>) -> Self {
+        self.over = Some(scenario.into());
+        self
+    }
+
+    fn limit(mut self, bound: Bound, note: impl Into<String>) -> Self {
+        self.limit = Some(Limit {
+            bound,
+            note: note.into(),
+        });
+        self
     }
 
     fn minus_direct(mut self) -> Self {
@@ -118,11 +158,7 @@ pub fn measures(records: &[Record]) -> Vec<Measure> {
 
     let mut rows = Vec::new();
     for (size, scenario) in echo_sizes {
-        let name = if size >= 1024 && size % 1024 == 0 {
-            format!("{} KiB", size / 1024)
-        } else {
-            format!("{size} B")
-        };
+        let name = size_name(size);
         rows.push(Measure::new(
             format!("echo {name}: messages/s"),
             &scenario,
@@ -216,18 +252,198 @@ pub fn measures(records: &[Record]) -> Vec<Measure> {
         Lower,
         2,
     ));
+    rows.extend(drain_measures(records));
+    rows.extend(workers_measures(records));
     rows.retain(|m| records.iter().any(|r| r.scenario == m.scenario));
+    rows
+}
+
+/// The scenario id of the drain run (the scale check).
+pub const DRAIN: &str = "drain";
+
+/// The issue's bound on Tether's RSS growth per idle session in the scale check, in KiB.
+pub const SCALE_KIB_PER_SESSION: f64 = 2.3;
+
+/// The rows of the scale check: sessions held, memory per session, and the drain at shutdown.
+fn drain_measures(records: &[Record]) -> Vec<Measure> {
+    use Better::{Higher, Lower, Neither};
+    let any = |metric: &str| {
+        records
+            .iter()
+            .any(|r| r.scenario == DRAIN && r.metrics.get(metric).is_some_and(|v| *v > 0.0))
+    };
+    let mut rows = vec![
+        Measure::new("scale: idle sessions held", DRAIN, "opened", Neither, 0),
+        Measure::new(
+            "scale: proxy KiB/session while idle",
+            DRAIN,
+            "kib_per_session",
+            Lower,
+            2,
+        )
+        .limit(Bound::Value(SCALE_KIB_PER_SESSION), "KiB, issue 8"),
+        Measure::new(
+            "drain: sessions closed with a close frame",
+            DRAIN,
+            "drained",
+            Higher,
+            0,
+        )
+        .limit(Bound::Metric("opened"), "every session held"),
+        Measure::new(
+            "drain: close frames with code 1001",
+            DRAIN,
+            "close_1001",
+            Neither,
+            0,
+        ),
+    ];
+    if any("close_1012") {
+        rows.push(Measure::new(
+            "drain: close frames with code 1012",
+            DRAIN,
+            "close_1012",
+            Neither,
+            0,
+        ));
+    }
+    if any("close_other") {
+        rows.push(Measure::new(
+            "drain: close frames with another code",
+            DRAIN,
+            "close_other",
+            Neither,
+            0,
+        ));
+    }
+    rows.push(
+        Measure::new(
+            "drain: sessions ended without a close frame",
+            DRAIN,
+            "no_close",
+            Lower,
+            0,
+        )
+        .limit(Bound::Value(0.0), ""),
+    );
+    rows.push(
+        Measure::new(
+            "drain: s from SIGTERM to the last close frame",
+            DRAIN,
+            "drain_seconds",
+            Lower,
+            2,
+        )
+        .limit(Bound::Metric("grace_seconds"), "s, shutdown_grace"),
+    );
+    rows.push(Measure::new(
+        "drain: s from SIGTERM to the proxy's exit",
+        DRAIN,
+        "exit_seconds",
+        Lower,
+        2,
+    ));
+    rows
+}
+
+/// Reads a scenario id of the `workers = N` step, `workers{N}_echo_{size}B`: (N, size).
+pub fn parse_workers_scenario(id: &str) -> Option<(u32, u64)> {
+    let (workers, echo) = id.strip_prefix("workers")?.split_once("_echo_")?;
+    Some((workers.parse().ok()?, echo.strip_suffix('B')?.parse().ok()?))
+}
+
+/// The scenario id of the `workers = N` step's echo run with `size`-byte messages.
+pub fn workers_scenario(workers: u32, size: u64) -> String {
+    format!("workers{workers}_echo_{size}B")
+}
+
+/// How a message size is shown: `64 B`, `4 KiB`.
+fn size_name(size: u64) -> String {
+    if size >= 1024 && size.is_multiple_of(1024) {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
+
+/// The rows of the `workers = N` step: messages/s and proxy CPU for each worker count, and the
+/// ratio of each count above one to one worker, with the goal 0.85 × N (issue 8: ≥ 1.7 for two
+/// workers). The goal assumes the load generator is not the bottleneck; when the machine has
+/// fewer cores than the workers plus the load tool and the backend, the note says so.
+fn workers_measures(records: &[Record]) -> Vec<Measure> {
+    use Better::{Higher, Neither};
+    let mut runs: Vec<(u64, u32)> = records
+        .iter()
+        .filter_map(|r| parse_workers_scenario(&r.scenario).map(|(w, size)| (size, w)))
+        .collect();
+    runs.sort_unstable();
+    runs.dedup();
+    let mut rows = Vec::new();
+    for &(size, workers) in &runs {
+        let scenario = workers_scenario(workers, size);
+        let name = size_name(size);
+        rows.push(Measure::new(
+            format!("workers = {workers}: echo {name} messages/s"),
+            &scenario,
+            "msgs_per_s",
+            Higher,
+            0,
+        ));
+        rows.push(
+            Measure::new(
+                format!("workers = {workers}: proxy CPU % (100 = one core)"),
+                &scenario,
+                "proxy_cpu_share",
+                Neither,
+                0,
+            )
+            .scaled(100.0),
+        );
+    }
+    for &(size, workers) in &runs {
+        if workers < 2 || !runs.contains(&(size, 1)) {
+            continue;
+        }
+        let scenario = workers_scenario(workers, size);
+        let cores = records
+            .iter()
+            .filter(|r| r.scenario == scenario)
+            .filter_map(|r| r.params.get("cores").and_then(serde_json::Value::as_u64))
+            .min();
+        let note = match cores {
+            Some(cores) if cores < u64::from(workers) + 2 => format!(
+                "{cores} cores: the load generator and backend share them with the proxy, so \
+                 the ratio is bounded by them, not by Tether"
+            ),
+            _ => "with a load generator that is not the bottleneck".to_owned(),
+        };
+        rows.push(
+            Measure::new(
+                format!(
+                    "workers = {workers} ÷ workers = 1: echo {name} messages/s",
+                    name = size_name(size)
+                ),
+                &scenario,
+                "msgs_per_s",
+                Higher,
+                2,
+            )
+            .over(workers_scenario(1, size))
+            .limit(Bound::Value(0.85 * f64::from(workers)), note),
+        );
+    }
     rows
 }
 
 /// The per-round values of one row for one label, in round order.
 fn round_values(records: &[Record], measure: &Measure, label: &str) -> Vec<f64> {
-    let value = |label: &str, round: u32| {
+    let value_of = |scenario: &str, label: &str, round: u32| {
         records
             .iter()
-            .find(|r| r.scenario == measure.scenario && r.label == label && r.round == round)
+            .find(|r| r.scenario == scenario && r.label == label && r.round == round)
             .and_then(|r| r.metrics.get(measure.metric).copied())
     };
+    let value = |label: &str, round: u32| value_of(&measure.scenario, label, round);
     let mut rounds: Vec<u32> = records
         .iter()
         .filter(|r| r.scenario == measure.scenario && r.label == label)
@@ -241,6 +457,8 @@ fn round_values(records: &[Record], measure: &Measure, label: &str) -> Vec<f64> 
             let own = value(label, round)?;
             let v = if measure.minus_direct {
                 own - value(DIRECT, round)?
+            } else if let Some(over) = &measure.over {
+                own / value_of(over, label, round).filter(|v| *v > 0.0)?
             } else {
                 own
             };
@@ -260,7 +478,9 @@ pub struct Row {
     pub best_rival: Option<f64>,
     /// Tether ÷ the better rival.
     pub ratio: Option<f64>,
-    /// Whether the target is met (`None`: no target, or a figure is missing).
+    /// The bound of the row's [`Limit`], resolved (`None`: no limit, or its metric is missing).
+    pub limit: Option<f64>,
+    /// Whether the target (or the limit) is met (`None`: none set, or a figure is missing).
     pub met: Option<bool>,
 }
 
@@ -295,11 +515,25 @@ pub fn rows(records: &[Record]) -> Vec<Row> {
                 (Some(t), Some(b)) if b > 0.0 => Some(t / b),
                 _ => None,
             };
-            let met = match (measure.target, ratio) {
-                (Some(target), Some(ratio)) => Some(match measure.better {
-                    Better::Higher => ratio >= target.ratio,
-                    _ => ratio <= target.ratio,
-                }),
+            let limit = measure.limit.as_ref().and_then(|limit| match limit.bound {
+                Bound::Value(v) => Some(v),
+                Bound::Metric(metric) => {
+                    let scenario = &measure.scenario;
+                    let v: Vec<f64> = records
+                        .iter()
+                        .filter(|r| &r.scenario == scenario && r.label == TETHER)
+                        .filter_map(|r| r.metrics.get(metric).copied())
+                        .collect();
+                    median(&v)
+                }
+            });
+            let meets = |value: f64, bound: f64| match measure.better {
+                Better::Higher => value >= bound,
+                _ => value <= bound,
+            };
+            let met = match (measure.target, ratio, limit, tether) {
+                (Some(target), Some(ratio), _, _) => Some(meets(ratio, target.ratio)),
+                (None, _, Some(bound), Some(tether)) => Some(meets(tether, bound)),
                 _ => None,
             };
             Row {
@@ -307,6 +541,7 @@ pub fn rows(records: &[Record]) -> Vec<Row> {
                 values,
                 best_rival,
                 ratio,
+                limit,
                 met,
             }
         })
@@ -381,6 +616,46 @@ pub fn warnings(records: &[Record]) -> Vec<String> {
                 get("alive")
             ));
         }
+        if r.scenario == DRAIN {
+            if get("opened") < get("sessions") {
+                problems.push(format!(
+                    "{} of {} sessions opened",
+                    get("opened"),
+                    get("sessions")
+                ));
+            }
+            if get("no_close") > 0.0 {
+                problems.push(format!(
+                    "{} sessions without a close frame ({} cut, {} still open)",
+                    get("no_close"),
+                    get("cut"),
+                    get("still_open")
+                ));
+            }
+            if get("drained_within_grace") < get("drained") {
+                problems.push(format!(
+                    "{} close frames after the grace period",
+                    get("drained") - get("drained_within_grace")
+                ));
+            }
+            if get("closed_before_signal") > 0.0 {
+                problems.push(format!(
+                    "{} sessions closed before SIGTERM",
+                    get("closed_before_signal")
+                ));
+            }
+            if let Some(closed) = r.metrics.get("tcp_closed") {
+                if *closed < get("drained") {
+                    problems.push(format!(
+                        "{} sessions still connected after their close frame",
+                        get("drained") - closed
+                    ));
+                }
+            }
+            if r.metrics.get("exited") == Some(&0.0) {
+                problems.push("the proxy did not exit".into());
+            }
+        }
         if !problems.is_empty() {
             out.push(format!(
                 "{} {} round {}: {}",
@@ -425,6 +700,8 @@ pub fn markdown(records: &[Record], meta: &[(String, String)]) -> String {
         let ratio = match (row.ratio, m.better) {
             (Some(r), _) => format!("{r:.2}"),
             (None, Better::Neither) => String::new(),
+            // Tether-only rows (scale check, workers step): nothing to compare with.
+            (None, _) if !RIVALS.iter().any(|r| row.values.contains_key(*r)) => String::new(),
             (None, _) if row.best_rival.is_some_and(|b| b <= 0.0) => "n/a (best ≤ 0)".into(),
             (None, _) => "—".into(),
         };
@@ -441,13 +718,32 @@ pub fn markdown(records: &[Record], meta: &[(String, String)]) -> String {
                     format!("{op} {:.1} ({})", t.ratio, t.note)
                 }
             }
-            None => String::new(),
+            None => match &m.limit {
+                Some(limit) => {
+                    let op = if m.better == Better::Higher {
+                        "≥"
+                    } else {
+                        "≤"
+                    };
+                    let bound = match (row.limit, &limit.bound) {
+                        (Some(v), _) => number(v, m.decimals),
+                        (None, Bound::Metric(metric)) => (*metric).to_owned(),
+                        (None, Bound::Value(v)) => number(*v, m.decimals),
+                    };
+                    if limit.note.is_empty() {
+                        format!("{op} {bound}")
+                    } else {
+                        format!("{op} {bound} ({})", limit.note)
+                    }
+                }
+                None => String::new(),
+            },
         };
-        let met = match (m.target, row.met) {
-            (None, _) => "",
-            (Some(_), Some(true)) => "met",
-            (Some(_), Some(false)) => "**not met**",
-            (Some(_), None) => "—",
+        let met = match (m.target.is_some() || m.limit.is_some(), row.met) {
+            (false, _) => "",
+            (true, Some(true)) => "met",
+            (true, Some(false)) => "**not met**",
+            (true, None) => "—",
         };
         let _ = writeln!(out, " {ratio} | {target} | {met} |");
     }
@@ -485,6 +781,16 @@ pub fn json_summary(records: &[Record], meta: &[(String, String)]) -> Value {
                     "ratio": t.ratio,
                     "higher_is_better": row.measure.better == Better::Higher,
                     "note": t.note,
+                })),
+                "over": row.measure.over,
+                "limit": row.measure.limit.as_ref().map(|l| json!({
+                    "bound": row.limit,
+                    "bound_metric": match l.bound {
+                        Bound::Metric(metric) => Some(metric),
+                        Bound::Value(_) => None,
+                    },
+                    "higher_is_better": row.measure.better == Better::Higher,
+                    "note": l.note,
                 })),
                 "met": row.met,
             })
@@ -606,6 +912,109 @@ mod tests {
         let w = warnings(&records);
         assert_eq!(w.len(), 2);
         assert!(w[1].contains("9"));
+    }
+
+    fn scale_sample(cores: u64) -> Vec<Record> {
+        let mut records = vec![record("echo_64B", "nginx", 1, &[("msgs_per_s", 100.0)])];
+        for round in 1..=3 {
+            let r = f64::from(round);
+            for (workers, rate, share) in [(1, 100.0 + r, 0.95), (2, 120.0 + r, 1.4)] {
+                let mut run = record(
+                    &workers_scenario(workers, 64),
+                    TETHER,
+                    round,
+                    &[("msgs_per_s", rate), ("proxy_cpu_share", share)],
+                );
+                run.params.insert("cores".into(), cores.into());
+                records.push(run);
+            }
+        }
+        records.push(record(
+            DRAIN,
+            TETHER,
+            1,
+            &[
+                ("sessions", 9900.0),
+                ("opened", 9900.0),
+                ("kib_per_session", 2.5),
+                ("drained", 9899.0),
+                ("drained_within_grace", 9899.0),
+                ("tcp_closed", 9898.0),
+                ("close_1001", 9899.0),
+                ("close_1012", 0.0),
+                ("close_other", 0.0),
+                ("no_close", 1.0),
+                ("cut", 1.0),
+                ("still_open", 0.0),
+                ("drain_seconds", 0.75),
+                ("grace_seconds", 30.0),
+                ("exit_seconds", 1.25),
+                ("exited", 1.0),
+            ],
+        ));
+        records
+    }
+
+    #[test]
+    fn scale_and_workers_rows() {
+        let text = markdown(&scale_sample(2), &[]);
+        let expected = [
+            "| measure | nginx | Tether | Tether ÷ best of nginx, HAProxy | target | met? |",
+            "| scale: idle sessions held |  | 9900 |  |  |  |",
+            "| scale: proxy KiB/session while idle |  | 2.50 |  | ≤ 2.30 (KiB, issue 8) | **not met** |",
+            "| drain: sessions closed with a close frame |  | 9899 |  | ≥ 9900 (every session held) | **not met** |",
+            "| drain: close frames with code 1001 |  | 9899 |  |  |  |",
+            "| drain: sessions ended without a close frame |  | 1 |  | ≤ 0 | **not met** |",
+            "| drain: s from SIGTERM to the last close frame |  | 0.75 |  | ≤ 30.00 (s, shutdown_grace) | met |",
+            "| drain: s from SIGTERM to the proxy's exit |  | 1.25 |  |  |  |",
+            "| workers = 1: echo 64 B messages/s |  | 102 |  |  |  |",
+            "| workers = 1: proxy CPU % (100 = one core) |  | 95 |  |  |  |",
+            "| workers = 2: echo 64 B messages/s |  | 122 |  |  |  |",
+            "| workers = 2: proxy CPU % (100 = one core) |  | 140 |  |  |  |",
+            "| workers = 2 ÷ workers = 1: echo 64 B messages/s |  | 1.20 |  | ≥ 1.70 (2 cores: the \
+             load generator and backend share them with the proxy, so the ratio is bounded by \
+             them, not by Tether) | **not met** |",
+        ];
+        for line in expected {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        // Codes that did not occur get no row; the problems are listed.
+        assert!(!text.contains("code 1012"));
+        assert!(text.contains(
+            "- Tether drain round 1: 1 sessions without a close frame (1 cut, 0 still open), \
+             1 sessions still connected after their close frame"
+        ));
+
+        // Per-round ratios: (120 + r) ÷ (100 + r), median at r = 2.
+        let ratio = rows(&scale_sample(8))
+            .into_iter()
+            .find(|r| r.measure.over.is_some())
+            .unwrap();
+        assert!((ratio.values[TETHER].1.unwrap() - 122.0 / 102.0).abs() < 1e-9);
+        assert_eq!(ratio.limit, Some(1.7));
+        assert_eq!(
+            ratio.measure.limit.unwrap().note,
+            "with a load generator that is not the bottleneck"
+        );
+        let summary = json_summary(&scale_sample(2), &[]);
+        let drain = summary["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["metric"] == "drain_seconds")
+            .unwrap();
+        assert_eq!(drain["limit"]["bound"], 30.0);
+        assert_eq!(drain["limit"]["bound_metric"], "grace_seconds");
+        assert_eq!(drain["met"], true);
+    }
+
+    #[test]
+    fn workers_scenario_ids() {
+        assert_eq!(workers_scenario(2, 64), "workers2_echo_64B");
+        assert_eq!(parse_workers_scenario("workers2_echo_64B"), Some((2, 64)));
+        assert_eq!(parse_workers_scenario("echo_64B"), None);
+        assert_eq!(parse_workers_scenario("workers_echo_64B"), None);
+        assert_eq!(parse_workers_scenario("workers2_echo_64"), None);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The five scenarios. Each returns its figures as a name → value map (the names are listed on
+//! The six scenarios. Each returns its figures as a name → value map (the names are listed on
 //! each function); the caller wraps them in a [`Record`](super::Record).
 //!
 //! All of them run on the load tool's single-threaded runtime: on the benchmark machine the tool
@@ -12,11 +12,14 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::task::JoinSet;
-use tokio::time::{sleep_until, timeout, Instant};
+use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
 use super::client::{read_frame, SourceAddrs, Target, Upgrader, WsConn};
-use super::frame::{client_close_frame, client_frame, FrameScanner, OP_BINARY, OP_CLOSE};
-use super::procstat::Watched;
+use super::frame::{
+    client_close_frame, client_frame, CloseFinder, FrameScanner, NO_STATUS_CODE, OP_BINARY,
+    OP_CLOSE,
+};
+use super::procstat::{process_gone, Watched};
 use super::stats::quantile;
 use super::BoxError;
 
@@ -501,6 +504,56 @@ async fn one_handshake(
     Ok(())
 }
 
+/// Opens up to `sessions` WebSocket sessions, each from its own source address in
+/// `127.0.0.0/8`, with `concurrency` upgrades in flight. Failures are recorded; after 50 in a
+/// row (out of descriptors or ports somewhere) it stops trying and returns what it has.
+async fn open_many(
+    upgrader: &Arc<Upgrader>,
+    sources: &Arc<SourceAddrs>,
+    sessions: usize,
+    concurrency: usize,
+    failures: &Failures,
+) -> Result<Vec<WsConn>, BoxError> {
+    let mut conns = Vec::with_capacity(sessions);
+    let mut in_flight = JoinSet::new();
+    let mut launched = 0;
+    let mut consecutive_failures = 0;
+    while launched < sessions || !in_flight.is_empty() {
+        while launched < sessions && in_flight.len() < concurrency.max(1) {
+            let (sources, upgrader) = (sources.clone(), upgrader.clone());
+            in_flight.spawn(async move {
+                match timeout(STEP_TIMEOUT, upgrader.open(sources.next())).await {
+                    Ok(result) => result,
+                    Err(_) => Err("upgrade timed out".into()),
+                }
+            });
+            launched += 1;
+        }
+        let Some(joined) = in_flight.join_next().await else {
+            break;
+        };
+        match joined? {
+            Ok(conn) => {
+                conns.push(conn);
+                consecutive_failures = 0;
+            }
+            Err(error) => {
+                failures.record(error);
+                consecutive_failures += 1;
+                if consecutive_failures >= 50 {
+                    launched = sessions;
+                }
+            }
+        }
+    }
+    Ok(conns)
+}
+
+/// RSS growth per session in KiB (`None` when no session opened).
+fn kib_per_session(rss_base: u64, rss: u64, sessions: usize) -> Option<f64> {
+    (sessions > 0).then(|| (rss as f64 - rss_base as f64) / sessions as f64)
+}
+
 /// Parameters of [`idle`].
 #[derive(Debug, Clone)]
 pub struct IdleParams {
@@ -531,39 +584,14 @@ pub async fn idle(
     let fds_base = watched.open_fds()?;
 
     let opening = Instant::now();
-    let mut conns = Vec::with_capacity(params.sessions);
-    let mut in_flight = JoinSet::new();
-    let mut launched = 0;
-    let mut consecutive_failures = 0;
-    while launched < params.sessions || !in_flight.is_empty() {
-        while launched < params.sessions && in_flight.len() < params.concurrency.max(1) {
-            let (sources, upgrader) = (sources.clone(), upgrader.clone());
-            in_flight.spawn(async move {
-                match timeout(STEP_TIMEOUT, upgrader.open(sources.next())).await {
-                    Ok(result) => result,
-                    Err(_) => Err("upgrade timed out".into()),
-                }
-            });
-            launched += 1;
-        }
-        let Some(joined) = in_flight.join_next().await else {
-            break;
-        };
-        match joined? {
-            Ok(conn) => {
-                conns.push(conn);
-                consecutive_failures = 0;
-            }
-            Err(error) => {
-                failures.record(error);
-                consecutive_failures += 1;
-                if consecutive_failures >= 50 {
-                    // Out of descriptors or ports somewhere: stop trying, report what we have.
-                    launched = params.sessions;
-                }
-            }
-        }
-    }
+    let conns = open_many(
+        &upgrader,
+        &sources,
+        params.sessions,
+        params.concurrency,
+        &failures,
+    )
+    .await?;
     let open_seconds = opening.elapsed().as_secs_f64();
     let opened = conns.len();
     let rss_idle = watched.rss_kib()?;
@@ -618,13 +646,7 @@ pub async fn idle(
     let close_seconds = closing.elapsed().as_secs_f64();
 
     failures.report("idle");
-    let per_session = |rss: u64| {
-        if opened == 0 {
-            f64::NAN
-        } else {
-            (rss as f64 - rss_base as f64) / opened as f64
-        }
-    };
+    let per_session = |rss: u64| kib_per_session(rss_base, rss, opened).unwrap_or(f64::NAN);
     let mut metrics = Metrics::new();
     metrics.insert("sessions".into(), params.sessions as f64);
     metrics.insert("opened".into(), opened as f64);
@@ -638,6 +660,306 @@ pub async fn idle(
     metrics.insert("close_seconds".into(), close_seconds);
     metrics.insert("errors".into(), failures.count() as f64);
     Ok(metrics)
+}
+
+/// How long after `shutdown_grace` the sessions of [`drain`] keep waiting for a close frame.
+const DRAIN_MARGIN: Duration = Duration::from_secs(5);
+
+/// How long after `shutdown_grace` [`drain`] keeps waiting for the proxy process to exit.
+const EXIT_MARGIN: Duration = Duration::from_secs(10);
+
+/// How often [`drain`] checks whether the proxy process has exited.
+const EXIT_POLL: Duration = Duration::from_millis(5);
+
+/// Parameters of [`drain`].
+#[derive(Debug, Clone)]
+pub struct DrainParams {
+    /// Sessions to open.
+    pub sessions: usize,
+    /// Upgrades in flight while opening.
+    pub concurrency: usize,
+    /// The proxy's shutdown grace period (Tether's `shutdown_grace`): the time every session has
+    /// to get its close frame. Sessions wait 5 s longer, the exit 10 s longer, so that a late
+    /// close or exit is measured, not cut off.
+    pub grace: Duration,
+}
+
+/// How one session of [`drain`] ended, as the client saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// A close frame with `code` arrived at `at`; `tcp_closed`: the proxy then closed the
+    /// connection (after the client's close reply) before the deadline.
+    Close {
+        /// The status code (1005 when the frame carried none).
+        code: u16,
+        /// When the load tool read the frame.
+        at: Instant,
+        /// Whether the connection ended afterwards.
+        tcp_closed: bool,
+    },
+    /// The connection ended (end of stream, reset, or a framing error) without a close frame.
+    Cut {
+        /// When it ended.
+        at: Instant,
+        /// Why, for the error message.
+        why: String,
+    },
+    /// Neither a close frame nor the end of the connection by the deadline.
+    Open,
+}
+
+/// Drain at shutdown: opens `sessions` idle sessions (as [`idle`] does: each from its own
+/// source address), reads the proxy's RSS, sends SIGTERM to the proxy (the first `--pid`), and
+/// watches every session until its close frame arrives and the proxy closes the connection.
+/// Each session answers the close frame with one carrying the same code (as a well-behaved
+/// client does), so the proxy can finish the close handshake.
+///
+/// Times are measured from just before `kill -TERM` is started (so they include starting
+/// `kill`, about a millisecond) to when the load tool read the frame: with thousands of
+/// sessions on one thread, that is an upper bound on when the proxy sent it. The proxy's exit
+/// is polled every 5 ms (`/proc/<pid>` gone, or a zombie waiting for its parent).
+///
+/// Figures: `sessions` (requested), `opened`, `rss_base_kib`, `rss_idle_kib`, `kib_per_session`
+/// (RSS growth per open session), `open_seconds`, `grace_seconds`, and from [`tally_drain`]:
+/// `drained`, `close_1001`, `close_1012`, `close_other`, `drained_within_grace`,
+/// `first_close_seconds`, `drain_seconds`, `tcp_closed`, `closed_before_signal`, `cut`,
+/// `still_open`, `no_close`; then `exited` (1 if the proxy exited within the grace period plus
+/// 10 s), `exit_seconds` (SIGTERM to exit, when it exited), `errors` (sessions that failed to
+/// open).
+pub async fn drain(
+    upgrader: &Upgrader,
+    watched: &Watched,
+    params: &DrainParams,
+) -> Result<Metrics, BoxError> {
+    let pid = *watched
+        .pids()
+        .first()
+        .ok_or("drain needs --pid: the proxy process to send SIGTERM to")?;
+    if pid <= 1 || pid == std::process::id() {
+        return Err(format!("refusing to send SIGTERM to pid {pid}").into());
+    }
+    if process_gone(pid) {
+        return Err(format!("process {pid} is not running").into());
+    }
+    let sources = Arc::new(SourceAddrs::new());
+    let upgrader = Arc::new(upgrader.clone());
+    let failures = Failures::default();
+    let rss_base = watched.rss_kib()?;
+
+    let opening = Instant::now();
+    let conns = open_many(
+        &upgrader,
+        &sources,
+        params.sessions,
+        params.concurrency,
+        &failures,
+    )
+    .await?;
+    let open_seconds = opening.elapsed().as_secs_f64();
+    let opened = conns.len();
+    let rss_idle = watched.rss_kib()?;
+
+    let deadline = Instant::now() + params.grace + DRAIN_MARGIN;
+    let mut sessions = JoinSet::new();
+    for conn in conns {
+        sessions.spawn(await_close(conn, deadline));
+    }
+    // On the current-thread runtime this lets every session task run to its first read, so
+    // that close frames are read as they arrive.
+    tokio::task::yield_now().await;
+
+    let signal = Instant::now();
+    send_sigterm(pid).await?;
+    let exit = tokio::spawn(wait_exit(pid, signal + params.grace + EXIT_MARGIN));
+    let mut ends = Vec::with_capacity(opened);
+    while let Some(joined) = sessions.join_next().await {
+        ends.push(joined?);
+    }
+    let exited_at = exit.await??;
+
+    let cut_reasons = Failures::default();
+    for end in &ends {
+        if let SessionEnd::Cut { why, .. } = end {
+            cut_reasons.record(why);
+        }
+    }
+    failures.report("drain");
+    cut_reasons.report("drain (sessions cut without a close frame)");
+    let mut metrics = tally_drain(&ends, signal, params.grace);
+    metrics.insert("sessions".into(), params.sessions as f64);
+    metrics.insert("opened".into(), opened as f64);
+    metrics.insert("rss_base_kib".into(), rss_base as f64);
+    metrics.insert("rss_idle_kib".into(), rss_idle as f64);
+    if let Some(kib) = kib_per_session(rss_base, rss_idle, opened) {
+        metrics.insert("kib_per_session".into(), kib);
+    }
+    metrics.insert("open_seconds".into(), open_seconds);
+    metrics.insert("grace_seconds".into(), params.grace.as_secs_f64());
+    metrics.insert("exited".into(), f64::from(u8::from(exited_at.is_some())));
+    if let Some(at) = exited_at {
+        metrics.insert("exit_seconds".into(), (at - signal).as_secs_f64());
+    }
+    metrics.insert("errors".into(), failures.count() as f64);
+    Ok(metrics)
+}
+
+/// One session of [`drain`]: waits for the proxy's close frame, answers it, and waits for the
+/// proxy to close the connection, all before `deadline`.
+async fn await_close(conn: WsConn, deadline: Instant) -> SessionEnd {
+    let WsConn { mut stream, early } = conn;
+    let mut finder = CloseFinder::new();
+    let mut buf = [0u8; 512];
+    let mut found = finder.feed(&early);
+    let code = loop {
+        match found {
+            Ok(Some(code)) => break code,
+            Ok(None) => {}
+            Err(error) => {
+                return SessionEnd::Cut {
+                    at: Instant::now(),
+                    why: error.to_string(),
+                }
+            }
+        }
+        found = match timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return SessionEnd::Open,
+            Ok(Ok(0)) => {
+                return SessionEnd::Cut {
+                    at: Instant::now(),
+                    why: "the connection ended without a close frame".into(),
+                }
+            }
+            Ok(Ok(n)) => finder.feed(&buf[..n]),
+            Ok(Err(error)) => {
+                return SessionEnd::Cut {
+                    at: Instant::now(),
+                    why: error.to_string(),
+                }
+            }
+        };
+    };
+    let at = Instant::now();
+    let reply = if code == NO_STATUS_CODE {
+        client_frame(OP_CLOSE, &[])
+    } else {
+        client_frame(OP_CLOSE, &code.to_be_bytes())
+    };
+    // The proxy may already have closed the connection; the close frame is what counts.
+    let _ = timeout_at(deadline, stream.write_all(&reply)).await;
+    let tcp_closed = loop {
+        match timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => break true,
+            Ok(Ok(_)) => {}
+            Err(_) => break false,
+        }
+    };
+    SessionEnd::Close {
+        code,
+        at,
+        tcp_closed,
+    }
+}
+
+/// Sends SIGTERM to `pid` with `kill` (no extra dependency for one signal).
+async fn send_sigterm(pid: u32) -> Result<(), BoxError> {
+    let status = timeout(
+        STEP_TIMEOUT,
+        tokio::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .kill_on_drop(true)
+            .status(),
+    )
+    .await
+    .map_err(|_| "kill -TERM did not finish in time")?
+    .map_err(|error| format!("cannot run kill: {error}"))?;
+    if !status.success() {
+        return Err(format!("kill -TERM {pid} failed ({status})").into());
+    }
+    Ok(())
+}
+
+/// Polls until `pid` has exited (see [`process_gone`]), for at most until `deadline`: the
+/// instant it was first seen gone, or `None`.
+async fn wait_exit(pid: u32, deadline: Instant) -> Result<Option<Instant>, BoxError> {
+    let mut poll = tokio::time::interval(EXIT_POLL);
+    loop {
+        poll.tick().await;
+        if process_gone(pid) {
+            return Ok(Some(Instant::now()));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+    }
+}
+
+/// The drain figures from how each session ended, with times in seconds after `signal`:
+/// `drained` (close frames after the signal), `close_1001`, `close_1012`, `close_other` (their
+/// codes), `drained_within_grace`, `first_close_seconds` and `drain_seconds` (the first and the
+/// last close frame; absent without any), `tcp_closed` (drained sessions whose connection the
+/// proxy then closed), `closed_before_signal` (close frames before the signal: not a drain),
+/// `cut` (ended without a close frame), `still_open` (nothing by the deadline) and `no_close`
+/// (`cut` + `still_open`).
+pub fn tally_drain(ends: &[SessionEnd], signal: Instant, grace: Duration) -> Metrics {
+    let mut counts: BTreeMap<&str, u64> = [
+        "drained",
+        "close_1001",
+        "close_1012",
+        "close_other",
+        "drained_within_grace",
+        "tcp_closed",
+        "closed_before_signal",
+        "cut",
+        "still_open",
+    ]
+    .into_iter()
+    .map(|name| (name, 0))
+    .collect();
+    let mut bump = |name| *counts.get_mut(name).expect("every counter is listed") += 1;
+    let mut first: Option<Duration> = None;
+    let mut last: Option<Duration> = None;
+    for end in ends {
+        match end {
+            SessionEnd::Close {
+                code,
+                at,
+                tcp_closed,
+            } => {
+                let Some(after) = at.checked_duration_since(signal) else {
+                    bump("closed_before_signal");
+                    continue;
+                };
+                bump("drained");
+                bump(match code {
+                    1001 => "close_1001",
+                    1012 => "close_1012",
+                    _ => "close_other",
+                });
+                if after <= grace {
+                    bump("drained_within_grace");
+                }
+                if *tcp_closed {
+                    bump("tcp_closed");
+                }
+                first = Some(first.map_or(after, |f| f.min(after)));
+                last = Some(last.map_or(after, |l| l.max(after)));
+            }
+            SessionEnd::Cut { .. } => bump("cut"),
+            SessionEnd::Open => bump("still_open"),
+        }
+    }
+    let no_close = counts["cut"] + counts["still_open"];
+    let mut metrics: Metrics = counts
+        .into_iter()
+        .map(|(name, count)| (name.to_owned(), count as f64))
+        .collect();
+    metrics.insert("no_close".into(), no_close as f64);
+    if let (Some(first), Some(last)) = (first, last) {
+        metrics.insert("first_close_seconds".into(), first.as_secs_f64());
+        metrics.insert("drain_seconds".into(), last.as_secs_f64());
+    }
+    metrics
 }
 
 /// Parameters of [`http`].
@@ -749,6 +1071,133 @@ pub fn parse_wrk(text: &str) -> Option<WrkSummary> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tallies_drain_endings() {
+        let base = Instant::now();
+        let signal = base + Duration::from_secs(1);
+        let at = |ms| signal + Duration::from_millis(ms);
+        let ends = vec![
+            SessionEnd::Close {
+                code: 1001,
+                at: at(10),
+                tcp_closed: true,
+            },
+            SessionEnd::Close {
+                code: 1001,
+                at: at(300),
+                tcp_closed: false,
+            },
+            // After a 2 s grace period.
+            SessionEnd::Close {
+                code: 1012,
+                at: at(2500),
+                tcp_closed: true,
+            },
+            SessionEnd::Close {
+                code: 1000,
+                at: base,
+                tcp_closed: true,
+            },
+            SessionEnd::Cut {
+                at: at(5),
+                why: "reset".into(),
+            },
+            SessionEnd::Open,
+        ];
+        let m = tally_drain(&ends, signal, Duration::from_secs(2));
+        let expected = [
+            ("drained", 3.0),
+            ("close_1001", 2.0),
+            ("close_1012", 1.0),
+            ("close_other", 0.0),
+            ("drained_within_grace", 2.0),
+            ("tcp_closed", 2.0),
+            ("closed_before_signal", 1.0),
+            ("cut", 1.0),
+            ("still_open", 1.0),
+            ("no_close", 2.0),
+            ("first_close_seconds", 0.01),
+            ("drain_seconds", 2.5),
+        ];
+        for (name, value) in expected {
+            assert!((m[name] - value).abs() < 1e-9, "{name}: {}", m[name]);
+        }
+        assert_eq!(m.len(), expected.len());
+
+        let none = tally_drain(&[], signal, Duration::from_secs(2));
+        assert_eq!(none["drained"], 0.0);
+        assert!(!none.contains_key("drain_seconds"));
+    }
+
+    /// The drain end to end: a child process (`sleep`) stands for the proxy's pid, and a
+    /// WebSocket server in this test sends every session a close 1001 once that child has ended
+    /// on the SIGTERM the scenario sends it.
+    #[tokio::test]
+    async fn drain_counts_close_frames_after_sigterm() {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+        let mut child = tokio::process::Command::new("sleep")
+            .arg("30")
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let pid = child.id().unwrap();
+        let (stopped_tx, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+            let _ = stopped_tx.send(true);
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let mut stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+                    let _ = stopped.wait_for(|stopped| *stopped).await;
+                    let close = CloseFrame {
+                        code: CloseCode::Away,
+                        reason: "".into(),
+                    };
+                    ws.close(Some(close)).await.unwrap();
+                    // The client's close reply ends the stream; dropping `ws` closes the socket.
+                    while let Some(Ok(_)) = ws.next().await {}
+                });
+            }
+        });
+
+        let upgrader = Upgrader::new(Target::parse(&format!("ws://{addr}/ws")).unwrap());
+        let params = DrainParams {
+            sessions: 20,
+            concurrency: 8,
+            grace: Duration::from_secs(2),
+        };
+        let m = drain(&upgrader, &Watched::new(vec![pid]), &params)
+            .await
+            .unwrap();
+        for (name, value) in [
+            ("opened", 20.0),
+            ("drained", 20.0),
+            ("close_1001", 20.0),
+            ("drained_within_grace", 20.0),
+            ("tcp_closed", 20.0),
+            ("no_close", 0.0),
+            ("exited", 1.0),
+            ("errors", 0.0),
+        ] {
+            assert_eq!(m[name], value, "{name}: {m:?}");
+        }
+        assert!(m["drain_seconds"] < 2.0, "{m:?}");
+        assert!(m["exit_seconds"] < 2.0, "{m:?}");
+
+        // The child is gone now: a second drain refuses to start.
+        assert!(drain(&upgrader, &Watched::new(vec![pid]), &params)
+            .await
+            .is_err());
+    }
 
     #[test]
     fn reads_wrk_output() {
