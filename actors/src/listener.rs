@@ -353,3 +353,58 @@ impl Handler<StopAccepting> for ListenerActor {
         self.accepted.get()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn admit_counts_up_to_max_and_a_dropped_guard_makes_room() {
+        let limit = ConnectionLimit::new(2, 0);
+        let first = limit.admit(IP).expect("room");
+        let _second = limit.admit(IP).expect("room");
+        assert_eq!(limit.admit(IP).err(), Some(Refused::Full));
+        assert_eq!(limit.open(), 2);
+        drop(first);
+        assert!(limit.admit(IP).is_ok());
+    }
+
+    #[test]
+    fn the_per_ip_limit_refuses_only_that_ip_and_only_while_there_is_room() {
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+        let limit = ConnectionLimit::new(2, 1);
+        let _held = limit.admit(IP).expect("room");
+        assert_eq!(limit.admit(IP).err(), Some(Refused::PerIp));
+        let _other = limit.admit(other).expect("another IP");
+        // Full: the IP over its limit waits for room like any other connection.
+        assert_eq!(limit.admit(IP).err(), Some(Refused::Full));
+        assert_eq!(limit.open(), 2);
+    }
+
+    #[test]
+    fn accept_loops_on_several_threads_never_admit_more_than_max_together() {
+        let limit = ConnectionLimit::new(3, 0);
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let limit = limit.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    (0..1000)
+                        .filter_map(|_| limit.admit(IP).ok())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let admitted: usize = threads.into_iter().map(|t| t.join().unwrap().len()).sum();
+        assert_eq!(admitted, 3);
+        assert_eq!(
+            limit.open(),
+            0,
+            "every guard was dropped with its thread's list"
+        );
+    }
+}

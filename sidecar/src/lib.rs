@@ -5,23 +5,24 @@
 //! actix System. [`run`] takes already-bound listeners, so tests and embedders bind
 //! `127.0.0.1:0`; [`Sidecar`] does all of that on a thread of its own.
 //!
-//! Start-up: resolve DNS members once → start the route table → start one prober per probed
-//! pool (all on one probe arbiter) and one resolver per pool with DNS members → serve the admin endpoint → start one worker
-//! actor per worker arbiter → on every worker arbiter, start one listener actor per listener,
-//! over a duplicate of the listener's socket (each worker accepts its own connections on its
-//! own thread; see `tether_actors::listener`). Shutdown: stop accepting (every actor of every
-//! listener) →
-//! fire the shutdown signal (HTTP connections finish their request, sessions drain, probers and
-//! resolvers stop) → wait for every connection and session up to `shutdown_grace` → stop the
-//! workers, closing what is left → stop the admin endpoint. Readiness (`/readyz`) turns false
-//! the moment shutdown begins, before the listeners close.
+//! Start-up: duplicate every listener's socket once per worker → resolve DNS members once →
+//! start the route table → start one prober per probed pool (all on one probe arbiter) and one
+//! resolver per pool with DNS members → serve the admin endpoint → start one worker actor per
+//! worker arbiter → on every worker arbiter, start one listener actor per listener over its own
+//! duplicate of the socket, so each worker accepts its connections on its own thread (see
+//! `tether_actors::listener`). Shutdown: stop accepting (every actor of every listener; the
+//! port closes with the last) → fire the shutdown signal (HTTP connections finish their
+//! request, sessions drain, probers and resolvers stop) → wait for every connection and session
+//! up to `shutdown_grace` → stop the workers, closing what is left → stop the admin endpoint.
+//! Readiness (`/readyz`) turns false the moment shutdown begins, before the listeners close.
 //!
 //! Reload ([`run_reloadable`], [`Sidecar::reload`]; the binary on SIGHUP or a changed
-//! `--config` file): bind added or moved listeners (a failure refuses the reload, nothing
-//! changed) → `ConfigReplaced` to the route table (one new snapshot; live sessions untouched
-//! unless their route is gone, then drained with 1001 after `drain_grace`) → stop the probers
-//! and resolvers of removed or changed pools, start new ones → stop accepting on removed
-//! listeners (all their actors, which closes the port) → start the added ones on every worker.
+//! `--config` file): bind added or moved listeners and duplicate their sockets (a failure
+//! refuses the reload, nothing changed) → `ConfigReplaced` to the route table (one new
+//! snapshot; live sessions untouched unless their route is gone, then drained with 1001 after
+//! `drain_grace`) → stop the probers and resolvers of removed or changed pools, start new ones →
+//! stop accepting on removed listeners (all their actors; the port closes with the last) →
+//! start the added ones on every worker.
 
 use std::collections::BTreeMap;
 use std::future::Future;
