@@ -217,11 +217,16 @@ listener = "extra"
 backend_pool = "two"
 backend_settings = "s""#;
 
-/// Waits until nothing listens on `addr` any more (connects are refused).
+/// Waits until nothing listens on `addr` any more (connects are refused). A connect that hangs
+/// (a listening socket whose backlog is full) counts as still listening.
 async fn wait_refused(addr: SocketAddr) {
     let deadline = tokio::time::Instant::now() + STEP_LIMIT;
-    while TcpStream::connect(addr).await.is_ok() {
-        assert!(tokio::time::Instant::now() < deadline, "still accepting");
+    loop {
+        let attempt = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr));
+        if let Ok(Err(_)) = attempt.await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still listening");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
