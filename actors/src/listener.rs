@@ -1,16 +1,35 @@
-//! [`ListenerActor`]: owns one bound socket and its accept loop, and hands every accepted
-//! connection to a worker.
+//! [`ListenerActor`]: one accept loop over a listening socket, on the thread of the worker it
+//! feeds.
 //!
-//! Workers are chosen round-robin. The hand-off is one `do_send` per *connection* (never per
-//! request); the socket travels as a std socket because a tokio socket belongs to the runtime
-//! that registered it.
+//! Thread per core: every worker arbiter runs one `ListenerActor` per configured listener, each
+//! over its own duplicate (`try_clone`, a `dup` of the descriptor) of the *same* bound socket.
+//! An actor accepts on its worker's thread, registers the connection with that thread's runtime
+//! once, and hands it to its own worker with `do_send` of [`Accepted`] — a push on a local
+//! mailbox, with no wake-up of another thread and no `epoll_ctl` round trip to move the socket
+//! between runtimes. The listener's name, address and [`ConnectionLimit`] are shared by its N
+//! actors, so limits hold listener-wide.
 //!
-//! Limits ([`ConnectionLimit`]): with `max_connections` the accept loop stops accepting while
+//! The trade-off: with N workers, all N threads have the socket in their epoll set, so a new
+//! connection wakes every one of them; one wins `accept`, the others get `EAGAIN` (tokio just
+//! waits for the next readiness). That costs N−1 spurious wake-ups per connection when the
+//! workers are idle, none of them a hop, and spreads connections to whichever worker is free
+//! first. `SO_REUSEPORT` would avoid the herd (the kernel hashes connections to one of N
+//! sockets), but needs N separately bound sockets, balances by hash rather than by who is idle,
+//! and when one of those sockets closes (a reload removing or moving a listener) the
+//! connections queued in its backlog are reset instead of going to the others.
+//!
+//! Stopping ([`StopAccepting`]): each actor cancels its accept loop, which drops its tokio
+//! listener and so its duplicate of the descriptor; the port closes when the last of the N is
+//! dropped, so every actor of a listener must be stopped (nothing else keeps a duplicate).
+//!
+//! Limits ([`ConnectionLimit`]): with `max_connections` the accept loops stop accepting while
 //! that many connections are open — new ones wait in the kernel's accept queue (backlog), so a
-//! flood costs no memory here. A connection counts through a [`ConnectionGuard`] that travels in
-//! [`Accepted`] and lives as long as the worker serves it; once it upgrades, the route table
-//! holds a guard for the session instead. With `max_handshakes_per_ip`, a client IP with that
-//! many connections still in their HTTP phase gets `429` on the next one, which is closed.
+//! flood costs no memory here. Admission is one compare-and-swap, so N accept loops on N threads
+//! never let more than `max_connections` in. A connection counts through a [`ConnectionGuard`]
+//! that travels in [`Accepted`] and lives as long as the worker serves it; once it upgrades, the
+//! route table holds a guard for the session instead. With `max_handshakes_per_ip`, a client IP
+//! with that many connections still in their HTTP phase gets `429` on the next one, which is
+//! closed.
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -22,7 +41,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use actix::{Actor, AsyncContext, Context, Handler, Recipient, SpawnHandle, WrapFuture};
+use actix::{Actor, ActorContext, AsyncContext, Context, Handler, Recipient, WrapFuture};
 use tether_config::ListenerConfig;
 
 use crate::messages::{Accepted, StopAccepting};
@@ -69,6 +88,15 @@ pub struct ConnectionGuard {
     ip: Option<IpAddr>,
 }
 
+/// Why [`ConnectionLimit::admit`] did not count a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// `max_connections` are open: wait for [`ConnectionLimit::room`], then try again.
+    Full,
+    /// The client's IP is at its handshake limit (`max_handshakes_per_ip`): answer 429.
+    PerIp,
+}
+
 impl ConnectionLimit {
     /// A limit of `max` open connections (`0` = none) and `per_ip` connections in their HTTP
     /// phase per client IP (`0` = none).
@@ -105,24 +133,57 @@ impl ConnectionLimit {
         }
     }
 
-    /// Counts a new connection from `ip`; `None` when `ip` is at its handshake limit.
-    pub fn admit(&self, ip: IpAddr) -> Option<ConnectionGuard> {
-        let ip = if self.inner.per_ip > 0 {
-            let mut by_ip = self.inner.by_ip.lock().unwrap_or_else(|e| e.into_inner());
-            let n = by_ip.entry(ip).or_default();
-            if *n >= self.inner.per_ip {
-                return None;
-            }
-            *n += 1;
-            Some(ip)
-        } else {
-            None
-        };
-        self.inner.open.fetch_add(1, Ordering::AcqRel);
-        Some(ConnectionGuard {
+    /// Counts a new connection from `ip` if there is room for it, atomically: several accept
+    /// loops (one per worker thread) may admit at once, and never more than `max` together.
+    pub fn admit(&self, ip: IpAddr) -> Result<ConnectionGuard, Refused> {
+        if self.inner.per_ip == 0 {
+            return if self.try_count() {
+                Ok(ConnectionGuard {
+                    inner: self.inner.clone(),
+                    ip: None,
+                })
+            } else {
+                Err(Refused::Full)
+            };
+        }
+        // The table stays locked over the count so that an IP's entry and `open` agree.
+        let mut by_ip = self.inner.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if by_ip.get(&ip).is_some_and(|n| *n >= self.inner.per_ip) {
+            // While full the connection waits for room first, as any other would.
+            return Err(if self.full() {
+                Refused::Full
+            } else {
+                Refused::PerIp
+            });
+        }
+        if !self.try_count() {
+            return Err(Refused::Full);
+        }
+        *by_ip.entry(ip).or_default() += 1;
+        Ok(ConnectionGuard {
             inner: self.inner.clone(),
-            ip,
+            ip: Some(ip),
         })
+    }
+
+    /// Whether `max` connections are open.
+    fn full(&self) -> bool {
+        self.inner.max != 0 && self.open() >= self.inner.max
+    }
+
+    /// Adds one to `open` unless that would exceed `max` (one compare-and-swap).
+    fn try_count(&self) -> bool {
+        if self.inner.max == 0 {
+            self.inner.open.fetch_add(1, Ordering::AcqRel);
+            return true;
+        }
+        let max = self.inner.max;
+        self.inner
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
     }
 
     /// Counts an upgraded session (no per-IP limit: only handshakes are limited per IP).
@@ -172,36 +233,45 @@ async fn refuse(mut stream: tokio::net::TcpStream) {
     .await;
 }
 
-/// Owns one listening socket.
+/// One accept loop of a listener, on one worker's thread: accepts on that thread and hands
+/// every connection to that worker. A listener has one per worker, each over a duplicate of the
+/// same socket (see the module doc).
 pub struct ListenerActor {
     info: Arc<ListenerInfo>,
+    /// The duplicate this actor accepts on, until `started` registers it with the runtime.
     socket: Option<std::net::TcpListener>,
-    workers: Vec<Recipient<Accepted>>,
+    /// The worker on this actor's own arbiter.
+    worker: Recipient<Accepted>,
+    /// The worker's index, for logs.
+    index: usize,
+    /// Connections this actor accepted (shutdown sums those of all actors).
     accepted: Rc<Cell<u64>>,
-    accept_loop: Option<SpawnHandle>,
     limit: ConnectionLimit,
 }
 
 impl ListenerActor {
-    /// A listener over an already-bound, non-blocking socket, dispatching to `workers`.
+    /// An accept loop over an already-bound, non-blocking socket (or a duplicate of one),
+    /// dispatching to `worker`, the worker with index `index`. Build it on the worker's own
+    /// arbiter (inside `start_in_arbiter`), so that the accepted connections are registered
+    /// with the runtime that serves them.
     pub fn new(
         info: Arc<ListenerInfo>,
         socket: std::net::TcpListener,
-        workers: Vec<Recipient<Accepted>>,
+        worker: Recipient<Accepted>,
+        index: usize,
     ) -> ListenerActor {
-        assert!(!workers.is_empty(), "a listener needs at least one worker");
         ListenerActor {
             info,
             socket: Some(socket),
-            workers,
+            worker,
+            index,
             accepted: Rc::new(Cell::new(0)),
-            accept_loop: None,
             limit: ConnectionLimit::new(0, 0),
         }
     }
 
-    /// Counts connections against `limit` (shared with the route table, which counts this
-    /// listener's sessions against it too).
+    /// Counts connections against `limit` (shared by every actor of this listener and with the
+    /// route table, which counts this listener's sessions against it too).
     pub fn with_limit(mut self, limit: ConnectionLimit) -> ListenerActor {
         self.limit = limit;
         self
@@ -218,50 +288,44 @@ impl Actor for ListenerActor {
         let listener = match tokio::net::TcpListener::from_std(socket) {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!(listener = %self.info.name, error = %e, "cannot register listener");
+                tracing::error!(listener = %self.info.name, worker = self.index, error = %e, "cannot register listener");
                 return;
             }
         };
-        tracing::info!(
-            listener = %self.info.name,
-            addr = %self.info.local_addr,
-            scheme = self.info.scheme,
-            "listening"
-        );
+        tracing::debug!(listener = %self.info.name, worker = self.index, "accepting");
         let info = self.info.clone();
-        let workers = self.workers.clone();
+        let worker = self.worker.clone();
         let accepted = self.accepted.clone();
         let limit = self.limit.clone();
         let accept_loop = async move {
-            let mut next = 0usize;
             loop {
                 // At max_connections nothing is accepted: the kernel queues the rest.
                 limit.room().await;
                 match listener.accept().await {
                     Ok((stream, peer)) => {
-                        // Accepted while a session took the last place: held (not served)
-                        // until there is room, so at most one connection waits here.
-                        limit.room().await;
-                        let Some(guard) = limit.admit(peer.ip()) else {
+                        // Accepted while another worker or a session took the last place: held
+                        // (not served) until there is room, so at most one connection per
+                        // worker waits here.
+                        let guard = loop {
+                            match limit.admit(peer.ip()) {
+                                Ok(guard) => break Some(guard),
+                                Err(Refused::Full) => limit.room().await,
+                                Err(Refused::PerIp) => break None,
+                            }
+                        };
+                        let Some(guard) = guard else {
                             tracing::debug!(listener = %info.name, %peer, "handshake limit per IP reached: 429");
                             actix::spawn(refuse(stream));
                             continue;
                         };
-                        let stream = match stream.into_std() {
-                            Ok(s) => s,
-                            Err(e) => {
-                                tracing::debug!(error = %e, "accepted socket lost before hand-off");
-                                continue;
-                            }
-                        };
                         accepted.set(accepted.get() + 1);
-                        workers[next % workers.len()].do_send(Accepted {
+                        // Same arbiter: a push on the worker's mailbox, no thread is woken.
+                        worker.do_send(Accepted {
                             stream,
                             peer,
                             listener: info.clone(),
                             guard,
                         });
-                        next = next.wrapping_add(1);
                     }
                     Err(e) => {
                         // EMFILE and friends: the connection stays in the backlog; back off
@@ -272,7 +336,7 @@ impl Actor for ListenerActor {
                 }
             }
         };
-        self.accept_loop = Some(ctx.spawn(accept_loop.into_actor(self)));
+        ctx.spawn(accept_loop.into_actor(self));
     }
 }
 
@@ -280,11 +344,67 @@ impl Handler<StopAccepting> for ListenerActor {
     type Result = u64;
 
     fn handle(&mut self, _: StopAccepting, ctx: &mut Context<Self>) -> u64 {
-        if let Some(handle) = self.accept_loop.take() {
-            // Cancelling the loop drops the tokio listener, which closes the socket.
-            ctx.cancel_future(handle);
-            tracing::info!(listener = %self.info.name, "stopped accepting");
-        }
+        // Stopping the actor drops the accept loop, with its tokio listener (this actor's
+        // duplicate of the socket), in this same turn, without polling it again: nothing is
+        // accepted after the count below. The port closes once every actor of the listener has
+        // dropped its duplicate.
+        ctx.stop();
+        tracing::debug!(listener = %self.info.name, worker = self.index, "stopped accepting");
         self.accepted.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn admit_counts_up_to_max_and_a_dropped_guard_makes_room() {
+        let limit = ConnectionLimit::new(2, 0);
+        let first = limit.admit(IP).expect("room");
+        let _second = limit.admit(IP).expect("room");
+        assert_eq!(limit.admit(IP).err(), Some(Refused::Full));
+        assert_eq!(limit.open(), 2);
+        drop(first);
+        assert!(limit.admit(IP).is_ok());
+    }
+
+    #[test]
+    fn the_per_ip_limit_refuses_only_that_ip_and_only_while_there_is_room() {
+        let other = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 1));
+        let limit = ConnectionLimit::new(2, 1);
+        let _held = limit.admit(IP).expect("room");
+        assert_eq!(limit.admit(IP).err(), Some(Refused::PerIp));
+        let _other = limit.admit(other).expect("another IP");
+        // Full: the IP over its limit waits for room like any other connection.
+        assert_eq!(limit.admit(IP).err(), Some(Refused::Full));
+        assert_eq!(limit.open(), 2);
+    }
+
+    #[test]
+    fn accept_loops_on_several_threads_never_admit_more_than_max_together() {
+        let limit = ConnectionLimit::new(3, 0);
+        let barrier = Arc::new(std::sync::Barrier::new(4));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let limit = limit.clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    (0..1000)
+                        .filter_map(|_| limit.admit(IP).ok())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let admitted: usize = threads.into_iter().map(|t| t.join().unwrap().len()).sum();
+        assert_eq!(admitted, 3);
+        assert_eq!(
+            limit.open(),
+            0,
+            "every guard was dropped with its thread's list"
+        );
     }
 }

@@ -23,14 +23,14 @@ use crate::prober::ProbeOutcome;
 use crate::route_table::BackendsStatus;
 use crate::session::{SessionActor, SessionId, SessionSummary};
 
-/// A connection a listener accepted, handed to a worker (`do_send`, once per connection). The
-/// stream is a std socket because a tokio socket is tied to the runtime that registered it; the
-/// worker registers it with its own.
+/// A connection a listener accepted, handed to the worker on the same arbiter (`do_send`, once
+/// per connection: a push on a local mailbox, no other thread is woken).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Accepted {
-    /// The accepted socket, still in non-blocking mode.
-    pub stream: std::net::TcpStream,
+    /// The accepted socket, already registered with the runtime of the worker's arbiter (the
+    /// listener actor that accepted it runs there), so it is used as is.
+    pub stream: tokio::net::TcpStream,
     /// The client's address.
     pub peer: SocketAddr,
     /// Which listener accepted it.

@@ -1,6 +1,10 @@
 //! [`WorkerActor`]: one per worker arbiter (thread). It serves the HTTP/1.1 connections handed to
 //! it and hosts the sessions upgraded on them, so a connection's bytes never cross threads.
 //!
+//! Connections reach it from the listener actors on its own arbiter (one per listener, see
+//! [`crate::listener`]): accepted on this thread and registered with this thread's runtime, so
+//! [`Accepted`] carries a ready tokio socket and nothing moves between runtimes.
+//!
 //! Everything a worker shares between its connections lives in one [`WorkerContext`] behind an
 //! `Rc`: the route snapshot handle, the backend connection pool and the session registry. None of
 //! it needs a lock because only this thread touches it.
@@ -15,7 +19,6 @@ use actix::{Actor, Context, Handler};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 
 use crate::listener::ListenerInfo;
 use crate::messages::Accepted;
@@ -116,13 +119,6 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
         listener,
         .. // the connection guard stays in `accepted` until this function returns
     } = accepted;
-    let stream = match TcpStream::from_std(stream) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "cannot register accepted socket");
-            return;
-        }
-    };
     let _ = stream.set_nodelay(true);
     match listener.tls.clone() {
         None => serve_http(ctx, TokioIo::new(stream), peer, listener).await,

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use tether_integration_tests::pool::Member;
+use tether_integration_tests::pool::{get, Member};
 use tether_integration_tests::{raw, start, within, STEP_LIMIT};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -182,15 +182,9 @@ async fn removing_a_route_drains_its_sessions_with_1001() {
 async fn a_listener_added_by_a_reload_serves_and_a_removed_one_closes() {
     let a = Member::start("a").await;
     let b = Member::start("b").await;
-    let extra = r#"[listeners.extra]
-bind = "127.0.0.1:0"
-[routing_rules.extra]
-listener = "extra"
-backend_pool = "two"
-backend_settings = "s""#;
     let sidecar = start(&config(a.addr, b.addr, "one", false, ""));
     sidecar
-        .reload_toml(&config(a.addr, b.addr, "one", false, extra))
+        .reload_toml(&config(a.addr, b.addr, "one", false, EXTRA))
         .await
         .expect("reload applies");
     let status = admin_status(sidecar.admin_addr()).await;
@@ -210,13 +204,72 @@ backend_settings = "s""#;
         .await
         .expect("reload applies");
     // The removed listener's port refuses new connections; its session lives on.
-    let deadline = tokio::time::Instant::now() + STEP_LIMIT;
-    while TcpStream::connect(extra_addr).await.is_ok() {
-        assert!(tokio::time::Instant::now() < deadline, "still accepting");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_refused(extra_addr).await;
     assert_eq!(whoami(&mut ws).await, "b");
     within("stop", sidecar.stop()).await.unwrap();
+}
+
+/// A listener `extra` sending everything to pool `two` (member `b`), for [`config`]'s `extra`.
+const EXTRA: &str = r#"[listeners.extra]
+bind = "127.0.0.1:0"
+[routing_rules.extra]
+listener = "extra"
+backend_pool = "two"
+backend_settings = "s""#;
+
+/// Waits until nothing listens on `addr` any more (connects are refused). A connect that hangs
+/// (a listening socket whose backlog is full) counts as still listening.
+async fn wait_refused(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + STEP_LIMIT;
+    loop {
+        let attempt = tokio::time::timeout(Duration::from_millis(500), TcpStream::connect(addr));
+        if let Ok(Err(_)) = attempt.await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still listening");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Every worker accepts on its own duplicate of each listener's socket (`workers = 2` here):
+/// concurrent sessions and requests through one listener all get served, removing the listener
+/// closes its port (no worker keeps a duplicate open), and the shutdown report counts what every
+/// worker accepted, on removed listeners too.
+#[tokio::test]
+async fn all_workers_accept_on_a_listener_and_removing_it_closes_its_port() {
+    let a = Member::start("a").await;
+    let b = Member::start("b").await;
+    let sidecar = start(&config(a.addr, b.addr, "one", false, EXTRA));
+    let extra = sidecar.addr("extra");
+    let public = sidecar.addr("public");
+    let sessions = futures_util::future::join_all((0..20).map(|_| async move {
+        let mut ws = connect(extra, "/ws").await;
+        assert_eq!(whoami(&mut ws).await, "b");
+        ws
+    }));
+    let requests = futures_util::future::join_all((0..20).map(|_| get(extra, "/plain", "")));
+    let (mut sessions, answers) =
+        within("traffic", futures_util::future::join(sessions, requests)).await;
+    for answer in answers {
+        assert_eq!(answer, (200, "b".to_owned()));
+    }
+    for _ in 0..10 {
+        assert_eq!(get(public, "/app/x", "").await, (200, "a".to_owned()));
+    }
+    sidecar
+        .reload_toml(&config(a.addr, b.addr, "one", false, ""))
+        .await
+        .expect("reload applies");
+    wait_refused(extra).await;
+    for ws in sessions.iter_mut() {
+        assert_eq!(whoami(ws).await, "b", "sessions outlive their listener");
+    }
+    assert_eq!(get(public, "/app/x", "").await, (200, "a".to_owned()));
+    drop(sessions);
+    let report = within("stop", sidecar.stop()).await.unwrap();
+    // 20 sessions and 20 requests on `extra`, 11 requests on `public`: one connection each.
+    assert_eq!(report.accepted, 51);
+    assert_eq!(b.sessions.load(std::sync::atomic::Ordering::SeqCst), 20);
 }
 
 async fn admin_status(admin: SocketAddr) -> serde_json::Value {

@@ -5,20 +5,24 @@
 //! actix System. [`run`] takes already-bound listeners, so tests and embedders bind
 //! `127.0.0.1:0`; [`Sidecar`] does all of that on a thread of its own.
 //!
-//! Start-up: resolve DNS members once → start the route table → start one prober per probed
-//! pool (all on one probe arbiter) and one resolver per pool with DNS members → serve the admin endpoint → start one worker
-//! actor per worker arbiter → start one listener actor per listener. Shutdown: stop accepting →
-//! fire the shutdown signal (HTTP connections finish their request, sessions drain, probers and
-//! resolvers stop) → wait for every connection and session up to `shutdown_grace` → stop the
-//! workers, closing what is left → stop the admin endpoint. Readiness (`/readyz`) turns false
-//! the moment shutdown begins, before the listeners close.
+//! Start-up: duplicate every listener's socket once per worker → resolve DNS members once →
+//! start the route table → start one prober per probed pool (all on one probe arbiter) and one
+//! resolver per pool with DNS members → serve the admin endpoint → start one worker actor per
+//! worker arbiter → on every worker arbiter, start one listener actor per listener over its own
+//! duplicate of the socket, so each worker accepts its connections on its own thread (see
+//! `tether_actors::listener`). Shutdown: stop accepting (every actor of every listener; the
+//! port closes with the last) → fire the shutdown signal (HTTP connections finish their
+//! request, sessions drain, probers and resolvers stop) → wait for every connection and session
+//! up to `shutdown_grace` → stop the workers, closing what is left → stop the admin endpoint.
+//! Readiness (`/readyz`) turns false the moment shutdown begins, before the listeners close.
 //!
 //! Reload ([`run_reloadable`], [`Sidecar::reload`]; the binary on SIGHUP or a changed
-//! `--config` file): bind added or moved listeners (a failure refuses the reload, nothing
-//! changed) → `ConfigReplaced` to the route table (one new snapshot; live sessions untouched
-//! unless their route is gone, then drained with 1001 after `drain_grace`) → stop the probers
-//! and resolvers of removed or changed pools, start new ones → stop accepting on removed
-//! listeners.
+//! `--config` file): bind added or moved listeners and duplicate their sockets (a failure
+//! refuses the reload, nothing changed) → `ConfigReplaced` to the route table (one new
+//! snapshot; live sessions untouched unless their route is gone, then drained with 1001 after
+//! `drain_grace`) → stop the probers and resolvers of removed or changed pools, start new ones →
+//! stop accepting on removed listeners (all their actors; the port closes with the last) →
+//! start the added ones on every worker.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -28,7 +32,7 @@ use std::thread;
 use std::time::Duration;
 
 use actix::Recipient;
-use actix::{Actor, Addr, Arbiter};
+use actix::{Actor, Addr, Arbiter, ArbiterHandle};
 use tether_actors::listener::ConnectionLimit;
 use tether_actors::listener::{ListenerActor, ListenerInfo};
 use tether_actors::messages::Accepted;
@@ -171,7 +175,8 @@ pub fn bind_listeners(config: &Config) -> Result<BoundListeners, RunError> {
 /// What a finished run did.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunReport {
-    /// Connections accepted over the whole run.
+    /// Connections accepted over the whole run, on every worker, by every listener (those a
+    /// reload removed included); connections refused with 429 are not counted.
     pub accepted: u64,
     /// Connections and sessions still open when the grace period ran out (closed by force).
     pub forced: usize,
@@ -252,6 +257,22 @@ pub async fn run_reloadable(
     let _dispatch = telemetry
         .as_ref()
         .map(|t| tracing::dispatcher::set_default(&t.dispatch));
+    let mut bound = listeners.addrs();
+    // Every worker accepts on a duplicate of each listener's socket. Duplicated before anything
+    // starts, so that a failure leaves nothing running.
+    let worker_count = config.workers.max(1);
+    let sockets = listeners
+        .sockets
+        .into_iter()
+        .map(
+            |(name, addr, socket)| match duplicate(socket, worker_count) {
+                Ok(dups) => Ok((name, addr, dups)),
+                Err(e) => Err(RunError::Runtime(format!(
+                    "listener \"{name}\": cannot duplicate its socket: {e}"
+                ))),
+            },
+        )
+        .collect::<Result<Vec<_>, _>>()?;
     let config = Arc::new(config);
     let lifecycle = Arc::new(admin::Lifecycle::new(config.clone()));
     let stop = Shutdown::with_close_code(config.shutdown_close_code);
@@ -279,7 +300,6 @@ pub async fn run_reloadable(
     if let Some(telemetry) = &telemetry {
         telemetry.observe(&metrics);
     }
-    let mut bound = listeners.addrs();
     let (_, admin_socket) = listeners.admin;
     let admin = admin::AdminServer::start(
         admin_socket,
@@ -303,16 +323,20 @@ pub async fn run_reloadable(
         metrics: metrics.clone(),
         dispatch: telemetry.as_ref().map(|t| t.dispatch.clone()),
     };
-    let workers: Vec<Arbiter> = (0..config.workers.max(1)).map(|_| Arbiter::new()).collect();
-    let worker_addrs: Vec<_> = workers
+    let workers: Vec<Arbiter> = (0..worker_count).map(|_| Arbiter::new()).collect();
+    let worker_addrs: Vec<Worker> = workers
         .iter()
         .enumerate()
         .map(|(index, arbiter)| {
             let setup = setup.clone();
-            WorkerActor::start_in_arbiter(&arbiter.handle(), move |_| {
-                WorkerActor::new(index, setup)
-            })
-            .recipient()
+            let handle = arbiter.handle();
+            let accepted =
+                WorkerActor::start_in_arbiter(&handle, move |_| WorkerActor::new(index, setup))
+                    .recipient();
+            Worker {
+                arbiter: handle,
+                accepted,
+            }
         })
         .collect();
 
@@ -323,21 +347,20 @@ pub async fn run_reloadable(
     ));
     let mut listener_tls = listeners.tls;
     let mut limits = std::collections::HashMap::new();
-    let mut listener_addrs: BTreeMap<String, Addr<ListenerActor>> = listeners
-        .sockets
+    let mut listener_addrs: BTreeMap<String, Vec<Addr<ListenerActor>>> = sockets
         .into_iter()
-        .map(|(name, local_addr, socket)| {
+        .map(|(name, local_addr, sockets)| {
             let tls = listener_tls.remove(&name);
-            let (actor, limit) = start_listener(
+            let (actors, limit) = start_listener(
                 &config,
                 &name,
-                (local_addr, socket),
+                (local_addr, sockets),
                 tls,
                 &bound,
                 &worker_addrs,
             );
             limits.insert(name.clone(), limit);
-            (name, actor)
+            (name, actors)
         })
         .collect();
     route_table.do_send(ListenerLimits {
@@ -350,6 +373,8 @@ pub async fn run_reloadable(
         "tether is running"
     );
 
+    // Connections accepted by listeners that reloads removed, for the report.
+    let mut retired = 0u64;
     let mut config = config;
     let mut reloads = reloads;
     tokio::pin!(shutdown);
@@ -363,6 +388,7 @@ pub async fn run_reloadable(
                     background: &mut background,
                     probe_arbiter: &probe_arbiter,
                     listeners: &mut listener_addrs,
+                    retired: &mut retired,
                     limits: &mut limits,
                     bound: &mut bound,
                     workers: &worker_addrs,
@@ -379,9 +405,12 @@ pub async fn run_reloadable(
     // /readyz stops sending new clients while the listeners are being closed.
     lifecycle.set_draining();
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: no longer accepting");
-    let mut report = RunReport::default();
-    for listener in listener_addrs.values() {
-        report.accepted += listener.send(StopAccepting).await.unwrap_or(0);
+    let mut report = RunReport {
+        accepted: retired,
+        ..RunReport::default()
+    };
+    for (name, actors) in &listener_addrs {
+        report.accepted += stop_accepting(name, actors).await;
     }
     background.stop_all();
     stop.fire();
@@ -421,15 +450,45 @@ pub async fn run_reloadable(
     Ok(report)
 }
 
-/// Starts the listener actor of `name` over its bound socket, with its connection limit.
+/// A worker arbiter and the worker actor on it: where the listener actors feeding that worker
+/// run.
+struct Worker {
+    /// The worker's arbiter (thread).
+    arbiter: ArbiterHandle,
+    /// The worker actor's mailbox for accepted connections.
+    accepted: Recipient<Accepted>,
+}
+
+/// `n` handles on one listening socket: `n - 1` duplicates (`try_clone`) and the socket itself,
+/// so that once the `n` are dropped nothing keeps the port open.
+fn duplicate(
+    socket: std::net::TcpListener,
+    n: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut all = Vec::with_capacity(n.max(1));
+    for _ in 1..n {
+        all.push(socket.try_clone()?);
+    }
+    all.push(socket);
+    Ok(all)
+}
+
+/// Starts the listener actors of `name`, one on each worker's arbiter over one of `sockets`
+/// (duplicates of the listener's socket, one per worker), all counting against one
+/// [`ConnectionLimit`], which is returned for the route table.
 fn start_listener(
     config: &Config,
     name: &str,
-    (local_addr, socket): (SocketAddr, std::net::TcpListener),
+    (local_addr, sockets): (SocketAddr, Vec<std::net::TcpListener>),
     tls: Option<Arc<ListenerTls>>,
     bound: &BTreeMap<String, SocketAddr>,
-    workers: &[Recipient<Accepted>],
-) -> (Addr<ListenerActor>, ConnectionLimit) {
+    workers: &[Worker],
+) -> (Vec<Addr<ListenerActor>>, ConnectionLimit) {
+    assert_eq!(
+        sockets.len(),
+        workers.len(),
+        "one socket per worker for listener {name:?}"
+    );
     let listener = &config.listeners[name];
     let limit = ConnectionLimit::new(listener.max_connections, listener.max_handshakes_per_ip);
     let info = Arc::new(ListenerInfo {
@@ -444,10 +503,40 @@ fn start_listener(
         config: listener.clone(),
         tls,
     });
-    let actor = ListenerActor::new(info, socket, workers.to_vec())
-        .with_limit(limit.clone())
-        .start();
-    (actor, limit)
+    tracing::info!(
+        listener = %info.name,
+        addr = %info.local_addr,
+        scheme = info.scheme,
+        workers = workers.len(),
+        "listening"
+    );
+    let actors = sockets
+        .into_iter()
+        .zip(workers)
+        .enumerate()
+        .map(|(index, (socket, worker))| {
+            let info = info.clone();
+            let limit = limit.clone();
+            let accepted = worker.accepted.clone();
+            ListenerActor::start_in_arbiter(&worker.arbiter, move |_| {
+                ListenerActor::new(info, socket, accepted, index).with_limit(limit)
+            })
+        })
+        .collect();
+    (actors, limit)
+}
+
+/// Stops every accept loop of listener `name` (one per worker): each drops its duplicate of the
+/// socket, and the port closes with the last. Answers how many connections they accepted in all.
+async fn stop_accepting(name: &str, actors: &[Addr<ListenerActor>]) -> u64 {
+    // Every order goes out before the first answer is awaited: the workers stop in parallel.
+    let answers: Vec<_> = actors.iter().map(|a| a.send(StopAccepting)).collect();
+    let mut accepted = 0;
+    for answer in answers {
+        accepted += answer.await.unwrap_or(0);
+    }
+    tracing::info!(listener = name, accepted, "stopped accepting");
+    accepted
 }
 
 /// The probers and resolvers of every pool, each with a stop signal of its own so that a
@@ -546,10 +635,12 @@ struct ReloadContext<'a> {
     route_table: &'a Addr<RouteTableActor>,
     background: &'a mut Background,
     probe_arbiter: &'a Arbiter,
-    listeners: &'a mut BTreeMap<String, Addr<ListenerActor>>,
+    listeners: &'a mut BTreeMap<String, Vec<Addr<ListenerActor>>>,
+    /// Connections accepted by the listeners reloads removed.
+    retired: &'a mut u64,
     limits: &'a mut std::collections::HashMap<String, ConnectionLimit>,
     bound: &'a mut BTreeMap<String, SocketAddr>,
-    workers: &'a [Recipient<Accepted>],
+    workers: &'a [Worker],
 }
 
 /// Puts `new` in force: binds added or moved listeners first (a bind failure refuses the
@@ -597,7 +688,9 @@ async fn reload(cx: ReloadContext<'_>, new: Config) -> Result<(), String> {
         }
         let (addr, socket) = listen(listener.bind)
             .map_err(|e| format!("listener \"{name}\": cannot bind {}: {e}", listener.bind))?;
-        fresh.push((name.clone(), addr, socket));
+        let sockets = duplicate(socket, cx.workers.len())
+            .map_err(|e| format!("listener \"{name}\": cannot duplicate its socket: {e}"))?;
+        fresh.push((name.clone(), addr, sockets));
     }
     let new = Arc::new(new);
     let (dns, resolved) = resolve_dns(&new).await;
@@ -629,16 +722,16 @@ async fn reload(cx: ReloadContext<'_>, new: Config) -> Result<(), String> {
         .cloned()
         .collect();
     for name in gone {
-        if let Some(actor) = cx.listeners.remove(&name) {
-            let _ = actor.send(StopAccepting).await;
+        if let Some(actors) = cx.listeners.remove(&name) {
+            *cx.retired += stop_accepting(&name, &actors).await;
         }
         cx.bound.remove(&name);
         cx.limits.remove(&name);
     }
-    for (name, addr, socket) in fresh {
-        let (actor, limit) =
-            start_listener(&new, &name, (addr, socket), None, cx.bound, cx.workers);
-        cx.listeners.insert(name.clone(), actor);
+    for (name, addr, sockets) in fresh {
+        let (actors, limit) =
+            start_listener(&new, &name, (addr, sockets), None, cx.bound, cx.workers);
+        cx.listeners.insert(name.clone(), actors);
         cx.limits.insert(name.clone(), limit);
         cx.bound.insert(name, addr);
     }
