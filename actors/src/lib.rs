@@ -6,17 +6,19 @@
 //!                      ┌──────────────────────┐  publishes Arc<RouteSnapshot> (ArcSwap)
 //!                      │   RouteTableActor    │─────────────────────────────┐
 //!                      │ (System arbiter)     │◀── SessionOpened/Ended ──┐  │ load() per request,
-//!                      └──────────────────────┘──── DrainSession ──┐   │  │ no mailbox
-//!  ┌──────────────┐ Accepted (do_send,      ┌──────────────────┐   │   │  ▼
-//!  │ListenerActor │ once per connection) ──▶│ WorkerActor × N  │───┼───┼─▶ proxy::handle
-//!  │(one/listener)│                         │ (one per arbiter)│   │   │   (hyper HTTP/1.1)
-//!  └──────────────┘                         └──────────────────┘   ▼   │
-//!                                               starts on 101 ─▶ SessionActor (one per
-//!                                                                WebSocket, same worker)
+//!                      └──────────────────────┘── DrainSession/All ─┐   │  │ no mailbox
+//!   worker arbiter × N (one thread each)                            │   │  ▼
+//!  ┌──────────────────────────────────────────────────────────────────────────────────────┐
+//!  │ ListenerActor ── Accepted ──▶ WorkerActor ──▶ proxy::handle (hyper HTTP/1.1)          │
+//!  │ (one per listener,  (same thread)                 │                                  │
+//!  │  on a dup of its socket)                          └─ on 101 ─▶ SessionActor (one per  │
+//!  │                                                                 WebSocket)           │
+//!  └──────────────────────────────────────────────────────────────────────────────────────┘
 //! ```
 //!
-//! * [`listener::ListenerActor`] owns a bound socket and its accept loop and hands every
-//!   accepted connection to a worker.
+//! * [`listener::ListenerActor`] runs on every worker arbiter, once per listener, over a
+//!   duplicate of the listener's bound socket; it accepts on the worker's own thread and hands
+//!   each connection to that worker, so a connection never changes threads.
 //! * [`worker::WorkerActor`] lives on its own arbiter (thread) and serves the connections it is
 //!   handed; the sessions upgraded on them stay on that thread, so the data path never hops
 //!   threads and needs no lock.

@@ -399,8 +399,12 @@ mod tests {
                 })
             })
             .collect();
-        let admitted: usize = threads.into_iter().map(|t| t.join().unwrap().len()).sum();
+        // Every thread's guards are kept until all threads are done: dropping one thread's
+        // while another still runs would free places for it.
+        let lists: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let admitted: usize = lists.iter().map(Vec::len).sum();
         assert_eq!(admitted, 3);
+        drop(lists);
         assert_eq!(
             limit.open(),
             0,

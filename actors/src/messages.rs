@@ -40,8 +40,9 @@ pub struct Accepted {
     pub guard: crate::listener::ConnectionGuard,
 }
 
-/// Tells a listener to close its socket and stop accepting (`send`, awaited by shutdown so the
-/// port is known to be closed before draining starts). Answers how many connections it accepted.
+/// Tells one worker's listener actor to stop accepting and drop its copy of the listener's
+/// socket (`send` to every copy, awaited by shutdown and reload, so the port is known to be
+/// closed once all have answered). Answers how many connections that copy accepted.
 #[derive(Message)]
 #[rtype(result = "u64")]
 pub struct StopAccepting;

@@ -119,7 +119,7 @@ pub struct SessionActor {
 /// What a session needs from the worker that starts it.
 pub struct SessionEnv {
     /// Where it reports its start and end.
-    pub registry: SessionRegistry,
+    pub registry: Rc<SessionRegistry>,
     /// Fires when Tether shuts down.
     pub shutdown: ShutdownSignal,
     /// How long the close handshake may take at shutdown.

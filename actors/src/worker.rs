@@ -38,8 +38,8 @@ pub struct WorkerContext {
     pub routes: SharedRoutes,
     /// Idle backend connections of this worker.
     pub upstream: Rc<UpstreamPool>,
-    /// Where sessions register.
-    pub registry: SessionRegistry,
+    /// Where sessions register (shared by every session on this worker: one pointer each).
+    pub registry: Rc<SessionRegistry>,
     /// Fires when the sidecar shuts down.
     pub shutdown: ShutdownSignal,
     /// Counts live connections and sessions.
@@ -84,7 +84,7 @@ impl WorkerActor {
                 index,
                 routes: setup.routes,
                 upstream: Rc::new(UpstreamPool::default()),
-                registry: setup.registry,
+                registry: Rc::new(setup.registry),
                 shutdown: setup.shutdown,
                 tracker: setup.tracker,
                 shutdown_grace: setup.shutdown_grace,
