@@ -5,7 +5,7 @@
 //! ```text
 //!                      ┌──────────────────────┐  publishes Arc<RouteSnapshot> (ArcSwap)
 //!                      │   RouteTableActor    │─────────────────────────────┐
-//!                      │ (System arbiter)     │◀── SessionOpened/Ended ──┐  │ load() per request,
+//!                      │ (System arbiter)     │◀── SessionsChanged ──────┐  │ load() per request,
 //!                      └──────────────────────┘── DrainSession/All ─┐   │  │ no mailbox
 //!   worker arbiter × N (one thread each)                            │   │  ▼
 //!  ┌──────────────────────────────────────────────────────────────────────────────────────┐

@@ -47,7 +47,20 @@ pub struct Accepted {
 #[rtype(result = "u64")]
 pub struct StopAccepting;
 
-/// A WebSocket session started (`do_send` from the session actor to the route table).
+/// Sessions that started and ended on one worker since its last report (`do_send` from the
+/// worker's [`crate::session::SessionRegistry`] to the route table). Batched per turn of the
+/// worker's event loop, so that a busy worker wakes the route table's thread once per batch
+/// rather than twice per session. `opened` is applied before `ended`.
+#[derive(Message, Default)]
+#[rtype(result = "()")]
+pub struct SessionsChanged {
+    /// Sessions that started, in order.
+    pub opened: Vec<SessionOpened>,
+    /// Sessions that ended, in order.
+    pub ended: Vec<SessionEnded>,
+}
+
+/// A WebSocket session started (reported to the route table in a [`SessionsChanged`]).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SessionOpened {
@@ -63,7 +76,7 @@ pub struct SessionOpened {
     pub session: WeakAddr<SessionActor>,
 }
 
-/// A WebSocket session ended (`do_send` from the session actor to the route table).
+/// A WebSocket session ended (reported to the route table in a [`SessionsChanged`]).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SessionEnded {

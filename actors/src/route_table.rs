@@ -45,7 +45,7 @@ use crate::messages::{
     AttachProber, BackendsReport, ConfigChange, ConfigReplaced, DrainAll, DrainReason,
     DrainSession, EndedSessionInfo, ListenerLimits, LiveSessionInfo, LiveSessions, MemberFailing,
     MemberHealthChanged, MembersResolved, ProbeTargets, RecentEndings, SessionEnded, SessionOpened,
-    SessionStatsQuery, SessionsReport,
+    SessionStatsQuery, SessionsChanged, SessionsReport,
 };
 use crate::prober::Health;
 use crate::resolver::DnsMember;
@@ -461,6 +461,8 @@ pub struct RouteTableActor {
     last_build: Duration,
     /// Live sessions per rule (see [`Route::sessions`]).
     route_sessions: BTreeMap<String, Arc<AtomicUsize>>,
+    /// Set by [`DrainAll`]: sessions reported after it are drained as they register.
+    draining: Option<DrainSession>,
 }
 
 impl RouteTableActor {
@@ -496,6 +498,7 @@ impl RouteTableActor {
             reporter,
             last_build: Duration::ZERO,
             route_sessions: BTreeMap::new(),
+            draining: None,
         };
         actor.publish();
         (actor, shared)
@@ -683,10 +686,28 @@ impl Actor for RouteTableActor {
     type Context = Context<Self>;
 }
 
-impl Handler<SessionOpened> for RouteTableActor {
+impl Handler<SessionsChanged> for RouteTableActor {
     type Result = ();
 
-    fn handle(&mut self, msg: SessionOpened, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: SessionsChanged, _: &mut Context<Self>) {
+        for opened in msg.opened {
+            self.session_opened(opened);
+        }
+        for ended in msg.ended {
+            self.session_ended(ended);
+        }
+    }
+}
+
+impl RouteTableActor {
+    fn session_opened(&mut self, msg: SessionOpened) {
+        if let Some(drain) = self.draining {
+            // Reported after every session was drained for shutdown: this one started before
+            // it could see the signal, so it is drained now.
+            if let Some(session) = msg.session.upgrade() {
+                session.do_send(drain);
+            }
+        }
         let guard = self
             .config
             .routing_rules
@@ -710,6 +731,10 @@ impl Handler<DrainAll> for RouteTableActor {
     type Result = ();
 
     fn handle(&mut self, msg: DrainAll, _: &mut Context<Self>) {
+        self.draining = Some(DrainSession {
+            reason: msg.reason,
+            grace: msg.grace,
+        });
         for live in self.sessions.values() {
             if let Some(session) = live.session.upgrade() {
                 session.do_send(DrainSession {
@@ -722,10 +747,8 @@ impl Handler<DrainAll> for RouteTableActor {
     }
 }
 
-impl Handler<SessionEnded> for RouteTableActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: SessionEnded, _: &mut Context<Self>) {
+impl RouteTableActor {
+    fn session_ended(&mut self, msg: SessionEnded) {
         if let Some(live) = self.sessions.remove(&msg.id) {
             tracing::debug!(
                 session = msg.id.0,

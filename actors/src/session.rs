@@ -7,7 +7,7 @@
 //! The actor runs on the worker that accepted the client, so the pump never crosses threads, and
 //! no message is exchanged per frame.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +21,9 @@ use bytes::Bytes;
 use tracing::Span;
 
 use crate::balance::MemberLease;
-use crate::messages::{DrainSession, SessionEnded, SessionOpened, SessionStats, SessionStatsQuery};
+use crate::messages::{
+    DrainSession, SessionEnded, SessionOpened, SessionStats, SessionStatsQuery, SessionsChanged,
+};
 use crate::metrics::Metrics;
 use crate::pump::{Initiator, Outcome, PumpConfig, Pumping, Shared};
 use crate::route_table::SessionSlot;
@@ -64,13 +66,60 @@ pub struct SessionSummary {
     pub outcome: Outcome,
 }
 
-/// Where a session reports its start and end (the route table, behind recipients).
-#[derive(Clone)]
+/// Where the sessions of one worker report their start and end: the route table, in batches.
+///
+/// Reports are collected during a turn of the worker's event loop and sent as one
+/// [`SessionsChanged`] by a task that runs once the turn's other ready tasks have run, so a busy
+/// worker wakes the route table's thread once per batch, not twice per session (each wake-up is
+/// a cross-thread notification and, with the threads on one core, two context switches). A
+/// registry is built per worker (`clone` gives an empty batch) and lives behind an `Rc` there.
 pub struct SessionRegistry {
-    /// Receives [`SessionOpened`].
-    pub opened: Recipient<SessionOpened>,
-    /// Receives [`SessionEnded`].
-    pub ended: Recipient<SessionEnded>,
+    route_table: Recipient<SessionsChanged>,
+    batch: RefCell<SessionsChanged>,
+    flush_scheduled: Cell<bool>,
+}
+
+impl Clone for SessionRegistry {
+    fn clone(&self) -> SessionRegistry {
+        SessionRegistry::new(self.route_table.clone())
+    }
+}
+
+impl SessionRegistry {
+    /// A registry reporting to `route_table`.
+    pub fn new(route_table: Recipient<SessionsChanged>) -> SessionRegistry {
+        SessionRegistry {
+            route_table,
+            batch: RefCell::new(SessionsChanged::default()),
+            flush_scheduled: Cell::new(false),
+        }
+    }
+
+    /// Reports a session that started.
+    pub fn opened(self: &Rc<Self>, msg: SessionOpened) {
+        self.batch.borrow_mut().opened.push(msg);
+        self.schedule_flush();
+    }
+
+    /// Reports a session that ended.
+    pub fn ended(self: &Rc<Self>, msg: SessionEnded) {
+        self.batch.borrow_mut().ended.push(msg);
+        self.schedule_flush();
+    }
+
+    fn schedule_flush(self: &Rc<Self>) {
+        if self.flush_scheduled.replace(true) {
+            return;
+        }
+        let this = self.clone();
+        tokio::task::spawn_local(async move {
+            // Let every task already woken in this turn add its reports first.
+            tokio::task::yield_now().await;
+            this.flush_scheduled.set(false);
+            let batch = this.batch.take();
+            this.route_table.do_send(batch);
+        });
+    }
 }
 
 /// Both upgraded sockets, with any bytes the HTTP layer had already read past the handshake.
@@ -199,7 +248,7 @@ impl SessionActor {
         );
         // Ending the span here: it covers the 101 to the last byte.
         self.env.span = Span::none();
-        self.env.registry.ended.do_send(SessionEnded {
+        self.env.registry.ended(SessionEnded {
             id: self.id,
             summary,
         });
@@ -210,7 +259,7 @@ impl Actor for SessionActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.env.registry.opened.do_send(SessionOpened {
+        self.env.registry.opened(SessionOpened {
             id: self.id,
             route: self.info.route.clone(),
             backend: self.info.backend,

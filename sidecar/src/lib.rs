@@ -279,10 +279,7 @@ pub async fn run_reloadable(
     let (dns, resolved) = resolve_dns(&config).await;
 
     let (route_table, routes) = RouteTableActor::start(config.clone(), &resolved);
-    let registry = SessionRegistry {
-        opened: route_table.clone().recipient(),
-        ended: route_table.clone().recipient(),
-    };
+    let registry = SessionRegistry::new(route_table.clone().recipient());
     // Probers get an arbiter (thread and current-thread runtime) of their own: probe I/O is
     // driven where it is handled, without a wake-up hop per event, and a thousand members'
     // probes never delay the route table's updates on the System arbiter.
