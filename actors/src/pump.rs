@@ -4,8 +4,9 @@
 //! An idle session owns no buffer. Each direction waits for *readiness*, borrows the worker
 //! thread's one 64 KiB read buffer, reads, and writes straight through. Only bytes the other side
 //! refuses (its socket buffer is full) are copied into that direction's `pending` vector, which is
-//! freed once flushed; while it is non-empty the direction stops reading, so backpressure travels
-//! end to end.
+//! freed once flushed; once it holds [`PENDING_LIMIT`] bytes the direction stops reading, so
+//! backpressure travels end to end. (Stopping at the first refused byte instead made a busy
+//! session stop and go: with 4 KiB echoes the worker sat 40% idle.)
 //!
 //! # Frames
 //! In `inspect = "frames"` mode each direction runs a [`FrameTracker`]: bytes still go through
@@ -53,6 +54,10 @@ use crate::transport::{ReadEnd, SessionIo};
 
 /// Size of the per-worker read buffer.
 pub const READ_BUFFER_SIZE: usize = 64 * 1024;
+/// A direction keeps reading while fewer bytes than this wait for its destination, so a
+/// destination that is briefly full does not stall the source (the buffer is freed once
+/// flushed); at the limit it stops reading and backpressure travels end to end.
+pub const PENDING_LIMIT: usize = 64 * 1024;
 /// Length of the payload of Tether's keep-alive pings (`tthr` + a sequence number).
 pub const PING_PAYLOAD_LEN: usize = 8;
 /// How long peers get to answer a close frame Tether sent for a reason of its own (idle timeout,
@@ -201,7 +206,7 @@ enum Queued {
 
 impl Half {
     fn can_read(&self) -> bool {
-        !self.src_done && self.pending.is_empty()
+        !self.src_done && self.pending.len() < PENDING_LIMIT
     }
     fn wants_write(&self) -> bool {
         !self.pending.is_empty() && !self.dst_done
