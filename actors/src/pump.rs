@@ -610,6 +610,25 @@ impl Pump {
         }
     }
 
+    /// `dir`'s destination became writable (or failed): writes what is pending.
+    fn on_writable(&mut self, dir: Dir, dst: &SessionIo, ready: io::Result<()>) {
+        match ready {
+            Ok(()) => self.flush(dir, dst),
+            Err(_) => {
+                self.halves(dir).0.write_failed = true;
+                self.check_write(dir);
+            }
+        }
+    }
+
+    /// `dir`'s source became readable (or failed): reads once and forwards to `dst`.
+    fn on_readable(&mut self, dir: Dir, src: &SessionIo, dst: &SessionIo, ready: io::Result<()>) {
+        match ready {
+            Ok(()) => read_once(self, dir, src, dst),
+            Err(_) => self.on_end(dir, true),
+        }
+    }
+
     /// Writes what `dir` has pending.
     fn flush(&mut self, dir: Dir, dst: &SessionIo) {
         let (half, _) = self.halves(dir);
@@ -920,43 +939,25 @@ impl Future for Pumping {
                 }
                 if pump.up.wants_write() || backend.output_pending() {
                     if let Poll::Ready(r) = backend.poll_writable(cx) {
-                        match r {
-                            Ok(()) => pump.flush(Dir::Up, backend),
-                            Err(_) => {
-                                pump.up.write_failed = true;
-                                pump.check_write(Dir::Up);
-                            }
-                        }
+                        pump.on_writable(Dir::Up, backend, r);
                         continue;
                     }
                 }
                 if pump.down.wants_write() || client.output_pending() {
                     if let Poll::Ready(r) = client.poll_writable(cx) {
-                        match r {
-                            Ok(()) => pump.flush(Dir::Down, client),
-                            Err(_) => {
-                                pump.down.write_failed = true;
-                                pump.check_write(Dir::Down);
-                            }
-                        }
+                        pump.on_writable(Dir::Down, client, r);
                         continue;
                     }
                 }
                 if pump.up.can_read() {
                     if let Poll::Ready(r) = client.poll_readable(cx) {
-                        match r {
-                            Ok(()) => read_once(pump, Dir::Up, client, backend),
-                            Err(_) => pump.on_end(Dir::Up, true),
-                        }
+                        pump.on_readable(Dir::Up, client, backend, r);
                         continue;
                     }
                 }
                 if pump.down.can_read() {
                     if let Poll::Ready(r) = backend.poll_readable(cx) {
-                        match r {
-                            Ok(()) => read_once(pump, Dir::Down, backend, client),
-                            Err(_) => pump.on_end(Dir::Down, true),
-                        }
+                        pump.on_readable(Dir::Down, backend, client, r);
                         continue;
                     }
                 }

@@ -565,12 +565,13 @@ impl RouteTableActor {
                 target.set_port(port);
             }
             if live.backend == target {
-                if let Some(session) = live.session.upgrade() {
-                    session.do_send(DrainSession {
+                drain(
+                    &live.session,
+                    DrainSession {
                         reason: DrainReason::BackendUnhealthy,
                         grace: rule.websocket.drain_grace,
-                    });
-                }
+                    },
+                );
                 drained += 1;
             }
         }
@@ -701,12 +702,10 @@ impl Handler<SessionsChanged> for RouteTableActor {
 
 impl RouteTableActor {
     fn session_opened(&mut self, msg: SessionOpened) {
-        if let Some(drain) = self.draining {
+        if let Some(order) = self.draining {
             // Reported after every session was drained for shutdown: this one started before
             // it could see the signal, so it is drained now.
-            if let Some(session) = msg.session.upgrade() {
-                session.do_send(drain);
-            }
+            drain(&msg.session, order);
         }
         let guard = self
             .config
@@ -727,21 +726,24 @@ impl RouteTableActor {
     }
 }
 
+/// Sends `order` to a session that is still running (one that ended meanwhile is skipped).
+fn drain(session: &WeakAddr<SessionActor>, order: DrainSession) {
+    if let Some(session) = session.upgrade() {
+        session.do_send(order);
+    }
+}
+
 impl Handler<DrainAll> for RouteTableActor {
     type Result = ();
 
     fn handle(&mut self, msg: DrainAll, _: &mut Context<Self>) {
-        self.draining = Some(DrainSession {
+        let order = DrainSession {
             reason: msg.reason,
             grace: msg.grace,
-        });
+        };
+        self.draining = Some(order);
         for live in self.sessions.values() {
-            if let Some(session) = live.session.upgrade() {
-                session.do_send(DrainSession {
-                    reason: msg.reason,
-                    grace: msg.grace,
-                });
-            }
+            drain(&live.session, order);
         }
         tracing::info!(sessions = self.sessions.len(), reason = ?msg.reason, "draining every session");
     }
@@ -1053,12 +1055,13 @@ impl Handler<ConfigReplaced> for RouteTableActor {
                 .routing_rules
                 .get(&*live.route)
                 .map_or(config.shutdown_grace, |r| r.websocket.drain_grace);
-            if let Some(session) = live.session.upgrade() {
-                session.do_send(DrainSession {
+            drain(
+                &live.session,
+                DrainSession {
                     reason: DrainReason::RouteRemoved,
                     grace,
-                });
-            }
+                },
+            );
             change.sessions_drained += 1;
         }
         self.publish();

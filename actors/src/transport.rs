@@ -63,36 +63,38 @@ pub enum ReadEnd {
 /// (Readiness that arrived after the read carries a newer tick and is not cleared.)
 fn read_tcp(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
     let want = buf.len();
-    let mut got = 0;
-    match tcp.try_io(Interest::READABLE, || {
-        let n = (&*socket2::SockRef::from(tcp)).read(buf)?;
-        got = n;
-        if n > 0 && n < want {
-            Err(io::ErrorKind::WouldBlock.into())
-        } else {
-            Ok(n)
-        }
-    }) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
-        other => other,
-    }
+    transfer(tcp, Interest::READABLE, want, || {
+        (&*socket2::SockRef::from(tcp)).read(buf)
+    })
 }
 
 /// One non-blocking write. A short write filled the socket's send buffer, so its writability
 /// is cleared at once (the next wait goes to epoll, not to a `send` answering `EAGAIN`).
 fn write_tcp(tcp: &TcpStream, bytes: &[u8]) -> io::Result<usize> {
-    let want = bytes.len();
-    let mut put = 0;
-    match tcp.try_io(Interest::WRITABLE, || {
-        let n = (&*socket2::SockRef::from(tcp)).write(bytes)?;
-        put = n;
+    transfer(tcp, Interest::WRITABLE, bytes.len(), || {
+        (&*socket2::SockRef::from(tcp)).write(bytes)
+    })
+}
+
+/// Runs one read or write `op` of up to `want` bytes under `interest`'s readiness, and clears
+/// that readiness when `op` moved some but fewer than `want` bytes (or none: `WouldBlock`).
+fn transfer(
+    tcp: &TcpStream,
+    interest: Interest,
+    want: usize,
+    op: impl FnOnce() -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut moved = 0;
+    match tcp.try_io(interest, || {
+        let n = op()?;
+        moved = n;
         if n > 0 && n < want {
             Err(io::ErrorKind::WouldBlock.into())
         } else {
             Ok(n)
         }
     }) {
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && put > 0 => Ok(put),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && moved > 0 => Ok(moved),
         other => other,
     }
 }

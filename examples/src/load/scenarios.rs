@@ -563,6 +563,40 @@ pub struct IdleParams {
     pub concurrency: usize,
 }
 
+/// Idle sessions opened for a measurement, with the proxy's RSS before and after opening them.
+struct OpenedIdle {
+    conns: Vec<WsConn>,
+    failures: Failures,
+    rss_base: u64,
+    rss_idle: u64,
+    open_seconds: f64,
+}
+
+/// Reads the proxy's RSS, opens `sessions` sessions (each from its own source address,
+/// `concurrency` upgrades at a time), and reads the RSS again.
+async fn open_idle(
+    upgrader: &Upgrader,
+    watched: &Watched,
+    sessions: usize,
+    concurrency: usize,
+) -> Result<OpenedIdle, BoxError> {
+    let sources = Arc::new(SourceAddrs::new());
+    let upgrader = Arc::new(upgrader.clone());
+    let failures = Failures::default();
+    let rss_base = watched.rss_kib()?;
+    let opening = Instant::now();
+    let conns = open_many(&upgrader, &sources, sessions, concurrency, &failures).await?;
+    let open_seconds = opening.elapsed().as_secs_f64();
+    let rss_idle = watched.rss_kib()?;
+    Ok(OpenedIdle {
+        conns,
+        failures,
+        rss_base,
+        rss_idle,
+        open_seconds,
+    })
+}
+
 /// Idle memory: opens `sessions` sessions (each from its own source address, `concurrency` at a
 /// time), reads the proxy's RSS, then sends one message on every session and waits for every
 /// echo, and reads the RSS again.
@@ -577,24 +611,15 @@ pub async fn idle(
     watched: &Watched,
     params: &IdleParams,
 ) -> Result<Metrics, BoxError> {
-    let sources = Arc::new(SourceAddrs::new());
-    let upgrader = Arc::new(upgrader.clone());
-    let failures = Failures::default();
-    let rss_base = watched.rss_kib()?;
     let fds_base = watched.open_fds()?;
-
-    let opening = Instant::now();
-    let conns = open_many(
-        &upgrader,
-        &sources,
-        params.sessions,
-        params.concurrency,
-        &failures,
-    )
-    .await?;
-    let open_seconds = opening.elapsed().as_secs_f64();
+    let OpenedIdle {
+        conns,
+        failures,
+        rss_base,
+        rss_idle,
+        open_seconds,
+    } = open_idle(upgrader, watched, params.sessions, params.concurrency).await?;
     let opened = conns.len();
-    let rss_idle = watched.rss_kib()?;
 
     let message: Arc<[u8]> = client_frame(OP_BINARY, b"are you alive?").into();
     let mut echoes = JoinSet::new();
@@ -741,23 +766,14 @@ pub async fn drain(
     if process_gone(pid) {
         return Err(format!("process {pid} is not running").into());
     }
-    let sources = Arc::new(SourceAddrs::new());
-    let upgrader = Arc::new(upgrader.clone());
-    let failures = Failures::default();
-    let rss_base = watched.rss_kib()?;
-
-    let opening = Instant::now();
-    let conns = open_many(
-        &upgrader,
-        &sources,
-        params.sessions,
-        params.concurrency,
-        &failures,
-    )
-    .await?;
-    let open_seconds = opening.elapsed().as_secs_f64();
+    let OpenedIdle {
+        conns,
+        failures,
+        rss_base,
+        rss_idle,
+        open_seconds,
+    } = open_idle(upgrader, watched, params.sessions, params.concurrency).await?;
     let opened = conns.len();
-    let rss_idle = watched.rss_kib()?;
 
     let deadline = Instant::now() + params.grace + DRAIN_MARGIN;
     let mut sessions = JoinSet::new();
