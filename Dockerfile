@@ -25,6 +25,9 @@ RUN for c in sidecar actors config integration-tests examples; do mkdir -p "$c/s
  && for b in examples/src/bin/echo_backend.rs examples/src/bin/demo.rs examples/src/bin/chat.rs integration-tests/src/bin/pool_scale.rs integration-tests/src/bin/browser_fixture.rs; do echo 'fn main() {}' > "$b"; done \
  && (cargo build --release --locked -p tether || true)
 COPY . .
+# The build context has no .git: pass the commit for `tether --version`, e.g.
+# docker build --build-arg TETHER_BUILD_COMMIT="$(git rev-parse --short=12 HEAD)" .
+ARG TETHER_BUILD_COMMIT=unknown
 RUN touch sidecar/src/main.rs sidecar/src/lib.rs actors/src/lib.rs config/src/lib.rs \
  && cargo build --release --locked -p tether \
  && install -D -m 0755 target/release/tether /out/tether

@@ -50,6 +50,7 @@ use tether_config::{Config, ListenerProtocol, Member};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod admin;
+pub mod build_info;
 pub mod telemetry;
 
 use telemetry::Telemetry;

@@ -27,13 +27,30 @@ usage:
   tether check [--config FILE]...   validate and print the effective configuration
   tether health [--config FILE]...  exit 0 when the admin endpoint's GET /healthz answers 200
                                     (for container HEALTHCHECKs; TETHER_ADMIN__BIND also works)
-  tether --help | --version
+  tether help | --help | -h         this text
+  tether --version | -V             version, commit, build date, compiler and rustls version
 
 Signals: SIGTERM/SIGINT drain and exit (a second one exits at once); SIGHUP reloads every
 layer (so does a change to a --config file, checked every second).
 
 Layers, lowest first: built-in defaults < each --config FILE in order (.toml, .yaml, .json)
-< TETHER_* environment variables (TETHER_BACKEND_SETTINGS__CHAT__REQUEST_TIMEOUT=60s).";
+< TETHER_* environment variables (TETHER_BACKEND_SETTINGS__CHAT__REQUEST_TIMEOUT=60s).
+
+Environment:
+  TETHER_*                          configuration fields, as above
+  RUST_LOG                          log filter, wins over telemetry.log_level (e.g. info,tether::access=off)
+  OTEL_SDK_DISABLED                 true: no traces or OTLP metrics
+  OTEL_EXPORTER_OTLP_ENDPOINT, OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, OTEL_EXPORTER_OTLP_METRICS_ENDPOINT,
+  OTEL_EXPORTER_OTLP_PROTOCOL (grpc | http/protobuf), OTEL_EXPORTER_OTLP_TRACES_PROTOCOL,
+  OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_TRACES_SAMPLER_ARG,
+  OTEL_METRIC_EXPORT_INTERVAL       the OpenTelemetry exporter; each wins over the file
+
+Exit codes:
+  0   clean shutdown (or: check passed, health answered 200)
+  1   health: the admin endpoint did not answer 200
+  64  bad command line or invalid configuration; nothing was bound
+  70  runtime failure
+  71  a listener or the admin endpoint could not be bound";
 
 enum Command {
     Run(Vec<PathBuf>),
@@ -52,6 +69,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
         match arg.as_str() {
             "check" if first => check = true,
             "health" if first => health = true,
+            "help" if first => return Ok(Command::Help),
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "-c" | "--config" => match args.next() {
@@ -268,7 +286,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Command::Version => {
-            println!("tether {}", env!("CARGO_PKG_VERSION"));
+            println!("{}", tether::build_info::version_text());
             return ExitCode::SUCCESS;
         }
         Command::Check(files) => {

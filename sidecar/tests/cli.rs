@@ -199,3 +199,45 @@ fn health_fails_without_an_admin_endpoint_and_config_dir_reads_the_image_config(
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("127.0.0.1:3000"));
 }
+
+/// `--version` names the commit, the build date, the compiler and rustls; `help`, `--help` and
+/// `-h` print the same usage text, which lists the exit codes and the environment variables.
+#[test]
+fn version_and_help_tell_an_operator_what_runs_and_how() {
+    let out = tether().arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    assert_eq!(lines[0], concat!("tether ", env!("CARGO_PKG_VERSION")));
+    let commit = lines[1].strip_prefix("commit: ").expect("commit line");
+    assert!(
+        commit == "unknown" || commit.chars().take(12).all(|c| c.is_ascii_hexdigit()),
+        "{commit}"
+    );
+    let date = lines[2].strip_prefix("built: ").expect("date line");
+    assert!(
+        date.len() == 10 && date.as_bytes()[4] == b'-' && date.as_bytes()[7] == b'-',
+        "{date}"
+    );
+    assert!(lines[3].starts_with("compiler: rustc "), "{}", lines[3]);
+    assert!(lines[4].starts_with("rustls: 0."), "{}", lines[4]);
+
+    let help = |arg: &str| {
+        let out = tether().arg(arg).output().unwrap();
+        assert!(out.status.success(), "{arg}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = help("help");
+    assert_eq!(text, help("--help"));
+    assert_eq!(text, help("-h"));
+    for needle in [
+        "Exit codes:",
+        "  64  ",
+        "  71  ",
+        "RUST_LOG",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from help:\n{text}");
+    }
+}
