@@ -44,10 +44,10 @@ RUN apt-get update \
 COPY --from=build /out/tether /usr/local/bin/tether
 COPY examples/docker/tether.toml /etc/tether/tether.toml
 USER 10001
-# 8080: the listener of the bundled configuration; 9901: the admin endpoint (bound on all
-# interfaces inside the container by TETHER_ADMIN__BIND so that orchestrators can probe it).
-EXPOSE 8080 9901
-ENV TETHER_ADMIN__BIND=0.0.0.0:9901
+# 8080: the listener of the bundled configuration. The admin endpoint stays on the container's
+# loopback (127.0.0.1:9901, where HEALTHCHECK reaches it): exposing it is a deliberate act,
+# TETHER_ADMIN__BIND=0.0.0.0:9901 together with TETHER_ADMIN__TOKEN (see the README).
+EXPOSE 8080
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
   CMD ["/usr/local/bin/tether", "health", "--config-dir", "/etc/tether"]
 ENTRYPOINT ["/usr/local/bin/tether", "--config-dir", "/etc/tether"]
