@@ -16,6 +16,15 @@
 //! Tables merge key by key across layers; any other value, lists included, is replaced whole.
 //! The crate never reads the process environment itself.
 //!
+//! # Files that are refused before they are parsed
+//!
+//! A file larger than [`MAX_CONFIG_FILE_BYTES`], YAML with an alias (`*name`, which the YAML
+//! loader would expand without bound), and a file that
+//! sets nothing (empty, or only whitespace and comments: typically one caught between
+//! truncation and rewrite) are errors naming the file. A reload is further checked by
+//! [`Config::check_replaces`]: removing every listener or every routing rule takes
+//! `allow_empty = true`.
+//!
 //! # Two stages
 //!
 //! The merged layers form a tree that remembers which layer set each value. Stage one
@@ -56,6 +65,7 @@ mod de;
 mod error;
 mod model;
 mod raw;
+mod reload;
 mod sources;
 pub mod units;
 mod validate;
@@ -65,7 +75,8 @@ mod test_support;
 
 pub use error::{ConfigError, ConfigErrors, ParseError};
 pub use model::*;
-pub use sources::{Sources, EMBEDDED_DEFAULT_TOML, ENV_PREFIX};
+pub use reload::EmptyReload;
+pub use sources::{Sources, EMBEDDED_DEFAULT_TOML, ENV_PREFIX, MAX_CONFIG_FILE_BYTES};
 
 /// A loaded, valid configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -103,6 +103,10 @@ pub const DEFAULT_ON_BACKEND_UNHEALTHY: OnBackendUnhealthy = OnBackendUnhealthy:
 /// when they are drained, before they are cut.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
 
+/// `allow_empty`: off, so a reload that would remove every listener or every routing rule is
+/// refused (see [`Config::check_replaces`]).
+pub const DEFAULT_ALLOW_EMPTY: bool = false;
+
 /// What [`Config::redacted`] writes in place of a secret.
 pub const REDACTED: &str = "<redacted>";
 
@@ -132,6 +136,9 @@ pub struct Config {
     pub routing_rules: BTreeMap<String, RoutingRuleConfig>,
     /// How DNS members are resolved.
     pub dns: DnsConfig,
+    /// Whether a reload may put this configuration in force even though it removes every
+    /// listener or every routing rule of the running one; default [`DEFAULT_ALLOW_EMPTY`].
+    pub allow_empty: bool,
 }
 
 impl Config {

@@ -32,6 +32,9 @@ pub(crate) struct RawConfig {
     pub shutdown_grace: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_close_code: Option<u16>,
+    /// Before every table: TOML writes plain values first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_empty: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin: Option<RawAdmin>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -63,6 +66,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "probes",
     "routing_rules",
     "dns",
+    "allow_empty",
 ];
 
 /// `[admin]`
@@ -473,6 +477,9 @@ pub(crate) fn read(root: &Node) -> (RawConfig, Declared, Vec<ConfigError>) {
             }
             "admin" => from_node(node, key).map(|v| raw.admin = Some(v)),
             "dns" => from_node(node, key).map(|v| raw.dns = Some(v)),
+            "allow_empty" => {
+                from_node_with(node, key, lenient::boolean).map(|v| raw.allow_empty = v)
+            }
             "telemetry" => from_node(node, key).map(|v| raw.telemetry = Some(v)),
             "listeners" => entries(
                 node,
@@ -579,6 +586,7 @@ impl From<&Config> for RawConfig {
             workers: Some(c.workers),
             shutdown_grace: Some(format_duration(c.shutdown_grace)),
             shutdown_close_code: Some(c.shutdown_close_code),
+            allow_empty: Some(c.allow_empty),
             admin: Some(RawAdmin {
                 bind: Some(c.admin.bind.to_string()),
                 token: c.admin.token.clone(),

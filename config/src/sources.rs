@@ -6,11 +6,13 @@
 //! Errors later on look a field's path up in the merged tree to say where its value came from.
 
 use std::collections::BTreeMap;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use config::{Environment, File, FileFormat, Source as _, ValueKind};
 
 use crate::error::ConfigError;
+use crate::units::format_size;
 
 /// Label of a value that no layer set: the field's built-in default.
 pub(crate) const BUILT_IN: &str = "built-in default";
@@ -26,6 +28,11 @@ pub const EMBEDDED_DEFAULT_TOML: &str = include_str!("default.toml");
 
 /// Only environment variables with this prefix are configuration.
 pub const ENV_PREFIX: &str = "TETHER_";
+
+/// The largest configuration file Tether reads: 4 MiB. A real configuration is a few KiB; a
+/// larger file is refused before it is parsed, so a wrong path (a log, a disk image) or a
+/// runaway generator cannot make `check`, start-up or a reload hold it all in memory.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Where configuration comes from.
 ///
@@ -198,6 +205,9 @@ pub(crate) fn parse_str(toml: &str, source: &str) -> Result<Node, ConfigError> {
     Ok(Node::table(source, Node::entries(map, source)))
 }
 
+/// Reads one configuration file: at most [`MAX_CONFIG_FILE_BYTES`], YAML without aliases, and
+/// not empty. Every refusal is a [`ConfigError`] labelled
+/// with the file, so `check`, start-up and a reload all name it.
 fn read_file(path: &Path) -> Result<Node, ConfigError> {
     let source = format!("file {}", path.display());
     let fail = |message: String| ConfigError::new("", message, &source);
@@ -221,11 +231,80 @@ fn read_file(path: &Path) -> Result<Node, ConfigError> {
             ))
         }
     };
-    let map = File::from(path)
-        .format(format)
+    let text = read_bounded(path).map_err(fail)?;
+    if format == FileFormat::Yaml {
+        check_yaml(&text).map_err(fail)?;
+    }
+    let map = File::from_str(&text, format)
         .collect()
         .map_err(|e| fail(describe(e)))?;
+    if map.is_empty() {
+        return Err(fail(EMPTY_FILE.to_owned()));
+    }
     Ok(Node::table(&source, Node::entries(map, &source)))
+}
+
+/// Why a file that parses to nothing is refused: a configuration file that sets nothing is
+/// almost always one caught between truncation and rewrite, or the wrong file.
+const EMPTY_FILE: &str = "cannot parse: the file is empty (nothing but whitespace and comments); \
+     a configuration file must set at least one key";
+
+/// The file's text, refused when it is over [`MAX_CONFIG_FILE_BYTES`]. The length is checked
+/// before reading and the read itself is bounded too (a file that grows meanwhile, a FIFO).
+fn read_bounded(path: &Path) -> Result<String, String> {
+    let too_large = |size: &str| {
+        format!(
+            "the file is {size}, over the {} limit for a configuration file",
+            format_size(MAX_CONFIG_FILE_BYTES)
+        )
+    };
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot read: {e}"))?
+        .len();
+    if len > MAX_CONFIG_FILE_BYTES {
+        return Err(too_large(&format!("{len} bytes")));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(MAX_CONFIG_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > MAX_CONFIG_FILE_BYTES {
+        return Err(too_large("larger than that"));
+    }
+    String::from_utf8(bytes).map_err(|e| format!("cannot read: not UTF-8 text ({e})"))
+}
+
+/// Refuses YAML that the `config` crate's loader could not read in bounded time and memory.
+///
+/// That loader (yaml-rust2's `YamlLoader`) copies the anchored node at every alias, so a
+/// kilobyte of nested aliases ("billion laughs") expands to gigabytes. Tether's schema has no
+/// use for aliases, so this pass walks the parser's event stream — which never expands
+/// anything — and refuses the first alias (YAML 1.2 §3.2.2.2, `*name`). Anchors alone
+/// (`&name`) copy nothing and are let through. (Nesting depth is bounded by the parser itself.)
+fn check_yaml(text: &str) -> Result<(), String> {
+    use yaml_rust2::parser::{Event, Parser};
+    let mut parser = Parser::new_from_str(text);
+    loop {
+        // A syntax error is reported by the real parse that follows, with its usual message.
+        let Ok((event, mark)) = parser.next_token() else {
+            return Ok(());
+        };
+        match event {
+            Event::StreamEnd => return Ok(()),
+            Event::Alias(_) => {
+                return Err(format!(
+                    "cannot parse: YAML alias at line {} column {}: aliases (*name) are not \
+                     accepted in a configuration file (they can expand without bound); \
+                     write the value out",
+                    mark.line(),
+                    mark.col() + 1
+                ))
+            }
+            _ => {}
+        }
+    }
 }
 
 /// The `config` crate's message without its trailing " in <file>" (the source label says that).
@@ -271,6 +350,95 @@ fn env_var(name: &str, value: &str) -> Result<Node, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::TempFile;
+
+    /// The classic "billion laughs": nine levels of nine aliases, about 1 KB of YAML that a
+    /// loader copying the anchored node at each alias expands to 9^9 strings.
+    pub(crate) fn alias_bomb() -> String {
+        let mut yaml = String::from(
+            "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
+        for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+            .iter()
+            .zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+        {
+            let items = vec![format!("*{prev}"); 9].join(",");
+            yaml.push_str(&format!("{name}: &{name} [{items}]\n"));
+        }
+        yaml
+    }
+
+    fn refusal(extension: &str, text: &str) -> ConfigError {
+        let file = TempFile::new(extension, text);
+        let err = read_file(file.path()).expect_err("refused");
+        assert_eq!(err.source, format!("file {}", file.path().display()));
+        assert!(err.path.is_empty());
+        err
+    }
+
+    #[test]
+    fn empty_and_comment_only_files_are_refused() {
+        for (extension, text) in [
+            ("toml", ""),
+            ("toml", " \n\t\n"),
+            ("toml", "# nothing yet\n\n# still nothing\n"),
+            ("yaml", ""),
+            ("yml", "# only a comment\n"),
+            ("json", "{}"),
+        ] {
+            let err = refusal(extension, text);
+            assert!(
+                err.message.contains("the file is empty"),
+                "{extension} {text:?}: {err}"
+            );
+        }
+        // Zero-length JSON is not JSON at all; a YAML document marker alone is a null document.
+        assert!(refusal("json", "").message.starts_with("cannot parse"));
+        assert!(refusal("yaml", "---\n").message.starts_with("cannot parse"));
+        // One key is enough.
+        let file = TempFile::new("toml", "# a comment\nworkers = 2\n");
+        assert!(read_file(file.path()).is_ok());
+    }
+
+    #[test]
+    fn a_file_over_the_size_limit_is_refused_before_parsing() {
+        let limit = usize::try_from(MAX_CONFIG_FILE_BYTES).unwrap();
+        let line = format!("#{}\n", "x".repeat(1023));
+        let mut at_limit = line.repeat(limit / line.len() - 1);
+        at_limit.push_str("workers = 2\n");
+        assert!(at_limit.len() <= limit);
+        let file = TempFile::new("toml", &at_limit);
+        assert!(
+            read_file(file.path()).is_ok(),
+            "a file at the limit is read"
+        );
+
+        let over = "x".repeat(limit + 1);
+        let err = refusal("toml", &over);
+        assert!(err.message.contains("4MiB limit"), "{err}");
+        assert!(
+            err.message.contains(&format!("{} bytes", limit + 1)),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_yaml_alias_bomb_is_refused_quickly() {
+        let bomb = alias_bomb();
+        assert!(bomb.len() < 1024, "{}", bomb.len());
+        let started = std::time::Instant::now();
+        let err = refusal("yaml", &bomb);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(err.message.contains("alias"), "{err}");
+        assert!(err.message.contains("line 2 column 8"), "{err}");
+        // An anchor without an alias copies nothing and is accepted.
+        let file = TempFile::new("yaml", "workers: &w 2\n");
+        assert!(read_file(file.path()).is_ok());
+    }
 
     fn str_at<'a>(root: &'a Node, path: &str) -> (&'a str, &'a str) {
         let node = root.find(path).unwrap_or_else(|| panic!("no {path}"));

@@ -185,7 +185,7 @@ fn env_variable_for_an_unknown_field_is_an_error_naming_it() {
         [
             r#"listeners.public.bindd: unknown field "bindd" (did you mean "bind"?) [env TETHER_LISTENERS__PUBLIC__BINDD]"#,
             "nope: unknown field \"nope\" (known fields: workers, shutdown_grace, shutdown_close_code, admin, telemetry, listeners, \
-             backend_pools, backend_settings, probes, routing_rules, dns) [env TETHER_NOPE]",
+             backend_pools, backend_settings, probes, routing_rules, dns, allow_empty) [env TETHER_NOPE]",
         ]
     );
 }

@@ -93,6 +93,7 @@ pub(crate) fn validate(
                 probes,
                 routing_rules,
                 dns,
+                allow_empty: raw.allow_empty.unwrap_or(DEFAULT_ALLOW_EMPTY),
             },
             warnings,
         }),

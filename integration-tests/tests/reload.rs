@@ -1,8 +1,13 @@
 //! Hot reload without cutting sessions: routes and pools swapped under live sessions, invalid
 //! configurations refused, removed routes drained, listeners added — against a real sidecar.
+//! Reloads from files run the binary's own watcher ([`ConfigWatcher`]) over a real file.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use tether::reloader::{ConfigWatcher, ReloadTrigger};
+use tether_config::Sources;
 
 use futures_util::{SinkExt, StreamExt};
 use tether_integration_tests::pool::{get, Member};
@@ -280,4 +285,214 @@ async fn admin_status(admin: SocketAddr) -> serde_json::Value {
     .await;
     assert_eq!(resp.status, 200, "{}", resp.text());
     serde_json::from_slice(&resp.body).unwrap()
+}
+
+/// A sidecar started from a file, with the binary's file watcher polling it every `poll`.
+struct Watched {
+    sidecar: tether::Sidecar,
+    trigger: ReloadTrigger,
+    path: PathBuf,
+}
+
+fn start_watched(name: &str, extension: &str, text: &str, poll: Duration) -> Watched {
+    let dir = std::env::temp_dir().join(format!("tether-watch-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("tether.{extension}"));
+    std::fs::write(&path, text).unwrap();
+    let sources = Sources {
+        files: vec![path.clone()],
+        env: Vec::new(),
+    };
+    // As the binary does: the watcher first, so it knows the file as it was loaded.
+    let watcher = ConfigWatcher::new(sources.clone(), poll);
+    let config = tether_config::load(&sources).expect("valid").config;
+    let sidecar = tether::Sidecar::start(config).expect("start");
+    let trigger = watcher.trigger();
+    tokio::spawn(watcher.run(sidecar.reloads()));
+    Watched {
+        sidecar,
+        trigger,
+        path,
+    }
+}
+
+/// `GET /status`'s `reloads` once at least `n` reloads were applied or refused.
+async fn reloads_after(admin: SocketAddr, n: u64) -> serde_json::Value {
+    reloads_when(admin, |applied, refused| applied + refused >= n).await
+}
+
+/// `GET /status`'s `reloads` once `done(applied, refused)` holds.
+async fn reloads_when(admin: SocketAddr, done: impl Fn(u64, u64) -> bool) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + STEP_LIMIT;
+    loop {
+        let reloads = admin_status(admin).await["reloads"].clone();
+        let count = |key: &str| reloads[key].as_u64().unwrap();
+        if done(count("applied"), count("refused")) {
+            return reloads;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reload outcome: {reloads}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `: > tether.toml` under a running sidecar: the watcher waits for the file to hold still,
+/// reads it, and refuses it as empty (naming the file); every listener keeps serving, live and
+/// new sessions included. The rewritten file is then applied.
+#[tokio::test]
+async fn truncating_the_watched_file_keeps_every_listener_serving() {
+    let a = Member::start("a").await;
+    let b = Member::start("b").await;
+    let watched = start_watched(
+        "truncate",
+        "toml",
+        &config(a.addr, b.addr, "one", false, ""),
+        Duration::from_millis(20),
+    );
+    let (sidecar, admin) = (&watched.sidecar, watched.sidecar.admin_addr());
+    let addr = sidecar.addr("public");
+    let mut live = connect(addr, "/app/ws").await;
+    assert_eq!(whoami(&mut live).await, "a");
+
+    std::fs::File::create(&watched.path).unwrap();
+    let reloads = reloads_after(admin, 1).await;
+    assert_eq!(reloads["applied"], 0, "{reloads}");
+    assert_eq!(reloads["refused"], 1, "{reloads}");
+    let reason = reloads["last_refusal"].as_str().unwrap();
+    assert!(reason.contains("the file is empty"), "{reason}");
+    assert!(
+        reason.contains(&watched.path.display().to_string()),
+        "{reason}"
+    );
+    assert_eq!(get(addr, "/app/x", "").await, (200, "a".to_owned()));
+    assert_eq!(whoami(&mut live).await, "a", "the live session goes on");
+    let mut fresh = connect(addr, "/app/ws").await;
+    assert_eq!(whoami(&mut fresh).await, "a");
+
+    // The rewrite lands: applied once it holds still. (Should the write itself be slow, the
+    // truncated state it starts with may be read and refused once more: no matter.)
+    std::fs::write(&watched.path, config(a.addr, b.addr, "two", false, "")).unwrap();
+    let reloads = reloads_when(admin, |applied, _| applied >= 1).await;
+    assert_eq!(reloads["applied"], 1, "{reloads}");
+    let mut fresh = connect(addr, "/app/ws").await;
+    assert_eq!(whoami(&mut fresh).await, "b");
+    assert_eq!(whoami(&mut live).await, "a");
+    drop((live, fresh));
+    within("stop", watched.sidecar.stop()).await.unwrap();
+}
+
+/// A reload that removes every routing rule, or every listener, is refused unless the new
+/// configuration says `allow_empty = true`; meanwhile the running configuration serves.
+#[tokio::test]
+async fn a_reload_that_removes_every_listener_or_route_is_refused_unless_allowed() {
+    let a = Member::start("a").await;
+    let b = Member::start("b").await;
+    let sidecar = start(&config(a.addr, b.addr, "one", false, ""));
+    let addr = sidecar.addr("public");
+    let mut live = connect(addr, "/app/ws").await;
+    assert_eq!(whoami(&mut live).await, "a");
+
+    let no_rules = "workers = 2\nadmin = { bind = \"127.0.0.1:0\" }\n\
+                    [listeners.public]\nbind = \"127.0.0.1:0\"\n";
+    let err = sidecar.reload_toml(no_rules).await.expect_err("no rules");
+    assert!(err.contains("no routing rules"), "{err}");
+    assert!(err.contains("allow_empty = true"), "{err}");
+    assert!(err.ends_with("[inline]"), "{err}");
+    let err = sidecar
+        .reload_toml("workers = 2\nadmin = { bind = \"127.0.0.1:0\" }\n")
+        .await
+        .expect_err("no listeners");
+    assert!(err.contains("no listeners"), "{err}");
+    assert!(err.contains(r#"the running one has "public""#), "{err}");
+    let reloads = admin_status(sidecar.admin_addr()).await["reloads"].clone();
+    assert_eq!(reloads["refused"], 2, "{reloads}");
+    assert_eq!(get(addr, "/app/x", "").await, (200, "a".to_owned()));
+    assert_eq!(whoami(&mut live).await, "a");
+    let mut fresh = connect(addr, "/app/ws").await;
+    assert_eq!(whoami(&mut fresh).await, "a");
+
+    // Said explicitly: applied, the listener stays and routes nothing.
+    sidecar
+        .reload_toml(&format!("allow_empty = true\n{no_rules}"))
+        .await
+        .expect("allowed");
+    let resp = raw::send(
+        addr,
+        b"GET /app/x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(resp.status, 404);
+    drop((live, fresh));
+    within("stop", sidecar.stop()).await.unwrap();
+}
+
+/// The shape of [`config`]'s `one`-pool configuration in YAML.
+fn yaml_config(a: SocketAddr) -> String {
+    format!(
+        r#"workers: 2
+shutdown_grace: 3s
+admin: {{ bind: "127.0.0.1:0" }}
+listeners:
+  public: {{ bind: "127.0.0.1:0" }}
+backend_pools:
+  one: {{ members: ["{a}"] }}
+backend_settings:
+  s: {{ connect_timeout: 5s }}
+routing_rules:
+  app: {{ listener: public, paths: ["/app/*"], backend_pool: one, backend_settings: s }}
+"#
+    )
+}
+
+/// A 1 KB "billion laughs" written over the YAML file and a SIGHUP (the watcher's trigger):
+/// refused within a second or two, naming the file and the alias, without expanding it; the
+/// running configuration keeps serving.
+#[tokio::test]
+async fn a_yaml_alias_bomb_reload_is_refused_quickly() {
+    let a = Member::start("a").await;
+    // Polls far apart: only the trigger reloads here.
+    let watched = start_watched(
+        "bomb",
+        "yaml",
+        &yaml_config(a.addr),
+        Duration::from_secs(3600),
+    );
+    let (sidecar, admin) = (&watched.sidecar, watched.sidecar.admin_addr());
+    let addr = sidecar.addr("public");
+    let mut live = connect(addr, "/app/ws").await;
+    assert_eq!(whoami(&mut live).await, "a");
+
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+        .iter()
+        .zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+    {
+        let items = vec![format!("*{prev}"); 9].join(",");
+        bomb.push_str(&format!("{name}: &{name} [{items}]\n"));
+    }
+    assert!(bomb.len() < 1024);
+    std::fs::write(&watched.path, &bomb).unwrap();
+    let started = tokio::time::Instant::now();
+    watched.trigger.fire();
+    let reloads = tokio::time::timeout(Duration::from_secs(5), reloads_after(admin, 1))
+        .await
+        .expect("refused within 5 s");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(reloads["refused"], 1, "{reloads}");
+    let reason = reloads["last_refusal"].as_str().unwrap();
+    assert!(reason.contains("alias"), "{reason}");
+    assert!(
+        reason.contains(&watched.path.display().to_string()),
+        "{reason}"
+    );
+    assert_eq!(get(addr, "/app/x", "").await, (200, "a".to_owned()));
+    assert_eq!(whoami(&mut live).await, "a");
+    let mut fresh = connect(addr, "/app/ws").await;
+    assert_eq!(whoami(&mut fresh).await, "a");
+    drop((live, fresh));
+    within("stop", watched.sidecar.stop()).await.unwrap();
 }

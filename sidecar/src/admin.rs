@@ -7,7 +7,7 @@
 //! | `GET /healthz` | `200 ok` while the process serves (liveness) |
 //! | `GET /readyz` | `200 ready`, or `503` with the reason: draining, listeners not bound, or a routed pool with no member in rotation |
 //! | `GET /config` | the effective configuration as TOML, secrets redacted |
-//! | `GET /status` | listeners (bound addresses), routes, readiness, as JSON ([`StatusReport`]) |
+//! | `GET /status` | listeners (bound addresses), routes, readiness, reloads applied and refused, as JSON ([`StatusReport`]) |
 //! | `GET /backends` | every pool and member with its state, as JSON ([`BackendsStatus`]) |
 //! | `GET /sessions` | live sessions (route, backend, age, bytes, idle time) and the recent endings with their close codes, as JSON ([`SessionsList`]) |
 //! | `GET /metrics` | Prometheus text |
@@ -58,6 +58,21 @@ pub struct Lifecycle {
     config: RwLock<Arc<Config>>,
     /// Every listener's bound address, by name.
     listeners: RwLock<BTreeMap<String, SocketAddr>>,
+    /// What the reloads so far came to.
+    reloads: RwLock<ReloadStatus>,
+}
+
+/// What the reloads since start-up came to, in [`StatusReport`]: how operators (and tests) see
+/// that a reload was refused and why, without reading logs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadStatus {
+    /// Reloads put in force.
+    pub applied: u64,
+    /// Reloads refused (the running configuration kept serving).
+    pub refused: u64,
+    /// Why the last refused reload was refused: every problem, one per line, each naming its
+    /// file.
+    pub last_refusal: Option<String>,
 }
 
 impl Lifecycle {
@@ -68,6 +83,7 @@ impl Lifecycle {
             draining: AtomicBool::new(false),
             config: RwLock::new(config),
             listeners: RwLock::new(BTreeMap::new()),
+            reloads: RwLock::new(ReloadStatus::default()),
         }
     }
 
@@ -90,6 +106,26 @@ impl Lifecycle {
     /// A reload put `config` in force.
     pub fn set_config(&self, config: Arc<Config>) {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+
+    /// A reload was applied (`Ok`) or refused (`Err` with the reason).
+    pub fn record_reload(&self, outcome: &Result<(), String>) {
+        let mut reloads = self.reloads.write().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Ok(()) => reloads.applied += 1,
+            Err(reason) => {
+                reloads.refused += 1;
+                reloads.last_refusal = Some(reason.clone());
+            }
+        }
+    }
+
+    /// What the reloads so far came to.
+    pub fn reloads(&self) -> ReloadStatus {
+        self.reloads
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The configuration in force.
@@ -370,6 +406,8 @@ pub struct StatusReport {
     pub listeners: Vec<ListenerStatus>,
     /// Every routing rule.
     pub routes: Vec<RouteStatus>,
+    /// Reloads applied and refused since start-up, and why the last refusal was.
+    pub reloads: ReloadStatus,
 }
 
 /// One listener in [`StatusReport`].
@@ -433,6 +471,7 @@ impl StatusReport {
                     backend_settings: r.backend_settings.clone(),
                 })
                 .collect(),
+            reloads: lifecycle.reloads(),
         }
     }
 }

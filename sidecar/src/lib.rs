@@ -16,9 +16,12 @@
 //! up to `shutdown_grace` → stop the workers, closing what is left → stop the admin endpoint.
 //! Readiness (`/readyz`) turns false the moment shutdown begins, before the listeners close.
 //!
-//! Reload ([`run_reloadable`], [`Sidecar::reload`]; the binary on SIGHUP or a changed
-//! `--config` file): bind added or moved listeners and duplicate their sockets (a failure
-//! refuses the reload, nothing changed) → `ConfigReplaced` to the route table (one new
+//! Reload ([`run_reloadable`], [`Sidecar::reload`]; the binary's [`reloader::ConfigWatcher`] on
+//! SIGHUP or a changed `--config` file once it holds still): refuse a configuration that could
+//! not be loaded, or that removes every listener or every routing rule without
+//! `allow_empty = true` (every refusal logged and counted in `GET /status`; nothing changed) →
+//! bind added or moved listeners and duplicate their sockets (a failure refuses the reload,
+//! nothing changed) → `ConfigReplaced` to the route table (one new
 //! snapshot; live sessions untouched unless their route is gone, then drained with 1001 after
 //! `drain_grace`) → stop the probers and resolvers of removed or changed pools, start new ones →
 //! stop accepting on removed listeners (all their actors; the port closes with the last) →
@@ -51,6 +54,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub mod admin;
 pub mod build_info;
+pub mod reloader;
 pub mod telemetry;
 
 use telemetry::Telemetry;
@@ -236,10 +240,17 @@ pub async fn run_with(
 }
 
 /// A request to put a new configuration in force, and where to say how it went.
+///
+/// A configuration that could not be loaded is sent too (as `Err`), so that every refused
+/// reload, whatever refused it, is logged and counted in one place (`GET /status`).
 #[derive(Debug)]
 pub struct ReloadRequest {
-    /// The new configuration (already loaded and validated).
-    pub config: Config,
+    /// The new configuration (loaded and validated), or every problem found loading it, one per
+    /// line, each naming its file.
+    pub config: Result<Config, String>,
+    /// Where the configuration came from, as a source label (`file ./tether.toml`, `inline`):
+    /// appended to the reasons a reload is refused for.
+    pub origin: String,
     /// Answered once the reload is applied (`Ok`) or refused (`Err` with the reason; the old
     /// configuration keeps serving).
     pub done: oneshot::Sender<Result<(), String>>,
@@ -380,21 +391,35 @@ pub async fn run_reloadable(
         tokio::select! {
             _ = &mut shutdown => break,
             Some(request) = async { reloads.as_mut()?.recv().await } => {
-                let outcome = reload(ReloadContext {
-                    config: &mut config,
-                    route_table: &route_table,
-                    background: &mut background,
-                    probe_arbiter: &probe_arbiter,
-                    listeners: &mut listener_addrs,
-                    retired: &mut retired,
-                    limits: &mut limits,
-                    bound: &mut bound,
-                    workers: &worker_addrs,
-                }, request.config).await;
-                if outcome.is_ok() {
-                    lifecycle.set_config(config.clone());
-                    lifecycle.set_listening(bound.clone());
+                let outcome = match request.config {
+                    Err(problems) => Err(problems),
+                    Ok(new) => reload(ReloadContext {
+                        config: &mut config,
+                        route_table: &route_table,
+                        background: &mut background,
+                        probe_arbiter: &probe_arbiter,
+                        listeners: &mut listener_addrs,
+                        retired: &mut retired,
+                        limits: &mut limits,
+                        bound: &mut bound,
+                        workers: &worker_addrs,
+                    }, new)
+                    .await
+                    .map_err(|reason| format!("{reason} [{}]", request.origin)),
+                };
+                match &outcome {
+                    Ok(()) => {
+                        lifecycle.set_config(config.clone());
+                        lifecycle.set_listening(bound.clone());
+                    }
+                    Err(reason) => {
+                        tracing::error!("reload refused; the running configuration keeps serving:");
+                        for line in reason.lines() {
+                            tracing::error!("  {line}");
+                        }
+                    }
                 }
+                lifecycle.record_reload(&outcome);
                 let _ = request.done.send(outcome);
             }
         }
@@ -641,12 +666,15 @@ struct ReloadContext<'a> {
     workers: &'a [Worker],
 }
 
-/// Puts `new` in force: binds added or moved listeners first (a bind failure refuses the
-/// whole reload, nothing changed), then swaps routes and pools in the route table, restarts
-/// the probers and resolvers of changed pools, and closes removed listeners. Settings that
-/// only a restart applies (`workers`, `admin`, `telemetry`) are kept, with a warning.
+/// Puts `new` in force: refuses a configuration that would remove every listener or every
+/// routing rule without `allow_empty = true` ([`Config::check_replaces`]), binds added or moved
+/// listeners first (a bind failure refuses the whole reload, nothing changed), then swaps routes
+/// and pools in the route table, restarts the probers and resolvers of changed pools, and
+/// closes removed listeners. Settings that only a restart applies (`workers`, `admin`,
+/// `telemetry`) are kept, with a warning.
 async fn reload(cx: ReloadContext<'_>, new: Config) -> Result<(), String> {
     let old = cx.config.clone();
+    new.check_replaces(&old).map_err(|e| e.to_string())?;
     let mut new = new;
     for (field, differs) in [
         ("workers", old.workers != new.workers),
@@ -846,22 +874,34 @@ impl Sidecar {
     /// `--config` file): routes, pools, probers and listeners are swapped, live sessions keep
     /// running. `Err` says why it was refused; the old configuration then keeps serving.
     pub async fn reload(&self, config: Config) -> Result<(), String> {
+        self.request_reload(Ok(config)).await
+    }
+
+    /// Validates `toml` as a whole configuration and reloads it; an invalid configuration is
+    /// refused with every problem (one per line) and nothing changes.
+    pub async fn reload_toml(&self, toml: &str) -> Result<(), String> {
+        self.request_reload(tether_config::from_toml_str(toml).map_err(|e| e.to_string()))
+            .await
+    }
+
+    async fn request_reload(&self, config: Result<Config, String>) -> Result<(), String> {
         let (done, answer) = oneshot::channel();
         self.reloads
-            .send(ReloadRequest { config, done })
+            .send(ReloadRequest {
+                config,
+                origin: "inline".to_owned(),
+                done,
+            })
             .map_err(|_| "the sidecar is not running".to_owned())?;
         answer
             .await
             .map_err(|_| "the sidecar stopped during the reload".to_owned())?
     }
 
-    /// Validates `toml` as a whole configuration and reloads it; an invalid configuration is
-    /// refused with every problem (one per line) and nothing changes.
-    pub async fn reload_toml(&self, toml: &str) -> Result<(), String> {
-        match tether_config::from_toml_str(toml) {
-            Ok(config) => self.reload(config).await,
-            Err(errors) => Err(errors.to_string()),
-        }
+    /// Where reload requests go: what a [`reloader::ConfigWatcher`] runs against, as the
+    /// binary's does.
+    pub fn reloads(&self) -> mpsc::UnboundedSender<ReloadRequest> {
+        self.reloads.clone()
     }
 
     /// Starts a graceful shutdown and waits for it to finish.

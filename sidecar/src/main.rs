@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use std::sync::Arc;
 
+use tether::reloader::{ConfigWatcher, ReloadTrigger, CONFIG_POLL};
 use tether::telemetry::{Telemetry, TelemetrySettings};
 use tether_config::{Loaded, Sources};
 
@@ -31,7 +32,7 @@ usage:
   tether --version | -V             version, commit, build date, compiler and rustls version
 
 Signals: SIGTERM/SIGINT drain and exit (a second one exits at once); SIGHUP reloads every
-layer (so does a change to a --config file, checked every second).
+layer (so does a change to a --config file once it has held still for a second).
 
 Layers, lowest first: built-in defaults < each --config FILE in order (.toml, .yaml, .json)
 < TETHER_* environment variables (TETHER_BACKEND_SETTINGS__CHAT__REQUEST_TIMEOUT=60s).
@@ -150,79 +151,14 @@ fn termination() -> std::io::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// How often the `--config` files' modification times are checked.
-const CONFIG_POLL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// What identifies a version of a file: its modification time and length (`None` while it
-/// cannot be read, e.g. during an editor's rename-and-replace).
-fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
-/// Installs the SIGHUP handler now and returns the task that re-reads every layer on SIGHUP or
-/// when a `--config` file changes, and hands a valid result to the sidecar. An invalid one is
-/// logged, problem by problem, and the running configuration stays.
-fn reloader(
-    files: Vec<PathBuf>,
-    reloads: tokio::sync::mpsc::UnboundedSender<tether::ReloadRequest>,
-) -> std::io::Result<impl std::future::Future<Output = ()>> {
+/// Installs the SIGHUP handler now and returns the task that fires `trigger` on every SIGHUP.
+fn hangups(trigger: ReloadTrigger) -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
     Ok(async move {
-        let mut stamps: Vec<_> = files.iter().map(|f| stamp(f)).collect();
-        let mut poll = tokio::time::interval(CONFIG_POLL);
-        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let why = tokio::select! {
-                _ = hup.recv() => "SIGHUP received",
-                _ = poll.tick() => {
-                    let now: Vec<_> = files.iter().map(|f| stamp(f)).collect();
-                    if now == stamps {
-                        continue;
-                    }
-                    stamps = now;
-                    "a --config file changed"
-                }
-            };
-            tracing::info!("{why}: reloading the configuration");
-            let sources = Sources {
-                files: files.clone(),
-                env: std::env::vars().collect(),
-            };
-            let loaded = match tether_config::load(&sources) {
-                Ok(loaded) => loaded,
-                Err(errors) => {
-                    tracing::error!(
-                        problems = errors.0.len(),
-                        "reload refused: invalid configuration; the running one stays"
-                    );
-                    for e in &errors.0 {
-                        tracing::error!("  {e}");
-                    }
-                    continue;
-                }
-            };
-            for w in &loaded.warnings {
-                tracing::warn!("{w}");
-            }
-            let (done, answer) = tokio::sync::oneshot::channel();
-            if reloads
-                .send(tether::ReloadRequest {
-                    config: loaded.config,
-                    done,
-                })
-                .is_err()
-            {
-                return;
-            }
-            match answer.await {
-                Ok(Ok(())) => tracing::info!("reload applied"),
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "reload refused; the running configuration stays")
-                }
-                Err(_) => return,
-            }
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received");
+            trigger.fire();
         }
     })
 }
@@ -306,7 +242,15 @@ fn main() -> ExitCode {
         Command::Run(files) => files,
     };
     let env: Vec<(String, String)> = std::env::vars().collect();
-    let loaded = match load(files.clone()) {
+    // Before loading: the files' stamps are taken now, so a change during start-up is seen.
+    let watcher = ConfigWatcher::new(
+        Sources {
+            files: files.clone(),
+            env: env.clone(),
+        },
+        CONFIG_POLL,
+    );
+    let loaded = match load(files) {
         Ok(l) => l,
         Err(code) => return code,
     };
@@ -346,10 +290,12 @@ fn main() -> ExitCode {
         }
         let stop = termination().map_err(|e| tether::RunError::Runtime(format!("signals: {e}")))?;
         let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
-        let watcher = reloader(files, reload_tx).map_err(|e| tether::RunError::Runtime(format!("signals: {e}")))?;
-        let watcher = tokio::spawn(watcher);
+        let hangups = hangups(watcher.trigger()).map_err(|e| tether::RunError::Runtime(format!("signals: {e}")))?;
+        let hangups = tokio::spawn(hangups);
+        let watcher = tokio::spawn(watcher.run(reload_tx));
         let outcome = tether::run_reloadable(config, listeners, Some(Arc::new(telemetry)), Some(reload_rx), stop).await;
         watcher.abort();
+        hangups.abort();
         outcome
     });
     match outcome {

@@ -241,3 +241,61 @@ fn version_and_help_tell_an_operator_what_runs_and_how() {
         assert!(text.contains(needle), "{needle} missing from help:\n{text}");
     }
 }
+
+/// Writes `body` as `tether.EXT` in a directory of its own.
+fn write_file(name: &str, extension: &str, body: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tether-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("tether.{extension}"));
+    std::fs::write(&path, body).unwrap();
+    path
+}
+
+/// `tether check` and `tether` itself on a file that must be refused: exit 64 with the file's
+/// name and `expected` on stderr, quickly, and nothing bound.
+fn refused(path: &std::path::Path, expected: &str) {
+    for check in [true, false] {
+        let mut cmd = tether();
+        if check {
+            cmd.arg("check");
+        }
+        let started = Instant::now();
+        let out = cmd.arg("--config").arg(path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "check={check}: {stderr}");
+        assert!(stderr.contains(expected), "check={check}: {stderr}");
+        assert!(
+            stderr.contains(&path.display().to_string()),
+            "names the file: {stderr}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// An empty file, one of only whitespace and comments, a YAML alias bomb and a file over the
+/// size limit are refused by `tether check` and at start-up alike.
+#[test]
+fn empty_oversize_and_alias_bomb_files_exit_64() {
+    refused(&write_file("empty", "toml", b""), "the file is empty");
+    refused(
+        &write_file("comments", "toml", b"# to be written\n\n"),
+        "the file is empty",
+    );
+    let mut bomb = String::from(
+        "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+    );
+    for (prev, name) in ["a", "b", "c", "d", "e", "f", "g", "h"]
+        .iter()
+        .zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+    {
+        let items = vec![format!("*{prev}"); 9].join(",");
+        bomb.push_str(&format!("{name}: &{name} [{items}]\n"));
+    }
+    refused(&write_file("bomb", "yaml", bomb.as_bytes()), "alias");
+    let huge = vec![b'#'; 4 * 1024 * 1024 + 1];
+    refused(&write_file("huge", "toml", &huge), "4MiB limit");
+}

@@ -134,6 +134,11 @@ fn a_changed_config_file_and_sighup_reload_and_an_invalid_file_is_refused() {
     );
     assert_eq!(status_of(listen, "/x"), Some(502));
 
+    // Truncated (`: > tether.toml`): refused as empty once it holds still; still serving.
+    std::fs::File::create(&path).unwrap();
+    wait("truncation refused", || log().contains("the file is empty"));
+    assert_eq!(status_of(listen, "/x"), Some(502));
+
     // A valid change applies: only /only is routed now.
     std::fs::write(&path, config(listen, admin, r#"["/only"]"#, "app")).unwrap();
     wait("reload applied", || status_of(listen, "/x") == Some(404));
