@@ -8,11 +8,19 @@
 //! backpressure travels end to end. (Stopping at the first refused byte instead made a busy
 //! session stop and go: with 4 KiB echoes the worker sat 40% idle.)
 //!
+//! In frames mode a source that is not read is still watched for its peer hanging up (FIN or
+//! reset), which a reader would only see after every byte queued before it
+//! ([`SessionIo::poll_hangup`]). A peer that leaves while its destination takes nothing is thus
+//! noticed at once, not by the keep-alive verdict (2 × `keepalive_interval`). (Opaque mode is a
+//! byte pipe: a half-close there is part of the stream.)
+//!
 //! # Frames
 //! In `inspect = "frames"` mode each direction runs a [`FrameTracker`]: bytes still go through
 //! unchanged, but Tether knows every frame boundary, so it can send frames of its own (pings,
 //! close frames) without corrupting the stream, swallow the pongs answering its pings, record
-//! close codes, and refuse a message over `max_message_size` before any of it is forwarded.
+//! close codes, and enforce `max_message_size` without holding any data back: a frame whose
+//! header takes its message over the limit is not forwarded (so an oversize single frame never
+//! reaches the destination), while the fragments of a message before that one already went out.
 //! `inspect = "opaque"` is a plain byte pipe: no pings, no close frames, sockets closed instead.
 //!
 //! # Lifecycle
@@ -25,13 +33,18 @@
 //! | client silent for 2 × `keepalive_interval` | client socket closed, 1001 `client unresponsive` to backend | `client_unresponsive` |
 //! | backend socket ends without a close frame | 1014 `backend lost` to client | `backend_lost` |
 //! | client socket ends without a close frame | 1001 `client lost` to backend | `client_lost` |
+//! | either socket hangs up while Tether is not reading it | as the two rows above, once its end is read | `client_lost` / `backend_lost` |
 //! | message over `max_message_size` | 1009 to the sender, 1001 to the other side | `message_too_big` |
 //! | drain order or shutdown | 1001 `going away` to both | `drain` / `backend_unhealthy` |
 //!
 //! After Tether sends a close frame to a peer, nothing more is forwarded to that peer; the
 //! session ends when every peer has answered (close frame or end of stream) or the close
-//! deadline passes. A close frame carrying a reserved code (1005, 1006, 1015) is never forwarded:
-//! it is replaced by 1002.
+//! deadline passes. A peer that hangs up while its direction is stalled (its destination takes
+//! nothing) starts the close deadline at once: what it sent before still goes on as far as the
+//! destination takes it, and if its end is read in time it is handled as above; otherwise the
+//! session ends at the deadline, with the lost peer as the cause unless a close frame was seen.
+//! A close frame carrying a reserved code (1005, 1006, 1015) is never forwarded: it is replaced
+//! by 1002.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -50,7 +63,7 @@ use crate::frame::{
 };
 use crate::messages::DrainReason;
 use crate::session::SessionStreams;
-use crate::transport::{ReadEnd, SessionIo};
+use crate::transport::{ReadEnd, ReadReadiness, SessionIo};
 
 /// Size of the per-worker read buffer.
 pub const READ_BUFFER_SIZE: usize = 64 * 1024;
@@ -196,6 +209,10 @@ struct Half {
     close: Option<CloseInfo>,
     /// Writing to `dst` failed.
     write_failed: bool,
+    /// `src` hung up (FIN or reset) while this direction was not reading it.
+    hung_up: bool,
+    /// Whether `src` may be waited for before a read (see [`SessionIo::poll_hangup`]).
+    readiness: ReadReadiness,
 }
 
 #[derive(Clone)]
@@ -210,6 +227,11 @@ impl Half {
     }
     fn wants_write(&self) -> bool {
         !self.pending.is_empty() && !self.dst_done
+    }
+    /// Not reading because `dst` is full, with `src` neither ended nor known to have said
+    /// goodbye: whether it hangs up is watched for without reading.
+    fn stalled(&self) -> bool {
+        !self.src_done && !self.hung_up && self.close.is_none() && !self.can_read()
     }
 }
 
@@ -481,7 +503,8 @@ impl Pump {
             }
             return;
         }
-        if closed_properly || closing {
+        // A hang-up noticed earlier started the deadline, not the close: that happens here.
+        if closed_properly || (closing && !half.hung_up) {
             half.fin_pending = true;
             return;
         }
@@ -505,6 +528,17 @@ impl Pump {
                 );
             }
         }
+    }
+
+    /// The source of `dir` hung up (FIN or reset) while `dir` was not reading it. Its bytes
+    /// still go on as the destination takes them, and its end is handled when read
+    /// ([`Pump::on_end`]); but nobody waits longer than [`CLOSE_HANDSHAKE_TIMEOUT`] for a peer
+    /// that is gone. No cause yet: if the deadline ends the session, [`Pump::outcome`] names
+    /// the lost peer, unless a close frame was read by then.
+    fn on_hangup(&mut self, dir: Dir) {
+        self.halves(dir).0.hung_up = true;
+        let deadline = Instant::now() + CLOSE_HANDSHAKE_TIMEOUT;
+        self.close_deadline = Some(self.close_deadline.map_or(deadline, |d| d.min(deadline)));
     }
 
     fn message_too_big(&mut self, dir: Dir) {
@@ -802,6 +836,8 @@ impl Pump {
         let cause = self.cause.unwrap_or(
             if self.up.close.is_some() || self.down.close.is_some() || !self.cfg.frames {
                 EndCause::Normal
+            } else if self.down.hung_up && !self.up.hung_up {
+                EndCause::BackendLost
             } else {
                 EndCause::ClientLost
             },
@@ -822,7 +858,12 @@ impl Pump {
 fn read_once(pump: &mut Pump, dir: Dir, src: &SessionIo, dst: &SessionIo) {
     READ_BUFFER.with(|cell| {
         let mut buf = cell.borrow_mut();
-        match src.read(&mut buf, |bytes| pump.on_bytes(dir, bytes, dst)) {
+        let mut readiness = pump.halves(dir).0.readiness;
+        let end = src.read(&mut buf, &mut readiness, |bytes| {
+            pump.on_bytes(dir, bytes, dst)
+        });
+        pump.halves(dir).0.readiness = readiness;
+        match end {
             ReadEnd::Open => {}
             ReadEnd::Eof => pump.on_end(dir, false),
             ReadEnd::Error => pump.on_end(dir, true),
@@ -877,7 +918,8 @@ pin_project_lite::pin_project! {
     /// the drain waker in [`Shared`]), so nothing is pinned per wait and no waiter node lives
     /// in the future. Events are handled one at a time in a fixed order — drain order, writes
     /// to the backend, writes to the client, reads from the client, reads from the backend,
-    /// timer — until none is ready; tokio's cooperative budget bounds each turn.
+    /// hang-ups of a stalled client or backend, timer — until none is ready; tokio's
+    /// cooperative budget bounds each turn.
     pub struct Pumping {
         client: SessionIo,
         backend: SessionIo,
@@ -950,16 +992,30 @@ impl Future for Pumping {
                     }
                 }
                 if pump.up.can_read() {
-                    if let Poll::Ready(r) = client.poll_readable(cx) {
+                    if let Poll::Ready(r) = client.poll_readable(cx, pump.up.readiness) {
                         pump.on_readable(Dir::Up, client, backend, r);
                         continue;
                     }
                 }
                 if pump.down.can_read() {
-                    if let Poll::Ready(r) = backend.poll_readable(cx) {
+                    if let Poll::Ready(r) = backend.poll_readable(cx, pump.down.readiness) {
                         pump.on_readable(Dir::Down, backend, client, r);
                         continue;
                     }
+                }
+                if pump.cfg.frames
+                    && pump.up.stalled()
+                    && client.poll_hangup(cx, &mut pump.up.readiness).is_ready()
+                {
+                    pump.on_hangup(Dir::Up);
+                    continue;
+                }
+                if pump.cfg.frames
+                    && pump.down.stalled()
+                    && backend.poll_hangup(cx, &mut pump.down.readiness).is_ready()
+                {
+                    pump.on_hangup(Dir::Down);
+                    continue;
                 }
                 if this.timer.as_mut().poll(cx).is_ready() {
                     pump.on_timer(client);
@@ -998,4 +1054,107 @@ fn poll_drained(io: &SessionIo, cx: &mut Context<'_>) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pump() -> Pump {
+        Pump::new(
+            PumpConfig {
+                frames: true,
+                idle_timeout: Duration::from_secs(60),
+                keepalive: Some(Duration::from_secs(30)),
+                max_message_size: None,
+            },
+            Rc::new(Shared::default()),
+        )
+    }
+
+    fn queued_close(half: &Half) -> Option<u16> {
+        match half.queued.as_deref() {
+            Some(Queued::Close(frame)) => {
+                // Masked towards the backend: 2 header bytes, 4 mask bytes, then the code.
+                let b = frame.as_bytes();
+                let at = if b[1] & 0x80 != 0 { 6 } else { 2 };
+                let key = if at == 6 { [b[2], b[3]] } else { [0, 0] };
+                Some(u16::from_be_bytes([b[at] ^ key[0], b[at + 1] ^ key[1]]))
+            }
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn only_a_direction_stopped_by_a_full_destination_watches_for_a_hang_up() {
+        let mut half = Half::default();
+        assert!(!half.stalled(), "still reading");
+        half.pending = vec![0; PENDING_LIMIT];
+        assert!(half.stalled());
+        half.close = Some(CloseInfo::parse(&[0x03, 0xe8]));
+        assert!(!half.stalled(), "said goodbye: its end is expected");
+        half.close = None;
+        half.hung_up = true;
+        assert!(!half.stalled(), "already noticed");
+        half.hung_up = false;
+        half.src_done = true;
+        assert!(!half.stalled(), "already ended");
+    }
+
+    #[test]
+    fn a_stalled_client_that_hangs_up_gets_the_grace_then_ends_as_client_lost() {
+        let mut p = pump();
+        let before = Instant::now();
+        p.on_hangup(Dir::Up);
+        let deadline = p.close_deadline.expect("the grace starts at once");
+        assert!(deadline >= before + CLOSE_HANDSHAKE_TIMEOUT);
+        assert!(deadline <= Instant::now() + CLOSE_HANDSHAKE_TIMEOUT);
+        assert_eq!(
+            p.next_deadline(),
+            deadline,
+            "no ping, no idle timeout after it"
+        );
+        assert_eq!(
+            p.cause, None,
+            "not decided while its bytes may still be read"
+        );
+        assert_eq!(
+            queued_close(&p.up),
+            None,
+            "no close frame before its end is read"
+        );
+        assert_eq!(p.outcome().cause, EndCause::ClientLost);
+    }
+
+    #[test]
+    fn the_end_of_a_hung_up_client_read_later_sends_the_backend_1001() {
+        let mut p = pump();
+        p.on_hangup(Dir::Up);
+        p.on_end(Dir::Up, false);
+        assert_eq!(queued_close(&p.up), Some(1001));
+        assert_eq!(p.cause, Some(EndCause::ClientLost));
+        assert_eq!(p.tether_close, Some(1001));
+    }
+
+    #[test]
+    fn a_close_frame_read_after_the_hang_up_makes_the_end_normal() {
+        let mut p = pump();
+        p.on_hangup(Dir::Up);
+        p.up.close = Some(CloseInfo::parse(&[0x03, 0xe8]));
+        p.on_end(Dir::Up, false);
+        assert_eq!(queued_close(&p.up), None);
+        assert_eq!(p.outcome().cause, EndCause::Normal);
+    }
+
+    #[test]
+    fn a_stalled_backend_that_hangs_up_ends_as_backend_lost() {
+        let mut p = pump();
+        p.on_hangup(Dir::Down);
+        assert_eq!(p.outcome().cause, EndCause::BackendLost);
+        let mut p = pump();
+        p.on_hangup(Dir::Down);
+        p.on_end(Dir::Down, true);
+        assert_eq!(queued_close(&p.down), Some(1014));
+        assert_eq!(p.outcome().cause, EndCause::BackendLost);
+    }
 }

@@ -14,12 +14,16 @@
 //!   writability to [`SessionIo::flush_output`] them before it offers more bytes.
 //! * **end of stream**: a FIN is preceded by `close_notify`, and the socket's write side is shut
 //!   only once every record before it is out.
+//! * **hang-up while not reading**: a source the pump stopped reading (its destination is full)
+//!   is still watched for its peer's FIN or reset ([`SessionIo::poll_hangup`]), without reading a
+//!   byte of it; see [`ReadReadiness`] for what that costs the next read.
 //!
 //! An idle TLS session therefore holds only what rustls keeps per connection.
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io::{self, BufRead, Read, Write};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use tokio::io::Interest;
 use tokio::net::TcpStream;
@@ -57,15 +61,47 @@ pub enum ReadEnd {
     Error,
 }
 
+/// Whether a socket's read readiness, as tokio tracks it, can be waited for before a read.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum ReadReadiness {
+    /// The usual case: wait until the socket is readable, then read.
+    #[default]
+    Tracked,
+    /// [`SessionIo::poll_hangup`] consumed the readiness while unread bytes remained, so no
+    /// event will announce them: read without waiting, until a read empties the receive queue
+    /// (a short read, `WouldBlock` or the end of the stream); from then on every new byte, FIN
+    /// or reset is an event again.
+    Consumed,
+}
+
 /// One non-blocking read. A short read (fewer bytes than `buf` holds) emptied the socket's
 /// receive queue, so the socket's readiness is cleared right away, as tokio's own `poll_read`
 /// does: the next wait goes to epoll instead of costing a `recv` that would answer `EAGAIN`.
 /// (Readiness that arrived after the read carries a newer tick and is not cleared.)
-fn read_tcp(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+fn read_tcp(tcp: &TcpStream, buf: &mut [u8], readiness: &mut ReadReadiness) -> io::Result<usize> {
     let want = buf.len();
+    if *readiness == ReadReadiness::Consumed {
+        // tokio would answer `WouldBlock` without asking the socket: ask it directly.
+        let read = (&*socket2::SockRef::from(tcp)).read(buf);
+        if !matches!(read, Ok(n) if n == want) {
+            *readiness = ReadReadiness::Tracked;
+        }
+        return read;
+    }
     transfer(tcp, Interest::READABLE, want, || {
         (&*socket2::SockRef::from(tcp)).read(buf)
     })
+}
+
+/// Whether tokio has seen the peer end its stream or the connection fail (epoll's `RDHUP` or
+/// `HUP`), whatever bytes are still queued before that end. Never waits and never registers a
+/// waker: readiness is already set when this is asked (see [`SessionIo::poll_hangup`]).
+fn read_closed(tcp: &TcpStream) -> bool {
+    let ready = std::pin::pin!(tcp.ready(Interest::READABLE));
+    matches!(
+        ready.poll(&mut Context::from_waker(Waker::noop())),
+        Poll::Ready(Ok(r)) if r.is_read_closed()
+    )
 }
 
 /// One non-blocking write. A short write filled the socket's send buffer, so its writability
@@ -104,7 +140,7 @@ struct NonBlocking<'a>(&'a TcpStream);
 
 impl Read for NonBlocking<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        read_tcp(self.0, buf)
+        read_tcp(self.0, buf, &mut ReadReadiness::Tracked)
     }
 }
 
@@ -177,14 +213,19 @@ impl TlsIo {
         }
     }
 
-    fn read(&self, buf: &mut [u8], mut deliver: impl FnMut(&[u8])) -> ReadEnd {
+    fn read(
+        &self,
+        buf: &mut [u8],
+        readiness: &mut ReadReadiness,
+        mut deliver: impl FnMut(&[u8]),
+    ) -> ReadEnd {
         let mut conn = self.conn.borrow_mut();
         if self.buffered.replace(false) {
             if let Some(end) = Self::drain_plaintext(&mut conn, &mut deliver) {
                 return end;
             }
         }
-        let n = match read_tcp(&self.tcp, buf) {
+        let n = match read_tcp(&self.tcp, buf, readiness) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return ReadEnd::Open,
             Err(_) => return ReadEnd::Error,
@@ -242,10 +283,48 @@ impl SessionIo {
     /// Ready once a read may make progress. Registers `cx`'s waker in the socket's single read
     /// slot (not in a list of waiters), which also replaces any waker the HTTP layer left there
     /// before the upgrade, so that no finished task is kept alive by the session.
-    pub fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// [`ReadReadiness::Consumed`] is ready at once.
+    pub fn poll_readable(
+        &self,
+        cx: &mut Context<'_>,
+        readiness: ReadReadiness,
+    ) -> Poll<io::Result<()>> {
+        if readiness == ReadReadiness::Consumed {
+            return Poll::Ready(Ok(()));
+        }
         match self {
             SessionIo::Tls(tls) if tls.buffered.get() => Poll::Ready(Ok(())),
             _ => self.tcp().poll_read_ready(cx),
+        }
+    }
+
+    /// For a source the pump has stopped reading because its destination is full: ready once
+    /// the peer has ended its stream (FIN) or the connection failed (reset), which a reader
+    /// would learn only after every byte still queued before it. Reads nothing.
+    ///
+    /// Unread bytes keep the socket readable, so whenever its readiness shows only them it is
+    /// consumed (and `readiness` becomes [`ReadReadiness::Consumed`]): the waker registered in
+    /// the socket's read slot is then woken by the next event — more bytes, the FIN, a reset —
+    /// and never spins. epoll reports the FIN and the reset (`RDHUP`, `HUP`) even behind
+    /// unread bytes, and tokio keeps them as the socket's read-closed state.
+    pub fn poll_hangup(&self, cx: &mut Context<'_>, readiness: &mut ReadReadiness) -> Poll<()> {
+        let tcp = self.tcp();
+        loop {
+            match tcp.poll_read_ready(cx) {
+                Poll::Pending => return Poll::Pending,
+                // The runtime is shutting down: the socket is as good as gone.
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {}
+            }
+            if read_closed(tcp) {
+                return Poll::Ready(());
+            }
+            // Only unread bytes: consume the readiness (unless a newer event came in meanwhile,
+            // which the next turn of the loop looks at) and register for the next event.
+            let _ = tcp.try_io(Interest::READABLE, || {
+                Err::<(), _>(io::ErrorKind::WouldBlock.into())
+            });
+            *readiness = ReadReadiness::Consumed;
         }
     }
 
@@ -261,10 +340,16 @@ impl SessionIo {
     }
 
     /// One non-blocking read: every byte it yields goes to `deliver` (possibly in several
-    /// chunks), and the result says whether the stream is still open.
-    pub fn read(&self, buf: &mut [u8], mut deliver: impl FnMut(&[u8])) -> ReadEnd {
+    /// chunks), and the result says whether the stream is still open. `readiness` says whether
+    /// the socket is read without consulting tokio's readiness, and is updated.
+    pub fn read(
+        &self,
+        buf: &mut [u8],
+        readiness: &mut ReadReadiness,
+        mut deliver: impl FnMut(&[u8]),
+    ) -> ReadEnd {
         match self {
-            SessionIo::Plain(tcp) => match read_tcp(tcp, buf) {
+            SessionIo::Plain(tcp) => match read_tcp(tcp, buf, readiness) {
                 Ok(0) => ReadEnd::Eof,
                 Ok(n) => {
                     deliver(&buf[..n]);
@@ -273,7 +358,7 @@ impl SessionIo {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => ReadEnd::Open,
                 Err(_) => ReadEnd::Error,
             },
-            SessionIo::Tls(tls) => tls.read(buf, deliver),
+            SessionIo::Tls(tls) => tls.read(buf, readiness, deliver),
         }
     }
 
