@@ -100,6 +100,13 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigErrors> {
         return Err(ConfigErrors(errors));
     }
     validated.warnings.extend(warnings);
+    if !layered.service_links.is_empty() {
+        validated.warnings.push(format!(
+            "{}: ignored: Kubernetes service-link variables, not configuration fields \
+             (set enableServiceLinks: false in the pod spec to keep them out) [env]",
+            layered.service_links.join(", ")
+        ));
+    }
     Ok(Loaded {
         config: validated.config,
         used_embedded_default: layered.used_embedded_default,

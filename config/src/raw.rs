@@ -54,7 +54,7 @@ pub(crate) struct RawConfig {
 }
 
 /// The keys allowed at the top level of a configuration file.
-const TOP_LEVEL_KEYS: &[&str] = &[
+pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
     "workers",
     "shutdown_grace",
     "shutdown_close_code",

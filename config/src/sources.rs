@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use config::{Environment, File, FileFormat, Source as _, ValueKind};
 
 use crate::error::ConfigError;
+use crate::raw::TOP_LEVEL_KEYS;
 use crate::units::format_size;
 
 /// Label of a value that no layer set: the field's built-in default.
@@ -165,6 +166,8 @@ impl Node {
 pub(crate) struct Layered {
     pub(crate) root: Node,
     pub(crate) used_embedded_default: bool,
+    /// `TETHER_*` variables left out as Kubernetes service links ([`is_service_link`]).
+    pub(crate) service_links: Vec<String>,
 }
 
 /// Reads and merges every layer. Fails with every unreadable file and every unusable variable.
@@ -182,15 +185,23 @@ pub(crate) fn layer(sources: &Sources) -> Result<Layered, Vec<ConfigError>> {
     for path in &sources.files {
         add(read_file(path));
     }
+    let mut service_links = Vec::new();
     for (name, value) in &sources.env {
-        if name.starts_with(ENV_PREFIX) {
+        if !name.starts_with(ENV_PREFIX) {
+            continue;
+        }
+        if is_service_link(name) {
+            service_links.push(name.clone());
+        } else {
             add(env_var(name, value));
         }
     }
+    service_links.sort();
     if errors.is_empty() {
         Ok(Layered {
             root,
             used_embedded_default,
+            service_links,
         })
     } else {
         Err(errors)
@@ -313,6 +324,53 @@ fn describe(error: config::ConfigError) -> String {
         config::ConfigError::FileParse { cause, .. } => format!("cannot parse: {cause}"),
         config::ConfigError::Foreign(cause) => format!("cannot read: {cause}"),
         other => other.to_string(),
+    }
+}
+
+/// Whether a `TETHER_*` variable is one of the service-link variables Kubernetes injects for a
+/// Service whose name starts with `tether` (`TETHER_SERVICE_HOST`, `TETHER_SERVICE_PORT`,
+/// `TETHER_SERVICE_PORT_HTTP`, `TETHER_PORT`, `TETHER_PORT_8080_TCP`,
+/// `TETHER_PORT_8080_TCP_ADDR`/`_PORT`/`_PROTO`, and the same after `TETHER_ADMIN_` for a
+/// Service named `tether-admin`), rather than a configuration field.
+///
+/// Such a name has no `__`, so it could only name a top-level field; it is a service link only
+/// when it is not one. Every other unknown `TETHER_*` name is still an error, so a typo
+/// (`TETHER_WORKRS`, `TETHER_LISTENERS__PUBLIC__BINDD`) never goes unnoticed.
+pub(crate) fn is_service_link(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(ENV_PREFIX) else {
+        return false;
+    };
+    if rest.contains("__") || TOP_LEVEL_KEYS.contains(&rest.to_ascii_lowercase().as_str()) {
+        return false;
+    }
+    // The Service's name stands before the suffix: at least `TETHER`.
+    let words: Vec<&str> = name.split('_').collect();
+    let service_word = |i: usize| i >= 1;
+    let is_port_number = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit());
+    let is_protocol = |w: &str| matches!(w, "TCP" | "UDP" | "SCTP");
+    let n = words.len();
+    // {SVC}_SERVICE_HOST, {SVC}_SERVICE_PORT, {SVC}_SERVICE_PORT_{PORT_NAME}
+    if let Some(at) = words.iter().position(|w| *w == "SERVICE") {
+        if service_word(at) {
+            match &words[at + 1..] {
+                ["HOST"] | ["PORT"] => return true,
+                ["PORT", name @ ..] if !name.is_empty() && name.iter().all(|w| !w.is_empty()) => {
+                    return true
+                }
+                _ => {}
+            }
+        }
+    }
+    // {SVC}_PORT, {SVC}_PORT_{N}_{PROTO}, {SVC}_PORT_{N}_{PROTO}_{ADDR|PORT|PROTO}
+    match words.as_slice() {
+        [.., "PORT"] if service_word(n - 1) => true,
+        [.., "PORT", number, protocol] if service_word(n - 3) => {
+            is_port_number(number) && is_protocol(protocol)
+        }
+        [.., "PORT", number, protocol, "ADDR" | "PORT" | "PROTO"] if service_word(n - 4) => {
+            is_port_number(number) && is_protocol(protocol)
+        }
+        _ => false,
     }
 }
 
@@ -457,6 +515,67 @@ mod tests {
         );
         let node = env_var("TETHER_WORKERS", "2").unwrap();
         assert_eq!(str_at(&node, "workers"), ("2", "env TETHER_WORKERS"));
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_told_apart_from_fields_and_typos() {
+        for name in [
+            "TETHER_SERVICE_HOST",
+            "TETHER_SERVICE_PORT",
+            "TETHER_SERVICE_PORT_HTTP",
+            "TETHER_SERVICE_PORT_ADMIN_API",
+            "TETHER_PORT",
+            "TETHER_PORT_8080_TCP",
+            "TETHER_PORT_8080_TCP_ADDR",
+            "TETHER_PORT_8080_TCP_PORT",
+            "TETHER_PORT_8080_TCP_PROTO",
+            "TETHER_PORT_53_UDP",
+            "TETHER_ADMIN_SERVICE_HOST",
+            "TETHER_ADMIN_PORT_9901_TCP_ADDR",
+        ] {
+            assert!(is_service_link(name), "{name}");
+        }
+        for name in [
+            "TETHER_WORKERS",
+            "TETHER_WORKRS",
+            "TETHER_ALLOW_EMPTY",
+            "TETHER_SHUTDOWN_GRACE",
+            "TETHER_LISTENERS__PUBLIC__BIND",
+            "TETHER_LISTENERS__PUBLIC__PORT",
+            "TETHER_ADMIN__BIND",
+            "TETHER_PORT_HTTP_TCP",
+            "TETHER_PORT_8080_HTTP",
+            "TETHER_PORT_8080_TCP_HOST",
+            "TETHER_SERVICE_NAME",
+            "TETHER_",
+            "OTHER_SERVICE_HOST",
+        ] {
+            assert!(!is_service_link(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn service_links_are_left_out_and_typos_still_fail() {
+        let env = |pairs: &[(&str, &str)]| Sources {
+            files: vec![],
+            env: pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let layered = layer(&env(&[
+            ("TETHER_SERVICE_HOST", "10.0.0.7"),
+            ("TETHER_PORT_8080_TCP", "tcp://10.0.0.7:8080"),
+            ("TETHER_WORKERS", "2"),
+        ]))
+        .map_err(|e| e.len())
+        .unwrap();
+        assert_eq!(
+            layered.service_links,
+            ["TETHER_PORT_8080_TCP", "TETHER_SERVICE_HOST"]
+        );
+        assert!(layered.root.find("workers").is_some());
+        assert!(layered.root.find("service_host").is_none());
     }
 
     #[test]

@@ -299,3 +299,85 @@ fn empty_oversize_and_alias_bomb_files_exit_64() {
     let huge = vec![b'#'; 4 * 1024 * 1024 + 1];
     refused(&write_file("huge", "toml", &huge), "4MiB limit");
 }
+
+/// The variables Kubernetes injects for a Service named `tether` (and `tether-admin`) neither
+/// stop `tether check`, `tether health` or `tether` itself (exit 64 before) nor hide a real typo:
+/// `check` names them in one warning, and `TETHER_WORKRS` beside them still exits 64.
+#[test]
+fn kubernetes_service_link_variables_do_not_stop_the_sidecar() {
+    const LINKS: &[(&str, &str)] = &[
+        ("TETHER_SERVICE_HOST", "10.96.0.17"),
+        ("TETHER_SERVICE_PORT", "8080"),
+        ("TETHER_SERVICE_PORT_HTTP", "8080"),
+        ("TETHER_PORT", "tcp://10.96.0.17:8080"),
+        ("TETHER_PORT_8080_TCP", "tcp://10.96.0.17:8080"),
+        ("TETHER_PORT_8080_TCP_PROTO", "tcp"),
+        ("TETHER_PORT_8080_TCP_PORT", "8080"),
+        ("TETHER_PORT_8080_TCP_ADDR", "10.96.0.17"),
+        ("TETHER_ADMIN_SERVICE_HOST", "10.96.0.18"),
+        ("TETHER_ADMIN_PORT_9901_TCP_ADDR", "10.96.0.18"),
+    ];
+    let with_links = |args: &[&str], path: &std::path::Path| {
+        let mut cmd = tether();
+        cmd.args(args).arg("--config").arg(path);
+        cmd.envs(LINKS.iter().copied());
+        cmd
+    };
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let path = write_config("service-links", &config(port, "chat"));
+
+    let out = with_links(&["check"], &path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("TETHER_PORT_8080_TCP_ADDR") && stderr.contains("enableServiceLinks"),
+        "{stderr}"
+    );
+
+    let out = with_links(&["check"], &path)
+        .env("TETHER_WORKRS", "2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains(r#"unknown field "workrs""#), "{stderr}");
+
+    // health reads the same layers: nothing answers on its admin address, so 1, not 64.
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let out = with_links(&["health"], &path)
+        .env("TETHER_ADMIN__BIND", closed.to_string())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // And the sidecar runs and serves with them in its environment.
+    let mut child = with_links(&[], &path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let served = loop {
+        if let Some(status) = http_status(port) {
+            break Some(status);
+        }
+        if child.try_wait().unwrap().is_some() || Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::yield_now();
+    };
+    let _ = child.kill();
+    let exit = child.wait().unwrap();
+    assert_eq!(served, Some(502), "tether did not serve; exit {exit:?}");
+}
