@@ -13,6 +13,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::body::ProxyBody;
 use crate::handshake::HandshakeError;
+use crate::headers::HostError;
 use crate::upgrade::AnswerError;
 
 /// Which side a failure came from.
@@ -29,6 +30,9 @@ pub enum Side {
 /// A request that could not be proxied.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    /// The request's host is missing, repeated or invalid (RFC 9112 §3.2).
+    #[error("bad request: {0}")]
+    BadHost(#[from] HostError),
     /// No routing rule matches the listener, host and path.
     #[error("no route for this host and path")]
     NoRoute,
@@ -135,7 +139,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute => StatusCode::NOT_FOUND,
             ProxyError::BadHandshake(e) => e.status(),
-            ProxyError::SubprotocolNotAllowed => StatusCode::BAD_REQUEST,
+            ProxyError::SubprotocolNotAllowed | ProxyError::BadHost(_) => StatusCode::BAD_REQUEST,
             ProxyError::OriginNotAllowed
             | ProxyError::OriginRequired
             | ProxyError::InsecureWebSocket { .. } => StatusCode::FORBIDDEN,
@@ -157,6 +161,7 @@ impl ProxyError {
     pub fn side(&self) -> Side {
         match self {
             ProxyError::BadHandshake(_)
+            | ProxyError::BadHost(_)
             | ProxyError::OriginNotAllowed
             | ProxyError::OriginRequired
             | ProxyError::SubprotocolNotAllowed

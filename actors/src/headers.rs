@@ -6,9 +6,10 @@
 //! handshake is the one exception: its `Connection: Upgrade` / `Upgrade: websocket` pair is
 //! re-added for the backend, and a backend's `101` goes back untouched.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Uri, Version};
 
 /// Headers that are hop-by-hop whatever `Connection` says (RFC 9110 §7.6.1, plus the
 /// non-standard `Proxy-Connection` and `Keep-Alive` that old clients still send).
@@ -100,6 +101,142 @@ pub fn add_forwarded(
     }
 }
 
+/// A `uri-host [ ":" port ]` split in two (RFC 9110 §7.2 `Host`, RFC 3986 §3.2.2–3.2.3): the
+/// one parser of host-and-port text on the request path, for `Host` values, request-target
+/// authorities and configured host overrides alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Authority<'a> {
+    /// The host as sent (case kept), an IPv6 literal without its brackets.
+    pub host: &'a str,
+    /// The port, when one is given.
+    pub port: Option<u16>,
+}
+
+/// Parses `uri-host [ ":" port ]`: a reg-name or IPv4 address (unreserved, percent-encoded and
+/// sub-delim characters, RFC 3986 §3.2.2) or a bracketed IPv6 literal, then an optional decimal
+/// port of at most 65535 (an empty port, which RFC 3986 allows, counts as none). An empty host
+/// is refused: an `http` URI never has one (RFC 9110 §4.2.1). No allocation.
+pub fn parse_authority(s: &str) -> Option<Authority<'_>> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        v6.parse::<Ipv6Addr>().ok()?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        (v6, port)
+    } else {
+        match s.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (s, None),
+        }
+    };
+    let port = match port {
+        None | Some("") => None,
+        Some(p) if p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            Some(p.parse::<u16>().ok()?)
+        }
+        Some(_) => return None,
+    };
+    if host.is_empty() {
+        return None;
+    }
+    if !s.starts_with('[') && !is_reg_name(host.as_bytes()) {
+        return None;
+    }
+    Some(Authority { host, port })
+}
+
+/// `reg-name = *( unreserved / pct-encoded / sub-delims )` (RFC 3986 §3.2.2); IPv4 addresses
+/// are reg-names too.
+fn is_reg_name(host: &[u8]) -> bool {
+    let mut i = 0;
+    while i < host.len() {
+        match host[i] {
+            b'%' => {
+                let hex = host.get(i + 1..i + 3);
+                if !hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
+                    return false;
+                }
+                i += 3;
+                continue;
+            }
+            b if b.is_ascii_alphanumeric() => {}
+            b'-' | b'.' | b'_' | b'~' => {}
+            b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' => {}
+            _ => return false,
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Why a request's host could not be established (RFC 9112 §3.2: each is answered `400`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// An HTTP/1.1 request without a `Host` header (RFC 9112 §3.2).
+    #[error("an HTTP/1.1 request needs a Host header")]
+    Missing,
+    /// More than one `Host` field line (RFC 9112 §3.2).
+    #[error("more than one Host header")]
+    Duplicate,
+    /// A `Host` value that is not `host[:port]` (RFC 9110 §7.2).
+    #[error("invalid Host header")]
+    Invalid,
+    /// An absolute-form target that is not `http` or `https`, carries userinfo (RFC 9110
+    /// §4.2.4) or has no valid host.
+    #[error("invalid request target authority")]
+    BadTarget,
+}
+
+/// The one host a request is for, checked (RFC 9112 §3.2, §3.2.2; RFC 9110 §7.2):
+///
+/// * at most one `Host` line, and a valid `host[:port]` when present; HTTP/1.1 needs one,
+///   HTTP/1.0 may go without;
+/// * an absolute-form (or authority-form) target's authority wins over `Host`. The second value
+///   is `Some` exactly then: the `Host` value the request must carry instead of the one it came
+///   with, so the route and the backend see the same single host.
+///
+/// The first value is the host to route by (`None`: an HTTP/1.0 request without one).
+pub fn request_host<'a>(
+    version: Version,
+    uri: &'a Uri,
+    headers: &'a HeaderMap,
+) -> Result<(Option<&'a str>, Option<HeaderValue>), HostError> {
+    let mut lines = headers.get_all(header::HOST).iter();
+    let host = lines.next();
+    if lines.next().is_some() {
+        return Err(HostError::Duplicate);
+    }
+    let host = match host {
+        Some(value) => {
+            let text = value.to_str().map_err(|_| HostError::Invalid)?;
+            parse_authority(text).ok_or(HostError::Invalid)?;
+            Some(text)
+        }
+        None if version >= Version::HTTP_11 => return Err(HostError::Missing),
+        None => None,
+    };
+    let Some(authority) = uri.authority() else {
+        return Ok((host, None));
+    };
+    if uri
+        .scheme_str()
+        .is_some_and(|s| !s.eq_ignore_ascii_case("http") && !s.eq_ignore_ascii_case("https"))
+    {
+        return Err(HostError::BadTarget);
+    }
+    let target = authority.as_str();
+    if target.contains('@') || parse_authority(target).is_none() {
+        return Err(HostError::BadTarget);
+    }
+    if host.is_some_and(|h| h == target) {
+        return Ok((host, None));
+    }
+    let replacement = HeaderValue::from_str(target).map_err(|_| HostError::BadTarget)?;
+    Ok((Some(target), Some(replacement)))
+}
+
 /// A stack buffer for an IP address in text form, so `X-Forwarded-For` costs no heap allocation
 /// for the address itself.
 struct IpText {
@@ -169,5 +306,106 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_FOR], "::1");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         assert!(!h.contains_key(&X_FORWARDED_HOST));
+    }
+
+    #[test]
+    fn authorities_split_host_and_port() {
+        let a = |host, port| Some(Authority { host, port });
+        assert_eq!(
+            parse_authority("Chat.Example:8080"),
+            a("Chat.Example", Some(8080))
+        );
+        assert_eq!(parse_authority("10.0.0.5"), a("10.0.0.5", None));
+        assert_eq!(parse_authority("[::1]:443"), a("::1", Some(443)));
+        assert_eq!(parse_authority("[::1]"), a("::1", None));
+        assert_eq!(parse_authority("a.example:"), a("a.example", None));
+        assert_eq!(
+            parse_authority("caf%C3%A9.example"),
+            a("caf%C3%A9.example", None)
+        );
+        for bad in [
+            "",
+            ":80",
+            "a.example:65536",
+            "a.example:123456",
+            "a.example:8o",
+            "a b",
+            "a.example:80:80",
+            "::1",
+            "[::1",
+            "[::1]x",
+            "[nope]:80",
+            "user@a.example",
+            "a/b",
+            "a%zz",
+            "a%4",
+        ] {
+            assert_eq!(parse_authority(bad), None, "{bad:?}");
+        }
+    }
+
+    fn host_of(
+        version: Version,
+        target: &str,
+        hosts: &[&'static str],
+    ) -> Result<(Option<String>, Option<HeaderValue>), HostError> {
+        let uri: Uri = target.parse().unwrap();
+        let mut headers = HeaderMap::new();
+        for h in hosts {
+            headers.append(header::HOST, HeaderValue::from_static(h));
+        }
+        request_host(version, &uri, &headers).map(|(h, r)| (h.map(str::to_owned), r))
+    }
+
+    #[test]
+    fn one_host_per_request() {
+        use Version as V;
+        assert_eq!(
+            host_of(V::HTTP_11, "/x", &["a.example"]),
+            Ok((Some("a.example".into()), None))
+        );
+        assert_eq!(host_of(V::HTTP_11, "/x", &[]), Err(HostError::Missing));
+        assert_eq!(host_of(V::HTTP_10, "/x", &[]), Ok((None, None)));
+        assert_eq!(
+            host_of(V::HTTP_11, "/x", &["a.example", "a.example"]),
+            Err(HostError::Duplicate)
+        );
+        assert_eq!(
+            host_of(V::HTTP_10, "/x", &["a", "b"]),
+            Err(HostError::Duplicate)
+        );
+        assert_eq!(host_of(V::HTTP_11, "/x", &[""]), Err(HostError::Invalid));
+        assert_eq!(
+            host_of(V::HTTP_11, "/x", &["a.example:99999"]),
+            Err(HostError::Invalid)
+        );
+        // Absolute form: the target's authority replaces Host (RFC 9112 §3.2.2).
+        assert_eq!(
+            host_of(V::HTTP_11, "http://a.example/x", &["b.example"]),
+            Ok((
+                Some("a.example".into()),
+                Some(HeaderValue::from_static("a.example"))
+            ))
+        );
+        assert_eq!(
+            host_of(V::HTTP_11, "http://a.example:8080/x", &["a.example:8080"]),
+            Ok((Some("a.example:8080".into()), None))
+        );
+        assert_eq!(
+            host_of(V::HTTP_11, "http://a.example/x", &[]),
+            Err(HostError::Missing)
+        );
+        assert_eq!(
+            host_of(V::HTTP_10, "http://a.example/x", &[]).map(|(h, _)| h),
+            Ok(Some("a.example".into()))
+        );
+        assert_eq!(
+            host_of(V::HTTP_11, "http://u@a.example/x", &["a.example"]),
+            Err(HostError::BadTarget)
+        );
+        assert_eq!(
+            host_of(V::HTTP_11, "ftp://a.example/x", &["a.example"]),
+            Err(HostError::BadTarget)
+        );
     }
 }

@@ -196,10 +196,7 @@ impl ProbePlan {
                 .as_deref()
                 .or(probe.host.as_deref())
                 .or(settings.host_override.as_deref())
-                .map(|h| match h.rsplit_once(':') {
-                    Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
-                    _ => h,
-                })
+                .map(|h| crate::headers::parse_authority(h).map_or(h, |a| a.host))
                 .and_then(|n| ServerName::try_from(n.to_owned()).ok());
             ProbeTls {
                 config,

@@ -1,6 +1,8 @@
 //! The request path: route, validate, forward, and hand upgraded WebSockets to a session.
 //!
-//! 1. Look the request up in the current route snapshot (no route → 404).
+//! 1. Establish the one host the request is for ([`headers::request_host`]: missing, repeated
+//!    or invalid `Host` → 400; an absolute-form target's authority replaces `Host`), then look
+//!    the request up in the current route snapshot (no route → 404).
 //! 2. A WebSocket handshake is validated (RFC 6455 §4.2.1) and its `Origin` checked against the
 //!    rule before anything reaches a backend (400/426/403).
 //! 3. Pick a member (none in rotation → 503).
@@ -171,7 +173,7 @@ fn access_log_enabled() -> bool {
 fn handshake_outcome(err: &ProxyError) -> HandshakeOutcome {
     match err {
         ProxyError::NoRoute => HandshakeOutcome::NoRoute,
-        ProxyError::BadHandshake(_) => HandshakeOutcome::BadHandshake,
+        ProxyError::BadHandshake(_) | ProxyError::BadHost(_) => HandshakeOutcome::BadHandshake,
         ProxyError::OriginNotAllowed | ProxyError::OriginRequired => {
             HandshakeOutcome::RejectedOrigin
         }
@@ -186,20 +188,34 @@ fn handshake_outcome(err: &ProxyError) -> HandshakeOutcome {
 async fn route_and_forward(
     ctx: &Rc<WorkerContext>,
     conn: &Rc<Connection>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     websocket: bool,
     span: &Span,
     facts: &mut RequestFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
+    // One host per request, before anything else reads one (RFC 9112 §3.2, §3.2.2): a target's
+    // authority replaces `Host`, so the rule chosen and the backend's `Host` always agree.
+    let replacement = headers::request_host(req.version(), req.uri(), req.headers())?.1;
+    if let Some(host) = replacement {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
     if let Some(port) = conn.listener.redirect_port {
         if websocket {
             return Err(ProxyError::InsecureWebSocket { port });
         }
-        return Ok(redirect_to_https(&req, port, conn.listener.local_addr));
+        return Ok(redirect_to_https(
+            &req,
+            host,
+            port,
+            conn.listener.local_addr,
+        ));
     }
     let route = {
         let snapshot = ctx.routes.load();
-        let host = request_host(&req);
         snapshot
             .lookup(&conn.listener.name, host, req.uri().path())
             .cloned()
@@ -213,17 +229,18 @@ async fn route_and_forward(
     }
 }
 
-/// `308 Permanent Redirect` to the same host, path and query on the https listener's `port`
-/// (308 keeps the method and body, unlike 301).
-fn redirect_to_https<B>(req: &Request<B>, port: u16, local: SocketAddr) -> Response<ProxyBody> {
-    let host = match request_host(req) {
-        Some(h) => match h.rsplit_once(':') {
-            // Drop the port; keep an IPv6 literal's brackets intact.
-            Some((name, p)) if p.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => {
-                name.to_owned()
-            }
-            _ => h.to_owned(),
-        },
+/// `308 Permanent Redirect` to the same host (`host`, checked by [`headers::request_host`]),
+/// path and query on the https listener's `port` (308 keeps the method and body, unlike 301).
+fn redirect_to_https<B>(
+    req: &Request<B>,
+    host: Option<&str>,
+    port: u16,
+    local: SocketAddr,
+) -> Response<ProxyBody> {
+    // The port is dropped; an IPv6 literal goes back in brackets.
+    let host = match host.and_then(headers::parse_authority) {
+        Some(a) if a.host.contains(':') => format!("[{}]", a.host),
+        Some(a) => a.host.to_owned(),
         None => match local.ip() {
             std::net::IpAddr::V6(ip) => format!("[{ip}]"),
             ip => ip.to_string(),
@@ -241,16 +258,6 @@ fn redirect_to_https<B>(req: &Request<B>, port: u16, local: SocketAddr) -> Respo
         resp.headers_mut().insert(header::LOCATION, v);
     }
     resp
-}
-
-/// The host a request is for: the URI authority (absolute-form) or the `Host` header.
-fn request_host<B>(req: &Request<B>) -> Option<&str> {
-    if let Some(authority) = req.uri().authority() {
-        return Some(authority.as_str());
-    }
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
 }
 
 /// Picks the member for this request with the pool's balancing policy (over the members in

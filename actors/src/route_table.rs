@@ -41,6 +41,7 @@ use tether_config::{
 
 use crate::balance::Member;
 pub use crate::balance::Pool;
+use crate::headers;
 use crate::messages::{
     AttachProber, BackendsReport, ConfigChange, ConfigReplaced, DrainAll, DrainReason,
     DrainSession, EndedSessionInfo, ListenerLimits, LiveSessionInfo, LiveSessions, MemberFailing,
@@ -243,18 +244,11 @@ impl Drop for SessionSlot {
     }
 }
 
-/// Strips the port (and IPv6 brackets) from a `Host` value and lowercases it into `buf`, without
-/// allocating. Returns `None` for an empty or over-long host.
+/// Strips the port (and IPv6 brackets) from a `Host` value ([`headers::parse_authority`]) and
+/// lowercases it into `buf`, without allocating. Returns `None` for an invalid, empty or
+/// over-long host.
 fn normalize_host<'b>(host: &str, buf: &'b mut [u8; 256]) -> Option<&'b str> {
-    let host = host.trim();
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        rest.split(']').next().unwrap_or(rest)
-    } else {
-        match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host,
-        }
-    };
+    let name = headers::parse_authority(host.trim())?.host;
     let name = name.strip_suffix('.').unwrap_or(name);
     if name.is_empty() || name.len() > buf.len() {
         return None;

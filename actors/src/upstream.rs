@@ -340,7 +340,7 @@ pub fn server_name(settings: &BackendSettingsConfig, backend: SocketAddr) -> Ser
         settings
             .host_override
             .as_deref()
-            .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host))
+            .map(|h| crate::headers::parse_authority(h).map_or(h, |a| a.host))
     });
     configured
         .and_then(|n| ServerName::try_from(n.to_owned()).ok())

@@ -300,3 +300,138 @@ async fn shutdown_close_code_1012_tells_both_peers_service_restart() {
     let closes = within("backend closes", backend.record.wait_closes(3)).await;
     assert!(closes.iter().all(|(code, _)| *code == 1012), "{closes:?}");
 }
+
+/// `GET path` with the `Authorization` value given verbatim.
+async fn admin_get_auth(admin: SocketAddr, path: &str, authorization: &str) -> u16 {
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\nAuthorization: {authorization}\r\n\r\n"
+    );
+    raw::send(admin, req.as_bytes()).await.status
+}
+
+/// RFC 9110 §11.1: the auth scheme is case-insensitive; §11.4: one or more spaces before the
+/// credentials. The token itself stays exact.
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let backend = backends::ws_echo().await;
+    let toml = config_toml(backend.addr, "", "").replace(
+        r#"admin = { bind = "127.0.0.1:0" }"#,
+        r#"admin = { bind = "127.0.0.1:0", token = "s3cret-token" }"#,
+    );
+    let sidecar = start(&toml);
+    let admin = sidecar.admin_addr();
+    for ok in [
+        "bearer s3cret-token",
+        "BEARER s3cret-token",
+        "Bearer  s3cret-token",
+    ] {
+        let status = within(ok, admin_get_auth(admin, "/status", ok)).await;
+        assert_eq!(status, 200, "{ok:?}");
+    }
+    for refused in [
+        "bearer S3CRET-TOKEN",
+        "Basic s3cret-token",
+        "Bearers3cret-token",
+        "bearer",
+    ] {
+        let status = within(refused, admin_get_auth(admin, "/status", refused)).await;
+        assert_eq!(status, 401, "{refused:?}");
+    }
+    within("stop", sidecar.stop()).await.unwrap();
+}
+
+/// No admin request takes a body: one announced is refused with 413 and the connection closed
+/// without reading it, whether framed by Content-Length or chunked.
+#[tokio::test]
+async fn an_admin_request_with_a_body_is_413_and_closed() {
+    let backend = backends::ws_echo().await;
+    let sidecar = start(&config_toml(backend.addr, "", ""));
+    let admin = sidecar.admin_addr();
+    for framing in [
+        "Content-Length: 1000000000\r\n",
+        "Transfer-Encoding: chunked\r\n",
+    ] {
+        let mut stream = TcpStream::connect(admin).await.unwrap();
+        let req = format!("POST /metrics HTTP/1.1\r\nHost: admin\r\n{framing}\r\nsome");
+        stream.write_all(req.as_bytes()).await.unwrap();
+        let resp = within("413", raw::read_head(&mut stream)).await;
+        assert_eq!(resp.status, 413, "{framing}");
+        assert_eq!(resp.header("connection"), Some("close"));
+        // The body is never waited for: the connection ends.
+        let mut rest = Vec::new();
+        within(
+            "close",
+            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut rest),
+        )
+        .await
+        .unwrap();
+    }
+    within("stop", sidecar.stop()).await.unwrap();
+}
+
+/// Slowloris on the admin port: connections beyond the cap are closed at once, the ones inside
+/// it are cut when the head timeout passes, and the endpoint serves again afterwards.
+#[tokio::test]
+async fn admin_connections_are_capped_and_slow_heads_are_cut() {
+    use tether::admin::{HEAD_TIMEOUT, MAX_CONNECTIONS};
+    use tokio::io::AsyncReadExt;
+    let backend = backends::ws_echo().await;
+    let sidecar = start(&config_toml(backend.addr, "", ""));
+    let admin = sidecar.admin_addr();
+    let mut slow = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        let mut s = TcpStream::connect(admin).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\n")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // Every slot is taken once the endpoint has accepted them all; a connection beyond the cap
+    // is then closed without an answer. Connections the endpoint has not accepted yet when the
+    // probe arrives would hold a slot afterwards, so probe until one is refused.
+    let started = std::time::Instant::now();
+    loop {
+        let mut extra = TcpStream::connect(admin).await.unwrap();
+        let _ = extra
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n")
+            .await;
+        let mut buf = Vec::new();
+        let read = within("extra connection", extra.read_to_end(&mut buf)).await;
+        if read.is_err() || buf.is_empty() {
+            break; // closed unanswered: over the cap
+        }
+        assert!(
+            started.elapsed() < STEP_LIMIT,
+            "connections over the cap are still served"
+        );
+    }
+    assert!(
+        started.elapsed() < HEAD_TIMEOUT,
+        "refusal came from the head timeout, not the cap"
+    );
+    // The slow ones are cut by the head timeout (hyper answers 408 or just closes).
+    for mut s in slow {
+        let mut buf = Vec::new();
+        let _ = within("slow head cut", s.read_to_end(&mut buf)).await;
+        let text = String::from_utf8_lossy(&buf);
+        assert!(
+            buf.is_empty() || text.starts_with("HTTP/1.1 408"),
+            "a slow head got {text:?}"
+        );
+    }
+    assert!(
+        started.elapsed() >= HEAD_TIMEOUT - Duration::from_millis(500),
+        "cut before the head timeout"
+    );
+    // Slots are free again.
+    let resp = within(
+        "healthz",
+        raw::send(
+            admin,
+            b"GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    within("stop", sidecar.stop()).await.unwrap();
+}

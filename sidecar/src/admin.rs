@@ -13,7 +13,15 @@
 //! | `GET /metrics` | Prometheus text |
 //!
 //! With `admin.token` set, every request but `/healthz` and `/readyz` (which orchestrators probe
-//! without credentials) needs `Authorization: Bearer TOKEN`, else `401`.
+//! without credentials) needs `Authorization: Bearer TOKEN` (the scheme in any case), else `401`.
+//!
+//! The endpoint shares the process, and its descriptors, with the data path, and inside a pod
+//! every container reaches 127.0.0.1: its own limits keep admin load from starving the
+//! listeners. At most [`MAX_CONNECTIONS`] connections at once (the next ones are closed as soon
+//! as they are accepted); a request head must arrive within [`HEAD_TIMEOUT`], which also ends a
+//! keep-alive connection idle that long; heads are bounded by [`MAX_HEAD_BYTES`] and
+//! [`MAX_HEADERS`] (431); no request takes a body, so one announcing a body over
+//! [`MAX_BODY_BYTES`] gets `413` and the connection is closed without reading it.
 //!
 //! Each answer is computed by asking the actor that owns the state (`send`, awaited): the admin
 //! path may wait on a mailbox, the request path never does. Routes are matched in [`route`].
@@ -23,13 +31,15 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::RwLock;
+use std::time::Duration;
 
 use actix::Recipient;
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::Full;
+use hyper::body::Body as _;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
 
 use tether_actors::messages::{
@@ -41,7 +51,27 @@ use tether_config::{Config, HostPattern, ListenerProtocol, PathPattern};
 use crate::telemetry::ExportStats;
 #[cfg(doc)]
 use tether_actors::route_table::BackendsStatus;
+use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
+
+/// Admin connections served at once; a connection accepted beyond this is closed at once.
+/// Probes, scrapes and a few status pages need a handful.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long an admin client may take to send a request head, counted from the connection's
+/// start or the end of the previous response (so it is also the keep-alive idle timeout), as
+/// `request_head_timeout` is on a listener.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest admin request head (request line and headers); larger gets `431`.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// The most header lines an admin request may carry; more gets `431`.
+pub const MAX_HEADERS: usize = 100;
+
+/// The largest request body the admin endpoint accepts: none of its requests takes one. A
+/// request announcing a body gets `413` and the connection is closed without reading it.
+pub const MAX_BODY_BYTES: u64 = 0;
 
 /// The status page, served at `GET /` (inline CSS and JS, no external assets).
 pub const STATUS_PAGE: &str = include_str!("status.html");
@@ -180,21 +210,38 @@ impl AdminServer {
         tracing::info!(%addr, "admin endpoint listening");
         let task = tokio::spawn(async move {
             // Connections live in the set, so dropping the server (aborting this task) closes
-            // them too.
+            // them too. Each holds a permit until it ends.
             let mut connections = JoinSet::new();
+            let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .max_header_size(MAX_HEAD_BYTES)
+                .max_headers(MAX_HEADERS)
+                .keep_alive(true);
             loop {
                 tokio::select! {
                     accepted = listener.accept() => match accepted {
-                        Ok((stream, _)) => {
+                        Ok((stream, peer)) => {
+                            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                                tracing::debug!(%peer, limit = MAX_CONNECTIONS, "admin endpoint: connection limit reached; closed");
+                                drop(stream);
+                                continue;
+                            };
                             let state = state.clone();
-                            connections.spawn(async move {
-                                let service = hyper::service::service_fn(move |req| {
+                            let conn = builder.serve_connection(
+                                TokioIo::new(stream),
+                                hyper::service::service_fn(move |req| {
                                     let state = state.clone();
                                     async move { Ok::<_, Infallible>(route(&state, req).await) }
-                                });
-                                let _ = hyper::server::conn::http1::Builder::new()
-                                    .serve_connection(TokioIo::new(stream), service)
-                                    .await;
+                                }),
+                            );
+                            connections.spawn(async move {
+                                if let Err(e) = conn.await {
+                                    tracing::debug!(%peer, error = %e, "admin connection ended with an error");
+                                }
+                                drop(permit);
                             });
                         }
                         Err(e) => {
@@ -235,6 +282,19 @@ const PATHS: &[&str] = &[
 
 /// Answers one admin request.
 pub async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.body().size_hint().lower() > MAX_BODY_BYTES
+        || (MAX_BODY_BYTES == 0 && !req.body().is_end_stream())
+    {
+        // Announced too large (Content-Length), or any body when none is accepted (chunked
+        // included): refused unread, and the connection closes rather than drain it.
+        let mut resp = text(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "admin requests take no body\n",
+        );
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
     let path = req.uri().path();
     if !PATHS.contains(&path) {
         return text(
@@ -338,13 +398,25 @@ fn authorized(state: &AdminState, req: &Request<Incoming>) -> bool {
     let Some(sent) = req
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| bearer_credentials(v.as_bytes()))
     else {
         return false;
     };
-    let (a, b) = (sent.trim().as_bytes(), token.as_bytes());
+    let (a, b) = (sent, token.as_bytes());
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The credentials of an `Authorization: Bearer …` value: the scheme is matched without regard
+/// to case (RFC 9110 §11.1) and separated by one or more spaces (§11.4, `1*SP`); surrounding
+/// whitespace is dropped. `None` for another scheme or no credentials.
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    let value = value.trim_ascii();
+    let (scheme, rest) = value.split_at_checked(b"bearer".len())?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") || !rest.starts_with(b" ") {
+        return None;
+    }
+    let credentials = rest.trim_ascii_start();
+    (!credentials.is_empty()).then_some(credentials)
 }
 
 /// Ready: listeners bound, not draining, and every pool a rule routes to has a member in
@@ -572,5 +644,22 @@ async fn render_control_plane(state: &AdminState, out: &mut String) {
             "tether_otel_spans_exported_total {}",
             export.exported.load(Relaxed)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_credentials_exact() {
+        assert_eq!(bearer_credentials(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"BEARER   abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"Bearer"), None);
+        assert_eq!(bearer_credentials(b"Bearer "), None);
+        assert_eq!(bearer_credentials(b"Bearerabc"), None);
+        assert_eq!(bearer_credentials(b"Basic abc"), None);
+        assert_eq!(bearer_credentials(b"Bear"), None);
     }
 }
