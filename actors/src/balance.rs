@@ -351,7 +351,12 @@ impl Pool {
         Some(MemberLease::new(self.members[index].clone()))
     }
 
-    fn pick_index(&self, client: IpAddr, headers: &HeaderMap, tried: &[SocketAddr]) -> Option<usize> {
+    fn pick_index(
+        &self,
+        client: IpAddr,
+        headers: &HeaderMap,
+        tried: &[SocketAddr],
+    ) -> Option<usize> {
         let n = self.members.len();
         let open = |i: usize| !tried.contains(&self.members[i].addr);
         if n == 0 {
@@ -392,7 +397,8 @@ impl Pool {
                     let weight = u64::from(m.weight);
                     // load / weight < best_load / best_weight, without division.
                     match best {
-                        Some((_, best_load, best_weight)) if load * best_weight >= best_load * weight => {}
+                        Some((_, best_load, best_weight))
+                            if load * best_weight >= best_load * weight => {}
                         _ => best = Some((i, load, weight)),
                     }
                 }
@@ -553,7 +559,10 @@ mod tests {
         assert_eq!(ports(&p, 2), [2, 3]);
         let none = p.pick_other(LOCAL, &HeaderMap::new(), &[addr(1), addr(2), addr(3)]);
         assert!(none.is_none());
-        for policy in [LoadBalancing::LeastConnections, LoadBalancing::ConsistentHash] {
+        for policy in [
+            LoadBalancing::LeastConnections,
+            LoadBalancing::ConsistentHash,
+        ] {
             let p = pool(policy, HashKey::ClientIp, &members);
             for _ in 0..6 {
                 let tried = [addr(2), addr(3)];
@@ -565,7 +574,9 @@ mod tests {
                 .is_none());
         }
         let single = pool(LoadBalancing::RoundRobin, HashKey::ClientIp, &members[..1]);
-        assert!(single.pick_other(LOCAL, &HeaderMap::new(), &[addr(1)]).is_none());
+        assert!(single
+            .pick_other(LOCAL, &HeaderMap::new(), &[addr(1)])
+            .is_none());
     }
 
     #[test]

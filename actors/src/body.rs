@@ -152,7 +152,9 @@ impl ClientBodyError {
     /// (EOF, reset, abort) is [`ClientBodyError::Gone`], anything else is bad framing.
     fn from_incoming(err: &hyper::Error) -> ClientBodyError {
         use std::error::Error as _;
-        let io = err.source().and_then(|s| s.downcast_ref::<std::io::Error>());
+        let io = err
+            .source()
+            .and_then(|s| s.downcast_ref::<std::io::Error>());
         let reason = match io {
             Some(io) => io.to_string(),
             None => err.to_string(),

@@ -177,8 +177,9 @@ impl ProxyError {
                 ClientBodyError::Idle(_) | ClientBodyError::TooSlow(_) => {
                     StatusCode::REQUEST_TIMEOUT
                 }
-                ClientBodyError::Gone(_) => StatusCode::from_u16(CLIENT_CLOSED_REQUEST)
-                    .unwrap_or(StatusCode::BAD_REQUEST),
+                ClientBodyError::Gone(_) => {
+                    StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST)
+                }
             },
         }
     }
@@ -265,5 +266,59 @@ impl ProxyError {
             );
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 5000))
+    }
+
+    #[test]
+    fn the_clients_failures_are_4xx_or_silent_and_never_count_against_a_member() {
+        let cases = [
+            (ClientBodyError::Malformed("bad chunk".into()), 400, false),
+            (ClientBodyError::Idle(Duration::from_secs(1)), 408, false),
+            (ClientBodyError::TooSlow(Duration::from_secs(1)), 408, false),
+            (ClientBodyError::Gone("eof".into()), 499, true),
+        ];
+        for (cause, status, silent) in cases {
+            let err = ProxyError::from(cause);
+            assert_eq!(err.status().as_u16(), status, "{err}");
+            assert_eq!(err.side(), Side::Downstream, "{err}");
+            assert!(!err.counts_against_member(), "{err}");
+            assert!(!err.before_sending(), "{err}");
+            assert_eq!(err.closes_silently(), silent, "{err}");
+            let resp = err.into_response();
+            assert_eq!(resp.headers()[header::CONNECTION], "close");
+        }
+    }
+
+    #[test]
+    fn the_backends_failures_count_and_only_unsent_ones_may_go_elsewhere() {
+        let refused = ProxyError::ConnectFailed {
+            backend: backend(),
+            cause: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        let timeout = ProxyError::ResponseTimeout {
+            backend: backend(),
+            after: Duration::from_secs(1),
+        };
+        assert!(refused.counts_against_member() && refused.before_sending());
+        assert!(timeout.counts_against_member() && !timeout.before_sending());
+        assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(refused.side(), Side::Upstream);
+        // Tether's own state is nobody's passive failure.
+        let none = ProxyError::NoHealthyBackend { pool: "p".into() };
+        assert!(!none.counts_against_member());
+        assert_eq!(none.side(), Side::Proxy);
+        assert!(!none
+            .into_response()
+            .headers()
+            .contains_key(header::CONNECTION));
     }
 }

@@ -333,16 +333,22 @@ fn report_failure(lease: &MemberLease, err: &ProxyError) {
 /// (its connect or TLS handshake failed: any request, and WebSocket upgrades) or the request is
 /// idempotent (RFC 9110 §9.2.2) with no body and its connection closed before any response byte
 /// (once per request). Never after body bytes or response bytes were exchanged.
-struct Attempts {
+struct Attempts<'a> {
+    ctx: &'a WorkerContext,
+    route: &'a Route,
+    conn: &'a Connection,
     budget: u32,
     /// Members already tried (allocated only when a retry happens).
     tried: Vec<SocketAddr>,
     reset_retry_spent: bool,
 }
 
-impl Attempts {
-    fn new(route: &Route) -> Attempts {
+impl<'a> Attempts<'a> {
+    fn new(ctx: &'a WorkerContext, route: &'a Route, conn: &'a Connection) -> Attempts<'a> {
         Attempts {
+            ctx,
+            route,
+            conn,
             budget: route.settings.retries,
             tried: Vec::new(),
             reset_retry_spent: false,
@@ -359,22 +365,19 @@ impl Attempts {
     /// `None` when no untried member is in rotation.
     fn next(
         &mut self,
-        ctx: &WorkerContext,
-        route: &Route,
-        conn: &Connection,
         headers: &http::HeaderMap,
         failed: &MemberLease,
         reason: RetryReason,
         facts: &mut RequestFacts,
     ) -> Option<(SocketAddr, MemberLease)> {
         self.tried.push(failed.addr());
-        let (backend, lease) = pick_other(route, conn, headers, &self.tried)?;
+        let (backend, lease) = pick_other(self.route, self.conn, headers, &self.tried)?;
         if reason == RetryReason::Reset {
             self.reset_retry_spent = true;
         }
         facts.retries += 1;
         facts.backend = Some(backend);
-        ctx.metrics.retry(reason);
+        self.ctx.metrics.retry(reason);
         tracing::debug!(failed = %failed.addr(), next = %backend, reason = reason.as_str(), "retrying on another member");
         Some((backend, lease))
     }
@@ -479,11 +482,10 @@ async fn forward_http(
     let (body, upload): (UpstreamBody, _) = if body.is_end_stream() {
         (RequestBody::empty(), None)
     } else {
-        let (body, probe) =
-            RequestBody::client(body, conn.listener.config.request_body_timeout);
+        let (body, probe) = RequestBody::client(body, conn.listener.config.request_body_timeout);
         (body, Some(probe))
     };
-    let mut attempts = Attempts::new(route);
+    let mut attempts = Attempts::new(ctx, route, conn);
     // Only a bodyless idempotent request may be sent again after it was written, so only its
     // head is kept, and only when there is another member to send it to.
     let mut replay = (upload.is_none()
@@ -551,8 +553,7 @@ async fn forward_http(
         let Some((again, reason)) = again else {
             return Err(error);
         };
-        let Some(next) = attempts.next(ctx, route, conn, again.headers(), &lease, reason, facts)
-        else {
+        let Some(next) = attempts.next(again.headers(), &lease, reason, facts) else {
             return Err(error);
         };
         (backend, lease) = next;
@@ -595,7 +596,7 @@ async fn forward_websocket(
     prepare_head(&mut parts, conn, &route);
     headers::set_websocket_upgrade(&mut parts.headers);
     trace::inject(span, &mut parts.headers);
-    let mut attempts = Attempts::new(&route);
+    let mut attempts = Attempts::new(ctx, &route, conn);
     let answer = loop {
         let tls = ctx
             .upstream
@@ -619,8 +620,7 @@ async fn forward_websocket(
             return Err(error);
         }
         let reason = RetryReason::Connect;
-        let Some(next) = attempts.next(ctx, &route, conn, &parts.headers, &lease, reason, facts)
-        else {
+        let Some(next) = attempts.next(&parts.headers, &lease, reason, facts) else {
             return Err(error);
         };
         (backend, lease) = next;

@@ -198,7 +198,9 @@ fn passive(status: &Value, addr: SocketAddr) -> (String, u64, u64) {
     let m = member(status, "app", addr);
     (
         m["state"].as_str().unwrap_or("absent").to_string(),
-        m["passive"]["consecutive_failures"].as_u64().unwrap_or(u64::MAX),
+        m["passive"]["consecutive_failures"]
+            .as_u64()
+            .unwrap_or(u64::MAX),
         m["passive"]["ejections"].as_u64().unwrap_or(u64::MAX),
     )
 }
@@ -225,9 +227,11 @@ async fn metrics(admin: SocketAddr) -> HashMap<String, f64> {
 }
 
 fn retries(m: &HashMap<String, f64>, reason: &str) -> f64 {
-    m.get(&format!("tether_backend_retries_total{{reason=\"{reason}\"}}"))
-        .copied()
-        .unwrap_or(-1.0)
+    m.get(&format!(
+        "tether_backend_retries_total{{reason=\"{reason}\"}}"
+    ))
+    .copied()
+    .unwrap_or(-1.0)
 }
 
 /// Access-log lines (`tether::access`) written by sidecars in this test process.
@@ -258,8 +262,14 @@ impl std::io::Write for Capture {
 }
 
 const MALFORMED: [(&str, &[u8]); 5] = [
-    ("chunk size overflow", b"ffffffffffffffffff\r\nhello\r\n0\r\n\r\n"),
-    ("17-digit chunk size", b"10000000000000000\r\nhello\r\n0\r\n\r\n"),
+    (
+        "chunk size overflow",
+        b"ffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+    ),
+    (
+        "17-digit chunk size",
+        b"10000000000000000\r\nhello\r\n0\r\n\r\n",
+    ),
     ("bare LF after the chunk size", b"5\nhello\r\n0\r\n\r\n"),
     ("bare LF after the chunk data", b"5\r\nhello\n0\r\n\r\n"),
     ("chunk size not hex", b"zz\r\nhello\r\n0\r\n\r\n"),
@@ -285,7 +295,11 @@ async fn malformed_and_abandoned_request_bodies_are_the_clients_fault_not_the_me
         request.extend_from_slice(body);
         let resp = raw::parse(&within(case, exchange(listener, &request)).await);
         assert_eq!(resp.status, 400, "{case}: {}", resp.text());
-        assert!(resp.text().contains("malformed request body"), "{case}: {}", resp.text());
+        assert!(
+            resp.text().contains("malformed request body"),
+            "{case}: {}",
+            resp.text()
+        );
         assert_eq!(resp.header("connection"), Some("close"), "{case}");
     }
 
@@ -295,7 +309,9 @@ async fn malformed_and_abandoned_request_bodies_are_the_clients_fault_not_the_me
     for i in 0..5 {
         let mut stream = TcpStream::connect(listener).await.unwrap();
         stream
-            .write_all(b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 1000\r\n\r\n0123456789")
+            .write_all(
+                b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 1000\r\n\r\n0123456789",
+            )
             .await
             .unwrap();
         stream.shutdown().await.unwrap();
@@ -319,8 +335,16 @@ async fn malformed_and_abandoned_request_bodies_are_the_clients_fault_not_the_me
     assert_eq!((resp.status, resp.text()), (200, "got 5".to_string()));
     assert_eq!(within("GET", get(listener, "/", "")).await.0, 200);
     let status = backends(admin).await;
-    assert_eq!(passive(&status, backend.addr), ("healthy".into(), 0, 0), "{status:#}");
-    assert_eq!(backend.complete.load(Ordering::SeqCst), 2, "only the good bodies completed");
+    assert_eq!(
+        passive(&status, backend.addr),
+        ("healthy".into(), 0, 0),
+        "{status:#}"
+    );
+    assert_eq!(
+        backend.complete.load(Ordering::SeqCst),
+        2,
+        "only the good bodies completed"
+    );
     within("stop", sidecar.stop()).await.unwrap();
 }
 
@@ -358,7 +382,11 @@ async fn a_stalled_upload_gets_408_after_request_body_timeout_and_the_member_sta
         String::from_utf8_lossy(&rest)
     );
     let status = backends(sidecar.admin_addr()).await;
-    assert_eq!(passive(&status, backend.addr), ("healthy".into(), 0, 0), "{status:#}");
+    assert_eq!(
+        passive(&status, backend.addr),
+        ("healthy".into(), 0, 0),
+        "{status:#}"
+    );
     let resp = raw::send(
         listener,
         b"PUT /upload HTTP/1.1\r\nHost: app\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
@@ -385,7 +413,11 @@ async fn an_upload_still_incomplete_at_the_backends_request_timeout_is_408_not_a
     assert_eq!(head.status, 408, "the client was the slow side");
     assert_eq!(head.header("connection"), Some("close"));
     let status = backends(sidecar.admin_addr()).await;
-    assert_eq!(passive(&status, backend.addr), ("healthy".into(), 0, 0), "{status:#}");
+    assert_eq!(
+        passive(&status, backend.addr),
+        ("healthy".into(), 0, 0),
+        "{status:#}"
+    );
     within("stop", sidecar.stop()).await.unwrap();
 }
 
@@ -414,7 +446,11 @@ async fn round_robin_over_a_live_and_a_refusing_member_answers_every_request_and
             b"POST /form HTTP/1.1\r\nHost: app\r\nConnection: close\r\nContent-Length: 5\r\n\r\nhello",
         )
         .await;
-        assert_eq!((resp.status, resp.text()), (200, "live".to_string()), "POST {i}");
+        assert_eq!(
+            (resp.status, resp.text()),
+            (200, "live".to_string()),
+            "POST {i}"
+        );
     }
     // WebSocket upgrades that fail to connect go elsewhere too.
     for i in 0..4 {
@@ -444,8 +480,16 @@ async fn round_robin_over_a_live_and_a_refusing_member_answers_every_request_and
     let log = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("request")).collect();
     assert_eq!(lines.len(), 16, "{log}");
-    assert_eq!(lines.iter().filter(|l| l.contains("retries=1")).count(), 8, "{log}");
-    assert_eq!(lines.iter().filter(|l| l.contains("retries=0")).count(), 8, "{log}");
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("retries=1")).count(),
+        8,
+        "{log}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.contains("retries=0")).count(),
+        8,
+        "{log}"
+    );
 }
 
 #[tokio::test]
