@@ -10,7 +10,7 @@
 //!    client's failures (bad framing → 400; a client that left → connection closed, no answer),
 //!    so they never count against the member.
 //! 5. A failed attempt counts against its member (passive health); the request may then go to
-//!    another member in rotation, up to the settings' `retries` ([`Attempts`]).
+//!    another member in rotation, up to the settings' `retries` (see `Attempts`).
 //! 6. A WebSocket handshake goes to the backend over a fresh connection with no HTTP client on
 //!    it ([`crate::upgrade`]). A `101` goes back unchanged; the backend socket and the client's
 //!    upgraded one go to a new [`SessionActor`] on this worker. A refusal is relayed with its

@@ -372,6 +372,24 @@ async fn a_stalled_upload_gets_408_after_request_body_timeout_and_the_member_sta
         "",
     ));
     let listener = sidecar.addr("public");
+    // A slow but steady upload is not cut: one byte every 100ms for 1s in all, each gap well
+    // inside the 300ms between two reads. (The pauses pace the client; they synchronize
+    // nothing.)
+    let mut stream = TcpStream::connect(listener).await.unwrap();
+    stream
+        .write_all(
+            b"PUT /upload HTTP/1.1\r\nHost: app\r\nConnection: close\r\nContent-Length: 10\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut pace = tokio::time::interval(std::time::Duration::from_millis(100));
+    for byte in b"0123456789" {
+        pace.tick().await;
+        stream.write_all(&[*byte]).await.unwrap();
+    }
+    let resp = raw::parse(&within("steady upload", read_all(&mut stream)).await);
+    assert_eq!((resp.status, resp.text()), (200, "got 10".to_string()));
+
     let (head, mut stream) = stalled_upload(listener).await;
     assert_eq!(head.status, 408);
     assert_eq!(head.header("connection"), Some("close"));
