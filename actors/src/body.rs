@@ -138,7 +138,8 @@ pub enum ClientBodyError {
     /// to answer: the connection is closed without a response.
     #[error("client closed the connection before its request body was complete: {0}")]
     Gone(String),
-    /// No body bytes arrived for `request_body_timeout`. Answered `408` and the connection closed.
+    /// No body bytes arrived for `request_body_timeout`. Answered `408` with `Connection: close`
+    /// (RFC 9110 §15.5.9).
     #[error("no request body data within {0:?}")]
     Idle(Duration),
     /// The backend waited for the rest of the body when its `request_timeout` ran out: the
@@ -148,8 +149,9 @@ pub enum ClientBodyError {
 }
 
 impl ClientBodyError {
-    /// Sorts an error of the client's body as hyper reports it: the client's connection ending
-    /// (EOF, reset, abort) is [`ClientBodyError::Gone`], anything else is bad framing.
+    /// Sorts an error of the client's body as hyper reports it: hyper's decoder reports broken
+    /// framing as `InvalidInput`/`InvalidData`; anything else (EOF, reset, the connection
+    /// failing) means the client's connection ended: [`ClientBodyError::Gone`].
     fn from_incoming(err: &hyper::Error) -> ClientBodyError {
         use std::error::Error as _;
         let io = err
@@ -160,14 +162,10 @@ impl ClientBodyError {
             None => err.to_string(),
         };
         match io.map(std::io::Error::kind) {
-            Some(
-                std::io::ErrorKind::UnexpectedEof
-                | std::io::ErrorKind::ConnectionReset
-                | std::io::ErrorKind::ConnectionAborted
-                | std::io::ErrorKind::BrokenPipe,
-            ) => ClientBodyError::Gone(reason),
-            _ if err.is_incomplete_message() || err.is_closed() => ClientBodyError::Gone(reason),
-            _ => ClientBodyError::Malformed(reason),
+            Some(std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData) => {
+                ClientBodyError::Malformed(reason)
+            }
+            _ => ClientBodyError::Gone(reason),
         }
     }
 
