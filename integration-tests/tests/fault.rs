@@ -596,3 +596,70 @@ async fn a_request_is_never_sent_again_after_response_bytes() {
     assert_eq!(retries(&m, "reset"), 0.0, "{m:?}");
     within("stop", sidecar.stop()).await.unwrap();
 }
+
+#[tokio::test]
+async fn spans_carry_the_retries_and_whose_fault_a_failure_was() {
+    use tether_integration_tests::otlp::Receiver;
+    let receiver = Receiver::start().await;
+    let dead = closed_port();
+    let live = Uploads::start().await;
+    let toml = format!(
+        "{}\n[telemetry]\notlp_endpoint = \"{}\"\nservice_name = \"tether-under-test\"\n",
+        toml(&[dead, live.addr], "", "passive = { failures = 0 }", ""),
+        receiver.endpoint()
+    );
+    let sidecar = tether::Sidecar::start_traced(tether_integration_tests::config(&toml), &[])
+        .expect("sidecar starts");
+    let listener = sidecar.addr("public");
+    // Two GETs: the one that met the dead member first was sent again.
+    for _ in 0..2 {
+        assert_eq!(within("GET", get(listener, "/", "")).await.0, 200);
+    }
+    let retried = within(
+        "span of the retried request",
+        receiver.wait_for("GET", |s| {
+            s.kind == 2 && s.attributes.contains_key("tether.retries")
+        }),
+    )
+    .await;
+    assert_eq!(retried.attributes["tether.retries"], "1");
+    assert_eq!(retried.attributes["http.response.status_code"], "200");
+    // Its two attempts are two CLIENT spans: the dead member's without an answer, the live
+    // member's with its 200.
+    let attempt = |member: SocketAddr| {
+        let parent = retried.span_id.clone();
+        let member = member.to_string();
+        receiver.wait_for("GET", move |s| {
+            s.kind == 3
+                && s.parent_span_id == parent
+                && s.attributes.get("server.address") == Some(&member)
+        })
+    };
+    let on_dead = within("attempt on the dead member", attempt(dead)).await;
+    assert!(
+        !on_dead.attributes.contains_key("http.response.status_code"),
+        "{on_dead:#?}"
+    );
+    let on_live = within("attempt on the live member", attempt(live.addr)).await;
+    assert_eq!(on_live.attributes["http.response.status_code"], "200");
+    // A malformed body is the client's fault, and the span says so.
+    let resp = raw::parse(
+        &within(
+            "malformed",
+            exchange(
+                listener,
+                b"POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            ),
+        )
+        .await,
+    );
+    assert_eq!(resp.status, 400);
+    let refused = within(
+        "span of the malformed request",
+        receiver.wait_for("POST", |s| s.kind == 2),
+    )
+    .await;
+    assert_eq!(refused.attributes["tether.error.side"], "client");
+    assert_eq!(refused.attributes["http.response.status_code"], "400");
+    within("stop", sidecar.stop()).await.unwrap();
+}
