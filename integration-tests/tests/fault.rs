@@ -367,13 +367,13 @@ async fn a_stalled_upload_gets_408_after_request_body_timeout_and_the_member_sta
     // One counted failure would eject the member.
     let sidecar = start(&toml(
         &[backend.addr],
-        "request_body_timeout = \"300ms\"",
+        "request_body_timeout = \"500ms\"",
         "passive = { failures = 1, ejection = \"1m\" }",
         "",
     ));
     let listener = sidecar.addr("public");
     // A slow but steady upload is not cut: one byte every 100ms for 1s in all, each gap well
-    // inside the 300ms between two reads. (The pauses pace the client; they synchronize
+    // inside the 500ms allowed between two reads. (The pauses pace the client; they synchronize
     // nothing.)
     let mut stream = TcpStream::connect(listener).await.unwrap();
     stream
