@@ -333,74 +333,112 @@ impl Pool {
     /// Picks a member for a request from `client` with `headers` (the hash key's source), or
     /// `None` when no member is in rotation. The lease counts the request on the member.
     pub fn pick(&self, client: IpAddr, headers: &HeaderMap) -> Option<MemberLease> {
-        let index = self.pick_index(client, headers)?;
+        self.pick_other(client, headers, &[])
+    }
+
+    /// Picks a member as [`Pool::pick`] does, skipping the members at `tried` (a retry never
+    /// goes to a member twice); `None` when every member in rotation was tried. Round robin
+    /// takes the next untried member in rotation; least connections the least loaded untried
+    /// one; consistent hashing the untried member with the highest score, which is where the
+    /// key would go if the tried members left the pool.
+    pub fn pick_other(
+        &self,
+        client: IpAddr,
+        headers: &HeaderMap,
+        tried: &[SocketAddr],
+    ) -> Option<MemberLease> {
+        let index = self.pick_index(client, headers, tried)?;
         Some(MemberLease::new(self.members[index].clone()))
     }
 
-    fn pick_index(&self, client: IpAddr, headers: &HeaderMap) -> Option<usize> {
+    fn pick_index(
+        &self,
+        client: IpAddr,
+        headers: &HeaderMap,
+        tried: &[SocketAddr],
+    ) -> Option<usize> {
         let n = self.members.len();
+        let open = |i: usize| !tried.contains(&self.members[i].addr);
         if n == 0 {
             return None;
         }
         if n == 1 {
-            return Some(0);
+            return open(0).then_some(0);
         }
         match &self.policy {
             Policy::RoundRobin => {
-                let turn = self.cursor.fetch_add(1, Ordering::Relaxed);
-                Some(match &self.weighted {
-                    Some(w) => w.slot(turn as u64),
-                    None => turn % n,
+                // A first pick takes the cursor's turn; a retry looks ahead from the next turn
+                // without taking it, so a failing member does not make its neighbour lose turns.
+                let first = if tried.is_empty() {
+                    self.cursor.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    self.cursor.load(Ordering::Relaxed)
+                };
+                let cycle = self.weighted.as_ref().map_or(n as u64, |w| w.total);
+                (0..cycle).find_map(|k| {
+                    let turn = first.wrapping_add(k as usize);
+                    let i = match &self.weighted {
+                        Some(w) => w.slot(turn as u64),
+                        None => turn % n,
+                    };
+                    open(i).then_some(i)
                 })
             }
             Policy::LeastConnections => {
                 let start = self.cursor.fetch_add(1, Ordering::Relaxed) % n;
-                let mut best = start;
-                let mut best_load = self.members[start].load() as u64;
-                let mut best_weight = u64::from(self.members[start].weight);
-                for step in 1..n {
+                let mut best: Option<(usize, u64, u64)> = None;
+                for step in 0..n {
                     let i = (start + step) % n;
+                    if !open(i) {
+                        continue;
+                    }
                     let m = &self.members[i];
                     let load = m.load() as u64;
                     let weight = u64::from(m.weight);
                     // load / weight < best_load / best_weight, without division.
-                    if load * best_weight < best_load * weight {
-                        best = i;
-                        best_load = load;
-                        best_weight = weight;
+                    match best {
+                        Some((_, best_load, best_weight))
+                            if load * best_weight >= best_load * weight => {}
+                        _ => best = Some((i, load, weight)),
                     }
                 }
-                Some(best)
+                best.map(|(i, _, _)| i)
             }
             Policy::ConsistentHash(key) => {
-                Some(rendezvous(&self.members, hash_key(key, client, headers)))
+                rendezvous(&self.members, hash_key(key, client, headers), tried)
             }
         }
     }
 }
 
-/// The member with the highest weighted rendezvous score for `key`.
-fn rendezvous(members: &[Arc<Member>], key: u64) -> usize {
+/// The member with the highest weighted rendezvous score for `key`, among those not `tried`.
+fn rendezvous(members: &[Arc<Member>], key: u64, tried: &[SocketAddr]) -> Option<usize> {
     let weighted = members.iter().any(|m| m.weight != members[0].weight);
-    let mut best = 0;
+    let mut best = None;
     if weighted {
         // Weighted rendezvous: score = w / -ln(u), u uniform in (0, 1] from the hash.
         let mut best_score = f64::NEG_INFINITY;
         for (i, m) in members.iter().enumerate() {
+            if tried.contains(&m.addr) {
+                continue;
+            }
             let h = mix(key ^ m.key);
             let u = ((h >> 11) + 1) as f64 / (1u64 << 53) as f64;
             let score = f64::from(m.weight) / -u.ln();
-            if score > best_score {
-                best = i;
+            if best.is_none() || score > best_score {
+                best = Some(i);
                 best_score = score;
             }
         }
     } else {
         let mut best_hash = 0;
         for (i, m) in members.iter().enumerate() {
+            if tried.contains(&m.addr) {
+                continue;
+            }
             let h = mix(key ^ m.key);
-            if i == 0 || h > best_hash {
-                best = i;
+            if best.is_none() || h > best_hash {
+                best = Some(i);
                 best_hash = h;
             }
         }
@@ -506,6 +544,39 @@ mod tests {
         assert_eq!(ports(&p, 6), [1, 2, 3, 1, 2, 3]);
         let empty = pool(LoadBalancing::RoundRobin, HashKey::ClientIp, &[]);
         assert!(empty.pick(LOCAL, &HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn a_retry_never_picks_a_tried_member_and_round_robin_keeps_its_turns() {
+        let members = [member(1, 1), member(2, 1), member(3, 1)];
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let p = pool(LoadBalancing::RoundRobin, HashKey::ClientIp, &members);
+        let first = p.pick(LOCAL, &HeaderMap::new()).unwrap().addr().port();
+        assert_eq!(first, 1);
+        // The retry takes the next member without taking its turn: the next request gets it too.
+        let retry = p.pick_other(LOCAL, &HeaderMap::new(), &[addr(1)]).unwrap();
+        assert_eq!(retry.addr().port(), 2);
+        assert_eq!(ports(&p, 2), [2, 3]);
+        let none = p.pick_other(LOCAL, &HeaderMap::new(), &[addr(1), addr(2), addr(3)]);
+        assert!(none.is_none());
+        for policy in [
+            LoadBalancing::LeastConnections,
+            LoadBalancing::ConsistentHash,
+        ] {
+            let p = pool(policy, HashKey::ClientIp, &members);
+            for _ in 0..6 {
+                let tried = [addr(2), addr(3)];
+                let lease = p.pick_other(LOCAL, &HeaderMap::new(), &tried).unwrap();
+                assert_eq!(lease.addr().port(), 1, "{policy:?}");
+            }
+            assert!(p
+                .pick_other(LOCAL, &HeaderMap::new(), &[addr(1), addr(2), addr(3)])
+                .is_none());
+        }
+        let single = pool(LoadBalancing::RoundRobin, HashKey::ClientIp, &members[..1]);
+        assert!(single
+            .pick_other(LOCAL, &HeaderMap::new(), &[addr(1)])
+            .is_none());
     }
 
     #[test]
@@ -673,8 +744,11 @@ mod tests {
             let all: Vec<_> = (0..n).map(|i| member(1000 + i as u16, weights[i])).collect();
             let rest: Vec<_> = all.iter().enumerate().filter(|(i, _)| *i != gone).map(|(_, m)| m.clone()).collect();
             for key in keys {
-                let before = all[rendezvous(&all, key)].addr;
-                let after = rest[rendezvous(&rest, key)].addr;
+                let before = all[rendezvous(&all, key, &[]).unwrap()].addr;
+                let after = rest[rendezvous(&rest, key, &[]).unwrap()].addr;
+                // Excluding a member picks what its absence would.
+                let skipped = all[rendezvous(&all, key, &[all[gone].addr]).unwrap()].addr;
+                prop_assert_eq!(skipped, after);
                 if before != all[gone].addr {
                     prop_assert_eq!(before, after);
                 }

@@ -1,8 +1,12 @@
 //! Why a request failed, and the one place that turns a failure into a response.
 //!
-//! Each cause knows which side it came from ([`Side`]) so logs and, later, telemetry can say
-//! whether the client, the backend or Tether was at fault. [`ProxyError::into_response`] is the
-//! single rescue point: a status and a short plain-text reason naming the cause.
+//! Each cause is classified here once: which side it came from ([`ProxyError::side`]), the
+//! status the client gets ([`ProxyError::status`]), whether it counts against the backend member
+//! that was tried ([`ProxyError::counts_against_member`], passive health) and whether nothing
+//! reached that member, so the request may go to another one ([`ProxyError::before_sending`]).
+//! [`ProxyError::into_response`] is the single rescue point: a status and a short plain-text
+//! reason naming the cause. A client that left gets no response at all
+//! ([`ProxyError::closes_silently`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::ProxyBody;
+use crate::body::{ClientBodyError, ProxyBody};
 use crate::handshake::HandshakeError;
 use crate::headers::HostError;
 use crate::upgrade::AnswerError;
@@ -19,7 +23,7 @@ use crate::upgrade::AnswerError;
 /// Which side a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
-    /// The client sent something we refuse.
+    /// The client: something it sent (or how it sent it, or that it left).
     Downstream,
     /// The backend failed or misbehaved.
     Upstream,
@@ -131,6 +135,24 @@ pub enum ProxyError {
         /// The member that did it.
         backend: SocketAddr,
     },
+    /// The client's request body failed: bad framing, a client that left, or one too slow.
+    #[error(transparent)]
+    ClientBody(#[from] ClientBodyError),
+}
+
+/// The status logged for a client that closed its connection before its request was complete
+/// (nothing is sent; nginx's convention).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+impl Side {
+    /// As logged and recorded on spans: `client`, `backend` or `tether`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Downstream => "client",
+            Side::Upstream => "backend",
+            Side::Proxy => "tether",
+        }
+    }
 }
 
 impl ProxyError {
@@ -154,7 +176,55 @@ impl ProxyError {
             | ProxyError::TlsConfig { .. }
             | ProxyError::UnrequestedUpgrade { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ClientBody(e) => match e {
+                ClientBodyError::Malformed(_) => StatusCode::BAD_REQUEST,
+                ClientBodyError::Idle(_) | ClientBodyError::TooSlow(_) => {
+                    StatusCode::REQUEST_TIMEOUT
+                }
+                ClientBodyError::Gone(_) => {
+                    StatusCode::from_u16(CLIENT_CLOSED_REQUEST).unwrap_or(StatusCode::BAD_REQUEST)
+                }
+            },
         }
+    }
+
+    /// Whether this failure counts against the member that was tried (passive health): what
+    /// the backend did — refused or timed-out connects, failed TLS, resets, malformed answers,
+    /// no response head in time, an unrequested upgrade. Never what the client did, and never
+    /// Tether's own configuration.
+    pub fn counts_against_member(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::ConnectFailed { .. }
+                | ProxyError::ConnectTimeout { .. }
+                | ProxyError::BackendFailed { .. }
+                | ProxyError::BackendAnswer { .. }
+                | ProxyError::ResponseTimeout { .. }
+                | ProxyError::TlsFailed { .. }
+                | ProxyError::UnrequestedUpgrade { .. }
+        )
+    }
+
+    /// Whether the failure happened before anything reached the backend (the connection or its
+    /// TLS handshake failed), so the request can safely go to another member.
+    pub fn before_sending(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::ConnectFailed { .. }
+                | ProxyError::ConnectTimeout { .. }
+                | ProxyError::TlsFailed { .. }
+        )
+    }
+
+    /// The client is gone: close its connection without a response (nobody would read it).
+    pub fn closes_silently(&self) -> bool {
+        matches!(self, ProxyError::ClientBody(ClientBodyError::Gone(_)))
+    }
+
+    /// After this failure the client's connection cannot carry another request: its body is
+    /// unread or its framing is lost (RFC 9112 §6.3, §9.6), so the answer says `Connection: close`.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, ProxyError::ClientBody(_))
     }
 
     /// Which side caused it.
@@ -165,7 +235,8 @@ impl ProxyError {
             | ProxyError::OriginNotAllowed
             | ProxyError::OriginRequired
             | ProxyError::SubprotocolNotAllowed
-            | ProxyError::InsecureWebSocket { .. } => Side::Downstream,
+            | ProxyError::InsecureWebSocket { .. }
+            | ProxyError::ClientBody(_) => Side::Downstream,
             ProxyError::NoRoute
             | ProxyError::NoHealthyBackend { .. }
             | ProxyError::SessionLimit { .. }
@@ -187,6 +258,9 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if self.closes_connection() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if matches!(
             self,
             ProxyError::BadHandshake(HandshakeError::UnsupportedVersion)
@@ -197,5 +271,59 @@ impl ProxyError {
             );
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 5000))
+    }
+
+    #[test]
+    fn the_clients_failures_are_4xx_or_silent_and_never_count_against_a_member() {
+        let cases = [
+            (ClientBodyError::Malformed("bad chunk".into()), 400, false),
+            (ClientBodyError::Idle(Duration::from_secs(1)), 408, false),
+            (ClientBodyError::TooSlow(Duration::from_secs(1)), 408, false),
+            (ClientBodyError::Gone("eof".into()), 499, true),
+        ];
+        for (cause, status, silent) in cases {
+            let err = ProxyError::from(cause);
+            assert_eq!(err.status().as_u16(), status, "{err}");
+            assert_eq!(err.side(), Side::Downstream, "{err}");
+            assert!(!err.counts_against_member(), "{err}");
+            assert!(!err.before_sending(), "{err}");
+            assert_eq!(err.closes_silently(), silent, "{err}");
+            let resp = err.into_response();
+            assert_eq!(resp.headers()[header::CONNECTION], "close");
+        }
+    }
+
+    #[test]
+    fn the_backends_failures_count_and_only_unsent_ones_may_go_elsewhere() {
+        let refused = ProxyError::ConnectFailed {
+            backend: backend(),
+            cause: std::io::ErrorKind::ConnectionRefused.into(),
+        };
+        let timeout = ProxyError::ResponseTimeout {
+            backend: backend(),
+            after: Duration::from_secs(1),
+        };
+        assert!(refused.counts_against_member() && refused.before_sending());
+        assert!(timeout.counts_against_member() && !timeout.before_sending());
+        assert_eq!(refused.status(), StatusCode::BAD_GATEWAY);
+        assert_eq!(timeout.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(refused.side(), Side::Upstream);
+        // Tether's own state is nobody's passive failure.
+        let none = ProxyError::NoHealthyBackend { pool: "p".into() };
+        assert!(!none.counts_against_member());
+        assert_eq!(none.side(), Side::Proxy);
+        assert!(!none
+            .into_response()
+            .headers()
+            .contains_key(header::CONNECTION));
     }
 }

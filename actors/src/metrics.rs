@@ -1,5 +1,6 @@
 //! Counters for operators: handshakes by outcome, sessions closed by cause and close code, bytes
-//! and messages per direction, requests and their latency by status class.
+//! and messages per direction, requests and their latency by status class, retries on another
+//! backend member by reason.
 //!
 //! Every counter is a relaxed atomic in a fixed array indexed by an enum, so the request path
 //! pays a few uncontended-in-practice increments and never a lock or an allocation. The
@@ -32,6 +33,29 @@ pub const LATENCY_BOUNDS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Why a request or WebSocket upgrade went to another member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryReason {
+    /// The connection (or its TLS handshake) to the member failed: nothing was sent.
+    Connect,
+    /// An idempotent request without a body was sent and the connection closed or reset before
+    /// any response byte.
+    Reset,
+}
+
+impl RetryReason {
+    /// Every reason, in a fixed order (metrics index by it).
+    pub const ALL: [RetryReason; 2] = [RetryReason::Connect, RetryReason::Reset];
+
+    /// As recorded.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetryReason::Connect => "connect",
+            RetryReason::Reset => "reset",
+        }
+    }
+}
+
 /// The process's (one sidecar's) counters.
 #[derive(Debug)]
 pub struct Metrics {
@@ -42,6 +66,7 @@ pub struct Metrics {
     requests: [AtomicU64; 5],
     latency_buckets: [[AtomicU64; LATENCY_BOUNDS.len()]; 5],
     latency_sum_us: [AtomicU64; 5],
+    retries: [AtomicU64; RetryReason::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -54,6 +79,7 @@ impl Default for Metrics {
             requests: std::array::from_fn(|_| AtomicU64::new(0)),
             latency_buckets: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             latency_sum_us: std::array::from_fn(|_| AtomicU64::new(0)),
+            retries: std::array::from_fn(|_| AtomicU64::new(0)),
         }
     }
 }
@@ -115,6 +141,19 @@ impl Metrics {
             self.latency_buckets[class][b].fetch_add(1, Ordering::Relaxed);
         }
         self.latency_sum_us[class].fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts one retry on another member.
+    pub fn retry(&self, reason: RetryReason) {
+        self.retries[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Retries by reason (for the OTLP export).
+    pub fn retry_counts(&self) -> impl Iterator<Item = (RetryReason, u64)> + '_ {
+        RetryReason::ALL
+            .iter()
+            .zip(&self.retries)
+            .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
     }
 
     /// How many handshakes ended with `outcome`.
@@ -216,6 +255,15 @@ impl Metrics {
                 load(&self.requests[class])
             );
         }
+        out.push_str("# HELP tether_backend_retries_total Requests and WebSocket upgrades sent again to another member, by reason.\n");
+        out.push_str("# TYPE tether_backend_retries_total counter\n");
+        for (reason, n) in self.retry_counts() {
+            let _ = writeln!(
+                out,
+                "tether_backend_retries_total{{reason=\"{}\"}} {n}",
+                reason.as_str()
+            );
+        }
         out.push_str(
             "# HELP tether_http_request_duration_seconds Time to the response head, by status class.\n",
         );
@@ -262,6 +310,7 @@ mod tests {
         m.request(200, Duration::from_micros(700));
         m.request(200, Duration::from_millis(20));
         m.request(502, Duration::from_millis(3));
+        m.retry(RetryReason::Connect);
         let mut out = String::new();
         m.render(&mut out);
         assert!(out.contains("tether_websocket_handshakes_total{outcome=\"upgraded\"} 1"));
@@ -273,6 +322,8 @@ mod tests {
             "tether_http_request_duration_seconds_bucket{status_class=\"2xx\",le=\"0.025\"} 2"
         ));
         assert!(out.contains("tether_http_request_duration_seconds_count{status_class=\"5xx\"} 1"));
+        assert!(out.contains("tether_backend_retries_total{reason=\"connect\"} 1"));
+        assert!(out.contains("tether_backend_retries_total{reason=\"reset\"} 0"));
     }
 
     #[test]

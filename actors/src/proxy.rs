@@ -7,14 +7,18 @@
 //!    rule before anything reaches a backend (400/426/403).
 //! 3. Pick a member (none in rotation → 503).
 //! 4. Strip hop-by-hop headers, add `X-Forwarded-*`, forward with `connect_timeout` (→ 502) and
-//!    wait for the head within `request_timeout` (→ 504).
-//! 5. A WebSocket handshake goes to the backend over a fresh connection with no HTTP client on
+//!    wait for the head within `request_timeout` (→ 504). The client's body goes through a
+//!    [`RequestBody`] that enforces the listener's `request_body_timeout` (→ 408) and tags the
+//!    client's failures (bad framing → 400; a client that left → connection closed, no answer),
+//!    so they never count against the member.
+//! 5. A failed attempt counts against its member (passive health); the request may then go to
+//!    another member in rotation, up to the settings' `retries` (see `Attempts`).
+//! 6. A WebSocket handshake goes to the backend over a fresh connection with no HTTP client on
 //!    it ([`crate::upgrade`]). A `101` goes back unchanged; the backend socket and the client's
 //!    upgraded one go to a new [`SessionActor`] on this worker. A refusal is relayed with its
 //!    body read in full (bounded); any other answer to a plain request is relayed with its body
 //!    streamed.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -23,7 +27,6 @@ use std::time::Instant;
 use actix::Actor;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Empty};
 use hyper::body::{Body, Incoming};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -32,18 +35,19 @@ use tokio::net::TcpStream;
 use tracing::{Instrument as _, Span};
 
 use crate::balance::MemberLease;
-use crate::body::ProxyBody;
+use crate::body::{ClientBodyError, ProxyBody, RequestBody, UploadProbe};
 use crate::error::ProxyError;
 use crate::handshake;
 use crate::headers;
 use crate::listener::ListenerInfo;
+use crate::metrics::RetryReason;
 use crate::pump::PumpConfig;
 use crate::route_table::{Route, SessionSlot};
 use crate::session::{SessionActor, SessionEnv, SessionInfo, SessionStreams};
 use crate::trace::{self, HandshakeOutcome};
 use crate::transport::{SessionIo, TlsIo};
 use crate::upgrade::UpgradeAnswer;
-use crate::upstream::{self, UpstreamBody};
+use crate::upstream::{self, SendFailure, UpstreamBody};
 use crate::worker::WorkerContext;
 
 /// One client connection, as the request path sees it.
@@ -62,15 +66,23 @@ struct RequestFacts {
     backend: Option<SocketAddr>,
     /// For a handshake: the backend's answer was not a 101.
     refused: bool,
+    /// Attempts on other members after the first failed.
+    retries: u32,
 }
 
-/// Handles one request: the service function of every client connection. Never fails: every
-/// error becomes a response here.
+/// The service's only error: the client left before its request was complete, so its
+/// connection is closed without a response (nobody would read one).
+#[derive(Debug, thiserror::Error)]
+#[error("client closed the connection before its request was complete")]
+pub struct ClientGone;
+
+/// Handles one request: the service function of every client connection. Every error becomes
+/// a response here, except a client that left ([`ClientGone`]): its connection is closed.
 pub async fn handle(
     ctx: Rc<WorkerContext>,
     conn: Rc<Connection>,
     req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+) -> Result<Response<ProxyBody>, ClientGone> {
     let started = Instant::now();
     let websocket = handshake::wants_websocket(req.headers());
     let method = req.method().clone();
@@ -96,19 +108,31 @@ pub async fn handle(
         .instrument(span.clone())
         .await;
     let (resp, error) = match result {
-        Ok(resp) => (resp, None),
+        Ok(resp) => (Ok(resp), None),
         Err(err) => {
             let status = err.status();
+            let side = err.side().as_str();
             if status.is_server_error() {
-                tracing::warn!(client = %conn.peer, %method, status = status.as_u16(), side = ?err.side(), error = %err, "request failed");
+                tracing::warn!(client = %conn.peer, %method, status = status.as_u16(), side, retries = facts.retries, error = %err, "request failed");
             } else {
-                tracing::debug!(client = %conn.peer, %method, status = status.as_u16(), side = ?err.side(), error = %err, "request refused");
+                tracing::debug!(client = %conn.peer, %method, status = status.as_u16(), side, error = %err, "request refused");
+            }
+            if !span.is_none() {
+                span.record("tether.error.side", side);
             }
             let outcome = handshake_outcome(&err);
-            (err.into_response(), Some(outcome))
+            let resp = if err.closes_silently() {
+                Err(status)
+            } else {
+                Ok(err.into_response())
+            };
+            (resp, Some(outcome))
         }
     };
-    let status = resp.status().as_u16();
+    let status = match &resp {
+        Ok(resp) => resp.status().as_u16(),
+        Err(status) => status.as_u16(),
+    };
     let elapsed = started.elapsed();
     if websocket {
         let outcome = match error {
@@ -119,8 +143,13 @@ pub async fn handle(
         ctx.metrics.handshake(outcome);
         if !span.is_none() {
             span.record("tether.outcome", outcome.as_str());
-            if let Some(p) = resp.headers().get(header::SEC_WEBSOCKET_PROTOCOL) {
-                span.record("websocket.subprotocol.negotiated", p.to_str().unwrap_or(""));
+            let negotiated = resp.as_ref().ok().and_then(|r| {
+                r.headers()
+                    .get(header::SEC_WEBSOCKET_PROTOCOL)
+                    .and_then(|p| p.to_str().ok())
+            });
+            if let Some(p) = negotiated {
+                span.record("websocket.subprotocol.negotiated", p);
             }
         }
     } else {
@@ -141,6 +170,9 @@ pub async fn handle(
         if let Some(backend) = facts.backend {
             span.record("tether.backend", backend.to_string());
         }
+        if facts.retries > 0 {
+            span.record("tether.retries", i64::from(facts.retries));
+        }
         if status >= 500 {
             span.record("otel.status_code", "ERROR");
         }
@@ -156,12 +188,13 @@ pub async fn handle(
             duration_us = elapsed.as_micros() as u64,
             route = facts.route.as_deref(),
             backend = facts.backend.map(tracing::field::display),
+            retries = facts.retries,
             websocket,
             trace_id = trace::trace_id(&span),
             "request"
         );
     }
-    Ok(resp)
+    resp.map_err(|_| ClientGone)
 }
 
 /// True when access-log lines would be written (checked once per request).
@@ -269,33 +302,128 @@ fn pick_backend(
     conn: &Connection,
     headers: &http::HeaderMap,
 ) -> Result<(SocketAddr, MemberLease), ProxyError> {
-    let lease =
-        route
-            .pool
-            .pick(conn.peer.ip(), headers)
-            .ok_or_else(|| ProxyError::NoHealthyBackend {
-                pool: route.pool.name.clone(),
-            })?;
+    pick_other(route, conn, headers, &[]).ok_or_else(|| ProxyError::NoHealthyBackend {
+        pool: route.pool.name.clone(),
+    })
+}
+
+/// [`pick_backend`] for a retry: a member in rotation not yet `tried`, if any.
+fn pick_other(
+    route: &Route,
+    conn: &Connection,
+    headers: &http::HeaderMap,
+    tried: &[SocketAddr],
+) -> Option<(SocketAddr, MemberLease)> {
+    let lease = route.pool.pick_other(conn.peer.ip(), headers, tried)?;
     let mut backend = lease.addr();
     if let Some(port) = route.settings.port {
         backend.set_port(port);
     }
-    Ok((backend, lease))
+    Some((backend, lease))
 }
 
-/// Passive health, on failure: connect failures and timeouts, resets and malformed answers,
-/// response-head timeouts and unrequested upgrades count against the member. One relaxed atomic
-/// add; only the failure that reaches the pool's threshold sends a message.
+/// Passive health, on failure: only what the backend did counts against the member
+/// ([`ProxyError::counts_against_member`]). One relaxed atomic add; only the failure that
+/// reaches the pool's threshold sends a message.
 fn report_failure(lease: &MemberLease, err: &ProxyError) {
-    match err {
-        ProxyError::ConnectFailed { .. }
-        | ProxyError::ConnectTimeout { .. }
-        | ProxyError::BackendFailed { .. }
-        | ProxyError::BackendAnswer { .. }
-        | ProxyError::ResponseTimeout { .. }
-        | ProxyError::TlsFailed { .. }
-        | ProxyError::UnrequestedUpgrade { .. } => lease.member().passive_failure(err),
-        _ => {}
+    if err.counts_against_member() {
+        lease.member().passive_failure(err);
+    }
+}
+
+/// The retry budget of one request: which members were tried, and whether the one retry after
+/// a reset has been spent.
+///
+/// Lifecycle: every failed attempt is reported against its member first; then
+/// [`Attempts::next`] decides. A retry is allowed while fewer than the settings' `retries` were
+/// made, there is an untried member in rotation, and either nothing reached the failed member
+/// (its connect or TLS handshake failed: any request, and WebSocket upgrades) or the request is
+/// idempotent (RFC 9110 §9.2.2) with no body and its connection closed before any response byte
+/// (once per request). Never after body bytes or response bytes were exchanged.
+struct Attempts<'a> {
+    ctx: &'a WorkerContext,
+    route: &'a Route,
+    conn: &'a Connection,
+    budget: u32,
+    /// Members already tried (allocated only when a retry happens).
+    tried: Vec<SocketAddr>,
+    reset_retry_spent: bool,
+}
+
+impl<'a> Attempts<'a> {
+    fn new(ctx: &'a WorkerContext, route: &'a Route, conn: &'a Connection) -> Attempts<'a> {
+        Attempts {
+            ctx,
+            route,
+            conn,
+            budget: route.settings.retries,
+            tried: Vec::new(),
+            reset_retry_spent: false,
+        }
+    }
+
+    /// Whether a failure for `reason` may be retried at all (budget and, for a reset, the
+    /// one-per-request rule), before looking for a member.
+    fn allows(&self, facts: &RequestFacts, reason: RetryReason) -> bool {
+        facts.retries < self.budget && !(reason == RetryReason::Reset && self.reset_retry_spent)
+    }
+
+    /// The next member after `failed` failed for `reason`, counted in metrics and `facts`;
+    /// `None` when no untried member is in rotation.
+    fn next(
+        &mut self,
+        headers: &http::HeaderMap,
+        failed: &MemberLease,
+        reason: RetryReason,
+        facts: &mut RequestFacts,
+    ) -> Option<(SocketAddr, MemberLease)> {
+        self.tried.push(failed.addr());
+        let (backend, lease) = pick_other(self.route, self.conn, headers, &self.tried)?;
+        if reason == RetryReason::Reset {
+            self.reset_retry_spent = true;
+        }
+        facts.retries += 1;
+        facts.backend = Some(backend);
+        self.ctx.metrics.retry(reason);
+        tracing::debug!(failed = %failed.addr(), next = %backend, reason = reason.as_str(), "retrying on another member");
+        Some((backend, lease))
+    }
+}
+
+/// RFC 9110 §9.2.2: the methods whose repetition has the same effect as one request.
+fn idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
+
+/// A copy of a prepared request head, kept to send a bodyless idempotent request again.
+fn copy_head(parts: &http::request::Parts) -> Request<()> {
+    let mut copy = Request::new(());
+    *copy.method_mut() = parts.method.clone();
+    *copy.uri_mut() = parts.uri.clone();
+    *copy.version_mut() = parts.version;
+    *copy.headers_mut() = parts.headers.clone();
+    copy
+}
+
+/// The client's fault behind a backend's `request_timeout`: the backend was still waiting for
+/// the request body, and so were we.
+fn blame(error: ProxyError, upload: Option<&UploadProbe>) -> ProxyError {
+    match error {
+        ProxyError::ResponseTimeout { after, .. }
+            if upload.is_some_and(UploadProbe::waiting_on_client) =>
+        {
+            ClientBodyError::TooSlow(after).into()
+        }
+        other => other,
     }
 }
 
@@ -354,40 +482,90 @@ async fn forward_http(
     span: &Span,
     facts: &mut RequestFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (backend, lease) = pick_backend(route, conn, req.headers())?;
+    let (mut backend, mut lease) = pick_backend(route, conn, req.headers())?;
     facts.backend = Some(backend);
     let (mut parts, body) = req.into_parts();
     prepare_head(&mut parts, conn, route);
-    let client_span = trace::http_client(span, parts.method.as_str(), backend);
-    trace::inject(&client_span, &mut parts.headers);
-    let body: UpstreamBody = if body.is_end_stream() {
-        Either::Right(Empty::new())
+    let (body, upload): (UpstreamBody, _) = if body.is_end_stream() {
+        (RequestBody::empty(), None)
     } else {
-        Either::Left(body)
+        let (body, probe) = RequestBody::client(body, conn.listener.config.request_body_timeout);
+        (body, Some(probe))
     };
-    let tls = ctx
-        .upstream
-        .tls_for(&route.settings, backend)
-        .inspect_err(|e| report_failure(&lease, e))?;
-    let (resp, pooled) = ctx
-        .upstream
-        .send(
-            backend,
-            tls.as_ref(),
-            Request::from_parts(parts, body),
-            route.settings.connect_timeout,
-            route.settings.request_timeout,
-        )
-        .instrument(client_span.clone())
-        .await
-        .inspect_err(|e| {
-            report_failure(&lease, e);
-            client_span.record("otel.status_code", "ERROR");
-        })?;
-    client_span.record(
-        "http.response.status_code",
-        i64::from(resp.status().as_u16()),
-    );
+    let mut attempts = Attempts::new(ctx, route, conn);
+    // Only a bodyless idempotent request may be sent again after it was written, so only its
+    // head is kept, and only when there is another member to send it to.
+    let mut replay = (upload.is_none()
+        && attempts.budget > 0
+        && idempotent(&parts.method)
+        && route.pool.members().len() > 1)
+        .then(|| copy_head(&parts));
+    let mut req = Request::from_parts(parts, body);
+    let (resp, pooled) = loop {
+        let client_span = trace::http_client(span, req.method().as_str(), backend);
+        trace::inject(&client_span, req.headers_mut());
+        let tls = ctx
+            .upstream
+            .tls_for(&route.settings, backend)
+            .inspect_err(|e| report_failure(&lease, e))?;
+        let sent = ctx
+            .upstream
+            .send(
+                backend,
+                tls.as_ref(),
+                req,
+                route.settings.connect_timeout,
+                route.settings.request_timeout,
+            )
+            .instrument(client_span.clone())
+            .await;
+        let SendFailure {
+            error,
+            unsent,
+            reset_before_response,
+        } = match sent {
+            Ok(answer) => {
+                client_span.record(
+                    "http.response.status_code",
+                    i64::from(answer.0.status().as_u16()),
+                );
+                break answer;
+            }
+            Err(failure) => failure,
+        };
+        let error = blame(error, upload.as_ref());
+        report_failure(&lease, &error);
+        client_span.record("otel.status_code", "ERROR");
+        let again = match unsent {
+            Some(unsent)
+                if error.counts_against_member()
+                    && attempts.allows(facts, RetryReason::Connect) =>
+            {
+                Some((unsent, RetryReason::Connect))
+            }
+            None if reset_before_response
+                && error.counts_against_member()
+                && attempts.allows(facts, RetryReason::Reset) =>
+            {
+                replay.take().map(|head| {
+                    let (parts, ()) = head.into_parts();
+                    (
+                        Request::from_parts(parts, RequestBody::empty()),
+                        RetryReason::Reset,
+                    )
+                })
+            }
+            _ => None,
+        };
+        let Some((again, reason)) = again else {
+            return Err(error);
+        };
+        let Some(next) = attempts.next(again.headers(), &lease, reason, facts) else {
+            return Err(error);
+        };
+        (backend, lease) = next;
+        req = again;
+    };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let err = ProxyError::UnrequestedUpgrade { backend };
         report_failure(&lease, &err);
@@ -418,26 +596,42 @@ async fn forward_websocket(
     let slot = SessionSlot::acquire(&route).ok_or_else(|| ProxyError::SessionLimit {
         route: route.name.clone(),
     })?;
-    let (backend, lease) = pick_backend(&route, conn, req.headers())?;
+    let (mut backend, mut lease) = pick_backend(&route, conn, req.headers())?;
     facts.backend = Some(backend);
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
     prepare_head(&mut parts, conn, &route);
     headers::set_websocket_upgrade(&mut parts.headers);
     trace::inject(span, &mut parts.headers);
-    let tls = ctx
-        .upstream
-        .tls_for(&route.settings, backend)
-        .inspect_err(|e| report_failure(&lease, e))?;
-    let answer = upstream::send_upgrade(
-        backend,
-        tls.as_ref(),
-        &parts,
-        route.settings.connect_timeout,
-        route.settings.request_timeout,
-    )
-    .await
-    .inspect_err(|e| report_failure(&lease, e))?;
+    let mut attempts = Attempts::new(ctx, &route, conn);
+    let answer = loop {
+        let tls = ctx
+            .upstream
+            .tls_for(&route.settings, backend)
+            .inspect_err(|e| report_failure(&lease, e))?;
+        let error = match upstream::send_upgrade(
+            backend,
+            tls.as_ref(),
+            &parts,
+            route.settings.connect_timeout,
+            route.settings.request_timeout,
+        )
+        .await
+        {
+            Ok(answer) => break answer,
+            Err(error) => error,
+        };
+        report_failure(&lease, &error);
+        // Only an upgrade that reached no backend goes elsewhere.
+        if !(error.before_sending() && attempts.allows(facts, RetryReason::Connect)) {
+            return Err(error);
+        }
+        let reason = RetryReason::Connect;
+        let Some(next) = attempts.next(&parts.headers, &lease, reason, facts) else {
+            return Err(error);
+        };
+        (backend, lease) = next;
+    };
     report_answer(&lease, backend, answer.status());
     let (head, backend_io, backend_prefix) = match answer {
         UpgradeAnswer::Switched { head, io, prefix } => (head, io, prefix),

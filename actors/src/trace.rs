@@ -150,6 +150,8 @@ pub fn http_server(method: &str, path: &str, listener: &str, client: SocketAddr)
         client.address = %client,
         tether.listener = listener,
         tether.backend = tracing::field::Empty,
+        tether.retries = tracing::field::Empty,
+        tether.error.side = tracing::field::Empty,
         error.type = tracing::field::Empty,
     )
 }
@@ -195,6 +197,8 @@ pub fn handshake(path: &str, listener: &str, client: SocketAddr, headers: &Heade
         tether.listener = listener,
         tether.route = tracing::field::Empty,
         tether.backend = tracing::field::Empty,
+        tether.retries = tracing::field::Empty,
+        tether.error.side = tracing::field::Empty,
         websocket.origin = header("origin"),
         websocket.subprotocol.requested = header("sec-websocket-protocol"),
         websocket.subprotocol.negotiated = tracing::field::Empty,

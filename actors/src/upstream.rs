@@ -14,42 +14,146 @@
 //! not verify fails the request with 502 (never a silent downgrade to plain HTTP). Pooled
 //! connections are kept apart by TLS configuration, so a plain and a TLS connection to the same
 //! member never mix.
+//!
+//! A failed [`UpstreamPool::send`] says what may happen next ([`SendFailure`]): a request that
+//! never left Tether comes back whole, so it can go to another member; one whose connection
+//! closed or reset before any response byte arrived is marked so (every backend connection
+//! counts the bytes it has received: one `Cell` add per read, no allocation), so an idempotent
+//! request without a body can be sent again. Anything else is final.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tether_config::{BackendProtocol, BackendSettingsConfig};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::balance::MemberLease;
+use crate::body::{ClientBodyError, RequestBody};
 use crate::error::ProxyError;
 use crate::tls;
 use crate::transport::{SessionIo, TlsIo};
 use crate::upgrade::{self, UpgradeAnswer};
 
-/// The body of a request to a backend: the client's body streamed through, or empty (then the
-/// request can be re-sent if a pooled connection turns out to be closed).
-pub type UpstreamBody = Either<Incoming, Empty<Bytes>>;
+/// The body of a request to a backend: the client's body streamed through, or empty.
+pub type UpstreamBody = RequestBody;
 
 /// How many idle connections a worker keeps per backend member.
 pub const MAX_IDLE_PER_BACKEND: usize = 64;
 
 type Sender = SendRequest<UpstreamBody>;
+
+/// Bytes a backend connection has received so far (shared by the connection's I/O, which adds
+/// to it, and the request path, which compares it before and after a request).
+#[derive(Debug, Clone, Default)]
+struct Received(Rc<Cell<u64>>);
+
+/// One HTTP/1.1 client connection to a backend.
+#[derive(Debug)]
+struct Conn {
+    sender: Sender,
+    received: Received,
+}
+
+/// A backend connection's socket, counting what it receives.
+#[derive(Debug)]
+struct Counting<S> {
+    inner: S,
+    received: Received,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        if n > 0 {
+            let count = &self.received.0;
+            count.set(count.get() + n);
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A request that got no response head, and what may be done about it.
+#[derive(Debug)]
+pub struct SendFailure {
+    /// Why.
+    pub error: ProxyError,
+    /// Nothing was written to any backend: the request, untouched (body included), to send
+    /// elsewhere.
+    pub unsent: Option<Request<UpstreamBody>>,
+    /// The request was written, and the connection closed or reset before any byte of a
+    /// response arrived.
+    pub reset_before_response: bool,
+}
+
+impl SendFailure {
+    fn unsent(error: ProxyError, req: Request<UpstreamBody>) -> SendFailure {
+        SendFailure {
+            error,
+            unsent: Some(req),
+            reset_before_response: false,
+        }
+    }
+
+    fn sent(error: ProxyError, reset_before_response: bool) -> SendFailure {
+        SendFailure {
+            error,
+            unsent: None,
+            reset_before_response,
+        }
+    }
+}
 
 /// Where idle connections are kept apart: the member, and the TLS configuration (0 = plain).
 type PoolKey = (SocketAddr, usize);
@@ -61,7 +165,7 @@ type TlsFiles = (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>);
 /// client configurations built so far (one per set of files, built on first use).
 #[derive(Debug, Default)]
 pub struct UpstreamPool {
-    idle: RefCell<HashMap<PoolKey, Vec<Sender>>>,
+    idle: RefCell<HashMap<PoolKey, Vec<Conn>>>,
     tls: RefCell<HashMap<TlsFiles, Arc<ClientConfig>>>,
 }
 
@@ -83,7 +187,7 @@ impl UpstreamTls {
 /// A checked-out connection that goes back to its pool with [`PooledConnection::release`].
 #[derive(Debug)]
 pub struct PooledConnection {
-    sender: Sender,
+    conn: Conn,
     backend: PoolKey,
     pool: Rc<UpstreamPool>,
     /// Counts the request on its member until the response body is done.
@@ -100,13 +204,13 @@ impl PooledConnection {
 
     /// Returns the connection to the pool (dropped instead if closed or the pool is full).
     pub fn release(self) {
-        if self.sender.is_closed() {
+        if self.conn.sender.is_closed() {
             return;
         }
         let mut idle = self.pool.idle.borrow_mut();
         let list = idle.entry(self.backend).or_default();
         if list.len() < MAX_IDLE_PER_BACKEND {
-            list.push(self.sender);
+            list.push(self.conn);
         }
     }
 }
@@ -164,12 +268,12 @@ impl UpstreamPool {
     }
 
     /// Takes an idle connection to `backend`, skipping any the backend has closed.
-    fn checkout(&self, backend: PoolKey) -> Option<Sender> {
+    fn checkout(&self, backend: PoolKey) -> Option<Conn> {
         let mut idle = self.idle.borrow_mut();
         let list = idle.get_mut(&backend)?;
-        while let Some(sender) = list.pop() {
-            if !sender.is_closed() {
-                return Some(sender);
+        while let Some(conn) = list.pop() {
+            if !conn.sender.is_closed() {
+                return Some(conn);
             }
         }
         None
@@ -182,7 +286,9 @@ impl UpstreamPool {
 
     /// Sends an ordinary (non-upgrade) request to `backend` over a pooled or new connection and
     /// waits for the response head within `request_timeout`. A pooled connection that turns out
-    /// closed before the request went out is replaced once by a fresh one.
+    /// closed before the request went out is replaced once by a fresh one. A failure says
+    /// whether the request may go elsewhere ([`SendFailure`]); an error of the client's body is
+    /// reported as [`ProxyError::ClientBody`], never as the backend's.
     pub async fn send(
         self: &Rc<Self>,
         backend: SocketAddr,
@@ -190,31 +296,39 @@ impl UpstreamPool {
         mut req: Request<UpstreamBody>,
         connect_timeout: Duration,
         request_timeout: Duration,
-    ) -> Result<(Response<Incoming>, PooledConnection), ProxyError> {
+    ) -> Result<(Response<Incoming>, PooledConnection), SendFailure> {
         let deadline = tokio::time::Instant::now() + request_timeout;
         let key = (backend, UpstreamTls::key(tls));
         loop {
-            let (mut sender, pooled) = match self.checkout(key) {
-                Some(sender) => (sender, true),
-                None => (open(backend, tls, connect_timeout).await?, false),
+            let (mut conn, pooled) = match self.checkout(key) {
+                Some(conn) => (conn, true),
+                None => match open(backend, tls, connect_timeout).await {
+                    Ok(conn) => (conn, false),
+                    Err(error) => return Err(SendFailure::unsent(error, req)),
+                },
             };
-            if let Err(cause) = sender.ready().await {
+            if let Err(cause) = conn.sender.ready().await {
                 if pooled {
                     continue;
                 }
-                return Err(ProxyError::BackendFailed { backend, cause });
+                return Err(SendFailure::unsent(
+                    ProxyError::BackendFailed { backend, cause },
+                    req,
+                ));
             }
-            let sent = tokio::time::timeout_at(deadline, sender.try_send_request(req)).await;
+            let received = conn.received.0.get();
+            let sent = tokio::time::timeout_at(deadline, conn.sender.try_send_request(req)).await;
             match sent {
                 Err(_) => {
-                    return Err(ProxyError::ResponseTimeout {
+                    let error = ProxyError::ResponseTimeout {
                         backend,
                         after: request_timeout,
-                    })
+                    };
+                    return Err(SendFailure::sent(error, false));
                 }
                 Ok(Ok(resp)) => {
                     let conn = PooledConnection {
-                        sender,
+                        conn,
                         backend: key,
                         pool: self.clone(),
                         lease: None,
@@ -224,11 +338,23 @@ impl UpstreamPool {
                 Ok(Err(mut err)) => match err.take_message() {
                     // Never written: the pooled connection was already closing. Retry fresh.
                     Some(back) if pooled => req = back,
-                    _ => {
-                        return Err(ProxyError::BackendFailed {
-                            backend,
-                            cause: err.into_error(),
-                        })
+                    Some(back) => {
+                        let cause = err.into_error();
+                        return Err(SendFailure::unsent(
+                            ProxyError::BackendFailed { backend, cause },
+                            back,
+                        ));
+                    }
+                    None => {
+                        let cause = err.into_error();
+                        if let Some(client) = ClientBodyError::behind(&cause) {
+                            return Err(SendFailure::sent(client.clone().into(), false));
+                        }
+                        let silent = conn.received.0.get() == received;
+                        return Err(SendFailure::sent(
+                            ProxyError::BackendFailed { backend, cause },
+                            silent,
+                        ));
                     }
                 },
             }
@@ -269,14 +395,28 @@ async fn open(
     backend: SocketAddr,
     tls: Option<&UpstreamTls>,
     connect_timeout: Duration,
-) -> Result<Sender, ProxyError> {
+) -> Result<Conn, ProxyError> {
     let deadline = tokio::time::Instant::now() + connect_timeout;
     let stream = connect(backend, connect_timeout).await?;
-    let Some(tls) = tls else {
-        return handshake(backend, TokioIo::new(stream)).await;
+    let received = Received::default();
+    let sender = match tls {
+        None => {
+            let io = Counting {
+                inner: stream,
+                received: received.clone(),
+            };
+            handshake(backend, TokioIo::new(io)).await?
+        }
+        Some(tls) => {
+            let stream = connect_tls(backend, tls, stream, deadline, connect_timeout).await?;
+            let io = Counting {
+                inner: stream,
+                received: received.clone(),
+            };
+            handshake(backend, TokioIo::new(io)).await?
+        }
     };
-    let stream = connect_tls(backend, tls, stream, deadline, connect_timeout).await?;
-    handshake(backend, TokioIo::new(stream)).await
+    Ok(Conn { sender, received })
 }
 
 /// The TLS handshake with an https backend over `stream`, done by `deadline` (the end of the
@@ -307,7 +447,7 @@ async fn connect_tls(
 /// The HTTP/1.1 client handshake over `io`; the connection task runs on this worker.
 async fn handshake<I>(backend: SocketAddr, io: I) -> Result<Sender, ProxyError>
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
     let (sender, conn) = http1::Builder::new()
         .handshake(io)

@@ -42,6 +42,10 @@ pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// `listeners.NAME.request_head_timeout`: how long a client may take to send its request
 /// head (a guard against slow-header attacks).
 pub const DEFAULT_REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// `listeners.NAME.request_body_timeout`: the longest a client may leave between two reads of
+/// its request body (as nginx's `client_body_timeout`); past it the client gets `408` and the
+/// connection is closed.
+pub const DEFAULT_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// `backend_pools.NAME.load_balancing`: least connections, because WebSocket sessions are
 /// long-lived and uneven — round robin spreads *new* sessions evenly, not the load they carry.
 pub const DEFAULT_LOAD_BALANCING: LoadBalancing = LoadBalancing::LeastConnections;
@@ -74,6 +78,11 @@ pub const DEFAULT_BACKEND_PROTOCOL: BackendProtocol = BackendProtocol::Http;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// `backend_settings.NAME.connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// `backend_settings.NAME.retries`: how many *other* members a request or WebSocket upgrade may
+/// go to after a failed attempt (see the README's retry rules); `0` turns retries off.
+pub const DEFAULT_RETRIES: u32 = 1;
+/// The largest accepted `retries`: each one may cost a `connect_timeout`.
+pub const MAX_RETRIES: u32 = 10;
 /// `probes.NAME.protocol`.
 pub const DEFAULT_PROBE_PROTOCOL: BackendProtocol = BackendProtocol::Http;
 /// `probes.NAME.kind`.
@@ -257,6 +266,9 @@ pub struct ListenerConfig {
     pub max_headers: usize,
     /// Time allowed to receive a request head; default [`DEFAULT_REQUEST_HEAD_TIMEOUT`].
     pub request_head_timeout: Duration,
+    /// Longest gap allowed between two reads of a request body; default
+    /// [`DEFAULT_REQUEST_BODY_TIMEOUT`].
+    pub request_body_timeout: Duration,
     /// HTTPS only: PEM bundle of the CAs client certificates must chain to (mTLS); `None` = no
     /// client authentication.
     pub client_ca: Option<PathBuf>,
@@ -534,6 +546,9 @@ pub struct BackendSettingsConfig {
     pub request_timeout: Duration,
     /// TCP (and TLS) connect timeout; default [`DEFAULT_CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
+    /// Other members tried after a failed attempt; default [`DEFAULT_RETRIES`], at most
+    /// [`MAX_RETRIES`].
+    pub retries: u32,
     /// Name of the probe that checks the members; `None` = members are always healthy.
     pub probe: Option<String>,
     /// HTTPS only: PEM bundle of trusted CAs; `None` = the system's trusted roots.

@@ -160,6 +160,11 @@ pub(crate) struct RawListener {
         skip_serializing_if = "Option::is_none"
     )]
     pub request_head_timeout: Option<String>,
+    #[serde(
+        deserialize_with = "lenient::text",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub request_body_timeout: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certificates: Option<Vec<RawCertificate>>,
     #[serde(
@@ -288,6 +293,11 @@ pub(crate) struct RawBackendSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub connect_timeout: Option<String>,
+    #[serde(
+        deserialize_with = "lenient::num",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub retries: Option<u32>,
     #[serde(
         deserialize_with = "lenient::text",
         skip_serializing_if = "Option::is_none"
@@ -607,6 +617,7 @@ impl From<&Config> for RawConfig {
                         max_request_head_bytes: Some(format_size(l.max_request_head_bytes as u64)),
                         max_headers: Some(l.max_headers),
                         request_head_timeout: Some(format_duration(l.request_head_timeout)),
+                        request_body_timeout: Some(format_duration(l.request_body_timeout)),
                         max_connections: Some(l.max_connections),
                         max_handshakes_per_ip: Some(l.max_handshakes_per_ip),
                         certificates: (!l.certificates.is_empty()).then(|| {
@@ -652,6 +663,7 @@ impl From<&Config> for RawConfig {
                         host_override: s.host_override.clone(),
                         request_timeout: Some(format_duration(s.request_timeout)),
                         connect_timeout: Some(format_duration(s.connect_timeout)),
+                        retries: Some(s.retries),
                         probe: s.probe.clone(),
                         ca_file: s.ca_file.as_ref().map(|p| p.display().to_string()),
                         server_name: s.server_name.clone(),

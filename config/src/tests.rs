@@ -372,6 +372,7 @@ protocol = "https"
 max_request_head_bytes = "32KiB"
 max_headers = 64
 request_head_timeout = "1m30s"
+request_body_timeout = "45s"
 [[listeners.secure.certificates]]
 cert_file = "/etc/tether/chat.pem"
 key_file = "/etc/tether/chat.key"
@@ -387,6 +388,7 @@ port = 5443
 host_override = "chat.internal"
 request_timeout = "40s"
 connect_timeout = "1500ms"
+retries = 2
 probe = "chat"
 
 [probes.chat]
@@ -431,7 +433,9 @@ fn to_toml_string_round_trips() {
     assert_eq!(from_toml_str(&text).unwrap(), config, "{text}");
     for written in [
         r#"request_head_timeout = "1m30s""#,
+        r#"request_body_timeout = "45s""#,
         r#"connect_timeout = "1s500ms""#,
+        "retries = 2",
         r#"max_message_size = "1MiB""#,
         r#"max_request_head_bytes = "32KiB""#,
         r#"paths = ["/chat", "/chat/*"]"#,

@@ -411,6 +411,11 @@ impl Checker<'_> {
             raw.request_head_timeout.as_ref(),
             DEFAULT_REQUEST_HEAD_TIMEOUT,
         );
+        let request_body_timeout = self.timeout(
+            &at("request_body_timeout"),
+            raw.request_body_timeout.as_ref(),
+            DEFAULT_REQUEST_BODY_TIMEOUT,
+        );
         Some(ListenerConfig {
             name: name.to_owned(),
             bind: bind?,
@@ -419,6 +424,7 @@ impl Checker<'_> {
             max_request_head_bytes: max_request_head_bytes?,
             max_headers: max_headers?,
             request_head_timeout: request_head_timeout?,
+            request_body_timeout: request_body_timeout?,
             client_ca: listener_tls.as_ref()?.0.clone(),
             redirect_to: listener_tls?.1,
             max_connections: raw.max_connections.unwrap_or(0),
@@ -590,6 +596,16 @@ impl Checker<'_> {
             raw.connect_timeout.as_ref(),
             DEFAULT_CONNECT_TIMEOUT,
         );
+        let retries = match raw.retries.unwrap_or(DEFAULT_RETRIES) {
+            n if n > MAX_RETRIES => {
+                self.error(
+                    &at("retries"),
+                    format!("{n} is too many: at most {MAX_RETRIES} (each retry may wait a connect_timeout)"),
+                );
+                None
+            }
+            n => Some(n),
+        };
         let protocol = raw.protocol.unwrap_or(DEFAULT_BACKEND_PROTOCOL);
         let tls = self.backend_tls(name, protocol, raw);
         let tls = tls?;
@@ -600,6 +616,7 @@ impl Checker<'_> {
             host_override: host_override?,
             request_timeout: request_timeout?,
             connect_timeout: connect_timeout?,
+            retries: retries?,
             probe: raw.probe.clone(),
             ca_file: tls.ca_file,
             server_name: tls.server_name,

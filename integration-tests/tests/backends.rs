@@ -31,6 +31,8 @@ struct Setup<'a> {
     pool: &'a str,
     /// Keys of `[probes.health]`; `None` = no probe.
     probe: Option<&'a str>,
+    /// Extra keys of `[backend_settings.app]`.
+    settings: &'a str,
     /// Keys of `[routing_rules.app.websocket]`.
     websocket: &'a str,
     /// Tables appended at the end.
@@ -59,6 +61,7 @@ members = [{members}]
 [backend_settings.app]
 connect_timeout = "2s"
 {probe_ref}
+{settings}
 
 {probe_table}
 [routing_rules.app]
@@ -73,6 +76,7 @@ backend_settings = "app"
 "#,
             members = members.join(", "),
             pool = self.pool,
+            settings = self.settings,
             websocket = self.websocket,
             extra = self.extra,
         )
@@ -716,6 +720,8 @@ async fn passive_ejection_removes_a_refusing_member_before_its_probe_notices() {
             pool: "load_balancing = \"round_robin\"\npassive = { failures = 2, ejection = \"300ms\", max_ejection = \"5s\" }",
             // Probed once at start, then not again for half a minute.
             probe: Some("path = \"/health\"\ninterval = \"30s\"\ntimeout = \"2s\""),
+            // Retries off: each refused connect reaches the client as a 502 the test counts.
+            settings: "retries = 0",
             ..Setup::default()
         }
         .toml(),

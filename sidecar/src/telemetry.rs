@@ -331,6 +331,16 @@ impl Telemetry {
                 }
             })
             .build();
+        let m = metrics.clone();
+        meter
+            .u64_observable_counter("tether.backend.retries")
+            .with_description("Requests and WebSocket upgrades sent again to another member")
+            .with_callback(move |obs| {
+                for (reason, n) in m.retry_counts() {
+                    obs.observe(n, &[KeyValue::new("reason", reason.as_str())]);
+                }
+            })
+            .build();
         let stats = self.stats.clone();
         meter
             .u64_observable_counter("tether.otel.spans.dropped")

@@ -52,15 +52,57 @@ fn base_is_valid_and_takes_defaults() {
     assert_eq!(l.max_request_head_bytes, DEFAULT_MAX_REQUEST_HEAD_BYTES);
     assert_eq!(l.max_headers, DEFAULT_MAX_HEADERS);
     assert_eq!(l.request_head_timeout, DEFAULT_REQUEST_HEAD_TIMEOUT);
+    assert_eq!(l.request_body_timeout, DEFAULT_REQUEST_BODY_TIMEOUT);
     assert_eq!(
         c.backend_settings["chat"].connect_timeout,
         DEFAULT_CONNECT_TIMEOUT
     );
+    assert_eq!(c.backend_settings["chat"].retries, DEFAULT_RETRIES);
     let ws = &c.routing_rules["chat"].websocket;
     assert_eq!(ws.keepalive_interval, Duration::from_secs(20));
     assert_eq!(ws.drain_grace, DEFAULT_DRAIN_GRACE);
     assert_eq!(ws.inspect, DEFAULT_INSPECT);
     assert_eq!(ws.max_message_size, None);
+}
+
+#[test]
+fn request_body_timeout_and_retries_are_validated() {
+    let toml = BASE
+        .replace(
+            "bind = \"127.0.0.1:8080\"",
+            "bind = \"127.0.0.1:8080\"\nrequest_body_timeout = \"2s\"",
+        )
+        .replace(
+            "request_timeout = \"40s\"",
+            "request_timeout = \"40s\"\nretries = 3",
+        );
+    let c = from_toml_str(&toml).unwrap();
+    assert_eq!(
+        c.listeners["public"].request_body_timeout,
+        Duration::from_secs(2)
+    );
+    assert_eq!(c.backend_settings["chat"].retries, 3);
+    let bad = toml
+        .replace(
+            "request_body_timeout = \"2s\"",
+            "request_body_timeout = \"0s\"",
+        )
+        .replace("retries = 3", "retries = 11");
+    assert_eq!(
+        errors(&bad),
+        [
+            "backend_settings.chat.retries: 11 is too many: at most 10 (each retry may wait a connect_timeout) [inline]",
+            "listeners.public.request_body_timeout: must be more than 0s [inline]",
+        ]
+    );
+    let unitless = toml.replace(
+        "request_body_timeout = \"2s\"",
+        "request_body_timeout = \"2\"",
+    );
+    assert_eq!(
+        one_error(&unitless),
+        "listeners.public.request_body_timeout: invalid duration \"2\": write a unit, e.g. \"2s\" [inline]"
+    );
 }
 
 #[test]
@@ -212,7 +254,7 @@ fn structural_errors_in_one_entry_do_not_hide_others() {
         [
             r#"admin.bnd: unknown field "bnd" (did you mean "bind"?) [inline]"#,
             r#"backend_pools.d.members: a pool needs at least one member (ip:port or host:port) [inline]"#,
-            r#"listeners.b.foo: unknown field "foo" (known fields: bind, protocol, max_request_head_bytes, max_headers, request_head_timeout, certificates, client_ca, redirect_to, max_connections, max_handshakes_per_ip) [inline]"#,
+            r#"listeners.b.foo: unknown field "foo" (known fields: bind, protocol, max_request_head_bytes, max_headers, request_head_timeout, request_body_timeout, certificates, client_ca, redirect_to, max_connections, max_handshakes_per_ip) [inline]"#,
             r#"listeners.c.bind: expected a string, found a list [inline]"#,
             r#"telemetry.log_format: expected one of: text, json, found integer `3` [inline]"#,
         ]
