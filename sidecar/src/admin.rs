@@ -138,14 +138,14 @@ impl Lifecycle {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
-    /// A reload was applied (`Ok`) or refused (`Err` with the reason).
-    pub fn record_reload(&self, outcome: &Result<(), String>) {
+    /// A reload was applied (`Ok`) or refused (`Err` with the reason, kept as it displays).
+    pub fn record_reload<T, E: std::fmt::Display>(&self, outcome: &Result<T, E>) {
         let mut reloads = self.reloads.write().unwrap_or_else(|e| e.into_inner());
         match outcome {
-            Ok(()) => reloads.applied += 1,
+            Ok(_) => reloads.applied += 1,
             Err(reason) => {
                 reloads.refused += 1;
-                reloads.last_refusal = Some(reason.clone());
+                reloads.last_refusal = Some(reason.to_string());
             }
         }
     }

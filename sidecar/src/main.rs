@@ -274,7 +274,7 @@ fn main() -> ExitCode {
         }
     };
     let outcome = tether::system().block_on(async move {
-        let telemetry = Telemetry::start(&settings, true).map_err(tether::RunError::Runtime)?;
+        let telemetry = Telemetry::start(&settings, true)?;
         let _ = tracing::dispatcher::set_global_default(telemetry.dispatch.clone());
         if used_embedded_default {
             tracing::info!(
@@ -288,9 +288,9 @@ fn main() -> ExitCode {
             Some(endpoint) => tracing::info!(%endpoint, protocol = ?settings.protocol, "exporting traces over OTLP"),
             None => tracing::info!("tracing export off (set telemetry.otlp_endpoint or OTEL_EXPORTER_OTLP_ENDPOINT)"),
         }
-        let stop = termination().map_err(|e| tether::RunError::Runtime(format!("signals: {e}")))?;
+        let stop = termination().map_err(tether::RunError::Signals)?;
         let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
-        let hangups = hangups(watcher.trigger()).map_err(|e| tether::RunError::Runtime(format!("signals: {e}")))?;
+        let hangups = hangups(watcher.trigger()).map_err(tether::RunError::Signals)?;
         let hangups = tokio::spawn(hangups);
         let watcher = tokio::spawn(watcher.run(reload_tx));
         let outcome = tether::run_reloadable(config, listeners, Some(Arc::new(telemetry)), Some(reload_rx), stop).await;
