@@ -5,6 +5,15 @@
 //! actix System. [`run`] takes already-bound listeners, so tests and embedders bind
 //! `127.0.0.1:0`; [`Sidecar`] does all of that on a thread of its own.
 //!
+//! [`run_reloadable`] (what [`run`] and [`run_with`] come down to) is a short loop over one
+//! value, `Running` (`running.rs`), which owns every actor, arbiter and listener of the run:
+//!
+//! ```text
+//! BoundListeners --start--> Running --reload(new)--> Ok(ReloadReport): new config in force
+//!                              │                 --> Err(ReloadError): nothing changed
+//!                              └--shutdown--> RunReport (every thread joined)
+//! ```
+//!
 //! Start-up: duplicate every listener's socket once per worker → resolve DNS members once →
 //! start the route table → start one prober per probed pool (all on one probe arbiter) and one
 //! resolver per pool with DNS members → serve the admin endpoint → start one worker actor per
@@ -18,14 +27,16 @@
 //!
 //! Reload ([`run_reloadable`], [`Sidecar::reload`]; the binary's [`reloader::ConfigWatcher`] on
 //! SIGHUP or a changed `--config` file once it holds still): refuse a configuration that could
-//! not be loaded, or that removes every listener or every routing rule without
-//! `allow_empty = true` (every refusal logged and counted in `GET /status`; nothing changed) →
-//! bind added or moved listeners and duplicate their sockets (a failure refuses the reload,
-//! nothing changed) → `ConfigReplaced` to the route table (one new
-//! snapshot; live sessions untouched unless their route is gone, then drained with 1001 after
-//! `drain_grace`) → stop the probers and resolvers of removed or changed pools, start new ones →
-//! stop accepting on removed listeners (all their actors; the port closes with the last) →
-//! start the added ones on every worker.
+//! not be loaded, that removes every listener or every routing rule without
+//! `allow_empty = true`, or that adds, moves or changes an https listener ([`ListenerDiff`]) →
+//! bind added or moved listeners and duplicate their sockets (a failure refuses the reload) →
+//! `ConfigReplaced` to the route table (one new snapshot; live sessions untouched unless their
+//! route is gone, then drained with 1001 after `drain_grace`) → stop the probers and resolvers
+//! of removed or changed pools, start new ones → stop accepting on removed and moved listeners
+//! (all their actors; the port closes with the last) → start the added and moved ones on every
+//! worker. Every refusal is a [`ReloadError`], logged and counted in `GET /status` as its
+//! [`ReloadRefusal`] text, and changes nothing: whatever can fail happens before the first
+//! change.
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -163,6 +163,22 @@ fn hangups(trigger: ReloadTrigger) -> std::io::Result<impl std::future::Future<O
     })
 }
 
+/// `tether check`: validates the configuration the layers describe and prints it as the
+/// sidecar would run it (warnings and the verdict on stderr).
+fn check(files: Vec<PathBuf>) -> ExitCode {
+    match load(files) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{}", loaded.config.to_toml_string());
+            eprintln!("tether: configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
 /// `tether health`: `GET /healthz` on the admin endpoint of the configuration the other
 /// layers describe (an unspecified bind address is asked on loopback). Exit 0 on `200`, 1
 /// otherwise — what a container `HEALTHCHECK` needs, without curl in the image.
@@ -225,19 +241,7 @@ fn main() -> ExitCode {
             println!("{}", tether::build_info::version_text());
             return ExitCode::SUCCESS;
         }
-        Command::Check(files) => {
-            return match load(files) {
-                Ok(loaded) => {
-                    for w in &loaded.warnings {
-                        eprintln!("warning: {w}");
-                    }
-                    print!("{}", loaded.config.to_toml_string());
-                    eprintln!("tether: configuration is valid");
-                    ExitCode::SUCCESS
-                }
-                Err(code) => code,
-            };
-        }
+        Command::Check(files) => return check(files),
         Command::Health(files) => return health(files),
         Command::Run(files) => files,
     };

@@ -97,28 +97,7 @@ impl Running {
         telemetry: Option<Arc<Telemetry>>,
     ) -> Result<Running, RunError> {
         let worker_count = config.workers.max(1);
-        let BoundListeners {
-            sockets,
-            mut tls,
-            admin: (_, admin_socket),
-        } = listeners;
-        let fresh = sockets
-            .into_iter()
-            .map(|(name, addr, socket)| {
-                let sockets =
-                    duplicate(socket, worker_count).map_err(|source| RunError::Duplicate {
-                        listener: name.clone(),
-                        source,
-                    })?;
-                let tls = tls.remove(&name);
-                Ok(Fresh {
-                    name,
-                    addr,
-                    sockets,
-                    tls,
-                })
-            })
-            .collect::<Result<Vec<_>, RunError>>()?;
+        let (fresh, admin_socket) = duplicate_all(listeners, worker_count)?;
         let config = Arc::new(config);
         let lifecycle = Arc::new(Lifecycle::new(config.clone()));
         let stop = Shutdown::with_close_code(config.shutdown_close_code);
@@ -380,6 +359,35 @@ impl Running {
         }
         report
     }
+}
+
+/// Every bound listener duplicated once per worker (with its TLS), and the admin socket.
+fn duplicate_all(
+    listeners: BoundListeners,
+    workers: usize,
+) -> Result<(Vec<Fresh>, std::net::TcpListener), RunError> {
+    let BoundListeners {
+        sockets,
+        mut tls,
+        admin: (_, admin),
+    } = listeners;
+    let fresh = sockets
+        .into_iter()
+        .map(|(name, addr, socket)| {
+            let sockets = duplicate(socket, workers).map_err(|source| RunError::Duplicate {
+                listener: name.clone(),
+                source,
+            })?;
+            let tls = tls.remove(&name);
+            Ok(Fresh {
+                name,
+                addr,
+                sockets,
+                tls,
+            })
+        })
+        .collect::<Result<Vec<_>, RunError>>()?;
+    Ok((fresh, admin))
 }
 
 /// Starts `count` worker arbiters, each with its worker actor.

@@ -173,41 +173,14 @@ impl TelemetrySettings {
                 )
             })?),
         };
-        let mut resource = Vec::new();
-        if let Some(attrs) = var("OTEL_RESOURCE_ATTRIBUTES") {
-            for pair in attrs.split(',').filter(|p| !p.trim().is_empty()) {
-                let (k, v) = pair.split_once('=').ok_or_else(|| {
-                    bad_variable("OTEL_RESOURCE_ATTRIBUTES", pair, "is not key=value")
-                })?;
-                resource.push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        let ratio = |arg: Option<String>| -> Result<f64, TelemetryError> {
-            match arg {
-                None => Ok(1.0),
-                Some(a) => a
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|r| (0.0..=1.0).contains(r))
-                    .ok_or_else(|| {
-                        bad_variable("OTEL_TRACES_SAMPLER_ARG", &a, "is not a ratio in 0..=1")
-                    }),
-            }
+        let resource = match var("OTEL_RESOURCE_ATTRIBUTES") {
+            Some(attrs) => resource_attributes(&attrs)?,
+            None => Vec::new(),
         };
-        let sample_ratio = match var("OTEL_TRACES_SAMPLER").as_deref() {
-            None | Some("always_on" | "parentbased_always_on") => 1.0,
-            Some("always_off" | "parentbased_always_off") => 0.0,
-            Some("traceidratio" | "parentbased_traceidratio") => {
-                ratio(var("OTEL_TRACES_SAMPLER_ARG"))?
-            }
-            Some(other) => {
-                return Err(bad_variable(
-                    "OTEL_TRACES_SAMPLER",
-                    other,
-                    "is not supported",
-                ))
-            }
-        };
+        let sample_ratio = sample_ratio(
+            var("OTEL_TRACES_SAMPLER").as_deref(),
+            var("OTEL_TRACES_SAMPLER_ARG"),
+        )?;
         Ok(TelemetrySettings {
             endpoint: if disabled { None } else { endpoint },
             protocol,
@@ -219,6 +192,42 @@ impl TelemetrySettings {
             metrics_endpoint: if disabled { None } else { metrics_endpoint },
             metric_interval,
         })
+    }
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES`: `key=value` pairs separated by commas.
+fn resource_attributes(attrs: &str) -> Result<Vec<(String, String)>, TelemetryError> {
+    let mut resource = Vec::new();
+    for pair in attrs.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| bad_variable("OTEL_RESOURCE_ATTRIBUTES", pair, "is not key=value"))?;
+        resource.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    Ok(resource)
+}
+
+/// The sampling ratio of root spans `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` ask
+/// for (always on when unset).
+fn sample_ratio(sampler: Option<&str>, arg: Option<String>) -> Result<f64, TelemetryError> {
+    match sampler {
+        None | Some("always_on" | "parentbased_always_on") => Ok(1.0),
+        Some("always_off" | "parentbased_always_off") => Ok(0.0),
+        Some("traceidratio" | "parentbased_traceidratio") => match arg {
+            None => Ok(1.0),
+            Some(a) => a
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| {
+                    bad_variable("OTEL_TRACES_SAMPLER_ARG", &a, "is not a ratio in 0..=1")
+                }),
+        },
+        Some(other) => Err(bad_variable(
+            "OTEL_TRACES_SAMPLER",
+            other,
+            "is not supported",
+        )),
     }
 }
 
@@ -673,4 +682,40 @@ fn post_blocking(
     builder
         .body(bytes::Bytes::copy_from_slice(&response[end + 4..]))
         .map_err(|e| bad(&e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampler_variables_give_a_ratio_or_name_the_variable() {
+        let ratio = |s: Option<&str>, a: Option<&str>| sample_ratio(s, a.map(str::to_owned));
+        assert_eq!(ratio(None, Some("junk")).unwrap(), 1.0);
+        assert_eq!(ratio(Some("parentbased_always_off"), None).unwrap(), 0.0);
+        assert_eq!(ratio(Some("traceidratio"), Some("0.25")).unwrap(), 0.25);
+        let err = ratio(Some("traceidratio"), Some("2")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "OTEL_TRACES_SAMPLER_ARG: \"2\" is not a ratio in 0..=1"
+        );
+        let err = ratio(Some("jaeger_remote"), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "OTEL_TRACES_SAMPLER: \"jaeger_remote\" is not supported"
+        );
+    }
+
+    #[test]
+    fn resource_attributes_are_key_value_pairs() {
+        assert_eq!(
+            resource_attributes(" a = 1 ,,b=2").unwrap(),
+            [("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+        let err = resource_attributes("a=1,b").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "OTEL_RESOURCE_ATTRIBUTES: \"b\" is not key=value"
+        );
+    }
 }
