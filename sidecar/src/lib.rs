@@ -239,7 +239,7 @@ pub struct ReloadRequest {
     /// naming its file.
     pub config: Result<Config, ConfigErrors>,
     /// Where the configuration came from, as a source label (`file ./tether.toml`, `inline`):
-    /// appended to the reasons a reload is refused for.
+    /// appended to the reason a reload is refused for (see [`ReloadRefusal`]).
     pub origin: String,
     /// Answered once the reload is applied (`Ok` with what it changed) or refused (`Err` with
     /// the reason; the old configuration keeps serving).
@@ -265,7 +265,7 @@ pub async fn run_reloadable(
         tokio::select! {
             () = &mut shutdown => break,
             Some(request) = async { reloads.as_mut()?.recv().await } => {
-                running.serve(request).await;
+                running.serve_reload(request).await;
             }
         }
     }

@@ -170,7 +170,7 @@ impl Running {
 
     /// Serves one reload request: applies or refuses it, logs the outcome, counts it in
     /// `GET /status` and answers the requester.
-    pub(crate) async fn serve(&mut self, request: ReloadRequest) {
+    pub(crate) async fn serve_reload(&mut self, request: ReloadRequest) {
         let outcome = match request.config {
             Ok(new) => self.reload(new).await,
             Err(problems) => Err(ReloadError::Invalid(problems)),
