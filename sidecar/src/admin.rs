@@ -138,14 +138,14 @@ impl Lifecycle {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
-    /// A reload was applied (`Ok`) or refused (`Err` with the reason).
-    pub fn record_reload(&self, outcome: &Result<(), String>) {
+    /// A reload was applied (`Ok`) or refused (`Err` with the reason, kept as it displays).
+    pub fn record_reload<T, E: std::fmt::Display>(&self, outcome: &Result<T, E>) {
         let mut reloads = self.reloads.write().unwrap_or_else(|e| e.into_inner());
         match outcome {
-            Ok(()) => reloads.applied += 1,
+            Ok(_) => reloads.applied += 1,
             Err(reason) => {
                 reloads.refused += 1;
-                reloads.last_refusal = Some(reason.clone());
+                reloads.last_refusal = Some(reason.to_string());
             }
         }
     }
@@ -320,6 +320,11 @@ pub async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<
         );
         return resp;
     }
+    answer(state, path).await
+}
+
+/// The answer to an authorized `GET` of `path`, one of [`PATHS`].
+async fn answer(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
     match path {
         "/" => {
             let mut resp = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
@@ -419,37 +424,50 @@ fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
     (!credentials.is_empty()).then_some(credentials)
 }
 
+/// Why `/readyz` answers `503` (and `not_ready_reason` in `GET /status`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// Shutdown began.
+    #[error("draining (shutting down)")]
+    Draining,
+    /// The listeners are not bound yet.
+    #[error("listeners are not accepting yet")]
+    NotListening,
+    /// The route table no longer answers.
+    #[error("the route table is not running")]
+    RouteTableGone,
+    /// These routed pools have no member in rotation.
+    #[error(
+        "no member in rotation in pool{} {}",
+        if .0.len() > 1 { "s" } else { "" },
+        .0.iter().map(|p| format!("\"{p}\"")).collect::<Vec<_>>().join(", ")
+    )]
+    NoMemberInRotation(Vec<String>),
+}
+
 /// Ready: listeners bound, not draining, and every pool a rule routes to has a member in
 /// rotation. `Err` says why not.
-async fn readiness(state: &AdminState) -> Result<(), String> {
+async fn readiness(state: &AdminState) -> Result<(), NotReady> {
     let lifecycle = &state.lifecycle;
     if lifecycle.is_draining() {
-        return Err("draining (shutting down)".into());
+        return Err(NotReady::Draining);
     }
     if !lifecycle.listening.load(Ordering::Acquire) {
-        return Err("listeners are not accepting yet".into());
+        return Err(NotReady::NotListening);
     }
     let status = state
         .backends
         .send(BackendsReport)
         .await
-        .map_err(|_| "the route table is not running".to_owned())?;
-    let empty: Vec<&str> = status
+        .map_err(|_| NotReady::RouteTableGone)?;
+    let empty: Vec<String> = status
         .pools
         .iter()
         .filter(|p| p.routed && p.in_rotation == 0)
-        .map(|p| p.name.as_str())
+        .map(|p| p.name.clone())
         .collect();
     if !empty.is_empty() {
-        return Err(format!(
-            "no member in rotation in pool{} {}",
-            if empty.len() > 1 { "s" } else { "" },
-            empty
-                .iter()
-                .map(|p| format!("\"{p}\""))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
+        return Err(NotReady::NoMemberInRotation(empty));
     }
     Ok(())
 }
@@ -511,13 +529,13 @@ pub struct RouteStatus {
 }
 
 impl StatusReport {
-    fn new(lifecycle: &Lifecycle, ready: Result<(), String>) -> StatusReport {
+    fn new(lifecycle: &Lifecycle, ready: Result<(), NotReady>) -> StatusReport {
         let config = lifecycle.config();
         let bound = lifecycle.listeners();
         StatusReport {
             version: env!("CARGO_PKG_VERSION"),
             ready: ready.is_ok(),
-            not_ready_reason: ready.err(),
+            not_ready_reason: ready.err().map(|reason| reason.to_string()),
             draining: lifecycle.is_draining(),
             listeners: config
                 .listeners
@@ -661,5 +679,21 @@ mod tests {
         assert_eq!(bearer_credentials(b"Bearerabc"), None);
         assert_eq!(bearer_credentials(b"Basic abc"), None);
         assert_eq!(bearer_credentials(b"Bear"), None);
+    }
+
+    #[test]
+    fn not_ready_reasons_read_as_before() {
+        let pools = |names: &[&str]| {
+            NotReady::NoMemberInRotation(names.iter().map(|n| n.to_string()).collect())
+        };
+        assert_eq!(
+            pools(&["a"]).to_string(),
+            "no member in rotation in pool \"a\""
+        );
+        assert_eq!(
+            pools(&["a", "b"]).to_string(),
+            "no member in rotation in pools \"a\", \"b\""
+        );
+        assert_eq!(NotReady::Draining.to_string(), "draining (shutting down)");
     }
 }

@@ -163,6 +163,22 @@ fn hangups(trigger: ReloadTrigger) -> std::io::Result<impl std::future::Future<O
     })
 }
 
+/// `tether check`: validates the configuration the layers describe and prints it as the
+/// sidecar would run it (warnings and the verdict on stderr).
+fn check(files: Vec<PathBuf>) -> ExitCode {
+    match load(files) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            print!("{}", loaded.config.to_toml_string());
+            eprintln!("tether: configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Err(code) => code,
+    }
+}
+
 /// `tether health`: `GET /healthz` on the admin endpoint of the configuration the other
 /// layers describe (an unspecified bind address is asked on loopback). Exit 0 on `200`, 1
 /// otherwise — what a container `HEALTHCHECK` needs, without curl in the image.
@@ -225,19 +241,7 @@ fn main() -> ExitCode {
             println!("{}", tether::build_info::version_text());
             return ExitCode::SUCCESS;
         }
-        Command::Check(files) => {
-            return match load(files) {
-                Ok(loaded) => {
-                    for w in &loaded.warnings {
-                        eprintln!("warning: {w}");
-                    }
-                    print!("{}", loaded.config.to_toml_string());
-                    eprintln!("tether: configuration is valid");
-                    ExitCode::SUCCESS
-                }
-                Err(code) => code,
-            };
-        }
+        Command::Check(files) => return check(files),
         Command::Health(files) => return health(files),
         Command::Run(files) => files,
     };
@@ -274,7 +278,7 @@ fn main() -> ExitCode {
         }
     };
     let outcome = tether::system().block_on(async move {
-        let telemetry = Telemetry::start(&settings, true).map_err(tether::RunError::Runtime)?;
+        let telemetry = Telemetry::start(&settings, true)?;
         let _ = tracing::dispatcher::set_global_default(telemetry.dispatch.clone());
         if used_embedded_default {
             tracing::info!(
@@ -288,9 +292,9 @@ fn main() -> ExitCode {
             Some(endpoint) => tracing::info!(%endpoint, protocol = ?settings.protocol, "exporting traces over OTLP"),
             None => tracing::info!("tracing export off (set telemetry.otlp_endpoint or OTEL_EXPORTER_OTLP_ENDPOINT)"),
         }
-        let stop = termination().map_err(|e| tether::RunError::Runtime(format!("signals: {e}")))?;
+        let stop = termination().map_err(tether::RunError::Signals)?;
         let (reload_tx, reload_rx) = tokio::sync::mpsc::unbounded_channel();
-        let hangups = hangups(watcher.trigger()).map_err(|e| tether::RunError::Runtime(format!("signals: {e}")))?;
+        let hangups = hangups(watcher.trigger()).map_err(tether::RunError::Signals)?;
         let hangups = tokio::spawn(hangups);
         let watcher = tokio::spawn(watcher.run(reload_tx));
         let outcome = tether::run_reloadable(config, listeners, Some(Arc::new(telemetry)), Some(reload_rx), stop).await;

@@ -166,7 +166,7 @@ impl ConfigWatcher {
                 }
                 Ok(loaded.config)
             }
-            Err(errors) => Err(errors.to_string()),
+            Err(errors) => Err(errors),
         };
         let (done, answer) = oneshot::channel();
         let request = ReloadRequest {

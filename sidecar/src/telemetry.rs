@@ -70,12 +70,52 @@ pub struct TelemetrySettings {
     pub metric_interval: Duration,
 }
 
+/// Why the telemetry pipeline could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// An `OTEL_*` variable holds a value Tether cannot use.
+    #[error("{variable}: {value:?} {problem}")]
+    Variable {
+        /// The variable named in the message.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong with it, e.g. `is not a ratio in 0..=1`.
+        problem: &'static str,
+    },
+    /// The log filter (`telemetry.log_level` or `RUST_LOG`) could not be built.
+    #[error("log filter: {0}")]
+    LogFilter(#[from] tracing_subscriber::filter::ParseError),
+    /// The span or metric exporter could not be built.
+    #[error("OTLP {signal}exporter for {endpoint}: {source}")]
+    Exporter {
+        /// `""` for spans, `"metric "` for metrics.
+        signal: &'static str,
+        /// Where it would export to.
+        endpoint: String,
+        /// What the SDK said.
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+}
+
+/// An [`TelemetryError::Variable`].
+fn bad_variable(variable: &'static str, value: &str, problem: &'static str) -> TelemetryError {
+    TelemetryError::Variable {
+        variable,
+        value: value.to_owned(),
+        problem,
+    }
+}
+
 /// Default of `OTEL_METRIC_EXPORT_INTERVAL`.
 pub const DEFAULT_METRIC_INTERVAL: Duration = Duration::from_secs(60);
 
 impl TelemetrySettings {
     /// Applies the `OTEL_*` variables of `env` over `config`. Errors name the variable.
-    pub fn resolve(config: &TelemetryConfig, env: &[(String, String)]) -> Result<Self, String> {
+    pub fn resolve(
+        config: &TelemetryConfig,
+        env: &[(String, String)],
+    ) -> Result<Self, TelemetryError> {
         let var = |name: &str| {
             env.iter()
                 .rev()
@@ -90,9 +130,11 @@ impl TelemetrySettings {
             None | Some("grpc") => OtlpProtocol::Grpc,
             Some("http/protobuf") => OtlpProtocol::HttpProtobuf,
             Some(other) => {
-                return Err(format!(
-                "OTEL_EXPORTER_OTLP_PROTOCOL: {other:?} is not supported (grpc or http/protobuf)"
-            ))
+                return Err(bad_variable(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL",
+                    other,
+                    "is not supported (grpc or http/protobuf)",
+                ))
             }
         };
         let endpoint = if let Some(e) = var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
@@ -124,38 +166,21 @@ impl TelemetrySettings {
         let metric_interval = match var("OTEL_METRIC_EXPORT_INTERVAL") {
             None => DEFAULT_METRIC_INTERVAL,
             Some(ms) => Duration::from_millis(ms.parse().map_err(|_| {
-                format!("OTEL_METRIC_EXPORT_INTERVAL: {ms:?} is not a number of milliseconds")
+                bad_variable(
+                    "OTEL_METRIC_EXPORT_INTERVAL",
+                    &ms,
+                    "is not a number of milliseconds",
+                )
             })?),
         };
-        let mut resource = Vec::new();
-        if let Some(attrs) = var("OTEL_RESOURCE_ATTRIBUTES") {
-            for pair in attrs.split(',').filter(|p| !p.trim().is_empty()) {
-                let (k, v) = pair.split_once('=').ok_or_else(|| {
-                    format!("OTEL_RESOURCE_ATTRIBUTES: {pair:?} is not key=value")
-                })?;
-                resource.push((k.trim().to_string(), v.trim().to_string()));
-            }
-        }
-        let ratio = |arg: Option<String>| -> Result<f64, String> {
-            match arg {
-                None => Ok(1.0),
-                Some(a) => a
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|r| (0.0..=1.0).contains(r))
-                    .ok_or_else(|| {
-                        format!("OTEL_TRACES_SAMPLER_ARG: {a:?} is not a ratio in 0..=1")
-                    }),
-            }
+        let resource = match var("OTEL_RESOURCE_ATTRIBUTES") {
+            Some(attrs) => resource_attributes(&attrs)?,
+            None => Vec::new(),
         };
-        let sample_ratio = match var("OTEL_TRACES_SAMPLER").as_deref() {
-            None | Some("always_on" | "parentbased_always_on") => 1.0,
-            Some("always_off" | "parentbased_always_off") => 0.0,
-            Some("traceidratio" | "parentbased_traceidratio") => {
-                ratio(var("OTEL_TRACES_SAMPLER_ARG"))?
-            }
-            Some(other) => return Err(format!("OTEL_TRACES_SAMPLER: {other:?} is not supported")),
-        };
+        let sample_ratio = sample_ratio(
+            var("OTEL_TRACES_SAMPLER").as_deref(),
+            var("OTEL_TRACES_SAMPLER_ARG"),
+        )?;
         Ok(TelemetrySettings {
             endpoint: if disabled { None } else { endpoint },
             protocol,
@@ -167,6 +192,42 @@ impl TelemetrySettings {
             metrics_endpoint: if disabled { None } else { metrics_endpoint },
             metric_interval,
         })
+    }
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES`: `key=value` pairs separated by commas.
+fn resource_attributes(attrs: &str) -> Result<Vec<(String, String)>, TelemetryError> {
+    let mut resource = Vec::new();
+    for pair in attrs.split(',').filter(|p| !p.trim().is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| bad_variable("OTEL_RESOURCE_ATTRIBUTES", pair, "is not key=value"))?;
+        resource.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    Ok(resource)
+}
+
+/// The sampling ratio of root spans `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` ask
+/// for (always on when unset).
+fn sample_ratio(sampler: Option<&str>, arg: Option<String>) -> Result<f64, TelemetryError> {
+    match sampler {
+        None | Some("always_on" | "parentbased_always_on") => Ok(1.0),
+        Some("always_off" | "parentbased_always_off") => Ok(0.0),
+        Some("traceidratio" | "parentbased_traceidratio") => match arg {
+            None => Ok(1.0),
+            Some(a) => a
+                .parse::<f64>()
+                .ok()
+                .filter(|r| (0.0..=1.0).contains(r))
+                .ok_or_else(|| {
+                    bad_variable("OTEL_TRACES_SAMPLER_ARG", &a, "is not a ratio in 0..=1")
+                }),
+        },
+        Some(other) => Err(bad_variable(
+            "OTEL_TRACES_SAMPLER",
+            other,
+            "is not supported",
+        )),
     }
 }
 
@@ -195,7 +256,10 @@ pub struct Telemetry {
 impl Telemetry {
     /// Builds the pipeline. Must run inside the tokio runtime (the gRPC channel's worker is
     /// spawned on it). `log_to_stderr = false` keeps logs to the test writer.
-    pub fn start(settings: &TelemetrySettings, log_to_stderr: bool) -> Result<Telemetry, String> {
+    pub fn start(
+        settings: &TelemetrySettings,
+        log_to_stderr: bool,
+    ) -> Result<Telemetry, TelemetryError> {
         let stats = Arc::new(ExportStats::default());
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
@@ -205,13 +269,7 @@ impl Telemetry {
             (LogFormat::Text, true) => fmt.with_writer(std::io::stderr).boxed(),
             (_, false) => fmt.with_test_writer().boxed(),
         };
-        let logs = fmt.with_filter(
-            filter.add_directive(
-                "tether::trace=off"
-                    .parse()
-                    .map_err(|e| format!("log filter: {e}"))?,
-            ),
-        );
+        let logs = fmt.with_filter(filter.add_directive("tether::trace=off".parse()?));
         let Some(endpoint) = &settings.endpoint else {
             let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(logs));
             return Ok(Telemetry {
@@ -235,7 +293,11 @@ impl Telemetry {
                 .with_timeout(EXPORT_TIMEOUT)
                 .build(),
         }
-        .map_err(|e| format!("OTLP exporter for {endpoint}: {e}"))?;
+        .map_err(|source| TelemetryError::Exporter {
+            signal: "",
+            endpoint: endpoint.clone(),
+            source,
+        })?;
         let resource = resource_for(settings);
         let sampler = Sampler::ParentBased(Box::new(if settings.sample_ratio >= 1.0 {
             Sampler::AlwaysOn
@@ -396,7 +458,7 @@ fn meter_provider(
     settings: &TelemetrySettings,
     endpoint: &str,
     resource: Resource,
-) -> Result<SdkMeterProvider, String> {
+) -> Result<SdkMeterProvider, TelemetryError> {
     let exporter = match settings.protocol {
         OtlpProtocol::Grpc => opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()
@@ -411,7 +473,11 @@ fn meter_provider(
             .with_timeout(EXPORT_TIMEOUT)
             .build(),
     }
-    .map_err(|e| format!("OTLP metric exporter for {endpoint}: {e}"))?;
+    .map_err(|source| TelemetryError::Exporter {
+        signal: "metric ",
+        endpoint: endpoint.to_owned(),
+        source,
+    })?;
     let reader = PeriodicReader::builder(exporter)
         .with_interval(settings.metric_interval)
         .build();
@@ -626,4 +692,40 @@ fn post_blocking(
     builder
         .body(bytes::Bytes::copy_from_slice(&response[end + 4..]))
         .map_err(|e| bad(&e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampler_variables_give_a_ratio_or_name_the_variable() {
+        let ratio = |s: Option<&str>, a: Option<&str>| sample_ratio(s, a.map(str::to_owned));
+        assert_eq!(ratio(None, Some("junk")).unwrap(), 1.0);
+        assert_eq!(ratio(Some("parentbased_always_off"), None).unwrap(), 0.0);
+        assert_eq!(ratio(Some("traceidratio"), Some("0.25")).unwrap(), 0.25);
+        let err = ratio(Some("traceidratio"), Some("2")).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "OTEL_TRACES_SAMPLER_ARG: \"2\" is not a ratio in 0..=1"
+        );
+        let err = ratio(Some("jaeger_remote"), None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "OTEL_TRACES_SAMPLER: \"jaeger_remote\" is not supported"
+        );
+    }
+
+    #[test]
+    fn resource_attributes_are_key_value_pairs() {
+        assert_eq!(
+            resource_attributes(" a = 1 ,,b=2").unwrap(),
+            [("a".into(), "1".into()), ("b".into(), "2".into())]
+        );
+        let err = resource_attributes("a=1,b").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "OTEL_RESOURCE_ATTRIBUTES: \"b\" is not key=value"
+        );
+    }
 }
