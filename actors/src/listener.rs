@@ -26,10 +26,12 @@
 //! that many connections are open — new ones wait in the kernel's accept queue (backlog), so a
 //! flood costs no memory here. Admission is one compare-and-swap, so N accept loops on N threads
 //! never let more than `max_connections` in. A connection counts through a [`ConnectionGuard`]
-//! that travels in [`Accepted`] and lives as long as the worker serves it; once it upgrades, the
-//! route table holds a guard for the session instead. With `max_handshakes_per_ip`, a client IP
-//! with that many connections still in their HTTP phase gets `429` on the next one, which is
-//! closed.
+//! that follows the connection: it travels in [`Accepted`], lives in the worker's connection
+//! while HTTP is served on it, and on a `101` moves with the upgraded sockets into the session
+//! ([`crate::session::SessionEnv`]), so the count is exact at every moment and is given back on
+//! the thread that owns the connection. With `max_handshakes_per_ip`, a client IP with that many
+//! connections still in their HTTP phase gets `429` on the next one, which is closed (an upgraded
+//! connection stops counting against its IP: [`ConnectionGuard::end_handshake`]).
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -80,7 +82,8 @@ struct LimitInner {
     freed: Notify,
 }
 
-/// Counts one connection (or session) against its listener's [`ConnectionLimit`] until dropped.
+/// Counts one connection against its listener's [`ConnectionLimit`] until dropped, through its
+/// HTTP phase and, once upgraded, its WebSocket session.
 #[derive(Debug)]
 pub struct ConnectionGuard {
     inner: Arc<LimitInner>,
@@ -185,20 +188,13 @@ impl ConnectionLimit {
             })
             .is_ok()
     }
-
-    /// Counts an upgraded session (no per-IP limit: only handshakes are limited per IP).
-    pub fn session(&self) -> ConnectionGuard {
-        self.inner.open.fetch_add(1, Ordering::AcqRel);
-        ConnectionGuard {
-            inner: self.inner.clone(),
-            ip: None,
-        }
-    }
 }
 
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        if let Some(ip) = self.ip {
+impl ConnectionGuard {
+    /// The connection upgraded: it keeps counting against `max_connections` but no longer
+    /// against its IP's handshake limit (only the HTTP phase is limited per IP).
+    pub fn end_handshake(&mut self) {
+        if let Some(ip) = self.ip.take() {
             let mut by_ip = self.inner.by_ip.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(n) = by_ip.get_mut(&ip) {
                 *n -= 1;
@@ -207,6 +203,12 @@ impl Drop for ConnectionGuard {
                 }
             }
         }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.end_handshake();
         self.inner.open.fetch_sub(1, Ordering::AcqRel);
         self.inner.freed.notify_waiters();
     }
@@ -270,8 +272,8 @@ impl ListenerActor {
         }
     }
 
-    /// Counts connections against `limit` (shared by every actor of this listener and with the
-    /// route table, which counts this listener's sessions against it too).
+    /// Counts connections against `limit` (shared by every actor of this listener; an upgraded
+    /// connection's session keeps its place until the session ends).
     pub fn with_limit(mut self, limit: ConnectionLimit) -> ListenerActor {
         self.limit = limit;
         self
@@ -381,6 +383,21 @@ mod tests {
         // Full: the IP over its limit waits for room like any other connection.
         assert_eq!(limit.admit(IP).err(), Some(Refused::Full));
         assert_eq!(limit.open(), 2);
+    }
+
+    #[test]
+    fn an_upgraded_connection_frees_its_ip_but_keeps_its_place() {
+        let limit = ConnectionLimit::new(2, 1);
+        let mut session = limit.admit(IP).expect("room");
+        assert_eq!(limit.admit(IP).err(), Some(Refused::PerIp));
+        session.end_handshake();
+        let _next = limit
+            .admit(IP)
+            .expect("the IP has no handshake in progress");
+        assert_eq!(limit.open(), 2);
+        assert_eq!(limit.admit(IP).err(), Some(Refused::Full));
+        drop(session);
+        assert_eq!(limit.open(), 1);
     }
 
     #[test]

@@ -39,9 +39,7 @@ use actix::{Actor, Addr, Arbiter, ArbiterHandle};
 use tether_actors::listener::ConnectionLimit;
 use tether_actors::listener::{ListenerActor, ListenerInfo};
 use tether_actors::messages::Accepted;
-use tether_actors::messages::{
-    AttachProber, ConfigReplaced, DrainAll, ListenerLimits, StopAccepting,
-};
+use tether_actors::messages::{AttachProber, ConfigReplaced, DrainAll, StopAccepting};
 use tether_actors::prober::{ProbePlan, ProberActor};
 use tether_actors::resolver::{self, DnsResolver, ResolverActor};
 use tether_actors::route_table::RouteTableActor;
@@ -372,9 +370,6 @@ pub async fn run_reloadable(
             (name, actors)
         })
         .collect();
-    route_table.do_send(ListenerLimits {
-        limits: limits.clone(),
-    });
     lifecycle.set_listening(bound.clone());
     tracing::info!(
         workers = workers.len(),
@@ -761,9 +756,6 @@ async fn reload(cx: ReloadContext<'_>, new: Config) -> Result<(), String> {
         cx.limits.insert(name.clone(), limit);
         cx.bound.insert(name, addr);
     }
-    cx.route_table.do_send(ListenerLimits {
-        limits: cx.limits.clone(),
-    });
     tracing::info!(
         pools_added = ?change.pools_added,
         pools_removed = ?change.pools_removed,
