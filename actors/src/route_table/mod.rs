@@ -13,15 +13,15 @@
 //!   turns unhealthy, sessions on it are drained with `DrainSession` if their rule says
 //!   `on_backend_unhealthy = "drain"`.
 //! * [`MemberFailing`] from the data path — `passive.failures` consecutive failures: the member
-//!   is ejected (see [`membership`]'s lifecycle note).
+//!   is ejected (see the lifecycle note in `membership.rs`).
 //! * [`MembersResolved`] from a pool's resolver — a DNS member's address set moved.
 //!
 //! The parts, each in its own file:
 //!
-//! * [`routes`] — the snapshot and matching (pure; what the request path reads);
-//! * [`membership`] — pools, members, probe health as last reported, passive ejection;
-//! * [`sessions`] — the live-session registry, recent endings, drain selection;
-//! * [`status`] — the `GET /backends` answer (its types are in [`crate::messages`]).
+//! * `routes.rs` — the snapshot and matching (pure; what the request path reads);
+//! * `membership.rs` — pools, members, probe health as last reported, passive ejection;
+//! * `sessions.rs` — the live-session registry, recent endings, drain selection;
+//! * `status.rs` — the `GET /backends` answer (its types are in [`crate::messages`]).
 //!
 //! This file is the actor: it applies each message to those parts and republishes.
 
