@@ -30,6 +30,15 @@
 //!
 //! [`Ejection`] is this state machine, pure (the clock is passed in), so every transition is
 //! unit-tested; the route table only arms the timer and republishes.
+//!
+//! # Who holds probe health
+//!
+//! The pool's prober decides it: its [`crate::prober::HealthCounter`] per member is the
+//! hysteresis, and only its flips reach the route table ([`crate::messages::MemberHealthChanged`]).
+//! [`MemberState::health`] is the routing view of those flips, the only one anything routes by;
+//! it lives per *address*, like the prober's counter, so a member record rebuilt by a reload
+//! (new weight or passive threshold) keeps it ([`PoolState::reconfigure`]). The shared
+//! [`Member`] record holds only the latest probe's result and counts, for `GET /backends`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -127,7 +136,9 @@ pub(crate) struct MemberState {
     pub(crate) shared: Arc<Member>,
     /// Index of the configured member it comes from (a DNS name may give several addresses).
     pub(crate) entry: usize,
+    /// Probe health as its prober's flips last said; always healthy without a probe.
     pub(crate) health: Health,
+    /// The last flip, for `GET /backends`.
     pub(crate) last_flip: Option<Flip>,
     pub(crate) ejection: Ejection,
 }
@@ -256,36 +267,49 @@ impl PoolState {
     }
 
     /// Takes a reloaded configuration of this pool: `probe` is its probe now, `new_prober`
-    /// whether the probe changed (the sender then starts a new prober and attaches it). A
-    /// member whose weight or passive threshold changed gets a fresh record at the next
-    /// [`PoolState::sync_members`] (those live in the record); without a probe every member
-    /// is healthy.
+    /// whether the probe changed (the sender then starts a new prober and attaches it), and
+    /// makes the members match (see [`PoolState::sync_members`], whose answer it returns). A
+    /// member whose weight or passive threshold changed gets a fresh record (those live in the
+    /// record) with its probe health carried over: its prober, which only reports flips, goes
+    /// on from the health it had. Without a probe every member is healthy.
     pub(crate) fn reconfigure(
         &mut self,
         config: &BackendPoolConfig,
         probe: Option<String>,
         new_prober: bool,
         entries: Vec<Vec<SocketAddr>>,
-    ) {
+        reporter: &Option<Recipient<MemberFailing>>,
+    ) -> bool {
         let passive_same = config.passive.failures == self.config.passive.failures;
-        self.members.retain(|_, m| {
-            config
+        let mut carried = BTreeMap::new();
+        self.members.retain(|addr, m| {
+            let keep = config
                 .members
                 .get(m.entry)
                 .is_some_and(|c| c.weight.get() == m.shared.weight)
-                && passive_same
+                && passive_same;
+            if !keep {
+                carried.insert(*addr, (m.health, m.last_flip.take()));
+            }
+            keep
         });
         if new_prober {
             self.prober = None;
         }
-        if probe.is_none() {
-            for m in self.members.values_mut() {
-                m.health = Health::Healthy;
-            }
-        }
         self.config = config.clone();
         self.probe = probe;
         self.entries = entries;
+        let changed = self.sync_members(reporter);
+        for (addr, m) in &mut self.members {
+            if let Some((health, last_flip)) = carried.remove(addr) {
+                m.health = health;
+                m.last_flip = last_flip;
+            }
+            if self.probe.is_none() {
+                m.health = Health::Healthy;
+            }
+        }
+        changed
     }
 
     /// Sends the pool's prober (if attached) every member to probe.

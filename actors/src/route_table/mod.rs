@@ -372,20 +372,23 @@ impl Handler<ConfigReplaced> for RouteTableActor {
         for (name, pool) in &config.backend_pools {
             let probe = config.pool_probe(name).map(|p| p.probe.name.clone());
             let entries = pool_entries(name, pool, &msg.resolved);
-            let mut state = match self.pools.remove(name) {
+            let (state, changed) = match self.pools.remove(name) {
                 Some(mut state) => {
                     // Its probe health carries over; the sender starts a changed probe's
                     // prober and attaches it.
                     let new_prober = old.pool_probe(name) != config.pool_probe(name);
-                    state.reconfigure(pool, probe, new_prober, entries);
-                    state
+                    let changed =
+                        state.reconfigure(pool, probe, new_prober, entries, &self.reporter);
+                    (state, changed)
                 }
                 None => {
                     change.pools_added.push(name.clone());
-                    PoolState::new(name, pool, probe, entries)
+                    let mut state = PoolState::new(name, pool, probe, entries);
+                    let changed = state.sync_members(&self.reporter);
+                    (state, changed)
                 }
             };
-            if state.sync_members(&self.reporter) {
+            if changed {
                 state.tell_prober();
             }
             pools.insert(name.clone(), state);
@@ -497,6 +500,29 @@ mod tests {
             (pool.members[1].state, pool.members[1].weight),
             ("healthy", 2)
         );
+    }
+
+    #[actix::test]
+    async fn a_reload_that_rebuilds_a_member_keeps_its_probe_health() {
+        let (table, routes) = RouteTableActor::start(Arc::new(config(TWO_PROBED)), &[]);
+        table.send(flip(1, true)).await.unwrap();
+        table.send(flip(2, true)).await.unwrap();
+        assert_eq!(in_rotation(&routes), [1, 2]);
+        // Member 2's weight changes: a fresh record, and its prober (unchanged, so it reports
+        // no flip) goes on from "healthy".
+        let reweighted = TWO_PROBED.replace("127.0.0.1:2 weight=2", "127.0.0.1:2 weight=5");
+        table
+            .send(ConfigReplaced {
+                config: Arc::new(config(&reweighted)),
+                resolved: Vec::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(in_rotation(&routes), [1, 2]);
+        let status = table.send(BackendsReport).await.unwrap();
+        let member = &status.pools[0].members[1];
+        assert_eq!((member.weight, member.state), (5, "healthy"));
+        assert_eq!(member.last_change.as_ref().map(|c| c.to), Some("healthy"));
     }
 
     #[actix::test]
