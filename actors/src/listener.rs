@@ -31,7 +31,7 @@
 //! ([`crate::session::SessionEnv`]), so the count is exact at every moment and is given back on
 //! the thread that owns the connection. With `max_handshakes_per_ip`, a client IP with that many
 //! connections still in their HTTP phase gets `429` on the next one, which is closed (an upgraded
-//! connection stops counting against its IP: [`ConnectionGuard::end_handshake`]).
+//! connection stops counting against its IP: [`ConnectionGuard::into_session`]).
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -82,14 +82,21 @@ struct LimitInner {
     freed: Notify,
 }
 
-/// Counts one connection against its listener's [`ConnectionLimit`] until dropped, through its
-/// HTTP phase and, once upgraded, its WebSocket session.
+/// Counts one connection against its listener's [`ConnectionLimit`] until dropped, or until it
+/// becomes the [`SessionPlace`] of the WebSocket session the connection upgraded to.
 #[derive(Debug)]
 pub struct ConnectionGuard {
-    inner: Arc<LimitInner>,
+    /// `None` only once [`ConnectionGuard::into_session`] moved the count on.
+    inner: Option<Arc<LimitInner>>,
     /// Set while the guard also counts against its IP's handshake limit.
     ip: Option<IpAddr>,
 }
+
+/// An upgraded connection's place in its listener's `max_connections`, held by its session and
+/// given back when dropped. It no longer counts against the client IP's handshake limit, and
+/// it is one pointer: sessions are many and mostly idle.
+#[derive(Debug)]
+pub struct SessionPlace(Arc<LimitInner>);
 
 /// Why [`ConnectionLimit::admit`] did not count a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,7 +149,7 @@ impl ConnectionLimit {
         if self.inner.per_ip == 0 {
             return if self.try_count() {
                 Ok(ConnectionGuard {
-                    inner: self.inner.clone(),
+                    inner: Some(self.inner.clone()),
                     ip: None,
                 })
             } else {
@@ -164,7 +171,7 @@ impl ConnectionLimit {
         }
         *by_ip.entry(ip).or_default() += 1;
         Ok(ConnectionGuard {
-            inner: self.inner.clone(),
+            inner: Some(self.inner.clone()),
             ip: Some(ip),
         })
     }
@@ -191,16 +198,24 @@ impl ConnectionLimit {
 }
 
 impl ConnectionGuard {
-    /// The connection upgraded: it keeps counting against `max_connections` but no longer
-    /// against its IP's handshake limit (only the HTTP phase is limited per IP).
-    pub fn end_handshake(&mut self) {
-        if let Some(ip) = self.ip.take() {
-            let mut by_ip = self.inner.by_ip.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = by_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    by_ip.remove(&ip);
-                }
+    /// The connection upgraded: its place in `max_connections` moves, without ever being given
+    /// up, into its session's [`SessionPlace`], and it stops counting against its IP's
+    /// handshake limit (only the HTTP phase is limited per IP).
+    pub fn into_session(mut self) -> Option<SessionPlace> {
+        self.end_handshake();
+        self.inner.take().map(SessionPlace)
+    }
+
+    /// Takes the connection off its IP's handshake count.
+    fn end_handshake(&mut self) {
+        let (Some(ip), Some(inner)) = (self.ip.take(), &self.inner) else {
+            return;
+        };
+        let mut by_ip = inner.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = by_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&ip);
             }
         }
     }
@@ -209,8 +224,23 @@ impl ConnectionGuard {
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
         self.end_handshake();
-        self.inner.open.fetch_sub(1, Ordering::AcqRel);
-        self.inner.freed.notify_waiters();
+        if let Some(inner) = self.inner.take() {
+            inner.release();
+        }
+    }
+}
+
+impl Drop for SessionPlace {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+impl LimitInner {
+    /// One connection closed: a place is free.
+    fn release(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_waiters();
     }
 }
 
@@ -388,9 +418,10 @@ mod tests {
     #[test]
     fn an_upgraded_connection_frees_its_ip_but_keeps_its_place() {
         let limit = ConnectionLimit::new(2, 1);
-        let mut session = limit.admit(IP).expect("room");
+        let connection = limit.admit(IP).expect("room");
         assert_eq!(limit.admit(IP).err(), Some(Refused::PerIp));
-        session.end_handshake();
+        let session = connection.into_session().expect("a place");
+        assert_eq!(limit.open(), 1);
         let _next = limit
             .admit(IP)
             .expect("the IP has no handshake in progress");

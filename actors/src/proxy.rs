@@ -655,7 +655,7 @@ async fn forward_websocket(
         lease: Some(lease.into_session()),
     };
     // The connection's place in `max_connections` goes with its sockets into the session.
-    let mut connection = conn.guard.borrow_mut().take();
+    let connection = conn.guard.borrow_mut().take();
     let pump = pump_config(&route);
     let token = ctx.tracker.token();
     let ctx = ctx.clone();
@@ -673,9 +673,7 @@ async fn forward_websocket(
             tracing::error!("upgraded client connection is not a TCP stream");
             return;
         };
-        if let Some(guard) = &mut connection {
-            guard.end_handshake();
-        }
+        let connection = connection.and_then(ConnectionGuard::into_session);
         let span = trace::session(&handshake_span, &info.route, info.backend);
         let env = SessionEnv {
             registry: ctx.registry.clone(),

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tracing::Span;
 
 use crate::balance::MemberLease;
-use crate::listener::ConnectionGuard;
+use crate::listener::SessionPlace;
 use crate::messages::{
     DrainSession, SessionEnded, SessionOpened, SessionStats, SessionStatsQuery, SessionsChanged,
 };
@@ -182,9 +182,9 @@ pub struct SessionEnv {
     pub token: TrackToken,
     /// Its place in the route's `max_sessions`, given back when the session ends.
     pub slot: SessionSlot,
-    /// Its connection's place in the listener's `max_connections`: the guard the connection
-    /// held through its HTTP phase, moved here on the `101` and given back when the session ends.
-    pub connection: Option<ConnectionGuard>,
+    /// Its connection's place in the listener's `max_connections`, held by the connection
+    /// through its HTTP phase, moved here on the `101` and given back when the session ends.
+    pub connection: Option<SessionPlace>,
 }
 
 impl SessionActor {
