@@ -41,13 +41,12 @@ use arc_swap::ArcSwap;
 use tether_config::{Config, OnBackendUnhealthy};
 
 pub use crate::balance::Pool;
+/// `GET /backends`' answer, defined with its message ([`BackendsReport`]).
+pub use crate::messages::BackendsStatus;
 use crate::messages::{
     AttachProber, BackendsReport, ConfigChange, ConfigReplaced, DrainAll, DrainReason,
     DrainSession, LiveSessions, MemberFailing, MemberHealthChanged, MembersResolved, RecentEndings,
     SessionsChanged, SessionsReport,
-};
-pub use crate::messages::{
-    BackendsStatus, LastChange, LastProbe, MemberStatus, PassiveStatus, PoolStatus,
 };
 use crate::prober::Health;
 use crate::resolver::DnsMember;
