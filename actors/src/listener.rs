@@ -26,10 +26,12 @@
 //! that many connections are open — new ones wait in the kernel's accept queue (backlog), so a
 //! flood costs no memory here. Admission is one compare-and-swap, so N accept loops on N threads
 //! never let more than `max_connections` in. A connection counts through a [`ConnectionGuard`]
-//! that travels in [`Accepted`] and lives as long as the worker serves it; once it upgrades, the
-//! route table holds a guard for the session instead. With `max_handshakes_per_ip`, a client IP
-//! with that many connections still in their HTTP phase gets `429` on the next one, which is
-//! closed.
+//! that follows the connection: it travels in [`Accepted`], lives in the worker's connection
+//! while HTTP is served on it, and on a `101` moves with the upgraded sockets into the session
+//! ([`crate::session::SessionEnv`]), so the count is exact at every moment and is given back on
+//! the thread that owns the connection. With `max_handshakes_per_ip`, a client IP with that many
+//! connections still in their HTTP phase gets `429` on the next one, which is closed (an upgraded
+//! connection stops counting against its IP: [`ConnectionGuard::into_session`]).
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -80,13 +82,21 @@ struct LimitInner {
     freed: Notify,
 }
 
-/// Counts one connection (or session) against its listener's [`ConnectionLimit`] until dropped.
+/// Counts one connection against its listener's [`ConnectionLimit`] until dropped, or until it
+/// becomes the [`SessionPlace`] of the WebSocket session the connection upgraded to.
 #[derive(Debug)]
 pub struct ConnectionGuard {
-    inner: Arc<LimitInner>,
+    /// `None` only once [`ConnectionGuard::into_session`] moved the count on.
+    inner: Option<Arc<LimitInner>>,
     /// Set while the guard also counts against its IP's handshake limit.
     ip: Option<IpAddr>,
 }
+
+/// An upgraded connection's place in its listener's `max_connections`, held by its session and
+/// given back when dropped. It no longer counts against the client IP's handshake limit, and
+/// it is one pointer: sessions are many and mostly idle.
+#[derive(Debug)]
+pub struct SessionPlace(Arc<LimitInner>);
 
 /// Why [`ConnectionLimit::admit`] did not count a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,7 +149,7 @@ impl ConnectionLimit {
         if self.inner.per_ip == 0 {
             return if self.try_count() {
                 Ok(ConnectionGuard {
-                    inner: self.inner.clone(),
+                    inner: Some(self.inner.clone()),
                     ip: None,
                 })
             } else {
@@ -161,7 +171,7 @@ impl ConnectionLimit {
         }
         *by_ip.entry(ip).or_default() += 1;
         Ok(ConnectionGuard {
-            inner: self.inner.clone(),
+            inner: Some(self.inner.clone()),
             ip: Some(ip),
         })
     }
@@ -185,30 +195,52 @@ impl ConnectionLimit {
             })
             .is_ok()
     }
+}
 
-    /// Counts an upgraded session (no per-IP limit: only handshakes are limited per IP).
-    pub fn session(&self) -> ConnectionGuard {
-        self.inner.open.fetch_add(1, Ordering::AcqRel);
-        ConnectionGuard {
-            inner: self.inner.clone(),
-            ip: None,
+impl ConnectionGuard {
+    /// The connection upgraded: its place in `max_connections` moves, without ever being given
+    /// up, into its session's [`SessionPlace`], and it stops counting against its IP's
+    /// handshake limit (only the HTTP phase is limited per IP).
+    pub fn into_session(mut self) -> Option<SessionPlace> {
+        self.end_handshake();
+        self.inner.take().map(SessionPlace)
+    }
+
+    /// Takes the connection off its IP's handshake count.
+    fn end_handshake(&mut self) {
+        let (Some(ip), Some(inner)) = (self.ip.take(), &self.inner) else {
+            return;
+        };
+        let mut by_ip = inner.by_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = by_ip.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                by_ip.remove(&ip);
+            }
         }
     }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        if let Some(ip) = self.ip {
-            let mut by_ip = self.inner.by_ip.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = by_ip.get_mut(&ip) {
-                *n -= 1;
-                if *n == 0 {
-                    by_ip.remove(&ip);
-                }
-            }
+        self.end_handshake();
+        if let Some(inner) = self.inner.take() {
+            inner.release();
         }
-        self.inner.open.fetch_sub(1, Ordering::AcqRel);
-        self.inner.freed.notify_waiters();
+    }
+}
+
+impl Drop for SessionPlace {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
+impl LimitInner {
+    /// One connection closed: a place is free.
+    fn release(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+        self.freed.notify_waiters();
     }
 }
 
@@ -270,8 +302,8 @@ impl ListenerActor {
         }
     }
 
-    /// Counts connections against `limit` (shared by every actor of this listener and with the
-    /// route table, which counts this listener's sessions against it too).
+    /// Counts connections against `limit` (shared by every actor of this listener; an upgraded
+    /// connection's session keeps its place until the session ends).
     pub fn with_limit(mut self, limit: ConnectionLimit) -> ListenerActor {
         self.limit = limit;
         self
@@ -381,6 +413,22 @@ mod tests {
         // Full: the IP over its limit waits for room like any other connection.
         assert_eq!(limit.admit(IP).err(), Some(Refused::Full));
         assert_eq!(limit.open(), 2);
+    }
+
+    #[test]
+    fn an_upgraded_connection_frees_its_ip_but_keeps_its_place() {
+        let limit = ConnectionLimit::new(2, 1);
+        let connection = limit.admit(IP).expect("room");
+        assert_eq!(limit.admit(IP).err(), Some(Refused::PerIp));
+        let session = connection.into_session().expect("a place");
+        assert_eq!(limit.open(), 1);
+        let _next = limit
+            .admit(IP)
+            .expect("the IP has no handshake in progress");
+        assert_eq!(limit.open(), 2);
+        assert_eq!(limit.admit(IP).err(), Some(Refused::Full));
+        drop(session);
+        assert_eq!(limit.open(), 1);
     }
 
     #[test]

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Message, Recipient, WeakAddr};
+use tether_config::LoadBalancing;
 
 use crate::balance::Member;
 use crate::listener::ListenerInfo;
 use crate::prober::ProbeOutcome;
-use crate::route_table::BackendsStatus;
 use crate::session::{SessionActor, SessionId, SessionSummary};
 
 /// A connection a listener accepted, handed to the worker on the same arbiter (`do_send`, once
@@ -35,8 +35,8 @@ pub struct Accepted {
     pub peer: SocketAddr,
     /// Which listener accepted it.
     pub listener: Arc<ListenerInfo>,
-    /// Counts the connection against the listener's limits while the worker serves it (the
-    /// worker keeps it, unread, until the connection ends or upgrades).
+    /// Counts the connection against the listener's limits for as long as it lives: the worker
+    /// keeps it with the connection, and a `101` moves it into the session.
     pub guard: crate::listener::ConnectionGuard,
 }
 
@@ -68,8 +68,11 @@ pub struct SessionOpened {
     pub id: SessionId,
     /// The routing rule that admitted it.
     pub route: Arc<str>,
-    /// The backend member it is connected to.
-    pub backend: SocketAddr,
+    /// The backend member it is connected to (its address in the pool, before the settings'
+    /// port override), so the route table can find the sessions on a member.
+    pub member: SocketAddr,
+    /// The port it is connected to on the member (the settings' override, else the member's).
+    pub port: u16,
     /// The session actor, for drain orders ([`DrainSession`]) and counter queries
     /// ([`SessionStatsQuery`], admin only). Weak: holding it allocates nothing per session, and
     /// it is upgraded only when a message is sent (a stopped session simply does not upgrade).
@@ -221,16 +224,6 @@ pub struct AttachProber {
     pub prober: Recipient<ProbeTargets>,
 }
 
-/// The connection limits of every listener, by name (`do_send` from the sidecar at start-up
-/// and after a reload): the route table counts each WebSocket session against the limit of
-/// its rule's listener while the session lives.
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub struct ListenerLimits {
-    /// Each listener's limit.
-    pub limits: std::collections::HashMap<String, crate::listener::ConnectionLimit>,
-}
-
 /// A reload put a new, valid configuration in force (`send` from the sidecar's reload path,
 /// awaited; never from the request path). The route table swaps routes and pools in one
 /// published snapshot: pools that stay keep their members' records (health, counters) for
@@ -263,6 +256,112 @@ pub struct ConfigChange {
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "BackendsStatus")]
 pub struct BackendsReport;
+
+/// `GET /backends`: every pool and member with its state.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BackendsStatus {
+    /// The generation of the published snapshot.
+    pub generation: u64,
+    /// How long building the last snapshot took, in microseconds.
+    pub snapshot_build_us: u64,
+    /// WebSocket sessions registered with the route table.
+    pub live_sessions: usize,
+    /// Every pool, by name.
+    pub pools: Vec<PoolStatus>,
+}
+
+/// One pool in `GET /backends`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolStatus {
+    /// The pool's name.
+    pub name: String,
+    /// Whether a routing rule sends traffic to it (readiness needs a member in rotation in
+    /// every routed pool).
+    pub routed: bool,
+    /// Its balancing policy.
+    pub load_balancing: LoadBalancing,
+    /// What `consistent_hash` hashes (only for that policy).
+    pub hash_key: Option<String>,
+    /// The probe checking its members, if any.
+    pub probe: Option<String>,
+    /// `passive.failures` (0 = passive health off).
+    pub passive_failures: u32,
+    /// How many members are in rotation.
+    pub in_rotation: usize,
+    /// Every member, in rotation or not, by address.
+    pub members: Vec<MemberStatus>,
+}
+
+/// One member in `GET /backends`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MemberStatus {
+    /// The address traffic goes to (before a settings' port override).
+    pub address: SocketAddr,
+    /// The configured member it comes from, as written (`10.0.0.5:5000`,
+    /// `chat.internal:5000 weight=2`).
+    pub configured_as: String,
+    /// Its weight.
+    pub weight: u32,
+    /// `healthy`, `unhealthy`, `unknown` (not probed successfully yet) or `ejected`.
+    pub state: &'static str,
+    /// Whether new requests and sessions may go to it.
+    pub in_rotation: bool,
+    /// WebSocket sessions on it now.
+    pub live_sessions: usize,
+    /// Requests (and handshakes) in flight to it now.
+    pub in_flight_requests: usize,
+    /// Consecutive successful probes.
+    pub consecutive_successes: u32,
+    /// Consecutive failed probes.
+    pub consecutive_failures: u32,
+    /// The latest probe, if probed.
+    pub last_probe: Option<LastProbe>,
+    /// The latest health flip, if any.
+    pub last_change: Option<LastChange>,
+    /// Passive health.
+    pub passive: PassiveStatus,
+}
+
+/// The latest probe of a member.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastProbe {
+    /// Whether it passed.
+    pub ok: bool,
+    /// What happened (`status 200`, `connect to … failed: Connection refused`, …).
+    pub result: String,
+    /// How long it took.
+    pub latency_ms: f64,
+    /// How long ago it finished.
+    pub ago_ms: u64,
+}
+
+/// The latest probe-health flip of a member.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastChange {
+    /// `healthy` or `unhealthy`.
+    pub to: &'static str,
+    /// After how many consecutive probes.
+    pub after: u32,
+    /// The last probe's result.
+    pub reason: String,
+    /// How long ago.
+    pub ago_ms: u64,
+}
+
+/// Passive health of a member.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PassiveStatus {
+    /// Consecutive connect or gateway failures the data path has seen.
+    pub consecutive_failures: u32,
+    /// Ejections since start-up.
+    pub ejections: u64,
+    /// Length of the current or last ejection.
+    pub ejection_ms: Option<u64>,
+    /// Time left of the current ejection, if ejected.
+    pub ejected_for_ms: Option<u64>,
+    /// The failure that caused the last ejection.
+    pub last_error: Option<String>,
+}
 
 /// One live WebSocket session as the route table knows it.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -153,8 +153,6 @@ pub struct ProbeReport {
     pub latency: Duration,
     /// When it finished.
     pub at: Instant,
-    /// Probe state after it.
-    pub health: Health,
     /// Consecutive successes after it.
     pub consecutive_successes: u32,
     /// Consecutive failures after it.
@@ -636,7 +634,6 @@ impl Handler<ProbeCompleted> for ProberActor {
             detail: outcome.detail.clone(),
             latency,
             at: Instant::now(),
-            health: target.health.state(),
             consecutive_successes: target.health.successes(),
             consecutive_failures: target.health.failures(),
         });

@@ -19,6 +19,7 @@
 //!    body read in full (bounded); any other answer to a plain request is relayed with its body
 //!    streamed.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -39,7 +40,7 @@ use crate::body::{ClientBodyError, ProxyBody, RequestBody, UploadProbe};
 use crate::error::ProxyError;
 use crate::handshake;
 use crate::headers;
-use crate::listener::ListenerInfo;
+use crate::listener::{ConnectionGuard, ListenerInfo};
 use crate::metrics::RetryReason;
 use crate::pump::PumpConfig;
 use crate::route_table::{Route, SessionSlot};
@@ -57,6 +58,9 @@ pub struct Connection {
     pub peer: SocketAddr,
     /// The listener that accepted it.
     pub listener: Arc<ListenerInfo>,
+    /// Counts the connection against its listener's limits. It lives as long as the connection:
+    /// dropped with it, or taken into the session when the connection upgrades (a `101`).
+    pub guard: RefCell<Option<ConnectionGuard>>,
 }
 
 /// What the access log and the span learn while a request is handled.
@@ -650,6 +654,8 @@ async fn forward_websocket(
         client: conn.peer,
         lease: Some(lease.into_session()),
     };
+    // The connection's place in `max_connections` goes with its sockets into the session.
+    let connection = conn.guard.borrow_mut().take();
     let pump = pump_config(&route);
     let token = ctx.tracker.token();
     let ctx = ctx.clone();
@@ -667,6 +673,7 @@ async fn forward_websocket(
             tracing::error!("upgraded client connection is not a TCP stream");
             return;
         };
+        let connection = connection.and_then(ConnectionGuard::into_session);
         let span = trace::session(&handshake_span, &info.route, info.backend);
         let env = SessionEnv {
             registry: ctx.registry.clone(),
@@ -676,6 +683,7 @@ async fn forward_websocket(
             span,
             token,
             slot,
+            connection,
         };
         let streams = SessionStreams {
             client,

@@ -21,6 +21,7 @@ use bytes::Bytes;
 use tracing::Span;
 
 use crate::balance::MemberLease;
+use crate::listener::SessionPlace;
 use crate::messages::{
     DrainSession, SessionEnded, SessionOpened, SessionStats, SessionStatsQuery, SessionsChanged,
 };
@@ -181,6 +182,9 @@ pub struct SessionEnv {
     pub token: TrackToken,
     /// Its place in the route's `max_sessions`, given back when the session ends.
     pub slot: SessionSlot,
+    /// Its connection's place in the listener's `max_connections`, held by the connection
+    /// through its HTTP phase, moved here on the `101` and given back when the session ends.
+    pub connection: Option<SessionPlace>,
 }
 
 impl SessionActor {
@@ -262,7 +266,12 @@ impl Actor for SessionActor {
         self.env.registry.opened(SessionOpened {
             id: self.id,
             route: self.info.route.clone(),
-            backend: self.info.backend,
+            member: self
+                .info
+                .lease
+                .as_ref()
+                .map_or(self.info.backend, MemberLease::addr),
+            port: self.info.backend.port(),
             session: ctx.address().downgrade(),
         });
         let Some(start) = self.start.take() else {

@@ -9,7 +9,7 @@
 //! `Rc`: the route snapshot handle, the backend connection pool and the session registry. None of
 //! it needs a lock because only this thread touches it.
 
-use std::net::SocketAddr;
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -20,7 +20,6 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
-use crate::listener::ListenerInfo;
 use crate::messages::Accepted;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Connection};
@@ -117,11 +116,17 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
         stream,
         peer,
         listener,
-        .. // the connection guard stays in `accepted` until this function returns
+        guard,
     } = accepted;
     let _ = stream.set_nodelay(true);
-    match listener.tls.clone() {
-        None => serve_http(ctx, TokioIo::new(stream), peer, listener).await,
+    // The guard goes with the connection: dropped with it, or moved into its session.
+    let conn = Connection {
+        peer,
+        listener,
+        guard: RefCell::new(Some(guard)),
+    };
+    match conn.listener.tls.clone() {
+        None => serve_http(ctx, TokioIo::new(stream), conn).await,
         Some(tls) => {
             // The handshake runs here, on the worker, bounded; a failure concerns this
             // connection only. Shutdown abandons handshakes still in progress.
@@ -134,7 +139,7 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
             match handshake {
                 Ok(Ok(stream)) => {
                     tls.handshakes.fetch_add(1, Ordering::Relaxed);
-                    serve_http(ctx, TokioIo::new(stream), peer, listener).await
+                    serve_http(ctx, TokioIo::new(stream), conn).await
                 }
                 Ok(Err(e)) => tls::handshake_failed(&tls, peer, &e),
                 Err(_) => tls::handshake_failed(&tls, peer, &"timed out"),
@@ -145,12 +150,13 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
 
 /// Serves HTTP/1.1 on a connection (plain or TLS) until it closes, upgrades, or shutdown ends it
 /// gracefully.
-async fn serve_http<I>(ctx: Rc<WorkerContext>, io: I, peer: SocketAddr, listener: Arc<ListenerInfo>)
+async fn serve_http<I>(ctx: Rc<WorkerContext>, io: I, conn: Connection)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let mut shutdown = ctx.shutdown.clone();
-    let conn_info = Rc::new(Connection { peer, listener });
+    let peer = conn.peer;
+    let conn_info = Rc::new(conn);
     let limits = &conn_info.listener.config;
     let mut builder = http1::Builder::new();
     builder

@@ -129,3 +129,39 @@ async fn beyond_max_handshakes_per_ip_a_client_gets_429() {
     }
     within("stop", sidecar.stop()).await.unwrap();
 }
+
+#[tokio::test]
+async fn max_connections_is_exact_across_an_upgrade() {
+    let backend = backends::ws_echo().await;
+    let sidecar = start(&with_listener_limits(backend.addr, "max_connections = 2"));
+    let addr = sidecar.addr("public");
+    // A session: its connection's place moves into the session with the 101, so it is counted
+    // at every moment, before the route table has heard of the session.
+    let mut session = TcpStream::connect(addr).await.unwrap();
+    session.write_all(&raw::handshake("/ws", "")).await.unwrap();
+    assert_eq!(
+        within("101", raw::read_head(&mut session)).await.status,
+        101
+    );
+    // At once, without waiting for the session to be listed: a plain connection takes the
+    // second place, and a third waits in the accept queue.
+    let plain = TcpStream::connect(addr).await.unwrap();
+    let mut waiting = TcpStream::connect(addr).await.unwrap();
+    waiting.write_all(&raw::handshake("/ws", "")).await.unwrap();
+    quiet(&mut waiting).await;
+    // The session ends (its client is gone): its place goes to the waiting connection.
+    drop(session);
+    assert_eq!(
+        within("101", raw::read_head(&mut waiting)).await.status,
+        101
+    );
+    // Two places taken again (the plain connection and the new session): a fourth waits until
+    // the plain connection ends.
+    let mut fourth = TcpStream::connect(addr).await.unwrap();
+    fourth.write_all(&raw::handshake("/ws", "")).await.unwrap();
+    quiet(&mut fourth).await;
+    drop(plain);
+    assert_eq!(within("101", raw::read_head(&mut fourth)).await.status, 101);
+    drop((waiting, fourth));
+    within("stop", sidecar.stop()).await.unwrap();
+}

@@ -13,13 +13,13 @@
 //! that can fail (loading, the remove-everything check, the listener diff, binding) happens
 //! before the first change. `shutdown` consumes the value: nothing runs after it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix::{Actor, Addr, Arbiter, Recipient};
 use tether_actors::listener::{ConnectionLimit, ListenerActor, ListenerInfo};
-use tether_actors::messages::{Accepted, ConfigReplaced, DrainAll, ListenerLimits, StopAccepting};
+use tether_actors::messages::{Accepted, ConfigReplaced, DrainAll, StopAccepting};
 use tether_actors::metrics::Metrics;
 use tether_actors::route_table::RouteTableActor;
 use tether_actors::session::SessionRegistry;
@@ -65,8 +65,6 @@ pub(crate) struct Running {
 struct RunningListener {
     /// One accept loop per worker, in worker order.
     actors: Vec<Addr<ListenerActor>>,
-    /// The connection limit every actor counts against (the route table reads it too).
-    limit: ConnectionLimit,
     /// The address bound (the real port when configured as `:0`).
     addr: SocketAddr,
 }
@@ -279,8 +277,7 @@ impl Running {
         })
     }
 
-    /// Starts `fresh` on every worker, then tells the route table every listener's limit and
-    /// the admin endpoint every listener's address.
+    /// Starts `fresh` on every worker, then tells the admin endpoint every listener's address.
     fn start_listeners(&mut self, fresh: Vec<Fresh>) {
         // Redirects name their target's port: every listener's, the fresh ones included.
         let mut bound = self.bound();
@@ -289,12 +286,6 @@ impl Running {
             let listener = start_listener(&self.config, f, &bound, &self.workers);
             self.listeners.insert(listener.0, listener.1);
         }
-        let limits: HashMap<String, ConnectionLimit> = self
-            .listeners
-            .iter()
-            .map(|(name, l)| (name.clone(), l.limit.clone()))
-            .collect();
-        self.route_table.do_send(ListenerLimits { limits });
         self.lifecycle.set_listening(self.bound());
     }
 
@@ -473,14 +464,7 @@ fn start_listener(
             })
         })
         .collect();
-    (
-        name,
-        RunningListener {
-            actors,
-            limit,
-            addr,
-        },
-    )
+    (name, RunningListener { actors, addr })
 }
 
 /// Stops every accept loop of listener `name` (one per worker): each drops its duplicate of the
