@@ -61,6 +61,7 @@
 //! assert_eq!(config.backend_settings["chat"].request_timeout.as_secs(), 40);
 //! ```
 
+pub mod authority;
 mod de;
 mod error;
 mod model;

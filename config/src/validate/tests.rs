@@ -546,3 +546,49 @@ fn websocket_probes_warn_about_http_only_matchers() {
         ]
     );
 }
+
+/// `host_override`, `probes.NAME.host` and origins are split by the data path's own parser
+/// (`authority::parse_authority`), so every host the configuration accepts is one the data
+/// path reads the same way; on top the configuration wants a DNS name or an IP address and a
+/// port from 1 to 65535.
+#[test]
+fn configured_hosts_are_authorities_the_data_path_reads() {
+    let with_host = |host: &str| {
+        BASE.replace(
+            "request_timeout = \"40s\"",
+            &format!("request_timeout = \"40s\"\nhost_override = \"{host}\""),
+        )
+    };
+    for good in [
+        "chat.internal",
+        "chat.internal:8080",
+        "Chat.Internal.",
+        "10.0.0.5:80",
+        "[::1]",
+        "[::1]:8443",
+    ] {
+        let c = from_toml_str(&with_host(good)).unwrap();
+        let kept = c.backend_settings["chat"].host_override.as_deref();
+        assert_eq!(kept, Some(good));
+        assert!(authority::parse_authority(good).is_some(), "{good}");
+    }
+    // An IPv6 literal without brackets is not a `Host` value (RFC 3986 §3.2.2): the data path
+    // would answer it 400, so the configuration refuses it too.
+    for bad in [
+        "chat.internal:",
+        "chat.internal:0",
+        "chat.internal:+80",
+        "chat.internal:65536",
+        "::1",
+        "caf%C3%A9.example",
+        "a b",
+        "",
+    ] {
+        assert_eq!(
+            one_error(&with_host(bad)),
+            format!(
+                "backend_settings.chat.host_override: invalid host \"{bad}\": expected a host name with an optional port, e.g. \"chat.internal\" or \"chat.internal:8080\" [inline]"
+            ),
+        );
+    }
+}
