@@ -12,7 +12,7 @@ use serde::de::value::BorrowedStrDeserializer;
 use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, Unexpected, Visitor};
 
 use crate::error::{did_you_mean, unknown_field, ConfigError};
-use crate::sources::{Node, Value};
+use crate::tree::{Node, Value};
 
 /// Deserializes `T` from `node`, which sits at `path`.
 pub(crate) fn from_node<'de, T: de::Deserialize<'de>>(
@@ -291,7 +291,7 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
-    use crate::sources::parse_str;
+    use crate::tree::parse_str;
 
     #[derive(Debug, Deserialize, PartialEq)]
     #[serde(deny_unknown_fields)]

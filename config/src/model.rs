@@ -119,7 +119,9 @@ pub const DEFAULT_ALLOW_EMPTY: bool = false;
 /// What [`Config::redacted`] writes in place of a secret.
 pub const REDACTED: &str = "<redacted>";
 
-/// The validated, effective configuration.
+/// The validated, effective configuration. [`Config::to_toml_string`] writes it back as a file
+/// would; it is defined beside the file's mirror (the `raw` stage), which this module does not
+/// depend on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// Worker threads; `0` in the sources has been resolved to the number of available cores.
@@ -169,14 +171,6 @@ impl Config {
                 })
             })
             .next()
-    }
-
-    /// The effective configuration as TOML a person can read and paste back: durations as
-    /// `40s`, sizes as `1MiB`, patterns as written. `from_toml_str` of the result gives back
-    /// an equal `Config`.
-    pub fn to_toml_string(&self) -> String {
-        toml::to_string(&crate::raw::RawConfig::from(self))
-            .expect("the raw configuration holds only strings, small integers, tables and lists")
     }
 
     /// The configuration with its secrets replaced by [`REDACTED`]: what the admin endpoint's

@@ -20,7 +20,7 @@ use crate::model::{
     format_status_range, BackendProtocol, Config, Inspect, ListenerProtocol, LoadBalancing,
     LogFormat, OnBackendUnhealthy, PoolMember, ProbeKind,
 };
-use crate::sources::{Node, Value};
+use crate::tree::{Node, Value};
 use crate::units::{format_duration, format_size};
 
 /// The whole file. Serialized by [`Config::to_toml_string`]; read by [`read`].
@@ -733,6 +733,16 @@ impl From<&Config> for RawConfig {
                 max_ttl: Some(format_duration(c.dns.max_ttl)),
             }),
         }
+    }
+}
+
+impl Config {
+    /// The effective configuration as TOML a person can read and paste back: durations as
+    /// `40s`, sizes as `1MiB`, patterns as written. `from_toml_str` of the result gives back
+    /// an equal `Config`.
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string(&RawConfig::from(self))
+            .expect("the raw configuration holds only strings, small integers, tables and lists")
     }
 }
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::error::{ConfigError, ParseError};
 use crate::model::*;
 use crate::raw::{Declared, RawConfig};
-use crate::sources::Node;
+use crate::tree::Node;
 use crate::units::parse_duration;
 
 mod convert;

@@ -401,7 +401,7 @@ fn workers_zero_is_one_per_core_and_strings_are_numbers() {
 #[test]
 fn warnings_for_unused_tables() {
     let toml = format!("{BASE}\n[listeners.spare]\nbind = \"127.0.0.1:9000\"\n[backend_pools.spare]\nmembers = [\"127.0.0.1:9\"]\n");
-    let sources = crate::sources::parse_str(&toml, "inline").unwrap();
+    let sources = crate::tree::parse_str(&toml, "inline").unwrap();
     let validated = crate::build(&sources).unwrap();
     assert_eq!(
         validated.warnings,
@@ -485,7 +485,7 @@ fn hash_key_without_consistent_hash_is_a_warning() {
         r#"members = ["127.0.0.1:5000"]"#,
         "members = [\"127.0.0.1:5000\"]\nhash_key = \"cookie:sid\"",
     );
-    let root = crate::sources::parse_str(&toml, "inline").unwrap();
+    let root = crate::tree::parse_str(&toml, "inline").unwrap();
     let validated = crate::build(&root).unwrap();
     assert_eq!(
         validated.warnings,
@@ -512,7 +512,7 @@ fn https_probes_are_accepted_and_one_pool_has_one_probe() {
             "request_timeout = \"40s\"\nprotocol = \"https\""
         )
     );
-    let root = crate::sources::parse_str(&toml, "inline").unwrap();
+    let root = crate::tree::parse_str(&toml, "inline").unwrap();
     let config = crate::build(&root).unwrap().config;
     assert_eq!(config.probes["chat"].protocol, BackendProtocol::Https);
     let toml = format!(
@@ -537,7 +537,7 @@ fn websocket_probes_warn_about_http_only_matchers() {
         "[backend_settings.chat]",
         "[backend_settings.chat]\nprobe = \"ws\"",
     ) + "\n[probes.ws]\nkind = \"websocket\"\nmatch_body = \"ok\"\n";
-    let root = crate::sources::parse_str(&toml, "inline").unwrap();
+    let root = crate::tree::parse_str(&toml, "inline").unwrap();
     let validated = crate::build(&root).unwrap();
     assert_eq!(
         validated.warnings,

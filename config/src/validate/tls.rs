@@ -137,7 +137,7 @@ pub const EXPIRY_WARNING_DAYS: i64 = 30;
 /// listener. Run by [`crate::load`] (start-up and `tether check`), not by
 /// [`crate::from_toml_str`], so that configurations can be built without the files.
 pub(crate) fn check_files(
-    root: &crate::sources::Node,
+    root: &crate::tree::Node,
     config: &crate::Config,
 ) -> (Vec<crate::ConfigError>, Vec<String>) {
     let mut c = Checker {
@@ -462,7 +462,7 @@ bind = "127.0.0.1:8081"
             entry(&dir.join("nope.crt"), &good_k, ""),
             missing = dir.join("missing-ca.pem").display(),
         );
-        let root = crate::sources::parse_str(&toml, "inline").unwrap();
+        let root = crate::tree::parse_str(&toml, "inline").unwrap();
         let config = crate::build(&root).unwrap().config;
         let (errors, warnings) = check_files(&root, &config);
         let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
