@@ -22,15 +22,6 @@ pub(crate) fn from_node<'de, T: de::Deserialize<'de>>(
     T::deserialize(NodeDe::new(node, path.to_owned())).map_err(DeError::into_config_error)
 }
 
-/// Deserializes a field from `node`, at `path`, with a `deserialize_with`-style function.
-pub(crate) fn from_node_with<'de, T>(
-    node: &'de Node,
-    path: &str,
-    read: impl FnOnce(NodeDe<'de>) -> Result<T, DeError>,
-) -> Result<T, ConfigError> {
-    read(NodeDe::new(node, path.to_owned())).map_err(DeError::into_config_error)
-}
-
 /// A deserialization error, located (path and source) by the innermost node it passed.
 #[derive(Debug)]
 pub(crate) struct DeError {

@@ -64,6 +64,7 @@
 pub mod authority;
 mod de;
 mod error;
+mod lenient;
 mod model;
 mod raw;
 mod reload;

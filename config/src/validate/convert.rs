@@ -20,7 +20,7 @@ impl Checker<'_> {
             None => Some(DEFAULT_ADMIN_BIND),
             Some(s) => self.bind("admin.bind", s),
         };
-        let token = raw.admin.as_ref().and_then(|a| a.token.clone());
+        let token = raw.admin.as_ref().and_then(|a| a.token.0.clone());
         if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             self.error(
                 "admin.token",
@@ -32,7 +32,7 @@ impl Checker<'_> {
     }
 
     pub(super) fn shutdown_close_code(&mut self, raw: &RawConfig) -> Option<u16> {
-        match raw.shutdown_close_code {
+        match raw.shutdown_close_code.0 {
             None => Some(DEFAULT_SHUTDOWN_CLOSE_CODE),
             Some(code @ (1001 | 1012)) => Some(code),
             Some(other) => {
@@ -101,7 +101,7 @@ impl Checker<'_> {
 
     pub(super) fn telemetry(&mut self, raw: &RawConfig) -> Option<TelemetryConfig> {
         let t = raw.telemetry.as_ref();
-        let service_name = t.and_then(|t| t.service_name.clone());
+        let service_name = t.and_then(|t| t.service_name.0.clone());
         let service_name = match service_name {
             Some(s) if s.trim().is_empty() => {
                 self.error("telemetry.service_name", "must not be empty");
@@ -109,7 +109,7 @@ impl Checker<'_> {
             }
             other => Some(other.unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned())),
         };
-        let otlp_endpoint = t.and_then(|t| t.otlp_endpoint.clone());
+        let otlp_endpoint = t.and_then(|t| t.otlp_endpoint.0.clone());
         if let Some(url) = &otlp_endpoint {
             let rest = url
                 .strip_prefix("http://")
@@ -121,7 +121,7 @@ impl Checker<'_> {
                 );
             }
         }
-        let log_level = t.and_then(|t| t.log_level.clone());
+        let log_level = t.and_then(|t| t.log_level.0.clone());
         let log_level = match log_level {
             Some(s) if s.trim().is_empty() => {
                 self.error("telemetry.log_level", "must not be empty (e.g. \"info\")");
@@ -146,7 +146,7 @@ impl Checker<'_> {
         let protocol = raw.protocol.unwrap_or(DEFAULT_LISTENER_PROTOCOL);
         let certificates = self.certificates(&entry, protocol, raw);
         let listener_tls = self.listener_tls(&entry, protocol, raw);
-        let max_request_head_bytes = match &raw.max_request_head_bytes {
+        let max_request_head_bytes = match &raw.max_request_head_bytes.0 {
             None => Some(DEFAULT_MAX_REQUEST_HEAD_BYTES),
             Some(s) => self
                 .ok(&at("max_request_head_bytes"), parse_size(s))
@@ -260,7 +260,7 @@ impl Checker<'_> {
             .and_then(|members| self.pool_members(name, raw, members));
         let at = |field: &str| format!("backend_pools.{name}.{field}");
         let load_balancing = raw.load_balancing.unwrap_or(DEFAULT_LOAD_BALANCING);
-        let hash_key = match &raw.hash_key {
+        let hash_key = match &raw.hash_key.0 {
             None => Some(DEFAULT_HASH_KEY),
             Some(s) => {
                 if load_balancing != LoadBalancing::ConsistentHash {
@@ -340,7 +340,7 @@ impl Checker<'_> {
         };
         Some(PassiveHealthConfig {
             failures: raw
-                .and_then(|p| p.failures)
+                .and_then(|p| p.failures.0)
                 .unwrap_or(DEFAULT_PASSIVE_FAILURES),
             ejection: ejection?,
             max_ejection: max_ejection?,
@@ -353,8 +353,8 @@ impl Checker<'_> {
         raw: &RawBackendSettings,
     ) -> Option<BackendSettingsConfig> {
         let at = |field: &str| format!("backend_settings.{name}.{field}");
-        let port = self.port(&at("port"), raw.port);
-        let host_override = match &raw.host_override {
+        let port = self.port(&at("port"), raw.port.0);
+        let host_override = match &raw.host_override.0 {
             None => Some(None),
             Some(s) => self
                 .ok(&at("host_override"), parse_host_header(s))
@@ -391,7 +391,7 @@ impl Checker<'_> {
             request_timeout: request_timeout?,
             connect_timeout: connect_timeout?,
             retries: retries?,
-            probe: raw.probe.clone(),
+            probe: raw.probe.0.clone(),
             ca_file: tls.ca_file,
             server_name: tls.server_name,
             client_cert_file: tls.client_cert_file,
@@ -420,11 +420,11 @@ impl Checker<'_> {
                 None
             }
         };
-        let host = match &raw.host {
+        let host = match &raw.host.0 {
             None => Some(None),
             Some(s) => self.ok(&at("host"), parse_host_header(s)).map(Some),
         };
-        let port = self.port(&at("port"), raw.port);
+        let port = self.port(&at("port"), raw.port.0);
         let protocol = raw.protocol.unwrap_or(DEFAULT_PROBE_PROTOCOL);
         let interval = self.timeout(
             &at("interval"),
@@ -448,15 +448,15 @@ impl Checker<'_> {
         };
         let unhealthy_threshold = self.threshold(
             &at("unhealthy_threshold"),
-            raw.unhealthy_threshold,
+            raw.unhealthy_threshold.0,
             DEFAULT_UNHEALTHY_THRESHOLD,
         );
         let healthy_threshold = self.threshold(
             &at("healthy_threshold"),
-            raw.healthy_threshold,
+            raw.healthy_threshold.0,
             DEFAULT_HEALTHY_THRESHOLD,
         );
-        let match_status = match &raw.match_status {
+        let match_status = match &raw.match_status.0 {
             None => Some(vec![DEFAULT_MATCH_STATUS]),
             Some(list) if list.is_empty() => {
                 self.error(
@@ -492,7 +492,7 @@ impl Checker<'_> {
             unhealthy_threshold: unhealthy_threshold?,
             healthy_threshold: healthy_threshold?,
             match_status: match_status?,
-            match_body: raw.match_body.clone(),
+            match_body: raw.match_body.0.clone(),
             kind,
         })
     }
@@ -577,7 +577,7 @@ impl Checker<'_> {
                 )))
             }
         });
-        let max_sessions = match raw.and_then(|w| w.max_sessions) {
+        let max_sessions = match raw.and_then(|w| w.max_sessions.0) {
             Some(0) => {
                 self.error(
                     &at("max_sessions"),
@@ -595,7 +595,7 @@ impl Checker<'_> {
         Some(WebSocketConfig {
             allowed_origins: allowed_origins?,
             require_origin: raw
-                .and_then(|w| w.require_origin)
+                .and_then(|w| w.require_origin.0)
                 .unwrap_or(DEFAULT_REQUIRE_ORIGIN),
             keepalive_interval: keepalive_interval?,
             max_message_size: max_message_size?,

@@ -51,7 +51,7 @@ impl Checker<'_> {
             );
             return None;
         }
-        Some((client_ca?, raw.redirect_to.clone()))
+        Some((client_ca?, raw.redirect_to.0.clone()))
     }
 
     /// Each `redirect_to` names an https listener.
@@ -105,7 +105,7 @@ impl Checker<'_> {
                 }
             }
         }
-        match (&raw.client_cert_file, &raw.client_key_file) {
+        match (&raw.client_cert_file.0, &raw.client_key_file.0) {
             (Some(_), None) => {
                 self.error(&at("client_key_file"), "client_cert_file needs its key");
                 return None;
