@@ -3,12 +3,21 @@
 //! Every field is optional (defaults are applied in [`crate::validate`]) and every struct
 //! denies unknown fields, so serde fails only on structure: an unknown field or a value of
 //! the wrong shape. Values that need parsing (durations, sizes, addresses, patterns, status
-//! ranges) stay strings here. Because environment variables arrive as strings, numbers and
-//! booleans also accept their string form (`"2"`, `"true"`) and every list also accepts a
-//! comma-separated string (`"127.0.0.1:5000,127.0.0.1:5001"`).
+//! ranges) stay strings here. Every value field is a [`Lenient`] value ([`Text`], [`Num`],
+//! [`Flag`], [`List`]) whose one `Deserialize` accepts the forms of its kind: because
+//! environment variables arrive as strings, numbers and booleans also accept their string form
+//! (`"2"`, `"true"`), every list also accepts a comma-separated string
+//! (`"127.0.0.1:5000,127.0.0.1:5001"`), and every text field takes a number as written. Enums
+//! (`protocol`, `kind`, ...) are read by name.
 //!
-//! The root is read key by key and each named entry (each listener, pool, ...) on its own,
-//! so that one bad entry does not hide the errors in the others.
+//! The root is read key by key ([`TOP_LEVEL`]) and each named entry (each listener, pool, ...)
+//! on its own, so that one bad entry does not hide the errors in the others.
+//!
+//! The field list is written where each copy says something the others cannot: the structs
+//! (the schema serde checks, with `deny_unknown_fields`), `From<&Config>` (each field's human
+//! form: a duration as `40s`, a size as `1MiB`), and `Declared` (the names of the five named
+//! tables, kept even for entries that failed). The top-level keys are written once, in
+//! [`TOP_LEVEL`].
 
 use std::collections::BTreeMap;
 
@@ -537,4 +546,204 @@ impl Config {
 /// A list in its written form.
 fn written<T: ToString>(items: &[T]) -> Option<Vec<String>> {
     Some(items.iter().map(ToString::to_string).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fmt;
+
+    use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
+
+    use super::*;
+    use crate::tree::parse_str;
+
+    /// Asks a derived `Deserialize` for its struct's field names, and stops there.
+    struct FieldsOf;
+
+    #[derive(Debug)]
+    struct Stop(&'static [&'static str]);
+
+    impl fmt::Display for Stop {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{:?}", self.0)
+        }
+    }
+
+    impl std::error::Error for Stop {}
+
+    impl de::Error for Stop {
+        fn custom<T: fmt::Display>(_: T) -> Self {
+            Stop(&[])
+        }
+    }
+
+    impl<'de> Deserializer<'de> for FieldsOf {
+        type Error = Stop;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop(&[]))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            Err(Stop(fields))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct
+            map enum identifier ignored_any
+        }
+    }
+
+    fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+        T::deserialize(FieldsOf).map(|_| ()).unwrap_err().0
+    }
+
+    /// Every table of the file: how a TOML document opens it, the path its fields sit at, and
+    /// its fields.
+    fn tables() -> Vec<(&'static str, &'static str, &'static [&'static str])> {
+        vec![
+            ("", "", TOP_LEVEL_KEYS),
+            ("[admin]", "admin", fields_of::<RawAdmin>()),
+            ("[dns]", "dns", fields_of::<RawDns>()),
+            ("[telemetry]", "telemetry", fields_of::<RawTelemetry>()),
+            ("[listeners.x]", "listeners.x", fields_of::<RawListener>()),
+            (
+                "[[listeners.x.certificates]]",
+                "listeners.x.certificates[0]",
+                fields_of::<RawCertificate>(),
+            ),
+            (
+                "[backend_pools.x]",
+                "backend_pools.x",
+                fields_of::<RawBackendPool>(),
+            ),
+            (
+                "[backend_pools.x.passive]",
+                "backend_pools.x.passive",
+                fields_of::<RawPassive>(),
+            ),
+            (
+                "[backend_settings.x]",
+                "backend_settings.x",
+                fields_of::<RawBackendSettings>(),
+            ),
+            ("[probes.x]", "probes.x", fields_of::<RawProbe>()),
+            (
+                "[routing_rules.x]",
+                "routing_rules.x",
+                fields_of::<RawRoutingRule>(),
+            ),
+            (
+                "[routing_rules.x.websocket]",
+                "routing_rules.x.websocket",
+                fields_of::<RawWebSocket>(),
+            ),
+        ]
+    }
+
+    /// The forms a value may be written in, as TOML.
+    const FORMS: [&str; 6] = ["2", "\"2\"", "true", "\"TRUE\"", "[\"a\", 2]", "\"a, 2\""];
+
+    /// Which of [`FORMS`] each kind of field accepts.
+    const KINDS: [(&str, [bool; 6]); 6] = [
+        ("text", [true, true, false, true, false, true]),
+        ("number", [true, true, false, false, false, false]),
+        ("flag", [false, false, true, true, false, false]),
+        ("list", [false, true, false, true, true, true]),
+        // Enums (read by name) and tables accept none of these ...
+        ("enum or table", [false; 6]),
+        // ... except that serde reads a table from a list of its fields in order, when the
+        // list's values fit them (`admin = ["a", 2]`).
+        ("enum or table", [false, false, false, false, true, false]),
+    ];
+
+    /// The fields that are not lenient values: enums and tables.
+    const NOT_VALUES: &[&str] = &[
+        "admin",
+        "telemetry",
+        "dns",
+        "listeners",
+        "backend_pools",
+        "backend_settings",
+        "probes",
+        "routing_rules",
+        "telemetry.log_format",
+        "listeners.x.protocol",
+        "listeners.x.certificates",
+        "backend_pools.x.load_balancing",
+        "backend_pools.x.passive",
+        "backend_settings.x.protocol",
+        "probes.x.protocol",
+        "probes.x.kind",
+        "routing_rules.x.websocket",
+        "routing_rules.x.websocket.inspect",
+        "routing_rules.x.websocket.on_backend_unhealthy",
+    ];
+
+    /// Reads `field = form` in the table `open` opens; the raw configuration, or the errors
+    /// at the field's `path`.
+    fn read_one(open: &str, path: &str, field: &str, form: &str) -> Result<String, Vec<String>> {
+        let doc = format!("{open}\n{field} = {form}\n");
+        let root = parse_str(&doc, "inline").unwrap();
+        let (raw, _, errors) = read(&root);
+        let errors: Vec<String> = errors
+            .iter()
+            .filter(|e| e.path.starts_with(path))
+            .map(ToString::to_string)
+            .collect();
+        if errors.is_empty() {
+            Ok(toml::to_string(&raw).unwrap())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// No field can read differently from the others of its kind: every field of the file
+    /// accepts exactly the forms of one kind, and the forms of one value (`2` and `"2"`,
+    /// `true` and `"TRUE"`, `["a", 2]` and `"a, 2"`) read the same.
+    #[test]
+    fn every_field_of_a_kind_accepts_the_same_forms() {
+        let mut seen = 0;
+        for (open, at, fields) in tables() {
+            for &field in fields {
+                seen += 1;
+                let path = if at.is_empty() {
+                    field.to_owned()
+                } else {
+                    format!("{at}.{field}")
+                };
+                let results: Vec<_> = FORMS
+                    .iter()
+                    .map(|form| read_one(open, &path, field, form))
+                    .collect();
+                let accepted: Vec<bool> = results.iter().map(Result::is_ok).collect();
+                let kind = KINDS
+                    .iter()
+                    .find(|(_, forms)| forms[..] == accepted[..])
+                    .map(|(kind, _)| *kind);
+                let Some(kind) = kind else {
+                    panic!("{path} reads the forms {FORMS:?} as no kind does: {results:#?}");
+                };
+                assert_eq!(
+                    kind == "enum or table",
+                    NOT_VALUES.contains(&path.as_str()),
+                    "{path} is a {kind}"
+                );
+                let same = |a: usize, b: usize| assert_eq!(results[a], results[b], "{path}");
+                match kind {
+                    "text" | "number" => same(0, 1),
+                    "flag" => same(2, 3),
+                    "list" => same(4, 5),
+                    _ => {}
+                }
+            }
+        }
+        assert!(seen > 70, "{seen} fields");
+    }
 }

@@ -592,3 +592,31 @@ fn configured_hosts_are_authorities_the_data_path_reads() {
         );
     }
 }
+
+/// Every size reads the same forms: a bare number of bytes (TOML integer or string) or a number
+/// with a unit. `max_request_head_bytes = 65536` was once refused as "expected a string" while
+/// `max_message_size = 65536` was accepted; both are the raw stage's one text form now.
+#[test]
+fn every_size_accepts_a_bare_number_of_bytes() {
+    for form in ["65536", "\"65536\"", "\"64KiB\""] {
+        let toml = BASE
+            .replace(
+                "bind = \"127.0.0.1:8080\"",
+                &format!("bind = \"127.0.0.1:8080\"\nmax_request_head_bytes = {form}"),
+            )
+            .replace(
+                "keepalive_interval = \"20s\"",
+                &format!("keepalive_interval = \"20s\"\nmax_message_size = {form}"),
+            );
+        let c = from_toml_str(&toml).unwrap();
+        assert_eq!(
+            c.listeners["public"].max_request_head_bytes, 65536,
+            "{form}"
+        );
+        assert_eq!(
+            c.routing_rules["chat"].websocket.max_message_size,
+            Some(65536),
+            "{form}"
+        );
+    }
+}
