@@ -5,10 +5,11 @@
 //! that was tried ([`ProxyError::counts_against_member`], passive health), what a failed
 //! WebSocket handshake is recorded as ([`ProxyError::handshake_outcome`]) and whether nothing
 //! reached that member, so the request may go to another one ([`ProxyError::before_sending`]).
-//! The first four match every variant by name (no `_` arm), so a new variant does not compile
-//! until it is classified; the predicates written with `matches!` name the few variants for
-//! which the answer is "yes", and "no" is the safe answer for anything else (no retry, no
-//! silent close, the connection kept).
+//! `status`, `side` and `handshake_outcome` match every variant by name (no `_` arm), so a new
+//! variant does not compile until it is classified, and `counts_against_member` is `side` seen
+//! from passive health; the predicates written with `matches!` name the few variants for which
+//! the answer is "yes", and "no" is the safe answer for anything else (no retry, no silent
+//! close, the connection kept).
 //! [`ProxyError::into_response`] is the single rescue point: a status and a short plain-text
 //! reason naming the cause. A client that left gets no response at all
 //! ([`ProxyError::closes_silently`]).
@@ -199,26 +200,8 @@ impl ProxyError {
     /// no response head in time, an unrequested upgrade. Never what the client did, and never
     /// Tether's own configuration.
     pub fn counts_against_member(&self) -> bool {
-        match self {
-            ProxyError::ConnectFailed { .. }
-            | ProxyError::ConnectTimeout { .. }
-            | ProxyError::BackendFailed { .. }
-            | ProxyError::BackendAnswer { .. }
-            | ProxyError::ResponseTimeout { .. }
-            | ProxyError::TlsFailed { .. }
-            | ProxyError::UnrequestedUpgrade { .. } => true,
-            ProxyError::BadHost(_)
-            | ProxyError::NoRoute
-            | ProxyError::BadHandshake(_)
-            | ProxyError::OriginNotAllowed
-            | ProxyError::OriginRequired
-            | ProxyError::SubprotocolNotAllowed
-            | ProxyError::SessionLimit { .. }
-            | ProxyError::NoHealthyBackend { .. }
-            | ProxyError::TlsConfig { .. }
-            | ProxyError::InsecureWebSocket { .. }
-            | ProxyError::ClientBody(_) => false,
-        }
+        // The same fact as "the backend's side": only a backend's own failures count.
+        self.side() == Side::Upstream
     }
 
     /// Whether the failure happened before anything reached the backend (the connection or its
