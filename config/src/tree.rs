@@ -135,7 +135,7 @@ pub(crate) fn parse_str(toml: &str, source: &str) -> Result<Node, ConfigError> {
     Ok(Node::table(source, Node::entries(map, source)))
 }
 
-/// The `config` crate's message without its trailing " in <file>" (the source label says that).
+/// The `config` crate's message without its trailing `" in <file>"` (the source label says that).
 pub(crate) fn describe(error: config::ConfigError) -> String {
     match error {
         config::ConfigError::FileParse { cause, .. } => format!("cannot parse: {cause}"),
