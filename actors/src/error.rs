@@ -2,8 +2,14 @@
 //!
 //! Each cause is classified here once: which side it came from ([`ProxyError::side`]), the
 //! status the client gets ([`ProxyError::status`]), whether it counts against the backend member
-//! that was tried ([`ProxyError::counts_against_member`], passive health) and whether nothing
+//! that was tried ([`ProxyError::counts_against_member`], passive health), what a failed
+//! WebSocket handshake is recorded as ([`ProxyError::handshake_outcome`]) and whether nothing
 //! reached that member, so the request may go to another one ([`ProxyError::before_sending`]).
+//! `status`, `side` and `handshake_outcome` match every variant by name (no `_` arm), so a new
+//! variant does not compile until it is classified, and `counts_against_member` is `side` seen
+//! from passive health; the predicates written with `matches!` name the few variants for which
+//! the answer is "yes", and "no" is the safe answer for anything else (no retry, no silent
+//! close, the connection kept).
 //! [`ProxyError::into_response`] is the single rescue point: a status and a short plain-text
 //! reason naming the cause. A client that left gets no response at all
 //! ([`ProxyError::closes_silently`]).
@@ -18,6 +24,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use crate::body::{ClientBodyError, ProxyBody};
 use crate::handshake::HandshakeError;
 use crate::headers::HostError;
+use crate::trace::HandshakeOutcome;
 use crate::upgrade::AnswerError;
 
 /// Which side a failure came from.
@@ -193,16 +200,8 @@ impl ProxyError {
     /// no response head in time, an unrequested upgrade. Never what the client did, and never
     /// Tether's own configuration.
     pub fn counts_against_member(&self) -> bool {
-        matches!(
-            self,
-            ProxyError::ConnectFailed { .. }
-                | ProxyError::ConnectTimeout { .. }
-                | ProxyError::BackendFailed { .. }
-                | ProxyError::BackendAnswer { .. }
-                | ProxyError::ResponseTimeout { .. }
-                | ProxyError::TlsFailed { .. }
-                | ProxyError::UnrequestedUpgrade { .. }
-        )
+        // The same fact as "the backend's side": only a backend's own failures count.
+        self.side() == Side::Upstream
     }
 
     /// Whether the failure happened before anything reached the backend (the connection or its
@@ -241,7 +240,40 @@ impl ProxyError {
             | ProxyError::NoHealthyBackend { .. }
             | ProxyError::SessionLimit { .. }
             | ProxyError::TlsConfig { .. } => Side::Proxy,
-            _ => Side::Upstream,
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::ResponseTimeout { .. }
+            | ProxyError::BackendFailed { .. }
+            | ProxyError::BackendAnswer { .. }
+            | ProxyError::TlsFailed { .. }
+            | ProxyError::UnrequestedUpgrade { .. } => Side::Upstream,
+        }
+    }
+
+    /// What a WebSocket handshake that ended in this failure is recorded as (span attribute
+    /// `tether.outcome` and the handshake metrics).
+    pub fn handshake_outcome(&self) -> HandshakeOutcome {
+        match self {
+            ProxyError::NoRoute => HandshakeOutcome::NoRoute,
+            ProxyError::BadHandshake(_) | ProxyError::BadHost(_) => HandshakeOutcome::BadHandshake,
+            ProxyError::OriginNotAllowed | ProxyError::OriginRequired => {
+                HandshakeOutcome::RejectedOrigin
+            }
+            ProxyError::SubprotocolNotAllowed => HandshakeOutcome::RejectedSubprotocol,
+            ProxyError::SessionLimit { .. } => HandshakeOutcome::SessionLimit,
+            ProxyError::InsecureWebSocket { .. } => HandshakeOutcome::RejectedInsecure,
+            ProxyError::NoHealthyBackend { .. } => HandshakeOutcome::NoBackend,
+            ProxyError::ConnectFailed { .. }
+            | ProxyError::ConnectTimeout { .. }
+            | ProxyError::ResponseTimeout { .. }
+            | ProxyError::BackendFailed { .. }
+            | ProxyError::BackendAnswer { .. }
+            | ProxyError::TlsFailed { .. }
+            | ProxyError::TlsConfig { .. }
+            | ProxyError::UnrequestedUpgrade { .. } => HandshakeOutcome::BackendError,
+            // Unreachable on a handshake, which never has a body (`HandshakeError::HasBody`);
+            // filed where every unnamed failure went before it was named here.
+            ProxyError::ClientBody(_) => HandshakeOutcome::BackendError,
         }
     }
 
@@ -325,5 +357,68 @@ mod tests {
             .into_response()
             .headers()
             .contains_key(header::CONNECTION));
+    }
+
+    #[test]
+    fn handshake_refusals_are_recorded_by_cause_and_backend_failures_as_backend_errors() {
+        let cases = [
+            (ProxyError::NoRoute, HandshakeOutcome::NoRoute),
+            (
+                ProxyError::BadHandshake(HandshakeError::MissingKey),
+                HandshakeOutcome::BadHandshake,
+            ),
+            (
+                ProxyError::BadHost(HostError::Missing),
+                HandshakeOutcome::BadHandshake,
+            ),
+            (
+                ProxyError::OriginNotAllowed,
+                HandshakeOutcome::RejectedOrigin,
+            ),
+            (ProxyError::OriginRequired, HandshakeOutcome::RejectedOrigin),
+            (
+                ProxyError::SubprotocolNotAllowed,
+                HandshakeOutcome::RejectedSubprotocol,
+            ),
+            (
+                ProxyError::SessionLimit { route: "r".into() },
+                HandshakeOutcome::SessionLimit,
+            ),
+            (
+                ProxyError::InsecureWebSocket { port: 443 },
+                HandshakeOutcome::RejectedInsecure,
+            ),
+            (
+                ProxyError::NoHealthyBackend { pool: "p".into() },
+                HandshakeOutcome::NoBackend,
+            ),
+            (
+                ProxyError::ConnectTimeout {
+                    backend: backend(),
+                    after: Duration::from_secs(1),
+                },
+                HandshakeOutcome::BackendError,
+            ),
+            (
+                ProxyError::BackendAnswer {
+                    backend: backend(),
+                    cause: AnswerError::ClosedInHead,
+                },
+                HandshakeOutcome::BackendError,
+            ),
+            (
+                ProxyError::UnrequestedUpgrade { backend: backend() },
+                HandshakeOutcome::BackendError,
+            ),
+        ];
+        for (err, outcome) in cases {
+            assert_eq!(err.handshake_outcome(), outcome, "{err}");
+            // Only the backend's own failures count against it, and they are its side.
+            assert_eq!(
+                err.counts_against_member(),
+                err.side() == Side::Upstream,
+                "{err}"
+            );
+        }
     }
 }

@@ -124,7 +124,7 @@ pub async fn handle(
             if !span.is_none() {
                 span.record("tether.error.side", side);
             }
-            let outcome = handshake_outcome(&err);
+            let outcome = err.handshake_outcome();
             let resp = if err.closes_silently() {
                 Err(status)
             } else {
@@ -204,22 +204,6 @@ pub async fn handle(
 /// True when access-log lines would be written (checked once per request).
 fn access_log_enabled() -> bool {
     tracing::enabled!(target: "tether::access", tracing::Level::INFO)
-}
-
-/// The handshake outcome a failure stands for.
-fn handshake_outcome(err: &ProxyError) -> HandshakeOutcome {
-    match err {
-        ProxyError::NoRoute => HandshakeOutcome::NoRoute,
-        ProxyError::BadHandshake(_) | ProxyError::BadHost(_) => HandshakeOutcome::BadHandshake,
-        ProxyError::OriginNotAllowed | ProxyError::OriginRequired => {
-            HandshakeOutcome::RejectedOrigin
-        }
-        ProxyError::SubprotocolNotAllowed => HandshakeOutcome::RejectedSubprotocol,
-        ProxyError::SessionLimit { .. } => HandshakeOutcome::SessionLimit,
-        ProxyError::InsecureWebSocket { .. } => HandshakeOutcome::RejectedInsecure,
-        ProxyError::NoHealthyBackend { .. } => HandshakeOutcome::NoBackend,
-        _ => HandshakeOutcome::BackendError,
-    }
 }
 
 async fn route_and_forward(

@@ -12,7 +12,7 @@ use serde::de::value::BorrowedStrDeserializer;
 use serde::de::{self, DeserializeSeed, Deserializer, IntoDeserializer, Unexpected, Visitor};
 
 use crate::error::{did_you_mean, unknown_field, ConfigError};
-use crate::sources::{Node, Value};
+use crate::tree::{Node, Value};
 
 /// Deserializes `T` from `node`, which sits at `path`.
 pub(crate) fn from_node<'de, T: de::Deserialize<'de>>(
@@ -20,15 +20,6 @@ pub(crate) fn from_node<'de, T: de::Deserialize<'de>>(
     path: &str,
 ) -> Result<T, ConfigError> {
     T::deserialize(NodeDe::new(node, path.to_owned())).map_err(DeError::into_config_error)
-}
-
-/// Deserializes a field from `node`, at `path`, with a `deserialize_with`-style function.
-pub(crate) fn from_node_with<'de, T>(
-    node: &'de Node,
-    path: &str,
-    read: impl FnOnce(NodeDe<'de>) -> Result<T, DeError>,
-) -> Result<T, ConfigError> {
-    read(NodeDe::new(node, path.to_owned())).map_err(DeError::into_config_error)
 }
 
 /// A deserialization error, located (path and source) by the innermost node it passed.
@@ -291,7 +282,7 @@ mod tests {
     use serde::Deserialize;
 
     use super::*;
-    use crate::sources::parse_str;
+    use crate::tree::parse_str;
 
     #[derive(Debug, Deserialize, PartialEq)]
     #[serde(deny_unknown_fields)]

@@ -61,12 +61,15 @@
 //! assert_eq!(config.backend_settings["chat"].request_timeout.as_secs(), 40);
 //! ```
 
+pub mod authority;
 mod de;
 mod error;
+mod lenient;
 mod model;
 mod raw;
 mod reload;
 mod sources;
+mod tree;
 pub mod units;
 mod validate;
 
@@ -117,11 +120,11 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigErrors> {
 /// Builds a configuration from one inline TOML document (source label `inline`), without
 /// the embedded default or any environment variable. For tests and embedding.
 pub fn from_toml_str(toml: &str) -> Result<Config, ConfigErrors> {
-    let root = sources::parse_str(toml, sources::INLINE).map_err(|e| ConfigErrors(vec![e]))?;
+    let root = tree::parse_str(toml, sources::INLINE).map_err(|e| ConfigErrors(vec![e]))?;
     Ok(build(&root)?.config)
 }
 
-fn build(root: &sources::Node) -> Result<validate::Validated, ConfigErrors> {
+fn build(root: &tree::Node) -> Result<validate::Validated, ConfigErrors> {
     let (raw, declared, errors) = raw::read(root);
     validate::validate(&raw, &declared, root, errors).map_err(ConfigErrors)
 }

@@ -3,41 +3,45 @@
 //! Every field is optional (defaults are applied in [`crate::validate`]) and every struct
 //! denies unknown fields, so serde fails only on structure: an unknown field or a value of
 //! the wrong shape. Values that need parsing (durations, sizes, addresses, patterns, status
-//! ranges) stay strings here. Because environment variables arrive as strings, numbers and
-//! booleans also accept their string form (`"2"`, `"true"`) and every list also accepts a
-//! comma-separated string (`"127.0.0.1:5000,127.0.0.1:5001"`).
+//! ranges) stay strings here. Every value field is a [`Lenient`] value ([`Text`], [`Num`],
+//! [`Flag`], [`List`]) whose one `Deserialize` accepts the forms of its kind: because
+//! environment variables arrive as strings, numbers and booleans also accept their string form
+//! (`"2"`, `"true"`), every list also accepts a comma-separated string
+//! (`"127.0.0.1:5000,127.0.0.1:5001"`), and every text field takes a number as written. Enums
+//! (`protocol`, `kind`, ...) are read by name.
 //!
-//! The root is read key by key and each named entry (each listener, pool, ...) on its own,
-//! so that one bad entry does not hide the errors in the others.
+//! The root is read key by key ([`TOP_LEVEL`]) and each named entry (each listener, pool, ...)
+//! on its own, so that one bad entry does not hide the errors in the others.
+//!
+//! The field list is written where each copy says something the others cannot: the structs
+//! (the schema serde checks, with `deny_unknown_fields`), `From<&Config>` (each field's human
+//! form: a duration as `40s`, a size as `1MiB`), and `Declared` (the names of the five named
+//! tables, kept even for entries that failed). The top-level keys are written once, in
+//! [`TOP_LEVEL`].
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::de::{from_node, from_node_with};
+use crate::de::from_node;
 use crate::error::{unknown_field, ConfigError};
+use crate::lenient::{Flag, Lenient, List, Num, Text};
 use crate::model::{
     format_status_range, BackendProtocol, Config, Inspect, ListenerProtocol, LoadBalancing,
     LogFormat, OnBackendUnhealthy, PoolMember, ProbeKind,
 };
-use crate::sources::{Node, Value};
+use crate::tree::{Node, Value};
 use crate::units::{format_duration, format_size};
 
 /// The whole file. Serialized by [`Config::to_toml_string`]; read by [`read`].
 #[derive(Debug, Default, Serialize)]
 pub(crate) struct RawConfig {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub workers: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shutdown_grace: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub shutdown_close_code: Option<u16>,
+    pub workers: Num<usize>,
+    pub shutdown_grace: Text,
+    pub shutdown_close_code: Num<u16>,
     /// Before every table: TOML writes plain values first.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub allow_empty: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_empty: Flag,
     pub admin: Option<RawAdmin>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub telemetry: Option<RawTelemetry>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub listeners: BTreeMap<String, RawListener>,
@@ -49,61 +53,24 @@ pub(crate) struct RawConfig {
     pub probes: BTreeMap<String, RawProbe>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub routing_rules: BTreeMap<String, RawRoutingRule>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub dns: Option<RawDns>,
 }
-
-/// The keys allowed at the top level of a configuration file.
-pub(crate) const TOP_LEVEL_KEYS: &[&str] = &[
-    "workers",
-    "shutdown_grace",
-    "shutdown_close_code",
-    "admin",
-    "telemetry",
-    "listeners",
-    "backend_pools",
-    "backend_settings",
-    "probes",
-    "routing_rules",
-    "dns",
-    "allow_empty",
-];
 
 /// `[admin]`
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, expecting = "a table of admin settings")]
 pub(crate) struct RawAdmin {
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub bind: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub token: Option<String>,
+    pub bind: Text,
+    pub token: Text,
 }
 
 /// `[dns]`
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, expecting = "a table of DNS settings")]
 pub(crate) struct RawDns {
-    #[serde(
-        deserialize_with = "lenient::list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub name_servers: Option<Vec<String>>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub min_ttl: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_ttl: Option<String>,
+    pub name_servers: List,
+    pub min_ttl: Text,
+    pub max_ttl: Text,
 }
 
 /// `[telemetry]`
@@ -114,23 +81,10 @@ pub(crate) struct RawDns {
     expecting = "a table of telemetry settings"
 )]
 pub(crate) struct RawTelemetry {
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub service_name: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub otlp_endpoint: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_name: Text,
+    pub otlp_endpoint: Text,
     pub log_format: Option<LogFormat>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub log_level: Option<String>,
+    pub log_level: Text,
 }
 
 /// `[listeners.NAME]`
@@ -141,52 +95,17 @@ pub(crate) struct RawTelemetry {
     expecting = "a table of listener settings"
 )]
 pub(crate) struct RawListener {
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub bind: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Text,
     pub protocol: Option<ListenerProtocol>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub max_request_head_bytes: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::num",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_headers: Option<usize>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub request_head_timeout: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub request_body_timeout: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_request_head_bytes: Text,
+    pub max_headers: Num<usize>,
+    pub request_head_timeout: Text,
+    pub request_body_timeout: Text,
     pub certificates: Option<Vec<RawCertificate>>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub client_ca: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub redirect_to: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::num",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_connections: Option<usize>,
-    #[serde(
-        deserialize_with = "lenient::num",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_handshakes_per_ip: Option<usize>,
+    pub client_ca: Text,
+    pub redirect_to: Text,
+    pub max_connections: Num<usize>,
+    pub max_handshakes_per_ip: Num<usize>,
 }
 
 /// `[[listeners.NAME.certificates]]`
@@ -197,21 +116,9 @@ pub(crate) struct RawListener {
     expecting = "a table with cert_file, key_file and server_names"
 )]
 pub(crate) struct RawCertificate {
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub cert_file: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub key_file: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub server_names: Option<Vec<String>>,
+    pub cert_file: Text,
+    pub key_file: Text,
+    pub server_names: List,
 }
 
 /// `[backend_pools.NAME]`
@@ -222,19 +129,9 @@ pub(crate) struct RawCertificate {
     expecting = "a table of backend pool settings"
 )]
 pub(crate) struct RawBackendPool {
-    #[serde(
-        deserialize_with = "lenient::list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub members: Option<Vec<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: List,
     pub load_balancing: Option<LoadBalancing>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub hash_key: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_key: Text,
     pub passive: Option<RawPassive>,
 }
 
@@ -246,21 +143,9 @@ pub(crate) struct RawBackendPool {
     expecting = "a table of passive health settings"
 )]
 pub(crate) struct RawPassive {
-    #[serde(
-        deserialize_with = "lenient::num",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub failures: Option<u32>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ejection: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_ejection: Option<String>,
+    pub failures: Num<u32>,
+    pub ejection: Text,
+    pub max_ejection: Text,
 }
 
 /// `[backend_settings.NAME]`
@@ -271,113 +156,34 @@ pub(crate) struct RawPassive {
     expecting = "a table of backend settings"
 )]
 pub(crate) struct RawBackendSettings {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<BackendProtocol>,
-    #[serde(
-        deserialize_with = "lenient::num",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub port: Option<u16>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub host_override: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub request_timeout: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub connect_timeout: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::num",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub retries: Option<u32>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub probe: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub ca_file: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub server_name: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub client_cert_file: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub client_key_file: Option<String>,
+    pub port: Num<u16>,
+    pub host_override: Text,
+    pub request_timeout: Text,
+    pub connect_timeout: Text,
+    pub retries: Num<u32>,
+    pub probe: Text,
+    pub ca_file: Text,
+    pub server_name: Text,
+    pub client_cert_file: Text,
+    pub client_key_file: Text,
 }
 
 /// `[probes.NAME]`
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, expecting = "a table of probe settings")]
 pub(crate) struct RawProbe {
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<BackendProtocol>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<ProbeKind>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub path: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub host: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::num",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub port: Option<u16>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub interval: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub timeout: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::num",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub unhealthy_threshold: Option<u32>,
-    #[serde(
-        deserialize_with = "lenient::num",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub healthy_threshold: Option<u32>,
-    #[serde(
-        deserialize_with = "lenient::list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub match_status: Option<Vec<String>>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub match_body: Option<String>,
+    pub path: Text,
+    pub host: Text,
+    pub port: Num<u16>,
+    pub interval: Text,
+    pub timeout: Text,
+    pub unhealthy_threshold: Num<u32>,
+    pub healthy_threshold: Num<u32>,
+    pub match_status: List,
+    pub match_body: Text,
 }
 
 /// `[routing_rules.NAME]`
@@ -388,32 +194,11 @@ pub(crate) struct RawProbe {
     expecting = "a table of routing rule settings"
 )]
 pub(crate) struct RawRoutingRule {
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub listener: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub hosts: Option<Vec<String>>,
-    #[serde(
-        deserialize_with = "lenient::list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub paths: Option<Vec<String>>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub backend_pool: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub backend_settings: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listener: Text,
+    pub hosts: List,
+    pub paths: List,
+    pub backend_pool: Text,
+    pub backend_settings: Text,
     pub websocket: Option<RawWebSocket>,
 }
 
@@ -425,46 +210,97 @@ pub(crate) struct RawRoutingRule {
     expecting = "a table of WebSocket settings"
 )]
 pub(crate) struct RawWebSocket {
-    #[serde(
-        deserialize_with = "lenient::list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub allowed_origins: Option<Vec<String>>,
-    #[serde(
-        deserialize_with = "lenient::boolean",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub require_origin: Option<bool>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub keepalive_interval: Option<String>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_message_size: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_origins: List,
+    pub require_origin: Flag,
+    pub keepalive_interval: Text,
+    pub max_message_size: Text,
     pub inspect: Option<Inspect>,
-    #[serde(
-        deserialize_with = "lenient::list",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub subprotocols: Option<Vec<String>>,
-    #[serde(
-        deserialize_with = "lenient::num",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub max_sessions: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subprotocols: List,
+    pub max_sessions: Num<u32>,
     pub on_backend_unhealthy: Option<OnBackendUnhealthy>,
-    #[serde(
-        deserialize_with = "lenient::text",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub drain_grace: Option<String>,
+    pub drain_grace: Text,
 }
+
+/// How one top-level key is read into the [`RawConfig`] (and, for named tables, the names it
+/// declares into [`Declared`]; errors of single entries go to the list).
+type ReadKey = fn(
+    &Node,
+    &str,
+    &mut RawConfig,
+    &mut Declared,
+    &mut Vec<ConfigError>,
+) -> Result<(), ConfigError>;
+
+/// Every top-level key and how it is read: the one list [`read`] dispatches on and
+/// [`TOP_LEVEL_KEYS`] is made of. Values and tables are read whole; each entry of a named table
+/// (`[listeners.NAME]`, ...) is read on its own.
+const TOP_LEVEL: [(&str, ReadKey); 12] = [
+    ("workers", |n, k, raw, _, _| {
+        from_node(n, k).map(|v| raw.workers = v)
+    }),
+    ("shutdown_grace", |n, k, raw, _, _| {
+        from_node(n, k).map(|v| raw.shutdown_grace = v)
+    }),
+    ("shutdown_close_code", |n, k, raw, _, _| {
+        from_node(n, k).map(|v| raw.shutdown_close_code = v)
+    }),
+    ("admin", |n, k, raw, _, _| {
+        from_node(n, k).map(|v| raw.admin = Some(v))
+    }),
+    ("telemetry", |n, k, raw, _, _| {
+        from_node(n, k).map(|v| raw.telemetry = Some(v))
+    }),
+    ("listeners", |n, k, raw, declared, errors| {
+        entries(n, k, &mut raw.listeners, &mut declared.listeners, errors)
+    }),
+    ("backend_pools", |n, k, raw, declared, errors| {
+        entries(
+            n,
+            k,
+            &mut raw.backend_pools,
+            &mut declared.backend_pools,
+            errors,
+        )
+    }),
+    ("backend_settings", |n, k, raw, declared, errors| {
+        entries(
+            n,
+            k,
+            &mut raw.backend_settings,
+            &mut declared.backend_settings,
+            errors,
+        )
+    }),
+    ("probes", |n, k, raw, declared, errors| {
+        entries(n, k, &mut raw.probes, &mut declared.probes, errors)
+    }),
+    ("routing_rules", |n, k, raw, declared, errors| {
+        entries(
+            n,
+            k,
+            &mut raw.routing_rules,
+            &mut declared.routing_rules,
+            errors,
+        )
+    }),
+    ("dns", |n, k, raw, _, _| {
+        from_node(n, k).map(|v| raw.dns = Some(v))
+    }),
+    ("allow_empty", |n, k, raw, _, _| {
+        from_node(n, k).map(|v| raw.allow_empty = v)
+    }),
+];
+
+/// The keys allowed at the top level of a configuration file.
+pub(crate) const TOP_LEVEL_KEYS: &[&str] = &{
+    let mut keys = [""; TOP_LEVEL.len()];
+    let mut i = 0;
+    while i < keys.len() {
+        keys[i] = TOP_LEVEL[i].0;
+        i += 1;
+    }
+    keys
+};
 
 /// Reads the merged tree into a [`RawConfig`], collecting every structural error.
 /// Entries that fail are left out; their names are still returned in `declared` so that
@@ -477,58 +313,11 @@ pub(crate) fn read(root: &Node) -> (RawConfig, Declared, Vec<ConfigError>) {
         return (raw, declared, errors);
     };
     for (key, node) in top {
-        let result = match key.as_str() {
-            "workers" => from_node_with(node, key, lenient::num).map(|v| raw.workers = v),
-            "shutdown_grace" => {
-                from_node_with(node, key, lenient::text).map(|v| raw.shutdown_grace = v)
-            }
-            "shutdown_close_code" => {
-                from_node_with(node, key, lenient::num).map(|v| raw.shutdown_close_code = v)
-            }
-            "admin" => from_node(node, key).map(|v| raw.admin = Some(v)),
-            "dns" => from_node(node, key).map(|v| raw.dns = Some(v)),
-            "allow_empty" => {
-                from_node_with(node, key, lenient::boolean).map(|v| raw.allow_empty = v)
-            }
-            "telemetry" => from_node(node, key).map(|v| raw.telemetry = Some(v)),
-            "listeners" => entries(
-                node,
+        let result = match TOP_LEVEL.iter().find(|(name, _)| name == key) {
+            Some((_, read_key)) => read_key(node, key, &mut raw, &mut declared, &mut errors),
+            None => Err(ConfigError::new(
                 key,
-                &mut raw.listeners,
-                &mut declared.listeners,
-                &mut errors,
-            ),
-            "backend_pools" => entries(
-                node,
-                key,
-                &mut raw.backend_pools,
-                &mut declared.backend_pools,
-                &mut errors,
-            ),
-            "backend_settings" => entries(
-                node,
-                key,
-                &mut raw.backend_settings,
-                &mut declared.backend_settings,
-                &mut errors,
-            ),
-            "probes" => entries(
-                node,
-                key,
-                &mut raw.probes,
-                &mut declared.probes,
-                &mut errors,
-            ),
-            "routing_rules" => entries(
-                node,
-                key,
-                &mut raw.routing_rules,
-                &mut declared.routing_rules,
-                &mut errors,
-            ),
-            other => Err(ConfigError::new(
-                other,
-                unknown_field(other, TOP_LEVEL_KEYS),
+                unknown_field(key, TOP_LEVEL_KEYS),
                 &node.source,
             )),
         };
@@ -593,45 +382,51 @@ impl From<&Config> for RawConfig {
     /// The effective configuration with every field written out in its human form.
     fn from(c: &Config) -> Self {
         Self {
-            workers: Some(c.workers),
-            shutdown_grace: Some(format_duration(c.shutdown_grace)),
-            shutdown_close_code: Some(c.shutdown_close_code),
-            allow_empty: Some(c.allow_empty),
+            workers: Lenient(Some(c.workers)),
+            shutdown_grace: Lenient(Some(format_duration(c.shutdown_grace))),
+            shutdown_close_code: Lenient(Some(c.shutdown_close_code)),
+            allow_empty: Lenient(Some(c.allow_empty)),
             admin: Some(RawAdmin {
-                bind: Some(c.admin.bind.to_string()),
-                token: c.admin.token.clone(),
+                bind: Lenient(Some(c.admin.bind.to_string())),
+                token: Lenient(c.admin.token.clone()),
             }),
             telemetry: Some(RawTelemetry {
-                service_name: Some(c.telemetry.service_name.clone()),
-                otlp_endpoint: c.telemetry.otlp_endpoint.clone(),
+                service_name: Lenient(Some(c.telemetry.service_name.clone())),
+                otlp_endpoint: Lenient(c.telemetry.otlp_endpoint.clone()),
                 log_format: Some(c.telemetry.log_format),
-                log_level: Some(c.telemetry.log_level.clone()),
+                log_level: Lenient(Some(c.telemetry.log_level.clone())),
             }),
             listeners: c
                 .listeners
                 .iter()
                 .map(|(name, l)| {
                     let raw = RawListener {
-                        bind: Some(l.bind.to_string()),
+                        bind: Lenient(Some(l.bind.to_string())),
                         protocol: Some(l.protocol),
-                        max_request_head_bytes: Some(format_size(l.max_request_head_bytes as u64)),
-                        max_headers: Some(l.max_headers),
-                        request_head_timeout: Some(format_duration(l.request_head_timeout)),
-                        request_body_timeout: Some(format_duration(l.request_body_timeout)),
-                        max_connections: Some(l.max_connections),
-                        max_handshakes_per_ip: Some(l.max_handshakes_per_ip),
+                        max_request_head_bytes: Lenient(Some(format_size(
+                            l.max_request_head_bytes as u64,
+                        ))),
+                        max_headers: Lenient(Some(l.max_headers)),
+                        request_head_timeout: Lenient(Some(format_duration(
+                            l.request_head_timeout,
+                        ))),
+                        request_body_timeout: Lenient(Some(format_duration(
+                            l.request_body_timeout,
+                        ))),
+                        max_connections: Lenient(Some(l.max_connections)),
+                        max_handshakes_per_ip: Lenient(Some(l.max_handshakes_per_ip)),
                         certificates: (!l.certificates.is_empty()).then(|| {
                             l.certificates
                                 .iter()
                                 .map(|cert| RawCertificate {
-                                    cert_file: Some(cert.cert_file.display().to_string()),
-                                    key_file: Some(cert.key_file.display().to_string()),
-                                    server_names: written(&cert.server_names),
+                                    cert_file: Lenient(Some(cert.cert_file.display().to_string())),
+                                    key_file: Lenient(Some(cert.key_file.display().to_string())),
+                                    server_names: Lenient(written(&cert.server_names)),
                                 })
                                 .collect()
                         }),
-                        client_ca: l.client_ca.as_ref().map(|p| p.display().to_string()),
-                        redirect_to: l.redirect_to.clone(),
+                        client_ca: Lenient(l.client_ca.as_ref().map(|p| p.display().to_string())),
+                        redirect_to: Lenient(l.redirect_to.clone()),
                     };
                     (name.clone(), raw)
                 })
@@ -641,13 +436,15 @@ impl From<&Config> for RawConfig {
                 .iter()
                 .map(|(name, p)| {
                     let raw = RawBackendPool {
-                        members: Some(p.members.iter().map(PoolMember::to_string).collect()),
+                        members: Lenient(Some(
+                            p.members.iter().map(PoolMember::to_string).collect(),
+                        )),
                         load_balancing: Some(p.load_balancing),
-                        hash_key: Some(p.hash_key.to_string()),
+                        hash_key: Lenient(Some(p.hash_key.to_string())),
                         passive: Some(RawPassive {
-                            failures: Some(p.passive.failures),
-                            ejection: Some(format_duration(p.passive.ejection)),
-                            max_ejection: Some(format_duration(p.passive.max_ejection)),
+                            failures: Lenient(Some(p.passive.failures)),
+                            ejection: Lenient(Some(format_duration(p.passive.ejection))),
+                            max_ejection: Lenient(Some(format_duration(p.passive.max_ejection))),
                         }),
                     };
                     (name.clone(), raw)
@@ -659,22 +456,20 @@ impl From<&Config> for RawConfig {
                 .map(|(name, s)| {
                     let raw = RawBackendSettings {
                         protocol: Some(s.protocol),
-                        port: s.port,
-                        host_override: s.host_override.clone(),
-                        request_timeout: Some(format_duration(s.request_timeout)),
-                        connect_timeout: Some(format_duration(s.connect_timeout)),
-                        retries: Some(s.retries),
-                        probe: s.probe.clone(),
-                        ca_file: s.ca_file.as_ref().map(|p| p.display().to_string()),
-                        server_name: s.server_name.clone(),
-                        client_cert_file: s
-                            .client_cert_file
-                            .as_ref()
-                            .map(|p| p.display().to_string()),
-                        client_key_file: s
-                            .client_key_file
-                            .as_ref()
-                            .map(|p| p.display().to_string()),
+                        port: Lenient(s.port),
+                        host_override: Lenient(s.host_override.clone()),
+                        request_timeout: Lenient(Some(format_duration(s.request_timeout))),
+                        connect_timeout: Lenient(Some(format_duration(s.connect_timeout))),
+                        retries: Lenient(Some(s.retries)),
+                        probe: Lenient(s.probe.clone()),
+                        ca_file: Lenient(s.ca_file.as_ref().map(|p| p.display().to_string())),
+                        server_name: Lenient(s.server_name.clone()),
+                        client_cert_file: Lenient(
+                            s.client_cert_file.as_ref().map(|p| p.display().to_string()),
+                        ),
+                        client_key_file: Lenient(
+                            s.client_key_file.as_ref().map(|p| p.display().to_string()),
+                        ),
                     };
                     (name.clone(), raw)
                 })
@@ -686,17 +481,17 @@ impl From<&Config> for RawConfig {
                     let raw = RawProbe {
                         protocol: Some(p.protocol),
                         kind: Some(p.kind),
-                        path: Some(p.path.clone()),
-                        host: p.host.clone(),
-                        port: p.port,
-                        interval: Some(format_duration(p.interval)),
-                        timeout: Some(format_duration(p.timeout)),
-                        unhealthy_threshold: Some(p.unhealthy_threshold.get()),
-                        healthy_threshold: Some(p.healthy_threshold.get()),
-                        match_status: Some(
+                        path: Lenient(Some(p.path.clone())),
+                        host: Lenient(p.host.clone()),
+                        port: Lenient(p.port),
+                        interval: Lenient(Some(format_duration(p.interval))),
+                        timeout: Lenient(Some(format_duration(p.timeout))),
+                        unhealthy_threshold: Lenient(Some(p.unhealthy_threshold.get())),
+                        healthy_threshold: Lenient(Some(p.healthy_threshold.get())),
+                        match_status: Lenient(Some(
                             p.match_status.iter().map(format_status_range).collect(),
-                        ),
-                        match_body: p.match_body.clone(),
+                        )),
+                        match_body: Lenient(p.match_body.clone()),
                     };
                     (name.clone(), raw)
                 })
@@ -707,32 +502,44 @@ impl From<&Config> for RawConfig {
                 .map(|(name, r)| {
                     let ws = &r.websocket;
                     let raw = RawRoutingRule {
-                        listener: Some(r.listener.clone()),
-                        hosts: written(&r.hosts),
-                        paths: written(&r.paths),
-                        backend_pool: Some(r.backend_pool.clone()),
-                        backend_settings: Some(r.backend_settings.clone()),
+                        listener: Lenient(Some(r.listener.clone())),
+                        hosts: Lenient(written(&r.hosts)),
+                        paths: Lenient(written(&r.paths)),
+                        backend_pool: Lenient(Some(r.backend_pool.clone())),
+                        backend_settings: Lenient(Some(r.backend_settings.clone())),
                         websocket: Some(RawWebSocket {
-                            allowed_origins: written(&ws.allowed_origins),
-                            require_origin: Some(ws.require_origin),
-                            keepalive_interval: Some(format_duration(ws.keepalive_interval)),
-                            max_message_size: ws.max_message_size.map(format_size),
+                            allowed_origins: Lenient(written(&ws.allowed_origins)),
+                            require_origin: Lenient(Some(ws.require_origin)),
+                            keepalive_interval: Lenient(Some(format_duration(
+                                ws.keepalive_interval,
+                            ))),
+                            max_message_size: Lenient(ws.max_message_size.map(format_size)),
                             inspect: Some(ws.inspect),
-                            subprotocols: written(&ws.subprotocols),
-                            max_sessions: ws.max_sessions,
+                            subprotocols: Lenient(written(&ws.subprotocols)),
+                            max_sessions: Lenient(ws.max_sessions),
                             on_backend_unhealthy: Some(ws.on_backend_unhealthy),
-                            drain_grace: Some(format_duration(ws.drain_grace)),
+                            drain_grace: Lenient(Some(format_duration(ws.drain_grace))),
                         }),
                     };
                     (name.clone(), raw)
                 })
                 .collect(),
             dns: Some(RawDns {
-                name_servers: written(&c.dns.name_servers),
-                min_ttl: Some(format_duration(c.dns.min_ttl)),
-                max_ttl: Some(format_duration(c.dns.max_ttl)),
+                name_servers: Lenient(written(&c.dns.name_servers)),
+                min_ttl: Lenient(Some(format_duration(c.dns.min_ttl))),
+                max_ttl: Lenient(Some(format_duration(c.dns.max_ttl))),
             }),
         }
+    }
+}
+
+impl Config {
+    /// The effective configuration as TOML a person can read and paste back: durations as
+    /// `40s`, sizes as `1MiB`, patterns as written. `from_toml_str` of the result gives back
+    /// an equal `Config`.
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string(&RawConfig::from(self))
+            .expect("the raw configuration holds only strings, small integers, tables and lists")
     }
 }
 
@@ -741,159 +548,202 @@ fn written<T: ToString>(items: &[T]) -> Option<Vec<String>> {
     Some(items.iter().map(ToString::to_string).collect())
 }
 
-/// Deserializers that accept the string forms environment variables arrive in.
-mod lenient {
+#[cfg(test)]
+mod tests {
     use std::fmt;
-    use std::marker::PhantomData;
 
-    use serde::de::{self, Deserialize, Deserializer, SeqAccess, Unexpected, Visitor};
+    use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 
-    /// Unsigned integer types a field may have. TOML integers stop at `i64::MAX`, so
-    /// larger values are refused (keeping every value writable back by `to_toml_string`).
-    pub(super) trait UInt: TryFrom<u64> {
-        const MAX: u64;
+    use super::*;
+    use crate::tree::parse_str;
+
+    /// Asks a derived `Deserialize` for its struct's field names, and stops there.
+    struct FieldsOf;
+
+    #[derive(Debug)]
+    struct Stop(&'static [&'static str]);
+
+    impl fmt::Display for Stop {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{:?}", self.0)
+        }
     }
 
-    macro_rules! uint {
-        ($($t:ty),*) => {$(
-            impl UInt for $t {
-                const MAX: u64 = if (<$t>::MAX as u128) < (i64::MAX as u128) { <$t>::MAX as u64 } else { i64::MAX as u64 };
+    impl std::error::Error for Stop {}
+
+    impl de::Error for Stop {
+        fn custom<T: fmt::Display>(_: T) -> Self {
+            Stop(&[])
+        }
+    }
+
+    impl<'de> Deserializer<'de> for FieldsOf {
+        type Error = Stop;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+            Err(Stop(&[]))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Stop> {
+            Err(Stop(fields))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct
+            map enum identifier ignored_any
+        }
+    }
+
+    fn fields_of<T: DeserializeOwned>() -> &'static [&'static str] {
+        T::deserialize(FieldsOf).map(|_| ()).unwrap_err().0
+    }
+
+    /// Every table of the file: how a TOML document opens it, the path its fields sit at, and
+    /// its fields.
+    fn tables() -> Vec<(&'static str, &'static str, &'static [&'static str])> {
+        vec![
+            ("", "", TOP_LEVEL_KEYS),
+            ("[admin]", "admin", fields_of::<RawAdmin>()),
+            ("[dns]", "dns", fields_of::<RawDns>()),
+            ("[telemetry]", "telemetry", fields_of::<RawTelemetry>()),
+            ("[listeners.x]", "listeners.x", fields_of::<RawListener>()),
+            (
+                "[[listeners.x.certificates]]",
+                "listeners.x.certificates[0]",
+                fields_of::<RawCertificate>(),
+            ),
+            (
+                "[backend_pools.x]",
+                "backend_pools.x",
+                fields_of::<RawBackendPool>(),
+            ),
+            (
+                "[backend_pools.x.passive]",
+                "backend_pools.x.passive",
+                fields_of::<RawPassive>(),
+            ),
+            (
+                "[backend_settings.x]",
+                "backend_settings.x",
+                fields_of::<RawBackendSettings>(),
+            ),
+            ("[probes.x]", "probes.x", fields_of::<RawProbe>()),
+            (
+                "[routing_rules.x]",
+                "routing_rules.x",
+                fields_of::<RawRoutingRule>(),
+            ),
+            (
+                "[routing_rules.x.websocket]",
+                "routing_rules.x.websocket",
+                fields_of::<RawWebSocket>(),
+            ),
+        ]
+    }
+
+    /// The forms a value may be written in, as TOML.
+    const FORMS: [&str; 6] = ["2", "\"2\"", "true", "\"TRUE\"", "[\"a\", 2]", "\"a, 2\""];
+
+    /// Which of [`FORMS`] each kind of field accepts.
+    const KINDS: [(&str, [bool; 6]); 6] = [
+        ("text", [true, true, false, true, false, true]),
+        ("number", [true, true, false, false, false, false]),
+        ("flag", [false, false, true, true, false, false]),
+        ("list", [false, true, false, true, true, true]),
+        // Enums (read by name) and tables accept none of these ...
+        ("enum or table", [false; 6]),
+        // ... except that serde reads a table from a list of its fields in order, when the
+        // list's values fit them (`admin = ["a", 2]`).
+        ("enum or table", [false, false, false, false, true, false]),
+    ];
+
+    /// The fields that are not lenient values: enums and tables.
+    const NOT_VALUES: &[&str] = &[
+        "admin",
+        "telemetry",
+        "dns",
+        "listeners",
+        "backend_pools",
+        "backend_settings",
+        "probes",
+        "routing_rules",
+        "telemetry.log_format",
+        "listeners.x.protocol",
+        "listeners.x.certificates",
+        "backend_pools.x.load_balancing",
+        "backend_pools.x.passive",
+        "backend_settings.x.protocol",
+        "probes.x.protocol",
+        "probes.x.kind",
+        "routing_rules.x.websocket",
+        "routing_rules.x.websocket.inspect",
+        "routing_rules.x.websocket.on_backend_unhealthy",
+    ];
+
+    /// Reads `field = form` in the table `open` opens; the raw configuration, or the errors
+    /// at the field's `path`.
+    fn read_one(open: &str, path: &str, field: &str, form: &str) -> Result<String, Vec<String>> {
+        let doc = format!("{open}\n{field} = {form}\n");
+        let root = parse_str(&doc, "inline").unwrap();
+        let (raw, _, errors) = read(&root);
+        let errors: Vec<String> = errors
+            .iter()
+            .filter(|e| e.path.starts_with(path))
+            .map(ToString::to_string)
+            .collect();
+        if errors.is_empty() {
+            Ok(toml::to_string(&raw).unwrap())
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// No field can read differently from the others of its kind: every field of the file
+    /// accepts exactly the forms of one kind, and the forms of one value (`2` and `"2"`,
+    /// `true` and `"TRUE"`, `["a", 2]` and `"a, 2"`) read the same.
+    #[test]
+    fn every_field_of_a_kind_accepts_the_same_forms() {
+        let mut seen = 0;
+        for (open, at, fields) in tables() {
+            for &field in fields {
+                seen += 1;
+                let path = if at.is_empty() {
+                    field.to_owned()
+                } else {
+                    format!("{at}.{field}")
+                };
+                let results: Vec<_> = FORMS
+                    .iter()
+                    .map(|form| read_one(open, &path, field, form))
+                    .collect();
+                let accepted: Vec<bool> = results.iter().map(Result::is_ok).collect();
+                let kind = KINDS
+                    .iter()
+                    .find(|(_, forms)| forms[..] == accepted[..])
+                    .map(|(kind, _)| *kind);
+                let Some(kind) = kind else {
+                    panic!("{path} reads the forms {FORMS:?} as no kind does: {results:#?}");
+                };
+                assert_eq!(
+                    kind == "enum or table",
+                    NOT_VALUES.contains(&path.as_str()),
+                    "{path} is a {kind}"
+                );
+                let same = |a: usize, b: usize| assert_eq!(results[a], results[b], "{path}");
+                match kind {
+                    "text" | "number" => same(0, 1),
+                    "flag" => same(2, 3),
+                    "list" => same(4, 5),
+                    _ => {}
+                }
             }
-        )*};
-    }
-    uint!(u16, u32, usize);
-
-    /// A non-negative integer, or its string form: `2` or `"2"`.
-    pub(super) fn num<'de, D: Deserializer<'de>, T: UInt>(d: D) -> Result<Option<T>, D::Error> {
-        d.deserialize_any(Num(PhantomData)).map(Some)
-    }
-
-    struct Num<T>(PhantomData<T>);
-
-    impl<T: UInt> Visitor<'_> for Num<T> {
-        type Value = T;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            write!(f, "a whole number from 0 to {}", T::MAX)
         }
-
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-            match T::try_from(v) {
-                Ok(n) if v <= T::MAX => Ok(n),
-                _ => Err(E::invalid_value(Unexpected::Unsigned(v), &self)),
-            }
-        }
-
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-            match u64::try_from(v) {
-                Ok(v) => self.visit_u64(v),
-                Err(_) => Err(E::invalid_value(Unexpected::Signed(v), &self)),
-            }
-        }
-
-        fn visit_str<E: de::Error>(self, s: &str) -> Result<T, E> {
-            match s.trim().parse::<u64>() {
-                Ok(v) => self.visit_u64(v),
-                Err(_) => Err(E::invalid_value(Unexpected::Str(s), &self)),
-            }
-        }
-    }
-
-    /// `true`/`false`, or their string form.
-    pub(super) fn boolean<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-        d.deserialize_any(Bool).map(Some)
-    }
-
-    struct Bool;
-
-    impl Visitor<'_> for Bool {
-        type Value = bool;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("true or false")
-        }
-
-        fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
-            Ok(v)
-        }
-
-        fn visit_str<E: de::Error>(self, s: &str) -> Result<bool, E> {
-            match s.trim().to_ascii_lowercase().as_str() {
-                "true" => Ok(true),
-                "false" => Ok(false),
-                _ => Err(E::invalid_value(Unexpected::Str(s), &self)),
-            }
-        }
-    }
-
-    /// A string; a number is taken in its written form (`max_message_size = 65536`).
-    pub(super) fn text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-        d.deserialize_any(Text).map(Some)
-    }
-
-    struct Text;
-
-    impl Visitor<'_> for Text {
-        type Value = String;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a string")
-        }
-
-        fn visit_str<E: de::Error>(self, s: &str) -> Result<String, E> {
-            Ok(s.to_owned())
-        }
-
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<String, E> {
-            Ok(v.to_string())
-        }
-
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<String, E> {
-            Ok(v.to_string())
-        }
-
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<String, E> {
-            Ok(v.to_string())
-        }
-    }
-
-    /// One list element, read like [`text`].
-    struct Item(String);
-
-    impl<'de> Deserialize<'de> for Item {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            d.deserialize_any(Text).map(Item)
-        }
-    }
-
-    /// A list of strings, or one comma-separated string (`"a, b"`; `""` is the empty list).
-    pub(super) fn list<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-        d.deserialize_any(List).map(Some)
-    }
-
-    struct List;
-
-    impl<'de> Visitor<'de> for List {
-        type Value = Vec<String>;
-
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a list or a comma-separated string")
-        }
-
-        fn visit_str<E: de::Error>(self, s: &str) -> Result<Vec<String>, E> {
-            Ok(s.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect())
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<String>, A::Error> {
-            let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0));
-            while let Some(Item(item)) = seq.next_element()? {
-                items.push(item);
-            }
-            Ok(items)
-        }
+        assert!(seen > 70, "{seen} fields");
     }
 }

@@ -9,14 +9,13 @@ use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use config::{Environment, File, FileFormat, Source as _, ValueKind};
+use config::{Environment, File, FileFormat, Source as _};
 
 use crate::error::ConfigError;
 use crate::raw::TOP_LEVEL_KEYS;
+use crate::tree::{describe, parse_str, Node, Value, BUILT_IN};
 use crate::units::format_size;
 
-/// Label of a value that no layer set: the field's built-in default.
-pub(crate) const BUILT_IN: &str = "built-in default";
 /// Label of values from the embedded default configuration.
 pub(crate) const EMBEDDED: &str = "embedded default";
 /// Label of values given to [`crate::from_toml_str`].
@@ -48,118 +47,6 @@ pub struct Sources {
     /// `std::env::vars().collect()`), this crate never reads the process environment.
     /// Variables without the `TETHER_` prefix are ignored.
     pub env: Vec<(String, String)>,
-}
-
-/// One value of the merged configuration and the layer that set it.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Node {
-    pub(crate) value: Value,
-    pub(crate) source: String,
-}
-
-/// The shape of a [`Node`].
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Value {
-    Nil,
-    Bool(bool),
-    Int(i128),
-    Float(f64),
-    Str(String),
-    List(Vec<Node>),
-    Table(BTreeMap<String, Node>),
-}
-
-impl Node {
-    fn table(source: &str, entries: BTreeMap<String, Node>) -> Self {
-        Self {
-            value: Value::Table(entries),
-            source: source.to_owned(),
-        }
-    }
-
-    /// Converts a value parsed by the `config` crate, labelling every node with `source`.
-    /// `null` table entries (YAML `~`, JSON `null`) are dropped: they mean "not set".
-    fn from_config(value: config::Value, source: &str) -> Self {
-        let value = match value.kind {
-            ValueKind::Nil => Value::Nil,
-            ValueKind::Boolean(b) => Value::Bool(b),
-            ValueKind::I64(i) => Value::Int(i.into()),
-            ValueKind::I128(i) => Value::Int(i),
-            ValueKind::U64(u) => Value::Int(u.into()),
-            ValueKind::U128(u) => {
-                i128::try_from(u).map_or_else(|_| Value::Str(u.to_string()), Value::Int)
-            }
-            ValueKind::Float(f) => Value::Float(f),
-            ValueKind::String(s) => Value::Str(s),
-            ValueKind::Table(t) => return Self::table(source, Self::entries(t, source)),
-            ValueKind::Array(items) => Value::List(
-                items
-                    .into_iter()
-                    .map(|v| Self::from_config(v, source))
-                    .collect(),
-            ),
-        };
-        Self {
-            value,
-            source: source.to_owned(),
-        }
-    }
-
-    fn entries(table: config::Map<String, config::Value>, source: &str) -> BTreeMap<String, Node> {
-        table
-            .into_iter()
-            .filter(|(_, v)| !matches!(v.kind, ValueKind::Nil))
-            .map(|(k, v)| (k, Self::from_config(v, source)))
-            .collect()
-    }
-
-    /// Lays `top` over `self`: tables merge recursively (the table keeps the label of the
-    /// layer that first declared it), anything else is replaced.
-    fn merge(&mut self, top: Node) {
-        match (&mut self.value, top.value) {
-            (Value::Table(base), Value::Table(entries)) => {
-                for (key, node) in entries {
-                    match base.get_mut(&key) {
-                        Some(existing) => existing.merge(node),
-                        None => {
-                            base.insert(key, node);
-                        }
-                    }
-                }
-            }
-            (_, value) => {
-                *self = Node {
-                    value,
-                    source: top.source,
-                }
-            }
-        }
-    }
-
-    /// The node at a dotted path such as `backend_pools.chat.members[1]`.
-    pub(crate) fn find(&self, path: &str) -> Option<&Node> {
-        path.split('.').try_fold(self, |node, segment| {
-            let (key, index) = match segment.split_once('[') {
-                Some((key, rest)) => (key, rest.strip_suffix(']')?.parse::<usize>().ok()),
-                None => (segment, None),
-            };
-            let Value::Table(entries) = &node.value else {
-                return None;
-            };
-            let child = entries.get(key)?;
-            match (index, &child.value) {
-                (None, _) => Some(child),
-                (Some(i), Value::List(items)) => items.get(i),
-                // A list given as one comma-separated string: the string holds every element.
-                (Some(_), _) => Some(child),
-            }
-        })
-    }
-
-    /// The label of the layer that set `path`, or [`BUILT_IN`] when no layer did.
-    pub(crate) fn source_of(&self, path: &str) -> &str {
-        self.find(path).map_or(BUILT_IN, |n| &n.source)
-    }
 }
 
 /// All layers merged into one tree.
@@ -206,14 +93,6 @@ pub(crate) fn layer(sources: &Sources) -> Result<Layered, Vec<ConfigError>> {
     } else {
         Err(errors)
     }
-}
-
-/// Parses one inline TOML document (label [`INLINE`]).
-pub(crate) fn parse_str(toml: &str, source: &str) -> Result<Node, ConfigError> {
-    let map = File::from_str(toml, FileFormat::Toml)
-        .collect()
-        .map_err(|e| ConfigError::new("", describe(e), source))?;
-    Ok(Node::table(source, Node::entries(map, source)))
 }
 
 /// Reads one configuration file: at most [`MAX_CONFIG_FILE_BYTES`], YAML without aliases, and
@@ -315,15 +194,6 @@ fn check_yaml(text: &str) -> Result<(), String> {
             }
             _ => {}
         }
-    }
-}
-
-/// The `config` crate's message without its trailing " in <file>" (the source label says that).
-fn describe(error: config::ConfigError) -> String {
-    match error {
-        config::ConfigError::FileParse { cause, .. } => format!("cannot parse: {cause}"),
-        config::ConfigError::Foreign(cause) => format!("cannot read: {cause}"),
-        other => other.to_string(),
     }
 }
 

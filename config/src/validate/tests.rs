@@ -401,7 +401,7 @@ fn workers_zero_is_one_per_core_and_strings_are_numbers() {
 #[test]
 fn warnings_for_unused_tables() {
     let toml = format!("{BASE}\n[listeners.spare]\nbind = \"127.0.0.1:9000\"\n[backend_pools.spare]\nmembers = [\"127.0.0.1:9\"]\n");
-    let sources = crate::sources::parse_str(&toml, "inline").unwrap();
+    let sources = crate::tree::parse_str(&toml, "inline").unwrap();
     let validated = crate::build(&sources).unwrap();
     assert_eq!(
         validated.warnings,
@@ -485,7 +485,7 @@ fn hash_key_without_consistent_hash_is_a_warning() {
         r#"members = ["127.0.0.1:5000"]"#,
         "members = [\"127.0.0.1:5000\"]\nhash_key = \"cookie:sid\"",
     );
-    let root = crate::sources::parse_str(&toml, "inline").unwrap();
+    let root = crate::tree::parse_str(&toml, "inline").unwrap();
     let validated = crate::build(&root).unwrap();
     assert_eq!(
         validated.warnings,
@@ -512,7 +512,7 @@ fn https_probes_are_accepted_and_one_pool_has_one_probe() {
             "request_timeout = \"40s\"\nprotocol = \"https\""
         )
     );
-    let root = crate::sources::parse_str(&toml, "inline").unwrap();
+    let root = crate::tree::parse_str(&toml, "inline").unwrap();
     let config = crate::build(&root).unwrap().config;
     assert_eq!(config.probes["chat"].protocol, BackendProtocol::Https);
     let toml = format!(
@@ -537,7 +537,7 @@ fn websocket_probes_warn_about_http_only_matchers() {
         "[backend_settings.chat]",
         "[backend_settings.chat]\nprobe = \"ws\"",
     ) + "\n[probes.ws]\nkind = \"websocket\"\nmatch_body = \"ok\"\n";
-    let root = crate::sources::parse_str(&toml, "inline").unwrap();
+    let root = crate::tree::parse_str(&toml, "inline").unwrap();
     let validated = crate::build(&root).unwrap();
     assert_eq!(
         validated.warnings,
@@ -545,4 +545,78 @@ fn websocket_probes_warn_about_http_only_matchers() {
             "probes.ws.match_body: not used by websocket probes: they pass on 101 Switching Protocols with a valid Sec-WebSocket-Accept [inline]"
         ]
     );
+}
+
+/// `host_override`, `probes.NAME.host` and origins are split by the data path's own parser
+/// (`authority::parse_authority`), so every host the configuration accepts is one the data
+/// path reads the same way; on top the configuration wants a DNS name or an IP address and a
+/// port from 1 to 65535.
+#[test]
+fn configured_hosts_are_authorities_the_data_path_reads() {
+    let with_host = |host: &str| {
+        BASE.replace(
+            "request_timeout = \"40s\"",
+            &format!("request_timeout = \"40s\"\nhost_override = \"{host}\""),
+        )
+    };
+    for good in [
+        "chat.internal",
+        "chat.internal:8080",
+        "Chat.Internal.",
+        "10.0.0.5:80",
+        "[::1]",
+        "[::1]:8443",
+    ] {
+        let c = from_toml_str(&with_host(good)).unwrap();
+        let kept = c.backend_settings["chat"].host_override.as_deref();
+        assert_eq!(kept, Some(good));
+        assert!(authority::parse_authority(good).is_some(), "{good}");
+    }
+    // An IPv6 literal without brackets is not a `Host` value (RFC 3986 §3.2.2): the data path
+    // would answer it 400, so the configuration refuses it too.
+    for bad in [
+        "chat.internal:",
+        "chat.internal:0",
+        "chat.internal:+80",
+        "chat.internal:65536",
+        "::1",
+        "caf%C3%A9.example",
+        "a b",
+        "",
+    ] {
+        assert_eq!(
+            one_error(&with_host(bad)),
+            format!(
+                "backend_settings.chat.host_override: invalid host \"{bad}\": expected a host name with an optional port, e.g. \"chat.internal\" or \"chat.internal:8080\" [inline]"
+            ),
+        );
+    }
+}
+
+/// Every size reads the same forms: a bare number of bytes (TOML integer or string) or a number
+/// with a unit. `max_request_head_bytes = 65536` was once refused as "expected a string" while
+/// `max_message_size = 65536` was accepted; both are the raw stage's one text form now.
+#[test]
+fn every_size_accepts_a_bare_number_of_bytes() {
+    for form in ["65536", "\"65536\"", "\"64KiB\""] {
+        let toml = BASE
+            .replace(
+                "bind = \"127.0.0.1:8080\"",
+                &format!("bind = \"127.0.0.1:8080\"\nmax_request_head_bytes = {form}"),
+            )
+            .replace(
+                "keepalive_interval = \"20s\"",
+                &format!("keepalive_interval = \"20s\"\nmax_message_size = {form}"),
+            );
+        let c = from_toml_str(&toml).unwrap();
+        assert_eq!(
+            c.listeners["public"].max_request_head_bytes, 65536,
+            "{form}"
+        );
+        assert_eq!(
+            c.routing_rules["chat"].websocket.max_message_size,
+            Some(65536),
+            "{form}"
+        );
+    }
 }

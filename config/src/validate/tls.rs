@@ -51,7 +51,7 @@ impl Checker<'_> {
             );
             return None;
         }
-        Some((client_ca?, raw.redirect_to.clone()))
+        Some((client_ca?, raw.redirect_to.0.clone()))
     }
 
     /// Each `redirect_to` names an https listener.
@@ -105,7 +105,7 @@ impl Checker<'_> {
                 }
             }
         }
-        match (&raw.client_cert_file, &raw.client_key_file) {
+        match (&raw.client_cert_file.0, &raw.client_key_file.0) {
             (Some(_), None) => {
                 self.error(&at("client_key_file"), "client_cert_file needs its key");
                 return None;
@@ -137,7 +137,7 @@ pub const EXPIRY_WARNING_DAYS: i64 = 30;
 /// listener. Run by [`crate::load`] (start-up and `tether check`), not by
 /// [`crate::from_toml_str`], so that configurations can be built without the files.
 pub(crate) fn check_files(
-    root: &crate::sources::Node,
+    root: &crate::tree::Node,
     config: &crate::Config,
 ) -> (Vec<crate::ConfigError>, Vec<String>) {
     let mut c = Checker {
@@ -462,7 +462,7 @@ bind = "127.0.0.1:8081"
             entry(&dir.join("nope.crt"), &good_k, ""),
             missing = dir.join("missing-ca.pem").display(),
         );
-        let root = crate::sources::parse_str(&toml, "inline").unwrap();
+        let root = crate::tree::parse_str(&toml, "inline").unwrap();
         let config = crate::build(&root).unwrap().config;
         let (errors, warnings) = check_files(&root, &config);
         let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();

@@ -1,260 +1,26 @@
-//! Raw → model: parses every value, applies defaults, then checks what spans fields
-//! (references between tables, the keepalive/timeout trap, overlapping rules, clashing
-//! binds). It never stops at the first problem: every error is collected, each with its
-//! field path and the layer that set the value.
+//! Conversion of each value: parses one entry's fields, applies their defaults and checks the
+//! rules that stay inside the entry (ranges, required fields, one field against its neighbour).
+//! Every entry is converted on its own, so one bad entry does not hide the errors in another.
 
-use std::collections::btree_map::Entry;
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
-use std::num::{NonZeroU32, NonZeroUsize};
-use std::time::Duration;
+use std::num::NonZeroU32;
 
-use crate::error::{did_you_mean, ConfigError, ParseError};
+use super::Checker;
+use crate::authority::parse_authority;
+use crate::error::{ConfigError, ParseError};
 use crate::model::*;
 use crate::raw::{
-    Declared, RawBackendPool, RawBackendSettings, RawConfig, RawListener, RawProbe, RawRoutingRule,
+    RawBackendPool, RawBackendSettings, RawConfig, RawListener, RawProbe, RawRoutingRule,
 };
-use crate::sources::Node;
-use crate::units::{format_duration, format_size, parse_duration, parse_size};
-
-mod tls;
-pub(crate) use tls::check_files as check_tls_files;
-
-/// A valid configuration and the warnings found on the way.
-pub(crate) struct Validated {
-    pub(crate) config: Config,
-    pub(crate) warnings: Vec<String>,
-}
-
-/// Converts and checks `raw`. `errors` are the structural errors already found while
-/// reading it; they are reported together with everything found here.
-pub(crate) fn validate(
-    raw: &RawConfig,
-    declared: &Declared,
-    root: &Node,
-    errors: Vec<ConfigError>,
-) -> Result<Validated, Vec<ConfigError>> {
-    let mut c = Checker {
-        root,
-        errors,
-        warnings: Vec::new(),
-    };
-    c.names(declared);
-
-    let workers = match raw.workers.unwrap_or(DEFAULT_WORKERS) {
-        0 => std::thread::available_parallelism().map_or(1, NonZeroUsize::get),
-        n => n,
-    };
-    let shutdown_grace = c.duration(
-        "shutdown_grace",
-        raw.shutdown_grace.as_ref(),
-        DEFAULT_SHUTDOWN_GRACE,
-    );
-    let shutdown_close_code = c.shutdown_close_code(raw);
-    let admin = c.admin(raw);
-    let telemetry = c.telemetry(raw);
-    let dns = c.dns(raw);
-    let listeners = convert(&raw.listeners, |name, l| c.listener(name, l));
-    let backend_pools = convert(&raw.backend_pools, |name, p| c.pool(name, p));
-    let backend_settings = convert(&raw.backend_settings, |name, s| c.settings(name, s));
-    let probes = convert(&raw.probes, |name, p| c.probe(name, p));
-    let routing_rules = convert(&raw.routing_rules, |name, r| c.rule(name, r));
-
-    c.references(raw, declared);
-    c.keepalive_trap(&routing_rules, &backend_settings);
-    c.overlapping_rules(&routing_rules);
-    c.clashing_binds(admin.as_ref(), &listeners);
-    c.pool_probes(&routing_rules, &backend_settings, &probes);
-    c.redirects(&listeners);
-    c.unused(raw, declared);
-
-    let Checker {
-        mut errors,
-        warnings,
-        ..
-    } = c;
-    match (shutdown_grace, shutdown_close_code, admin, telemetry, dns) {
-        (
-            Some(shutdown_grace),
-            Some(shutdown_close_code),
-            Some(admin),
-            Some(telemetry),
-            Some(dns),
-        ) if errors.is_empty() => Ok(Validated {
-            config: Config {
-                workers,
-                shutdown_grace,
-                shutdown_close_code,
-                admin,
-                telemetry,
-                listeners,
-                backend_pools,
-                backend_settings,
-                probes,
-                routing_rules,
-                dns,
-                allow_empty: raw.allow_empty.unwrap_or(DEFAULT_ALLOW_EMPTY),
-            },
-            warnings,
-        }),
-        _ => {
-            // By field path, so that the problems of one entry read together.
-            errors.sort_by(|a, b| a.path.cmp(&b.path));
-            Err(errors)
-        }
-    }
-}
-
-/// Converts every entry of a named table, keeping those that converted.
-fn convert<R, T>(
-    raw: &BTreeMap<String, R>,
-    mut f: impl FnMut(&str, &R) -> Option<T>,
-) -> BTreeMap<String, T> {
-    raw.iter()
-        .filter_map(|(name, r)| Some((name.clone(), f(name, r)?)))
-        .collect()
-}
-
-struct Checker<'a> {
-    root: &'a Node,
-    errors: Vec<ConfigError>,
-    warnings: Vec<String>,
-}
+use crate::units::{format_duration, format_size, parse_size};
 
 impl Checker<'_> {
-    /// Records an error at `path`, labelled with the layer that set `path`.
-    fn error(&mut self, path: &str, message: impl Into<String>) {
-        let source = self.root.source_of(path).to_owned();
-        self.errors.push(ConfigError::new(path, message, source));
-    }
-
-    fn warn(&mut self, path: &str, message: &str) {
-        let source = self.root.source_of(path);
-        self.warnings.push(format!("{path}: {message} [{source}]"));
-    }
-
-    fn ok<T>(&mut self, path: &str, result: Result<T, ParseError>) -> Option<T> {
-        result.map_err(|e| self.error(path, e.0)).ok()
-    }
-
-    /// A required field: missing is an error labelled with the enclosing table's layer.
-    fn required<'r>(
-        &mut self,
-        entry: &str,
-        field: &str,
-        value: &'r Option<String>,
-    ) -> Option<&'r str> {
-        if value.is_none() {
-            let source = self.root.source_of(entry).to_owned();
-            self.errors.push(ConfigError::new(
-                format!("{entry}.{field}"),
-                "missing required field",
-                source,
-            ));
-        }
-        value.as_deref()
-    }
-
-    fn duration(
-        &mut self,
-        path: &str,
-        value: Option<&String>,
-        default: Duration,
-    ) -> Option<Duration> {
-        match value {
-            None => Some(default),
-            Some(s) => self.ok(path, parse_duration(s)),
-        }
-    }
-
-    /// A duration that must not be zero.
-    fn timeout(
-        &mut self,
-        path: &str,
-        value: Option<&String>,
-        default: Duration,
-    ) -> Option<Duration> {
-        let d = self.duration(path, value, default)?;
-        if d.is_zero() {
-            self.error(path, "must be more than 0s");
-            return None;
-        }
-        Some(d)
-    }
-
-    fn bind(&mut self, path: &str, value: &str) -> Option<SocketAddr> {
-        let parsed = value.parse().map_err(|_| {
-            ParseError::new(format!(
-                "invalid address \"{value}\": expected ip:port, e.g. \"0.0.0.0:8080\""
-            ))
-        });
-        self.ok(path, parsed)
-    }
-
-    /// Parses every element; `None` if any failed (each failure is reported at `path[i]`).
-    fn list<T>(
-        &mut self,
-        path: &str,
-        items: Option<&Vec<String>>,
-        parse: impl Fn(&str) -> Result<T, ParseError>,
-    ) -> Option<Vec<T>> {
-        let mut all_ok = true;
-        let mut out = Vec::new();
-        for (i, item) in items.into_iter().flatten().enumerate() {
-            match parse(item) {
-                Ok(v) => out.push(v),
-                Err(e) => {
-                    self.error(&format!("{path}[{i}]"), e.0);
-                    all_ok = false;
-                }
-            }
-        }
-        all_ok.then_some(out)
-    }
-
-    /// An element listed twice is a mistake (usually a copy-paste one).
-    fn no_duplicates<T: PartialEq + std::fmt::Display>(&mut self, path: &str, items: &[T]) -> bool {
-        for (i, item) in items.iter().enumerate() {
-            if items[..i].contains(item) {
-                self.error(
-                    &format!("{path}[{i}]"),
-                    format!("\"{item}\" is listed twice"),
-                );
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Entry names become parts of environment variable names, so they are restricted.
-    fn names(&mut self, declared: &Declared) {
-        for (section, names) in declared.sections() {
-            for name in names {
-                let valid = name.starts_with(|c: char| c.is_ascii_lowercase())
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-                    && !name.contains("__");
-                if !valid {
-                    self.error(
-                        &format!("{section}.{name}"),
-                        format!(
-                            "invalid name \"{name}\": names must match ^[a-z][a-z0-9_]*$ and not contain \"__\", \
-                             so that every field has an environment variable name (TETHER_{}__<NAME>__<FIELD>)",
-                            section.to_ascii_uppercase()
-                        ),
-                    );
-                }
-            }
-        }
-    }
-
-    fn admin(&mut self, raw: &RawConfig) -> Option<AdminConfig> {
+    pub(super) fn admin(&mut self, raw: &RawConfig) -> Option<AdminConfig> {
         let bind = match raw.admin.as_ref().and_then(|a| a.bind.as_deref()) {
             None => Some(DEFAULT_ADMIN_BIND),
             Some(s) => self.bind("admin.bind", s),
         };
-        let token = raw.admin.as_ref().and_then(|a| a.token.clone());
+        let token = raw.admin.as_ref().and_then(|a| a.token.0.clone());
         if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
             self.error(
                 "admin.token",
@@ -265,8 +31,8 @@ impl Checker<'_> {
         Some(AdminConfig { bind: bind?, token })
     }
 
-    fn shutdown_close_code(&mut self, raw: &RawConfig) -> Option<u16> {
-        match raw.shutdown_close_code {
+    pub(super) fn shutdown_close_code(&mut self, raw: &RawConfig) -> Option<u16> {
+        match raw.shutdown_close_code.0 {
             None => Some(DEFAULT_SHUTDOWN_CLOSE_CODE),
             Some(code @ (1001 | 1012)) => Some(code),
             Some(other) => {
@@ -281,7 +47,7 @@ impl Checker<'_> {
         }
     }
 
-    fn dns(&mut self, raw: &RawConfig) -> Option<DnsConfig> {
+    pub(super) fn dns(&mut self, raw: &RawConfig) -> Option<DnsConfig> {
         let d = raw.dns.as_ref();
         let name_servers = self.list(
             "dns.name_servers",
@@ -333,9 +99,9 @@ impl Checker<'_> {
         })
     }
 
-    fn telemetry(&mut self, raw: &RawConfig) -> Option<TelemetryConfig> {
+    pub(super) fn telemetry(&mut self, raw: &RawConfig) -> Option<TelemetryConfig> {
         let t = raw.telemetry.as_ref();
-        let service_name = t.and_then(|t| t.service_name.clone());
+        let service_name = t.and_then(|t| t.service_name.0.clone());
         let service_name = match service_name {
             Some(s) if s.trim().is_empty() => {
                 self.error("telemetry.service_name", "must not be empty");
@@ -343,7 +109,7 @@ impl Checker<'_> {
             }
             other => Some(other.unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned())),
         };
-        let otlp_endpoint = t.and_then(|t| t.otlp_endpoint.clone());
+        let otlp_endpoint = t.and_then(|t| t.otlp_endpoint.0.clone());
         if let Some(url) = &otlp_endpoint {
             let rest = url
                 .strip_prefix("http://")
@@ -355,7 +121,7 @@ impl Checker<'_> {
                 );
             }
         }
-        let log_level = t.and_then(|t| t.log_level.clone());
+        let log_level = t.and_then(|t| t.log_level.0.clone());
         let log_level = match log_level {
             Some(s) if s.trim().is_empty() => {
                 self.error("telemetry.log_level", "must not be empty (e.g. \"info\")");
@@ -371,7 +137,7 @@ impl Checker<'_> {
         })
     }
 
-    fn listener(&mut self, name: &str, raw: &RawListener) -> Option<ListenerConfig> {
+    pub(super) fn listener(&mut self, name: &str, raw: &RawListener) -> Option<ListenerConfig> {
         let entry = format!("listeners.{name}");
         let at = |field: &str| format!("{entry}.{field}");
         let bind = self
@@ -380,7 +146,7 @@ impl Checker<'_> {
         let protocol = raw.protocol.unwrap_or(DEFAULT_LISTENER_PROTOCOL);
         let certificates = self.certificates(&entry, protocol, raw);
         let listener_tls = self.listener_tls(&entry, protocol, raw);
-        let max_request_head_bytes = match &raw.max_request_head_bytes {
+        let max_request_head_bytes = match &raw.max_request_head_bytes.0 {
             None => Some(DEFAULT_MAX_REQUEST_HEAD_BYTES),
             Some(s) => self
                 .ok(&at("max_request_head_bytes"), parse_size(s))
@@ -433,7 +199,7 @@ impl Checker<'_> {
     }
 
     /// Certificate entries are checked for presence only; the files are read at start-up.
-    fn certificates(
+    pub(super) fn certificates(
         &mut self,
         entry: &str,
         protocol: ListenerProtocol,
@@ -487,14 +253,14 @@ impl Checker<'_> {
         certs
     }
 
-    fn pool(&mut self, name: &str, raw: &RawBackendPool) -> Option<BackendPoolConfig> {
+    pub(super) fn pool(&mut self, name: &str, raw: &RawBackendPool) -> Option<BackendPoolConfig> {
         let path = format!("backend_pools.{name}.members");
         let members = self
             .list(&path, raw.members.as_ref(), str::parse::<PoolMember>)
             .and_then(|members| self.pool_members(name, raw, members));
         let at = |field: &str| format!("backend_pools.{name}.{field}");
         let load_balancing = raw.load_balancing.unwrap_or(DEFAULT_LOAD_BALANCING);
-        let hash_key = match &raw.hash_key {
+        let hash_key = match &raw.hash_key.0 {
             None => Some(DEFAULT_HASH_KEY),
             Some(s) => {
                 if load_balancing != LoadBalancing::ConsistentHash {
@@ -517,7 +283,7 @@ impl Checker<'_> {
     }
 
     /// A pool's member list: not empty, no address twice.
-    fn pool_members(
+    pub(super) fn pool_members(
         &mut self,
         name: &str,
         raw: &RawBackendPool,
@@ -541,7 +307,11 @@ impl Checker<'_> {
         self.no_duplicates(&path, &addresses).then_some(members)
     }
 
-    fn passive(&mut self, entry: &str, pool: &RawBackendPool) -> Option<PassiveHealthConfig> {
+    pub(super) fn passive(
+        &mut self,
+        entry: &str,
+        pool: &RawBackendPool,
+    ) -> Option<PassiveHealthConfig> {
         let raw = pool.passive.as_ref();
         let at = |field: &str| format!("{entry}.{field}");
         let ejection = self.timeout(
@@ -570,17 +340,21 @@ impl Checker<'_> {
         };
         Some(PassiveHealthConfig {
             failures: raw
-                .and_then(|p| p.failures)
+                .and_then(|p| p.failures.0)
                 .unwrap_or(DEFAULT_PASSIVE_FAILURES),
             ejection: ejection?,
             max_ejection: max_ejection?,
         })
     }
 
-    fn settings(&mut self, name: &str, raw: &RawBackendSettings) -> Option<BackendSettingsConfig> {
+    pub(super) fn settings(
+        &mut self,
+        name: &str,
+        raw: &RawBackendSettings,
+    ) -> Option<BackendSettingsConfig> {
         let at = |field: &str| format!("backend_settings.{name}.{field}");
-        let port = self.port(&at("port"), raw.port);
-        let host_override = match &raw.host_override {
+        let port = self.port(&at("port"), raw.port.0);
+        let host_override = match &raw.host_override.0 {
             None => Some(None),
             Some(s) => self
                 .ok(&at("host_override"), parse_host_header(s))
@@ -617,7 +391,7 @@ impl Checker<'_> {
             request_timeout: request_timeout?,
             connect_timeout: connect_timeout?,
             retries: retries?,
-            probe: raw.probe.clone(),
+            probe: raw.probe.0.clone(),
             ca_file: tls.ca_file,
             server_name: tls.server_name,
             client_cert_file: tls.client_cert_file,
@@ -626,7 +400,7 @@ impl Checker<'_> {
     }
 
     /// An optional port: 0 is never a usable destination.
-    fn port(&mut self, path: &str, port: Option<u16>) -> Option<Option<u16>> {
+    pub(super) fn port(&mut self, path: &str, port: Option<u16>) -> Option<Option<u16>> {
         if port == Some(0) {
             self.error(path, "must be a port from 1 to 65535");
             return None;
@@ -634,7 +408,7 @@ impl Checker<'_> {
         Some(port)
     }
 
-    fn probe(&mut self, name: &str, raw: &RawProbe) -> Option<ProbeConfig> {
+    pub(super) fn probe(&mut self, name: &str, raw: &RawProbe) -> Option<ProbeConfig> {
         let at = |field: &str| format!("probes.{name}.{field}");
         let path = match raw.path.as_deref().unwrap_or(DEFAULT_PROBE_PATH) {
             p if p.starts_with('/') && !p.contains(char::is_whitespace) => Some(p.to_owned()),
@@ -646,11 +420,11 @@ impl Checker<'_> {
                 None
             }
         };
-        let host = match &raw.host {
+        let host = match &raw.host.0 {
             None => Some(None),
             Some(s) => self.ok(&at("host"), parse_host_header(s)).map(Some),
         };
-        let port = self.port(&at("port"), raw.port);
+        let port = self.port(&at("port"), raw.port.0);
         let protocol = raw.protocol.unwrap_or(DEFAULT_PROBE_PROTOCOL);
         let interval = self.timeout(
             &at("interval"),
@@ -674,15 +448,15 @@ impl Checker<'_> {
         };
         let unhealthy_threshold = self.threshold(
             &at("unhealthy_threshold"),
-            raw.unhealthy_threshold,
+            raw.unhealthy_threshold.0,
             DEFAULT_UNHEALTHY_THRESHOLD,
         );
         let healthy_threshold = self.threshold(
             &at("healthy_threshold"),
-            raw.healthy_threshold,
+            raw.healthy_threshold.0,
             DEFAULT_HEALTHY_THRESHOLD,
         );
-        let match_status = match &raw.match_status {
+        let match_status = match &raw.match_status.0 {
             None => Some(vec![DEFAULT_MATCH_STATUS]),
             Some(list) if list.is_empty() => {
                 self.error(
@@ -718,12 +492,12 @@ impl Checker<'_> {
             unhealthy_threshold: unhealthy_threshold?,
             healthy_threshold: healthy_threshold?,
             match_status: match_status?,
-            match_body: raw.match_body.clone(),
+            match_body: raw.match_body.0.clone(),
             kind,
         })
     }
 
-    fn threshold(
+    pub(super) fn threshold(
         &mut self,
         path: &str,
         value: Option<u32>,
@@ -738,7 +512,7 @@ impl Checker<'_> {
         }
     }
 
-    fn rule(&mut self, name: &str, raw: &RawRoutingRule) -> Option<RoutingRuleConfig> {
+    pub(super) fn rule(&mut self, name: &str, raw: &RawRoutingRule) -> Option<RoutingRuleConfig> {
         let entry = format!("routing_rules.{name}");
         let at = |field: &str| format!("{entry}.{field}");
         let listener = self.required(&entry, "listener", &raw.listener);
@@ -762,7 +536,11 @@ impl Checker<'_> {
         })
     }
 
-    fn websocket(&mut self, entry: &str, rule: &RawRoutingRule) -> Option<WebSocketConfig> {
+    pub(super) fn websocket(
+        &mut self,
+        entry: &str,
+        rule: &RawRoutingRule,
+    ) -> Option<WebSocketConfig> {
         let raw = rule.websocket.as_ref();
         let at = |field: &str| format!("{entry}.{field}");
         let allowed_origins = self
@@ -799,7 +577,7 @@ impl Checker<'_> {
                 )))
             }
         });
-        let max_sessions = match raw.and_then(|w| w.max_sessions) {
+        let max_sessions = match raw.and_then(|w| w.max_sessions.0) {
             Some(0) => {
                 self.error(
                     &at("max_sessions"),
@@ -817,7 +595,7 @@ impl Checker<'_> {
         Some(WebSocketConfig {
             allowed_origins: allowed_origins?,
             require_origin: raw
-                .and_then(|w| w.require_origin)
+                .and_then(|w| w.require_origin.0)
                 .unwrap_or(DEFAULT_REQUIRE_ORIGIN),
             keepalive_interval: keepalive_interval?,
             max_message_size: max_message_size?,
@@ -830,273 +608,20 @@ impl Checker<'_> {
             drain_grace: drain_grace?,
         })
     }
-
-    /// Every name a rule or settings table refers to must exist.
-    fn references(&mut self, raw: &RawConfig, declared: &Declared) {
-        for (name, rule) in &raw.routing_rules {
-            let refs = [
-                ("listener", &rule.listener, &declared.listeners, "listener"),
-                (
-                    "backend_pool",
-                    &rule.backend_pool,
-                    &declared.backend_pools,
-                    "backend pool",
-                ),
-                (
-                    "backend_settings",
-                    &rule.backend_settings,
-                    &declared.backend_settings,
-                    "backend settings",
-                ),
-            ];
-            for (field, value, names, what) in refs {
-                self.reference(
-                    &format!("routing_rules.{name}.{field}"),
-                    value.as_deref(),
-                    names,
-                    what,
-                );
-            }
-        }
-        for (name, settings) in &raw.backend_settings {
-            let path = format!("backend_settings.{name}.probe");
-            self.reference(&path, settings.probe.as_deref(), &declared.probes, "probe");
-        }
-    }
-
-    fn reference(&mut self, path: &str, target: Option<&str>, names: &[String], what: &str) {
-        if let Some(target) = target {
-            if !names.iter().any(|n| n == target) {
-                let hint = did_you_mean(target, names.iter().map(String::as_str));
-                self.error(path, format!("no {what} named \"{target}\"{hint}"));
-            }
-        }
-    }
-
-    /// Application Gateway's documented pitfall, turned into an error: the backend request
-    /// timeout also bounds an idle WebSocket session, so it must outlast the ping interval.
-    fn keepalive_trap(
-        &mut self,
-        rules: &BTreeMap<String, RoutingRuleConfig>,
-        settings: &BTreeMap<String, BackendSettingsConfig>,
-    ) {
-        for (name, rule) in rules {
-            let keepalive = rule.websocket.keepalive_interval;
-            let Some(s) = settings.get(&rule.backend_settings) else {
-                continue;
-            };
-            if !keepalive.is_zero() && s.request_timeout <= keepalive {
-                self.error(
-                    &format!("backend_settings.{}.request_timeout", s.name),
-                    format!(
-                        "{} must exceed the keepalive_interval {} of routing rule \"{name}\": an idle \
-                         WebSocket session would be cut by the request timeout before the first ping, and \
-                         clients would see close code 1006 (the Application Gateway pitfall); raise \
-                         request_timeout (e.g. to {}) or lower routing_rules.{name}.websocket.keepalive_interval",
-                        format_duration(s.request_timeout),
-                        format_duration(keepalive),
-                        format_duration(keepalive.saturating_mul(2)),
-                    ),
-                );
-            }
-        }
-    }
-
-    /// Two rules on one listener must not claim the same (host, path).
-    fn overlapping_rules(&mut self, rules: &BTreeMap<String, RoutingRuleConfig>) {
-        let mut claims = BTreeMap::new();
-        let mut reported = BTreeSet::new();
-        for (name, rule) in rules {
-            // No hosts means any host (`None`); no paths means every path (`None`).
-            let hosts: Vec<Option<&HostPattern>> = if rule.hosts.is_empty() {
-                vec![None]
-            } else {
-                rule.hosts.iter().map(Some).collect()
-            };
-            let paths: Vec<Option<&PathPattern>> = if rule.paths.is_empty() {
-                vec![None]
-            } else {
-                rule.paths.iter().map(Some).collect()
-            };
-            for &host in &hosts {
-                for &path in &paths {
-                    let other = match claims.entry((rule.listener.as_str(), host, path)) {
-                        Entry::Vacant(e) => {
-                            e.insert(name.as_str());
-                            continue;
-                        }
-                        Entry::Occupied(e) => *e.get(),
-                    };
-                    if !reported.insert((other, name.as_str())) {
-                        continue;
-                    }
-                    let field = match (rule.paths.is_empty(), rule.hosts.is_empty()) {
-                        (false, _) => format!("routing_rules.{name}.paths"),
-                        (true, false) => format!("routing_rules.{name}.hosts"),
-                        (true, true) => format!("routing_rules.{name}"),
-                    };
-                    let host = host.map_or("any host".to_owned(), |h| format!("host \"{h}\""));
-                    let path = path.map_or("every path".to_owned(), |p| format!("path \"{p}\""));
-                    self.error(
-                        &field,
-                        format!(
-                            "routing rules \"{other}\" and \"{name}\" both claim {host}, {path} on listener \"{}\"",
-                            rule.listener
-                        ),
-                    );
-                }
-            }
-        }
-    }
-
-    /// One pool has one prober: every rule that uses a pool must agree on the probe and the
-    /// port it probes, or the pool's health would depend on which rule looked.
-    fn pool_probes(
-        &mut self,
-        rules: &BTreeMap<String, RoutingRuleConfig>,
-        settings: &BTreeMap<String, BackendSettingsConfig>,
-        probes: &BTreeMap<String, ProbeConfig>,
-    ) {
-        // pool -> (rule, probe name, probed port) of the first rule that probes it
-        let mut first: BTreeMap<&str, (&str, &str, Option<u16>)> = BTreeMap::new();
-        for (rule_name, rule) in rules {
-            let Some(s) = settings.get(&rule.backend_settings) else {
-                continue;
-            };
-            let Some(probe) = s.probe.as_ref().and_then(|p| probes.get(p)) else {
-                continue;
-            };
-            let port = probe.port.or(s.port);
-            match first.entry(rule.backend_pool.as_str()) {
-                Entry::Vacant(e) => {
-                    e.insert((rule_name, probe.name.as_str(), port));
-                }
-                Entry::Occupied(e) => {
-                    let (other, other_probe, other_port) = *e.get();
-                    if other_probe != probe.name || other_port != port {
-                        let port_text = |p: Option<u16>| {
-                            p.map_or("each member's port".to_owned(), |p| format!("port {p}"))
-                        };
-                        self.error(
-                            &format!("routing_rules.{rule_name}.backend_settings"),
-                            format!(
-                                "backend pool \"{}\" would be probed by probe \"{}\" on {} here but by probe \"{other_probe}\" \
-                                 on {} through routing rule \"{other}\"; a pool has one prober, so rules sharing a pool \
-                                 must use settings with the same probe and port",
-                                rule.backend_pool,
-                                probe.name,
-                                port_text(port),
-                                port_text(other_port),
-                            ),
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    /// Two sockets cannot bind the same port on overlapping addresses.
-    fn clashing_binds(
-        &mut self,
-        admin: Option<&AdminConfig>,
-        listeners: &BTreeMap<String, ListenerConfig>,
-    ) {
-        let clash = |a: SocketAddr, b: SocketAddr| {
-            a.port() != 0
-                && a.port() == b.port()
-                && a.is_ipv4() == b.is_ipv4()
-                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-        };
-        let all: Vec<(&str, SocketAddr)> = listeners
-            .iter()
-            .map(|(n, l)| (n.as_str(), l.bind))
-            .collect();
-        for (i, &(name, bind)) in all.iter().enumerate() {
-            if let Some((other, _)) = all[..i].iter().find(|&&(_, b)| clash(b, bind)) {
-                self.error(
-                    &format!("listeners.{name}.bind"),
-                    format!("{bind} overlaps the bind address of listener \"{other}\""),
-                );
-            }
-        }
-        if let Some(admin) = admin {
-            if let Some((other, _)) = all.iter().find(|&&(_, b)| clash(b, admin.bind)) {
-                self.error(
-                    "admin.bind",
-                    format!(
-                        "{} overlaps the bind address of listener \"{other}\"",
-                        admin.bind
-                    ),
-                );
-            }
-        }
-    }
-
-    /// Tables nothing refers to are probably mistakes, but harmless: warnings.
-    fn unused(&mut self, raw: &RawConfig, declared: &Declared) {
-        let rules = raw.routing_rules.values();
-        let used = |pick: fn(&RawRoutingRule) -> &Option<String>| -> BTreeSet<&str> {
-            rules.clone().filter_map(|r| pick(r).as_deref()).collect()
-        };
-        let probes: BTreeSet<&str> = raw
-            .backend_settings
-            .values()
-            .filter_map(|s| s.probe.as_deref())
-            .collect();
-        let checks = [
-            (
-                "listeners",
-                &declared.listeners,
-                used(|r| &r.listener),
-                "no routing rule uses this listener",
-            ),
-            (
-                "backend_pools",
-                &declared.backend_pools,
-                used(|r| &r.backend_pool),
-                "no routing rule uses this backend pool",
-            ),
-            (
-                "backend_settings",
-                &declared.backend_settings,
-                used(|r| &r.backend_settings),
-                "no routing rule uses these backend settings",
-            ),
-            (
-                "probes",
-                &declared.probes,
-                probes,
-                "no backend settings use this probe",
-            ),
-        ];
-        for (section, names, used, message) in checks {
-            for name in names.iter().filter(|n| !used.contains(n.as_str())) {
-                self.warn(&format!("{section}.{name}"), message);
-            }
-        }
-        if declared.routing_rules.is_empty() && !declared.listeners.is_empty() {
-            self.warn(
-                "routing_rules",
-                "no routing rules: the listeners will proxy nothing",
-            );
-        }
-    }
 }
 
-/// `Host` header value: a host name or IP address, optionally with `:port`.
+/// A `Host` value Tether sends (`host_override`, `probes.NAME.host`) or an origin's authority:
+/// `uri-host [ ":" port ]` as [`parse_authority`] reads it on the data path, with the
+/// configuration's stricter rules on top: the host is a DNS name or an IP address (IPv6 in
+/// brackets), and a port, when written, is a number from 1 to 65535.
 fn parse_host_header(s: &str) -> Result<String, ParseError> {
-    let (host, port) = match s.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') || h.ends_with(']') => (h, Some(p)),
-        _ => (s, None),
-    };
-    let host_ok = is_hostname(host)
-        || host.parse::<IpAddr>().is_ok()
-        || host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .is_some_and(|v6| v6.parse::<std::net::Ipv6Addr>().is_ok());
-    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p != 0));
-    if host_ok && port_ok {
+    let valid = parse_authority(s).is_some_and(|a| {
+        (is_hostname(a.host) || a.host.parse::<IpAddr>().is_ok())
+            && a.port != Some(0)
+            // `host:` parses (an empty port counts as none) but is a port left out by mistake.
+            && !s.ends_with(':')
+    });
+    if valid {
         Ok(s.to_owned())
     } else {
         Err(ParseError::new(format!(
@@ -1137,6 +662,3 @@ fn parse_origin(s: &str) -> Result<String, ParseError> {
             invalid("expected scheme://host[:port], e.g. \"https://chat.example.com\"".to_owned())
         })
 }
-
-#[cfg(test)]
-mod tests;

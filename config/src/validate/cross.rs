@@ -1,0 +1,272 @@
+//! Checks that span entries: references between tables, the keepalive/timeout trap,
+//! overlapping rules, one prober per pool, clashing binds, and unused tables (warnings). They
+//! run on the converted values, after every entry has been converted.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use super::Checker;
+use crate::error::did_you_mean;
+use crate::model::*;
+use crate::raw::{Declared, RawConfig, RawRoutingRule};
+use crate::units::format_duration;
+
+impl Checker<'_> {
+    /// Every name a rule or settings table refers to must exist.
+    pub(super) fn references(&mut self, raw: &RawConfig, declared: &Declared) {
+        for (name, rule) in &raw.routing_rules {
+            let refs = [
+                ("listener", &rule.listener, &declared.listeners, "listener"),
+                (
+                    "backend_pool",
+                    &rule.backend_pool,
+                    &declared.backend_pools,
+                    "backend pool",
+                ),
+                (
+                    "backend_settings",
+                    &rule.backend_settings,
+                    &declared.backend_settings,
+                    "backend settings",
+                ),
+            ];
+            for (field, value, names, what) in refs {
+                self.reference(
+                    &format!("routing_rules.{name}.{field}"),
+                    value.as_deref(),
+                    names,
+                    what,
+                );
+            }
+        }
+        for (name, settings) in &raw.backend_settings {
+            let path = format!("backend_settings.{name}.probe");
+            self.reference(&path, settings.probe.as_deref(), &declared.probes, "probe");
+        }
+    }
+
+    pub(super) fn reference(
+        &mut self,
+        path: &str,
+        target: Option<&str>,
+        names: &[String],
+        what: &str,
+    ) {
+        if let Some(target) = target {
+            if !names.iter().any(|n| n == target) {
+                let hint = did_you_mean(target, names.iter().map(String::as_str));
+                self.error(path, format!("no {what} named \"{target}\"{hint}"));
+            }
+        }
+    }
+
+    /// Application Gateway's documented pitfall, turned into an error: the backend request
+    /// timeout also bounds an idle WebSocket session, so it must outlast the ping interval.
+    pub(super) fn keepalive_trap(
+        &mut self,
+        rules: &BTreeMap<String, RoutingRuleConfig>,
+        settings: &BTreeMap<String, BackendSettingsConfig>,
+    ) {
+        for (name, rule) in rules {
+            let keepalive = rule.websocket.keepalive_interval;
+            let Some(s) = settings.get(&rule.backend_settings) else {
+                continue;
+            };
+            if !keepalive.is_zero() && s.request_timeout <= keepalive {
+                self.error(
+                    &format!("backend_settings.{}.request_timeout", s.name),
+                    format!(
+                        "{} must exceed the keepalive_interval {} of routing rule \"{name}\": an idle \
+                         WebSocket session would be cut by the request timeout before the first ping, and \
+                         clients would see close code 1006 (the Application Gateway pitfall); raise \
+                         request_timeout (e.g. to {}) or lower routing_rules.{name}.websocket.keepalive_interval",
+                        format_duration(s.request_timeout),
+                        format_duration(keepalive),
+                        format_duration(keepalive.saturating_mul(2)),
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Two rules on one listener must not claim the same (host, path).
+    pub(super) fn overlapping_rules(&mut self, rules: &BTreeMap<String, RoutingRuleConfig>) {
+        let mut claims = BTreeMap::new();
+        let mut reported = BTreeSet::new();
+        for (name, rule) in rules {
+            // No hosts means any host (`None`); no paths means every path (`None`).
+            let hosts: Vec<Option<&HostPattern>> = if rule.hosts.is_empty() {
+                vec![None]
+            } else {
+                rule.hosts.iter().map(Some).collect()
+            };
+            let paths: Vec<Option<&PathPattern>> = if rule.paths.is_empty() {
+                vec![None]
+            } else {
+                rule.paths.iter().map(Some).collect()
+            };
+            for &host in &hosts {
+                for &path in &paths {
+                    let other = match claims.entry((rule.listener.as_str(), host, path)) {
+                        Entry::Vacant(e) => {
+                            e.insert(name.as_str());
+                            continue;
+                        }
+                        Entry::Occupied(e) => *e.get(),
+                    };
+                    if !reported.insert((other, name.as_str())) {
+                        continue;
+                    }
+                    let field = match (rule.paths.is_empty(), rule.hosts.is_empty()) {
+                        (false, _) => format!("routing_rules.{name}.paths"),
+                        (true, false) => format!("routing_rules.{name}.hosts"),
+                        (true, true) => format!("routing_rules.{name}"),
+                    };
+                    let host = host.map_or("any host".to_owned(), |h| format!("host \"{h}\""));
+                    let path = path.map_or("every path".to_owned(), |p| format!("path \"{p}\""));
+                    self.error(
+                        &field,
+                        format!(
+                            "routing rules \"{other}\" and \"{name}\" both claim {host}, {path} on listener \"{}\"",
+                            rule.listener
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// One pool has one prober: every rule that uses a pool must agree on the probe and the
+    /// port it probes, or the pool's health would depend on which rule looked.
+    pub(super) fn pool_probes(
+        &mut self,
+        rules: &BTreeMap<String, RoutingRuleConfig>,
+        settings: &BTreeMap<String, BackendSettingsConfig>,
+        probes: &BTreeMap<String, ProbeConfig>,
+    ) {
+        // pool -> (rule, probe name, probed port) of the first rule that probes it
+        let mut first: BTreeMap<&str, (&str, &str, Option<u16>)> = BTreeMap::new();
+        for (rule_name, rule) in rules {
+            let Some(s) = settings.get(&rule.backend_settings) else {
+                continue;
+            };
+            let Some(probe) = s.probe.as_ref().and_then(|p| probes.get(p)) else {
+                continue;
+            };
+            let port = probe.port.or(s.port);
+            match first.entry(rule.backend_pool.as_str()) {
+                Entry::Vacant(e) => {
+                    e.insert((rule_name, probe.name.as_str(), port));
+                }
+                Entry::Occupied(e) => {
+                    let (other, other_probe, other_port) = *e.get();
+                    if other_probe != probe.name || other_port != port {
+                        let port_text = |p: Option<u16>| {
+                            p.map_or("each member's port".to_owned(), |p| format!("port {p}"))
+                        };
+                        self.error(
+                            &format!("routing_rules.{rule_name}.backend_settings"),
+                            format!(
+                                "backend pool \"{}\" would be probed by probe \"{}\" on {} here but by probe \"{other_probe}\" \
+                                 on {} through routing rule \"{other}\"; a pool has one prober, so rules sharing a pool \
+                                 must use settings with the same probe and port",
+                                rule.backend_pool,
+                                probe.name,
+                                port_text(port),
+                                port_text(other_port),
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Two sockets cannot bind the same port on overlapping addresses.
+    pub(super) fn clashing_binds(
+        &mut self,
+        admin: Option<&AdminConfig>,
+        listeners: &BTreeMap<String, ListenerConfig>,
+    ) {
+        let clash = |a: SocketAddr, b: SocketAddr| {
+            a.port() != 0
+                && a.port() == b.port()
+                && a.is_ipv4() == b.is_ipv4()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        };
+        let all: Vec<(&str, SocketAddr)> = listeners
+            .iter()
+            .map(|(n, l)| (n.as_str(), l.bind))
+            .collect();
+        for (i, &(name, bind)) in all.iter().enumerate() {
+            if let Some((other, _)) = all[..i].iter().find(|&&(_, b)| clash(b, bind)) {
+                self.error(
+                    &format!("listeners.{name}.bind"),
+                    format!("{bind} overlaps the bind address of listener \"{other}\""),
+                );
+            }
+        }
+        if let Some(admin) = admin {
+            if let Some((other, _)) = all.iter().find(|&&(_, b)| clash(b, admin.bind)) {
+                self.error(
+                    "admin.bind",
+                    format!(
+                        "{} overlaps the bind address of listener \"{other}\"",
+                        admin.bind
+                    ),
+                );
+            }
+        }
+    }
+
+    /// Tables nothing refers to are probably mistakes, but harmless: warnings.
+    pub(super) fn unused(&mut self, raw: &RawConfig, declared: &Declared) {
+        let rules = raw.routing_rules.values();
+        let used = |pick: fn(&RawRoutingRule) -> &Option<String>| -> BTreeSet<&str> {
+            rules.clone().filter_map(|r| pick(r).as_deref()).collect()
+        };
+        let probes: BTreeSet<&str> = raw
+            .backend_settings
+            .values()
+            .filter_map(|s| s.probe.as_deref())
+            .collect();
+        let checks = [
+            (
+                "listeners",
+                &declared.listeners,
+                used(|r| &r.listener),
+                "no routing rule uses this listener",
+            ),
+            (
+                "backend_pools",
+                &declared.backend_pools,
+                used(|r| &r.backend_pool),
+                "no routing rule uses this backend pool",
+            ),
+            (
+                "backend_settings",
+                &declared.backend_settings,
+                used(|r| &r.backend_settings),
+                "no routing rule uses these backend settings",
+            ),
+            (
+                "probes",
+                &declared.probes,
+                probes,
+                "no backend settings use this probe",
+            ),
+        ];
+        for (section, names, used, message) in checks {
+            for name in names.iter().filter(|n| !used.contains(n.as_str())) {
+                self.warn(&format!("{section}.{name}"), message);
+            }
+        }
+        if declared.routing_rules.is_empty() && !declared.listeners.is_empty() {
+            self.warn(
+                "routing_rules",
+                "no routing rules: the listeners will proxy nothing",
+            );
+        }
+    }
+}
