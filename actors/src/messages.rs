@@ -19,9 +19,10 @@ use actix::{Message, Recipient, WeakAddr};
 
 use crate::balance::Member;
 use crate::listener::ListenerInfo;
+use crate::outcome::{SessionId, SessionSummary};
 use crate::prober::ProbeOutcome;
 use crate::route_table::BackendsStatus;
-use crate::session::{SessionActor, SessionId, SessionSummary};
+use crate::session::SessionActor;
 
 /// A connection a listener accepted, handed to the worker on the same arbiter (`do_send`, once
 /// per connection: a push on a local mailbox, no other thread is woken).

@@ -48,9 +48,10 @@ use crate::messages::{
     MemberHealthChanged, MembersResolved, ProbeTargets, RecentEndings, SessionEnded, SessionOpened,
     SessionStatsQuery, SessionsChanged, SessionsReport,
 };
+use crate::outcome::SessionId;
 use crate::prober::Health;
 use crate::resolver::DnsMember;
-use crate::session::{SessionActor, SessionId};
+use crate::session::SessionActor;
 
 /// The shared handle through which the route table publishes snapshots and everyone else reads
 /// them.
@@ -769,7 +770,7 @@ impl RouteTableActor {
                 ended_ms_ago: 0,
                 duration_ms: summary.duration.as_millis() as u64,
                 cause: o.cause.as_str(),
-                initiator: o.initiator.map(crate::pump::Initiator::as_str),
+                initiator: o.initiator.map(crate::outcome::Initiator::as_str),
                 client_close_code: o.client_close.as_ref().and_then(|c| c.code),
                 backend_close_code: o.backend_close.as_ref().and_then(|c| c.code),
                 tether_close_code: o.tether_close,
