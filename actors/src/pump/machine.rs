@@ -3,9 +3,10 @@
 //! [`Session`] is fed events by its driver ([`super::Pumping`]): bytes read in a direction, the
 //! end of a source, a source hanging up while it is not read, a destination that became
 //! writable (or failed), the timer (`now` is always an argument, never read here) and drain
-//! orders. It answers through a [`Wire`], in the style of [`crate::frame`]'s [`Sink`]: forward
-//! these bytes to a destination (the wire says how many it took; the core keeps the rest),
-//! shut down a destination's write side, close the client's socket. Frames of Tether's own
+//! orders. It answers through a [`Wire`], in the style of [`crate::frame`]'s
+//! [`Sink`](crate::frame::Sink): forward these bytes to a destination (the wire says how many
+//! it took; the core keeps the rest), shut down a destination's write side, close the client's
+//! socket. Frames of Tether's own
 //! (pings, close frames) are queued in the core and written through the same wire once the
 //! direction is at a frame boundary. Between events the driver asks what to wait for
 //! ([`Session::can_read`], [`Session::wants_write`], [`Session::watches_hangup`],
@@ -60,10 +61,10 @@
 //! * **Reserved codes never reach the wire.** A peer's close frame with 1005, 1006 or 1015 is
 //!   replaced by 1002 (RFC 6455 §7.4.1); Tether's own codes are 1001, 1002, 1009, 1012, 1014.
 //! * **A queued control frame waits for a frame boundary.** Tether's ping or close goes out only
-//!   when the direction's [`FrameTracker`] is between frames; a direction whose source ended
-//!   mid-frame gets a FIN instead of the close frame.
-//! * **At most [`PENDING_LIMIT`] buffered per direction, plus one read.** A direction stops
-//!   reading once that many bytes wait for its destination (one read of up to 64 KiB, or a
+//!   when the direction's [`FrameTracker`](crate::frame::FrameTracker) is between frames; a
+//!   direction whose source ended mid-frame gets a FIN instead of the close frame.
+//! * **At most [`PENDING_LIMIT`](super::PENDING_LIMIT) buffered per direction, plus one
+//!   read.** A direction stops reading once that many bytes wait for its destination (one read of up to 64 KiB, or a
 //!   control frame of Tether's, may take it past the limit; nothing more is read until it
 //!   drains).
 //! * **Every session ends with exactly one recorded cause.** The first decisive event records
@@ -73,23 +74,17 @@
 //!   of what was read from that peer, with Tether's frames only between frames; held control
 //!   frames (Tether's own pongs, close frames) are forwarded, swallowed or replaced as a whole.
 
-use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::time::{Duration, Instant};
 
-use crate::frame::{
-    is_reserved_close_code, CloseInfo, ControlFrame, FrameHeader, FrameTracker, Held, Inspector,
-    OpCode, Sink, Verdict,
-};
+use super::direction::{Dest, Half, Outbox, Queued};
+use super::watch::{mask_key, Ping, Watch, PING_PAYLOAD_LEN};
+use crate::frame::{ControlFrame, OpCode, Sink};
 use crate::messages::DrainReason;
-use crate::outcome::{Counters, EndCause, Initiator, Outcome};
+use crate::outcome::{EndCause, Initiator, Outcome};
 
-/// A direction keeps reading while fewer bytes than this wait for its destination, so a
-/// destination that is briefly full does not stall the source (the buffer is freed once
-/// flushed); at the limit it stops reading and backpressure travels end to end.
-pub const PENDING_LIMIT: usize = 64 * 1024;
-/// Length of the payload of Tether's keep-alive pings (`tthr` + a sequence number).
-pub const PING_PAYLOAD_LEN: usize = 8;
+pub(crate) use super::direction::{Dir, Wire};
+
 /// How long peers get to answer a close frame Tether sent for a reason of its own (idle timeout,
 /// lost peer, oversize message). Drains bring their own grace period.
 pub const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -105,307 +100,6 @@ pub struct PumpConfig {
     pub keepalive: Option<Duration>,
     /// Largest message (sum of its frames' payloads) either side may send.
     pub max_message_size: Option<u64>,
-}
-
-/// A direction of a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Dir {
-    /// Client to backend.
-    Up,
-    /// Backend to client.
-    Down,
-}
-
-impl Dir {
-    /// The opposite direction.
-    pub(crate) fn other(self) -> Dir {
-        match self {
-            Dir::Up => Dir::Down,
-            Dir::Down => Dir::Up,
-        }
-    }
-}
-
-/// Where the core's actions go: the driver's two sockets, or a test's recording.
-pub(crate) trait Wire {
-    /// Offers `bytes` to the destination of `dir` without waiting: how many it took
-    /// (`WouldBlock` when none); any other error means that peer is gone.
-    fn send(&mut self, dir: Dir, bytes: &[u8]) -> io::Result<usize>;
-    /// Passes the end of the stream on: shuts down the write side towards `dir`'s destination.
-    fn shutdown_write(&mut self, dir: Dir);
-    /// Closes the client's socket both ways (it stopped answering).
-    fn close_client(&mut self);
-    /// The session's live counters.
-    fn counters(&self) -> &Counters;
-}
-
-/// Reading side of a direction.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Source {
-    /// Read as the destination takes bytes.
-    #[default]
-    Open,
-    /// Hung up (FIN or reset) while not read: its end is still to be read.
-    HungUp,
-    /// Its end was read (or it was closed by Tether): nothing more comes from it.
-    Ended {
-        /// It had hung up while not read, before its end was read.
-        hung_up: bool,
-    },
-}
-
-impl Source {
-    fn ended(self) -> bool {
-        matches!(self, Source::Ended { .. })
-    }
-    fn hung_up(self) -> bool {
-        matches!(self, Source::HungUp | Source::Ended { hung_up: true })
-    }
-    fn end(&mut self) {
-        *self = Source::Ended {
-            hung_up: self.hung_up(),
-        };
-    }
-    fn hang_up(&mut self) {
-        *self = match *self {
-            Source::Open | Source::HungUp => Source::HungUp,
-            Source::Ended { .. } => Source::Ended { hung_up: true },
-        };
-    }
-}
-
-/// Writing side of a direction.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Dest {
-    /// Takes what is forwarded.
-    #[default]
-    Open,
-    /// The source ended: pass its FIN on once the pending bytes are written.
-    FinPending,
-    /// The FIN was passed on.
-    FinSent,
-    /// Tether closed this peer (its close frame was written, or the socket was closed): bytes
-    /// for it are dropped. `fin_pending`: the FIN still follows once pending bytes are out.
-    Closed { fin_pending: bool },
-    /// A write failed; the other peer is yet to be told that this one is gone.
-    Failing,
-    /// A write failed and that was handled: nothing more is written.
-    Failed,
-}
-
-impl Dest {
-    /// Bytes for this destination are dropped.
-    fn done(self) -> bool {
-        matches!(self, Dest::Closed { .. } | Dest::Failed)
-    }
-    fn failed(self) -> bool {
-        matches!(self, Dest::Failing | Dest::Failed)
-    }
-    fn fin_pending(self) -> bool {
-        matches!(self, Dest::FinPending | Dest::Closed { fin_pending: true })
-    }
-    /// A FIN is to follow the pending bytes.
-    fn want_fin(&mut self) {
-        *self = match *self {
-            Dest::Open | Dest::FinPending | Dest::FinSent => Dest::FinPending,
-            Dest::Closed { .. } => Dest::Closed { fin_pending: true },
-            other => other,
-        };
-    }
-    fn fin_sent(&mut self) {
-        *self = match *self {
-            Dest::FinPending => Dest::FinSent,
-            Dest::Closed { .. } => Dest::Closed { fin_pending: false },
-            other => other,
-        };
-    }
-    /// Tether closed this peer; `fin` when a FIN follows the close frame.
-    fn close(&mut self, fin: bool) {
-        *self = match *self {
-            Dest::Failing | Dest::Failed => Dest::Failed,
-            Dest::Closed { fin_pending } => Dest::Closed {
-                fin_pending: fin_pending || fin,
-            },
-            d => Dest::Closed {
-                fin_pending: fin || d == Dest::FinPending,
-            },
-        };
-    }
-    /// A write failed.
-    fn fail(&mut self) {
-        *self = match *self {
-            Dest::Closed { .. } | Dest::Failed => Dest::Failed,
-            _ => Dest::Failing,
-        };
-    }
-}
-
-/// A frame of Tether's waiting for a frame boundary.
-#[derive(Clone)]
-enum Queued {
-    Ping(ControlFrame),
-    Close(ControlFrame),
-}
-
-/// One direction: bytes from `src` to `dst`.
-#[derive(Default)]
-struct Half {
-    tracker: FrameTracker,
-    /// Bytes accepted for `dst` it has not taken yet.
-    pending: Vec<u8>,
-    source: Source,
-    dest: Dest,
-    /// A frame of Tether's waiting for a frame boundary towards `dst` (boxed: rare, and an
-    /// idle session should not carry 130 bytes for it).
-    queued: Option<Box<Queued>>,
-    /// The close frame `src` sent, if any.
-    close: Option<CloseInfo>,
-}
-
-impl Half {
-    fn can_read(&self) -> bool {
-        !self.source.ended() && self.pending.len() < PENDING_LIMIT
-    }
-    fn wants_write(&self) -> bool {
-        !self.pending.is_empty() && !self.dest.done()
-    }
-    /// Not reading because `dst` is full, with `src` neither ended nor known to have said
-    /// goodbye: whether it hangs up is watched for without reading.
-    fn stalled(&self) -> bool {
-        self.source == Source::Open && self.close.is_none() && !self.can_read()
-    }
-    /// Every byte accepted for `dst` was taken, or `dst` takes nothing more.
-    fn settled(&self) -> bool {
-        self.pending.is_empty() || self.dest.done()
-    }
-    /// The peer behind `src` answered: close frame or end of stream.
-    fn answered(&self) -> bool {
-        self.source.ended() || self.close.is_some()
-    }
-}
-
-/// Delivers bytes through the wire: straight through while the destination takes them, into
-/// `pending` once it does not.
-struct Outbox<'a, W: Wire> {
-    wire: &'a mut W,
-    dir: Dir,
-    pending: &'a mut Vec<u8>,
-    dest: &'a mut Dest,
-    discard: bool,
-}
-
-impl<W: Wire> Sink for Outbox<'_, W> {
-    fn send(&mut self, bytes: &[u8]) {
-        if self.discard || self.dest.failed() || bytes.is_empty() {
-            return;
-        }
-        if !self.pending.is_empty() {
-            self.pending.extend_from_slice(bytes);
-            return;
-        }
-        match self.wire.send(self.dir, bytes) {
-            Ok(n) if n == bytes.len() => {}
-            Ok(n) => self.pending.extend_from_slice(&bytes[n..]),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.pending.extend_from_slice(bytes)
-            }
-            Err(_) => self.dest.fail(),
-        }
-    }
-}
-
-/// Keep-alive state.
-#[derive(Default)]
-struct Ping {
-    seq: u32,
-    outstanding: Option<([u8; PING_PAYLOAD_LEN], Instant)>,
-    last_sent: Option<Instant>,
-    rtt_last: Option<Duration>,
-    rtt_max: Option<Duration>,
-}
-
-/// Watches one direction's frames on behalf of the session.
-struct Watch<'a> {
-    from_client: bool,
-    max_message: Option<u64>,
-    now: Instant,
-    ping: &'a mut Ping,
-    close: &'a mut Option<CloseInfo>,
-    first_close: &'a mut Option<Initiator>,
-    messages: u64,
-}
-
-impl Inspector for Watch<'_> {
-    fn header(&mut self, h: &FrameHeader) -> Verdict {
-        let data = matches!(
-            h.opcode,
-            OpCode::Text | OpCode::Binary | OpCode::Continuation
-        );
-        if data && self.max_message.is_some_and(|max| h.message_len > max) {
-            return Verdict::Reject;
-        }
-        match h.opcode {
-            OpCode::Close => Verdict::Hold,
-            OpCode::Pong
-                if self.from_client
-                    && self.ping.outstanding.is_some()
-                    && h.len == PING_PAYLOAD_LEN as u64 =>
-            {
-                Verdict::Hold
-            }
-            _ => Verdict::Forward,
-        }
-    }
-
-    fn frame_end(&mut self, h: &FrameHeader, control: Option<&[u8]>) -> Held {
-        match h.opcode {
-            OpCode::Text | OpCode::Binary | OpCode::Continuation if h.fin => {
-                self.messages += 1;
-                Held::Release
-            }
-            OpCode::Close => {
-                let info = CloseInfo::parse(control.unwrap_or_default());
-                let reserved = info.code.is_some_and(is_reserved_close_code);
-                if self.close.is_none() {
-                    *self.close = Some(info);
-                }
-                if self.first_close.is_none() {
-                    *self.first_close = Some(if self.from_client {
-                        Initiator::Client
-                    } else {
-                        Initiator::Backend
-                    });
-                }
-                if reserved {
-                    // Never put 1005/1006/1015 on the wire (RFC 6455 §7.4.1).
-                    let mask = self.from_client.then(mask_key);
-                    Held::Replace(ControlFrame::close(1002, "reserved close code", mask))
-                } else {
-                    Held::Release
-                }
-            }
-            OpCode::Pong if self.from_client => {
-                if let Some((payload, sent)) = self.ping.outstanding {
-                    if control == Some(&payload[..]) {
-                        let rtt = self.now.saturating_duration_since(sent);
-                        self.ping.rtt_last = Some(rtt);
-                        self.ping.rtt_max = Some(self.ping.rtt_max.map_or(rtt, |m| m.max(rtt)));
-                        self.ping.outstanding = None;
-                        return Held::Swallow;
-                    }
-                }
-                Held::Release
-            }
-            _ => Held::Release,
-        }
-    }
-}
-
-/// A fresh, unpredictable masking key for a frame Tether sends to a backend (RFC 6455 §5.3).
-fn mask_key() -> [u8; 4] {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0x7465_7468_6572);
-    (h.finish() as u32).to_ne_bytes()
 }
 
 /// Where the session as a whole stands (see the module's lifecycle note).
@@ -474,7 +168,7 @@ impl Session {
     }
 
     /// Whether the source of `dir` is to be read (it has not ended, and fewer than
-    /// [`PENDING_LIMIT`] bytes wait for its destination).
+    /// [`PENDING_LIMIT`](super::PENDING_LIMIT) bytes wait for its destination).
     pub(crate) fn can_read(&self, dir: Dir) -> bool {
         self.half(dir).can_read()
     }

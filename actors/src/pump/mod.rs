@@ -70,10 +70,14 @@ use crate::outcome::{Counters, Outcome};
 use crate::session::SessionStreams;
 use crate::transport::{ReadEnd, ReadReadiness, SessionIo};
 
+mod direction;
 pub(crate) mod machine;
+mod watch;
 
+pub use direction::PENDING_LIMIT;
 use machine::{Dir, Session, Wire};
-pub use machine::{PumpConfig, CLOSE_HANDSHAKE_TIMEOUT, PENDING_LIMIT, PING_PAYLOAD_LEN};
+pub use machine::{PumpConfig, CLOSE_HANDSHAKE_TIMEOUT};
+pub use watch::PING_PAYLOAD_LEN;
 
 /// Size of the per-worker read buffer.
 pub const READ_BUFFER_SIZE: usize = 64 * 1024;

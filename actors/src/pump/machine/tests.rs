@@ -2,7 +2,9 @@
 //! rule, and property tests over arbitrary interleavings of events.
 
 use super::*;
-use crate::frame::parse_header;
+use crate::frame::{is_reserved_close_code, parse_header, CloseInfo};
+use crate::outcome::Counters;
+use crate::pump::PENDING_LIMIT;
 
 const T0_IDLE: Duration = Duration::from_secs(60);
 
