@@ -4,7 +4,7 @@
 //! end of a source, a source hanging up while it is not read, a destination that became
 //! writable (or failed), the timer (`now` is always an argument, never read here) and drain
 //! orders. It answers through a [`Wire`], in the style of [`crate::frame`]'s
-//! [`Sink`](crate::frame::Sink): forward these bytes to a destination (the wire says how many
+//! [`Sink`]: forward these bytes to a destination (the wire says how many
 //! it took; the core keeps the rest), shut down a destination's write side, close the client's
 //! socket. Frames of Tether's own
 //! (pings, close frames) are queued in the core and written through the same wire once the

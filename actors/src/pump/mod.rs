@@ -26,7 +26,7 @@
 //!
 //! # Core and driver
 //! Every decision (what to forward, when to ping, when a peer is unresponsive, the close
-//! handshake, drains, size limits, which side caused the end) is made by [`machine::Session`],
+//! handshake, drains, size limits, which side caused the end) is made by `machine::Session`,
 //! a state machine with no socket and no clock, unit- and property-tested on its own; its
 //! module doc has the state diagrams, the exit rules and the invariants. [`Pumping`] is its
 //! driver: it waits for readiness on the two [`SessionIo`]s, turns what it sees into the
