@@ -49,6 +49,7 @@ pub mod headers;
 pub mod listener;
 pub mod messages;
 pub mod metrics;
+pub mod outcome;
 pub mod prober;
 pub mod proxy;
 pub mod pump;

@@ -20,8 +20,9 @@ use tether_config::LoadBalancing;
 
 use crate::balance::Member;
 use crate::listener::ListenerInfo;
+use crate::outcome::{SessionId, SessionSummary};
 use crate::prober::ProbeOutcome;
-use crate::session::{SessionActor, SessionId, SessionSummary};
+use crate::session::SessionActor;
 
 /// A connection a listener accepted, handed to the worker on the same arbiter (`do_send`, once
 /// per connection: a push on a local mailbox, no other thread is woken).

@@ -11,20 +11,11 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::pump::{EndCause, Initiator, Outcome};
+use crate::outcome::{EndCause, Initiator, Outcome};
 use crate::trace::HandshakeOutcome;
 
-/// Every session end cause, in a fixed order.
-pub const CAUSES: [EndCause; 8] = [
-    EndCause::Normal,
-    EndCause::IdleTimeout,
-    EndCause::ClientUnresponsive,
-    EndCause::BackendLost,
-    EndCause::ClientLost,
-    EndCause::MessageTooBig,
-    EndCause::Drain,
-    EndCause::BackendUnhealthy,
-];
+/// Every session end cause, in the order of the counters' rows.
+pub const CAUSES: [EndCause; EndCause::ALL.len()] = EndCause::ALL;
 
 /// Close-code buckets: 1000–1015 one each, then application codes (3000–4999), then "none".
 const CODE_BUCKETS: usize = 18;
@@ -100,10 +91,6 @@ fn bucket_label(i: usize) -> String {
     }
 }
 
-fn cause_index(cause: EndCause) -> usize {
-    CAUSES.iter().position(|c| *c == cause).unwrap_or(0)
-}
-
 impl Metrics {
     /// Counts a handshake's outcome.
     pub fn handshake(&self, outcome: HandshakeOutcome) {
@@ -123,7 +110,7 @@ impl Metrics {
             Some(Initiator::Tether) => outcome.tether_close,
             None => None,
         };
-        self.sessions_closed[cause_index(outcome.cause)][code_bucket(code)]
+        self.sessions_closed[outcome.cause.index()][code_bucket(code)]
             .fetch_add(1, Ordering::Relaxed);
         let [client_bytes, backend_bytes, client_messages, backend_messages] = traffic;
         self.bytes[0].fetch_add(client_bytes, Ordering::Relaxed);

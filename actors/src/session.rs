@@ -10,7 +10,6 @@
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,46 +25,13 @@ use crate::messages::{
     DrainSession, SessionEnded, SessionOpened, SessionStats, SessionStatsQuery, SessionsChanged,
 };
 use crate::metrics::Metrics;
-use crate::pump::{Initiator, Outcome, PumpConfig, Pumping, Shared};
+use crate::outcome::{EndCause, Initiator, Outcome};
+pub use crate::outcome::{SessionId, SessionSummary};
+use crate::pump::{PumpConfig, Pumping, Shared};
 use crate::route_table::SessionSlot;
 use crate::shutdown::{ShutdownSignal, TrackToken};
 use crate::trace;
 use crate::transport::SessionIo;
-
-/// A session's process-wide id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId(pub u64);
-
-impl SessionId {
-    /// The next unused id.
-    pub fn next() -> SessionId {
-        static NEXT: AtomicU64 = AtomicU64::new(1);
-        SessionId(NEXT.fetch_add(1, Ordering::Relaxed))
-    }
-}
-
-/// What is known about a session when it ends.
-#[derive(Debug, Clone)]
-pub struct SessionSummary {
-    /// The routing rule.
-    pub route: Arc<str>,
-    /// The backend member.
-    pub backend: SocketAddr,
-    /// The client's address.
-    pub client: SocketAddr,
-    /// From the 101 to the end.
-    pub duration: Duration,
-    /// Bytes the client sent.
-    pub client_bytes: u64,
-    /// Bytes the backend sent.
-    pub backend_bytes: u64,
-    /// Messages the client sent (frames mode).
-    pub client_messages: u64,
-    /// Messages the backend sent (frames mode).
-    pub backend_messages: u64,
-    /// Cause, close frames, initiator and ping round trips.
-    pub outcome: Outcome,
-}
 
 /// Where the sessions of one worker report their start and end: the route table, in batches.
 ///
@@ -362,10 +328,7 @@ fn record_on_span(span: &Span, summary: &SessionSummary) {
         "websocket.duration_ms",
         summary.duration.as_secs_f64() * 1e3,
     );
-    if !matches!(
-        o.cause,
-        crate::pump::EndCause::Normal | crate::pump::EndCause::Drain
-    ) {
+    if !matches!(o.cause, EndCause::Normal | EndCause::Drain) {
         span.record("otel.status_code", "ERROR");
     }
 }

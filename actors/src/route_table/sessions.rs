@@ -17,7 +17,8 @@ use crate::messages::{
     DrainReason, DrainSession, EndedSessionInfo, LiveSessionInfo, SessionEnded, SessionOpened,
     SessionStatsQuery,
 };
-use crate::session::{SessionActor, SessionId, SessionSummary};
+use crate::outcome::{SessionId, SessionSummary};
+use crate::session::SessionActor;
 
 /// How many ended sessions the route table remembers for `GET /sessions` and the status page.
 pub const RECENT_ENDINGS: usize = 100;
