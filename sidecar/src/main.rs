@@ -171,7 +171,9 @@ fn check(files: Vec<PathBuf>) -> ExitCode {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
             }
-            print!("{}", loaded.config.to_toml_string());
+            // Secrets are redacted, as in the admin `/config`: the output lands in terminals,
+            // CI logs and the journal (ExecReload in the systemd example).
+            print!("{}", loaded.config.redacted().to_toml_string());
             eprintln!("tether: configuration is valid");
             ExitCode::SUCCESS
         }

@@ -381,3 +381,25 @@ fn kubernetes_service_link_variables_do_not_stop_the_sidecar() {
     let exit = child.wait().unwrap();
     assert_eq!(served, Some(502), "tether did not serve; exit {exit:?}");
 }
+
+/// `tether check` prints the effective configuration with `admin.token` redacted, as the admin
+/// `/config` does: the output lands in terminals, CI logs and the journal.
+#[test]
+fn check_redacts_the_admin_token() {
+    let path = write_config("redact", &config("127.0.0.1:0".parse().unwrap(), "chat"));
+    let out = tether()
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .env("TETHER_ADMIN__TOKEN", "s3cret-admin-token")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!stdout.contains("s3cret-admin-token"), "{stdout}");
+    assert!(stdout.contains(tether_config::REDACTED), "{stdout}");
+}
