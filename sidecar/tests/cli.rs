@@ -70,21 +70,31 @@ fn invalid_config_exits_64_without_binding() {
     drop(held);
 }
 
-#[test]
-fn check_prints_the_effective_config() {
-    let path = write_config("check", &config("127.0.0.1:0".parse().unwrap(), "chat"));
+/// `tether check` on the test configuration with one variable set; its standard output, after
+/// asserting success.
+fn check_with_env(name: &str, key: &str, value: &str) -> String {
+    let path = write_config(name, &config("127.0.0.1:0".parse().unwrap(), "chat"));
     let out = tether()
         .arg("check")
         .arg("--config")
         .arg(&path)
-        .env("TETHER_BACKEND_SETTINGS__CHAT__REQUEST_TIMEOUT", "45s")
+        .env(key, value)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn check_prints_the_effective_config() {
+    let stdout = check_with_env(
+        "check",
+        "TETHER_BACKEND_SETTINGS__CHAT__REQUEST_TIMEOUT",
+        "45s",
     );
     assert!(stdout.contains("[routing_rules.chat]"), "{stdout}");
     assert!(
@@ -386,20 +396,7 @@ fn kubernetes_service_link_variables_do_not_stop_the_sidecar() {
 /// `/config` does: the output lands in terminals, CI logs and the journal.
 #[test]
 fn check_redacts_the_admin_token() {
-    let path = write_config("redact", &config("127.0.0.1:0".parse().unwrap(), "chat"));
-    let out = tether()
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .env("TETHER_ADMIN__TOKEN", "s3cret-admin-token")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = check_with_env("redact", "TETHER_ADMIN__TOKEN", "s3cret-admin-token");
     assert!(!stdout.contains("s3cret-admin-token"), "{stdout}");
     assert!(stdout.contains(tether_config::REDACTED), "{stdout}");
 }
