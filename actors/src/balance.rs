@@ -34,8 +34,7 @@ use actix::Recipient;
 use http::{header, HeaderMap};
 use tether_config::{HashKey, LoadBalancing};
 
-use crate::messages::MemberFailing;
-use crate::prober::ProbeReport;
+use crate::member::{MemberFailing, ProbeReport};
 
 /// One backend address of a pool, shared by the snapshot (data path), the route table, the
 /// prober and `GET /backends`.

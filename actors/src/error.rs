@@ -18,14 +18,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::StatusCode;
 
-use crate::body::{ClientBodyError, ProxyBody};
+use crate::body::ClientBodyError;
 use crate::handshake::HandshakeError;
 use crate::headers::HostError;
 use crate::trace::HandshakeOutcome;
-use crate::upgrade::AnswerError;
+use crate::upgrade::{AnswerError, ExchangeError};
 
 /// Which side a failure came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +149,21 @@ pub enum ProxyError {
 /// The status logged for a client that closed its connection before its request was complete
 /// (nothing is sent; nginx's convention).
 const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+impl From<ExchangeError> for ProxyError {
+    /// A WebSocket handshake with the backend timed out (504) or its answer could not be
+    /// relayed (502).
+    fn from(e: ExchangeError) -> ProxyError {
+        match e {
+            ExchangeError::Timeout { backend, after } => {
+                ProxyError::ResponseTimeout { backend, after }
+            }
+            ExchangeError::Answer { backend, cause } => {
+                ProxyError::BackendAnswer { backend, cause }
+            }
+        }
+    }
+}
 
 impl Side {
     /// As logged and recorded on spans: `client`, `backend` or `tether`.
@@ -276,39 +290,12 @@ impl ProxyError {
             ProxyError::ClientBody(_) => HandshakeOutcome::BackendError,
         }
     }
-
-    /// The response for this failure: its status, `text/plain`, and a one-line reason. A
-    /// version mismatch also carries `Sec-WebSocket-Version: 13` (RFC 6455 §4.4).
-    pub fn into_response(self) -> Response<ProxyBody> {
-        let status = self.status();
-        let mut reason = self.to_string();
-        reason.push('\n');
-        let mut resp = Response::new(ProxyBody::text(Bytes::from(reason)));
-        *resp.status_mut() = status;
-        let headers = resp.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        if self.closes_connection() {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        if matches!(
-            self,
-            ProxyError::BadHandshake(HandshakeError::UnsupportedVersion)
-        ) {
-            headers.insert(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static("13"),
-            );
-        }
-        resp
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header;
 
     fn backend() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 5000))

@@ -25,7 +25,7 @@
 //! * [`route_table::RouteTableActor`] owns routes, pool membership and the session registry, and
 //!   publishes an immutable [`route_table::RouteSnapshot`] the request path reads directly.
 //! * [`session::SessionActor`] owns both sockets of one upgraded WebSocket and the
-//!   [`pump`] between them, and reports how the session ended.
+//!   pump between them, and reports how the session ended.
 //! * [`prober::ProberActor`] (one per pool with a probe) probes every member on a jittered
 //!   interval and sends `MemberHealthChanged` to the route table only when a member flips.
 //! * [`resolver::ResolverActor`] (one per pool with DNS members) re-resolves names on their
@@ -39,27 +39,62 @@
 //!
 //! Every message is a documented struct in [`messages`]. Actor types stay behind these message
 //! types (and `Recipient`s), so the actor crate could be replaced without touching the data path.
+//!
+//! # Layers
+//!
+//! A module imports only from the rows below it, and within a row only along the arrows
+//! (checked in CI by `.ci/layers.py`):
+//!
+//! ```text
+//! actors      worker ─▶ proxy ─▶ route_table ─▶ session     listener   prober   resolver
+//!                │ send and handle
+//! messages    messages        (one edge up: SessionOpened holds a WeakAddr<SessionActor>)
+//!                │
+//! data path   response ─▶ upstream ─▶ error ─▶ body   balance   admission   pump ─▶ outcome ◀─ metrics
+//!                │
+//! wire        frame   handshake   headers   upgrade   transport   tls
+//!                │
+//! vocabulary  shutdown (drain reasons)   member (backend health, probes, DNS)   trace
+//! ```
+//!
+//! `proxy` is the request path a worker runs on each connection; `pump` is the session's data
+//! loop, which its [`session::SessionActor`] drives: a core without I/O (`pump::machine`) and a
+//! thin driver over the sockets. `outcome` is how a session ended, which the pump records and
+//! `metrics`, spans and `/sessions` report.
+//!
+//! # Public façade
+//!
+//! The modules other crates use are `pub`: the actors the sidecar starts ([`listener`],
+//! [`worker`], [`route_table`], [`prober`], [`resolver`], [`session`]'s registry), the
+//! [`messages`] it sends them and the values they carry ([`admission`], [`member`],
+//! [`balance`], [`shutdown`], [`metrics`], [`tls`], [`trace`]), and the parsers the fuzz targets
+//! drive ([`frame`], [`handshake`], [`headers`], [`upgrade`]). The request path (`proxy`,
+//! `upstream`, `body`, `response`, `error`), the session pump and the socket transports are
+//! crate-private, so the compiler reports what nothing uses.
 
+pub mod admission;
 pub mod balance;
-pub mod body;
-pub mod error;
+mod body;
+mod error;
 pub mod frame;
 pub mod handshake;
 pub mod headers;
 pub mod listener;
+pub mod member;
 pub mod messages;
 pub mod metrics;
 pub mod outcome;
 pub mod prober;
-pub mod proxy;
-pub mod pump;
+mod proxy;
+mod pump;
 pub mod resolver;
+mod response;
 pub mod route_table;
 pub mod session;
 pub mod shutdown;
 pub mod tls;
 pub mod trace;
-pub mod transport;
+mod transport;
 pub mod upgrade;
-pub mod upstream;
+mod upstream;
 pub mod worker;

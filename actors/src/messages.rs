@@ -18,11 +18,22 @@ use std::time::Duration;
 use actix::{Message, Recipient, WeakAddr};
 use tether_config::LoadBalancing;
 
+use crate::admission::{ConnectionGuard, ListenerInfo};
 use crate::balance::Member;
-use crate::listener::ListenerInfo;
+use crate::member::{DnsMember, ProbeOutcome};
 use crate::outcome::{SessionId, SessionSummary};
-use crate::prober::ProbeOutcome;
+// The one import upward, and the one import cycle the crate allows (messages <-> session):
+// `SessionOpened` carries a `WeakAddr<SessionActor>` so the route table can drain and query
+// sessions. Two boxed recipients (drain, stats) instead would cost two allocations per session,
+// and sessions are many and mostly idle (README, "An idle session is about 3.3 KiB of heap").
 use crate::session::SessionActor;
+
+/// The data path's report lives with the member it is about (the balancer sends it);
+/// re-exported here with the other messages.
+pub use crate::member::MemberFailing;
+/// Drain reasons belong to shutdown (the vocabulary layer); re-exported here because every drain
+/// message carries one.
+pub use crate::shutdown::DrainReason;
 
 /// A connection a listener accepted, handed to the worker on the same arbiter (`do_send`, once
 /// per connection: a push on a local mailbox, no other thread is woken).
@@ -38,7 +49,7 @@ pub struct Accepted {
     pub listener: Arc<ListenerInfo>,
     /// Counts the connection against the listener's limits for as long as it lives: the worker
     /// keeps it with the connection, and a `101` moves it into the session.
-    pub guard: crate::listener::ConnectionGuard,
+    pub guard: ConnectionGuard,
 }
 
 /// Tells one worker's listener actor to stop accepting and drop its copy of the listener's
@@ -90,32 +101,6 @@ pub struct SessionEnded {
     pub summary: SessionSummary,
 }
 
-/// Why a session is asked to end before either peer closed it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DrainReason {
-    /// The sidecar is shutting down: close 1001 `going away`.
-    Shutdown,
-    /// The sidecar is shutting down with `shutdown_close_code = 1012`: close 1012
-    /// `service restart`, which tells clients to reconnect soon.
-    Restart,
-    /// The session's backend member was marked unhealthy and its rule says
-    /// `on_backend_unhealthy = "drain"`.
-    BackendUnhealthy,
-    /// A configuration reload removed the session's route.
-    RouteRemoved,
-}
-
-impl DrainReason {
-    /// The close code and reason Tether sends to both peers when this drain closes a session
-    /// (RFC 6455 §7.4.1; 1012 from the IANA WebSocket close code registry).
-    pub fn close_frame(self) -> (u16, &'static str) {
-        match self {
-            DrainReason::Restart => (1012, "service restart"),
-            _ => (1001, "going away"),
-        }
-    }
-}
-
 /// Asks one session to end (`do_send` from the route table to a session actor).
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
@@ -160,21 +145,6 @@ pub struct MemberHealthChanged {
     pub consecutive: u32,
     /// The last probe's result: `status 200`, `connection refused`, `timed out after 2s`, ...
     pub last_result: String,
-}
-
-/// The data path saw `passive.failures` consecutive failures on a member (`do_send` from
-/// whichever worker saw the one failure that reached the threshold; never per request).
-#[derive(Message, Debug, Clone)]
-#[rtype(result = "()")]
-pub struct MemberFailing {
-    /// The pool.
-    pub pool: Arc<str>,
-    /// The member's address.
-    pub member: SocketAddr,
-    /// The consecutive failures counted.
-    pub failures: u32,
-    /// The failure that reached the threshold.
-    pub last_error: String,
 }
 
 /// A pool's DNS member resolved to a (possibly) new address set (`do_send` from the pool's
@@ -238,7 +208,7 @@ pub struct ConfigReplaced {
     /// The new configuration.
     pub config: Arc<tether_config::Config>,
     /// The new configuration's DNS members, resolved once.
-    pub resolved: Vec<(Arc<str>, Vec<crate::resolver::DnsMember>)>,
+    pub resolved: Vec<(Arc<str>, Vec<DnsMember>)>,
 }
 
 /// What a [`ConfigReplaced`] changed.

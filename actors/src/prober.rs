@@ -55,7 +55,6 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
-use serde::Serialize;
 use sha1::{Digest, Sha1};
 use tether_config::{BackendProtocol, BackendSettingsConfig, ProbeConfig, ProbeKind};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -63,20 +62,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::balance::Member;
+use crate::member::{Health, ProbeOutcome, ProbeReport};
 use crate::messages::{MemberHealthChanged, ProbeCompleted, ProbeTargets};
 use crate::shutdown::ShutdownSignal;
-
-/// A member's health as its probe sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Health {
-    /// Not probed successfully yet; not in rotation.
-    Unknown,
-    /// In rotation (unless ejected by passive health).
-    Healthy,
-    /// Out of rotation until `healthy_threshold` successes.
-    Unhealthy,
-}
 
 /// The probe-health state machine of one member (see the module's lifecycle note). Pure: no
 /// I/O and no clock, so every transition is unit-tested.
@@ -142,23 +130,6 @@ impl HealthCounter {
     }
 }
 
-/// The latest probe of a member, as `GET /backends` shows it.
-#[derive(Debug, Clone)]
-pub struct ProbeReport {
-    /// Whether the probe passed.
-    pub ok: bool,
-    /// What happened: `status 200`, `connection refused`, `timed out after 2s`, ...
-    pub detail: String,
-    /// From the start of the probe (connect included) to its verdict.
-    pub latency: Duration,
-    /// When it finished.
-    pub at: Instant,
-    /// Consecutive successes after it.
-    pub consecutive_successes: u32,
-    /// Consecutive failures after it.
-    pub consecutive_failures: u32,
-}
-
 /// How an https probe connects: the client configuration (or why it could not be built), and
 /// the name verified when it is not the member's IP address.
 #[derive(Debug, Clone)]
@@ -217,15 +188,6 @@ impl ProbePlan {
         }
         target
     }
-}
-
-/// The outcome of one probe.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProbeOutcome {
-    /// Whether the member passed.
-    pub ok: bool,
-    /// What happened, for logs and `GET /backends`.
-    pub detail: String,
 }
 
 /// Probes `member` once under `plan`, within the probe's timeout.

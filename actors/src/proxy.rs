@@ -23,7 +23,7 @@ use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::Actor;
 use bytes::Bytes;
@@ -35,21 +35,42 @@ use tether_config::Inspect;
 use tokio::net::TcpStream;
 use tracing::{Instrument as _, Span};
 
+use crate::admission::{ConnectionGuard, ListenerInfo};
 use crate::balance::MemberLease;
-use crate::body::{ClientBodyError, ProxyBody, RequestBody, UploadProbe};
+use crate::body::{ClientBodyError, RequestBody, UploadProbe};
 use crate::error::ProxyError;
 use crate::handshake;
 use crate::headers;
-use crate::listener::{ConnectionGuard, ListenerInfo};
-use crate::metrics::RetryReason;
+use crate::metrics::{Metrics, RetryReason};
 use crate::pump::PumpConfig;
-use crate::route_table::{Route, SessionSlot};
-use crate::session::{SessionActor, SessionEnv, SessionInfo, SessionStreams};
+use crate::response::ProxyBody;
+use crate::route_table::{Route, SharedRoutes};
+use crate::session::{SessionActor, SessionEnv, SessionInfo, SessionRegistry};
+use crate::shutdown::{ShutdownSignal, Tracker};
 use crate::trace::{self, HandshakeOutcome};
-use crate::transport::{SessionIo, TlsIo};
+use crate::transport::{SessionIo, SessionStreams, TlsIo};
 use crate::upgrade::UpgradeAnswer;
-use crate::upstream::{self, SendFailure, UpstreamBody};
-use crate::worker::WorkerContext;
+use crate::upstream::{self, SendFailure, UpstreamBody, UpstreamPool};
+
+/// What every connection on one worker shares.
+pub struct WorkerContext {
+    /// The worker's index (for logs).
+    pub index: usize,
+    /// The published route table.
+    pub routes: SharedRoutes,
+    /// Idle backend connections of this worker.
+    pub upstream: Rc<UpstreamPool>,
+    /// Where sessions register (shared by every session on this worker: one pointer each).
+    pub registry: Rc<SessionRegistry>,
+    /// Fires when the sidecar shuts down.
+    pub shutdown: ShutdownSignal,
+    /// Counts live connections and sessions.
+    pub tracker: Tracker,
+    /// How long sessions get to finish their close handshake when Tether shuts down.
+    pub shutdown_grace: Duration,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
 
 /// One client connection, as the request path sees it.
 #[derive(Debug)]
@@ -581,9 +602,11 @@ async fn forward_websocket(
     handshake::validate(&req, req.body().is_end_stream())?;
     check_origin(&route, &req)?;
     check_subprotocols(&route, &req)?;
-    let slot = SessionSlot::acquire(&route).ok_or_else(|| ProxyError::SessionLimit {
-        route: route.name.clone(),
-    })?;
+    let slot = route
+        .session_slot()
+        .ok_or_else(|| ProxyError::SessionLimit {
+            route: route.name.clone(),
+        })?;
     let (mut backend, mut lease) = pick_backend(&route, conn, req.headers())?;
     facts.backend = Some(backend);
     let client_upgrade = hyper::upgrade::on(&mut req);

@@ -22,6 +22,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::TokioResolver;
 use tether_config::{Config, DnsConfig, Member};
 
+use crate::member::DnsMember;
 use crate::messages::MembersResolved;
 use crate::shutdown::ShutdownSignal;
 
@@ -116,63 +117,46 @@ impl DnsResolver {
     }
 }
 
-/// One DNS member of a pool and its last good resolution.
-#[derive(Debug, Clone)]
-pub struct DnsMember {
-    /// Index in `backend_pools.NAME.members`.
-    pub entry: usize,
-    /// The name.
-    pub host: String,
-    /// The member's port.
-    pub port: u16,
-    /// The last good address set (empty until one resolution succeeds).
-    pub addrs: Vec<SocketAddr>,
-    /// When to resolve next, from now.
-    pub refresh: Duration,
-}
-
-impl DnsMember {
-    /// Applies a resolution result; returns whether the address set changed.
-    fn apply(
-        &mut self,
-        pool: &str,
-        result: Result<Resolution, String>,
-        resolver: &DnsResolver,
-    ) -> bool {
-        match result {
-            Ok(resolution) => {
-                let addrs: Vec<SocketAddr> = resolution
-                    .ips
-                    .iter()
-                    .map(|ip| SocketAddr::new(*ip, self.port))
-                    .collect();
-                self.refresh = resolution.refresh;
-                if addrs == self.addrs {
-                    return false;
-                }
-                tracing::info!(
-                    pool,
-                    member = %format_args!("{}:{}", self.host, self.port),
-                    before = ?self.addrs,
-                    after = ?addrs,
-                    next_in = ?self.refresh,
-                    "DNS member resolved to a new address set"
-                );
-                self.addrs = addrs;
-                true
+/// Applies a resolution result to `member`; returns whether the address set changed.
+fn apply(
+    member: &mut DnsMember,
+    pool: &str,
+    result: Result<Resolution, String>,
+    resolver: &DnsResolver,
+) -> bool {
+    match result {
+        Ok(resolution) => {
+            let addrs: Vec<SocketAddr> = resolution
+                .ips
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, member.port))
+                .collect();
+            member.refresh = resolution.refresh;
+            if addrs == member.addrs {
+                return false;
             }
-            Err(error) => {
-                self.refresh = resolver.retry_after();
-                tracing::warn!(
-                    pool,
-                    member = %format_args!("{}:{}", self.host, self.port),
-                    %error,
-                    keeping = ?self.addrs,
-                    retry_in = ?self.refresh,
-                    "cannot resolve DNS member; keeping the last good addresses"
-                );
-                false
-            }
+            tracing::info!(
+                pool,
+                member = %format_args!("{}:{}", member.host, member.port),
+                before = ?member.addrs,
+                after = ?addrs,
+                next_in = ?member.refresh,
+                "DNS member resolved to a new address set"
+            );
+            member.addrs = addrs;
+            true
+        }
+        Err(error) => {
+            member.refresh = resolver.retry_after();
+            tracing::warn!(
+                pool,
+                member = %format_args!("{}:{}", member.host, member.port),
+                %error,
+                keeping = ?member.addrs,
+                retry_in = ?member.refresh,
+                "cannot resolve DNS member; keeping the last good addresses"
+            );
+            false
         }
     }
 }
@@ -212,7 +196,7 @@ pub async fn resolve_all(
     for (pool, members) in &mut out {
         for member in members.iter_mut() {
             if let Some(result) = results.next() {
-                member.apply(pool, result, resolver);
+                apply(member, pool, result, resolver);
             }
         }
     }
@@ -258,7 +242,7 @@ impl ResolverActor {
         let lookup = async move { resolver.resolve(&host).await };
         ctx.spawn(lookup.into_actor(self).map(move |result, act, ctx| {
             let member = &mut act.members[index];
-            if member.apply(&act.pool, result, &act.resolver) {
+            if apply(member, &act.pool, result, &act.resolver) {
                 act.table.do_send(MembersResolved {
                     pool: act.pool.clone(),
                     entry: member.entry,

@@ -2,7 +2,7 @@
 //! answers [`DrainSession`], and reports how the session ended.
 //!
 //! Lifecycle: `started` (registers with the route table, starts the pump) → `pumping` → `ended`
-//! (see [`crate::pump`] for every way a session ends and the close codes Tether sends) → reports
+//! (see `crate::pump` for every way a session ends and the close codes Tether sends) → reports
 //! [`SessionEnded`] with a [`SessionSummary`] and stops.
 //! The actor runs on the worker that accepted the client, so the pump never crosses threads, and
 //! no message is exchanged per frame.
@@ -16,11 +16,10 @@ use std::time::{Duration, Instant};
 use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Recipient, WrapFuture,
 };
-use bytes::Bytes;
 use tracing::Span;
 
+use crate::admission::{SessionPlace, SessionSlot};
 use crate::balance::MemberLease;
-use crate::listener::SessionPlace;
 use crate::messages::{
     DrainSession, SessionEnded, SessionOpened, SessionStats, SessionStatsQuery, SessionsChanged,
 };
@@ -28,10 +27,9 @@ use crate::metrics::Metrics;
 use crate::outcome::{EndCause, Initiator, Outcome};
 pub use crate::outcome::{SessionId, SessionSummary};
 use crate::pump::{PumpConfig, Pumping, Shared};
-use crate::route_table::SessionSlot;
 use crate::shutdown::{ShutdownSignal, TrackToken};
 use crate::trace;
-use crate::transport::SessionIo;
+use crate::transport::SessionStreams;
 
 /// Where the sessions of one worker report their start and end: the route table, in batches.
 ///
@@ -87,19 +85,6 @@ impl SessionRegistry {
             this.route_table.do_send(batch);
         });
     }
-}
-
-/// Both upgraded sockets, with any bytes the HTTP layer had already read past the handshake.
-#[derive(Debug)]
-pub struct SessionStreams {
-    /// The client's connection (TCP, or TLS on an https listener).
-    pub client: SessionIo,
-    /// Bytes the client sent right after its handshake, already read by the HTTP server.
-    pub client_prefix: Bytes,
-    /// The backend's connection (TCP, or TLS to an https backend).
-    pub backend: SessionIo,
-    /// Bytes the backend sent right after its 101, already read by the HTTP client.
-    pub backend_prefix: Bytes,
 }
 
 /// Who the session is, for registration and the summary.

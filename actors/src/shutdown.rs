@@ -1,5 +1,7 @@
 //! Shutdown as a value: a signal every connection and session holds, and a tracker that says
 //! when the last of them is gone.
+//! It also names why a session is asked to end early ([`DrainReason`]), shutdown being one
+//! reason among others.
 //!
 //! Lifecycle: `run` creates one [`Shutdown`]. Every accepted connection and every session carries
 //! a [`ShutdownSignal`] (to learn that shutdown began) and a [`TrackToken`] (dropped when it
@@ -11,8 +13,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
-
-use crate::messages::DrainReason;
 
 /// The owner's side: fires the signal once.
 #[derive(Debug)]
@@ -150,6 +150,32 @@ impl Drop for TrackToken {
     fn drop(&mut self) {
         if self.inner.live.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.inner.idle.notify_waiters();
+        }
+    }
+}
+
+/// Why a session is asked to end before either peer closed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainReason {
+    /// The sidecar is shutting down: close 1001 `going away`.
+    Shutdown,
+    /// The sidecar is shutting down with `shutdown_close_code = 1012`: close 1012
+    /// `service restart`, which tells clients to reconnect soon.
+    Restart,
+    /// The session's backend member was marked unhealthy and its rule says
+    /// `on_backend_unhealthy = "drain"`.
+    BackendUnhealthy,
+    /// A configuration reload removed the session's route.
+    RouteRemoved,
+}
+
+impl DrainReason {
+    /// The close code and reason Tether sends to both peers when this drain closes a session
+    /// (RFC 6455 §7.4.1; 1012 from the IANA WebSocket close code registry).
+    pub fn close_frame(self) -> (u16, &'static str) {
+        match self {
+            DrainReason::Restart => (1012, "service restart"),
+            _ => (1001, "going away"),
         }
     }
 }

@@ -25,6 +25,7 @@ use std::future::Future;
 use std::io::{self, BufRead, Read, Write};
 use std::task::{Context, Poll, Waker};
 
+use bytes::Bytes;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
@@ -418,4 +419,17 @@ impl SessionIo {
             tls.fin_after_flush.set(false);
         }
     }
+}
+
+/// Both upgraded sockets, with any bytes the HTTP layer had already read past the handshake.
+#[derive(Debug)]
+pub struct SessionStreams {
+    /// The client's connection (TCP, or TLS on an https listener).
+    pub client: SessionIo,
+    /// Bytes the client sent right after its handshake, already read by the HTTP server.
+    pub client_prefix: Bytes,
+    /// The backend's connection (TCP, or TLS to an https backend).
+    pub backend: SessionIo,
+    /// Bytes the backend sent right after its 101, already read by the HTTP client.
+    pub backend_prefix: Bytes,
 }

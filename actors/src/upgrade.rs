@@ -17,9 +17,10 @@
 //!    the connection (RFC 9112 §6.3), and relayed with a `Content-Length` of its decoded size.
 //!
 //! Everything after the request is written — head, and a refusal's body — must arrive within the
-//! route's `request_timeout` (→ [`ProxyError::ResponseTimeout`], 504). A connection that fails or
-//! closes early, or an answer that is malformed or over a limit, is
-//! [`ProxyError::BackendAnswer`] (502, and a passive failure of the member).
+//! route's `request_timeout` ([`ExchangeError::Timeout`]; the request path answers 504). A
+//! connection that fails or closes early, or an answer that is malformed or over a limit, is
+//! [`ExchangeError::Answer`] (502, and a passive failure of the member). The request path turns
+//! both into its `ProxyError`; this module knows nothing of it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -28,8 +29,6 @@ use bytes::{BufMut as _, Bytes};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Response, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
-
-use crate::error::ProxyError;
 
 /// The largest response head accepted; a larger one is malformed.
 pub const MAX_HEAD: usize = 16 * 1024;
@@ -45,6 +44,25 @@ const MAX_HEADERS: usize = 100;
 
 /// The longest chunk-size line (size and extensions) of a chunked body.
 const MAX_CHUNK_LINE: usize = 4096;
+
+/// Why [`exchange`] gave no answer to relay.
+#[derive(Debug)]
+pub enum ExchangeError {
+    /// No complete answer within `request_timeout`.
+    Timeout {
+        /// The member we tried.
+        backend: SocketAddr,
+        /// The deadline that ran out.
+        after: Duration,
+    },
+    /// The answer could not be relayed ([`AnswerError`]).
+    Answer {
+        /// The member we tried.
+        backend: SocketAddr,
+        /// What went wrong.
+        cause: AnswerError,
+    },
+}
 
 /// Why a backend's answer to a WebSocket handshake could not be relayed.
 #[derive(Debug, thiserror::Error)]
@@ -162,16 +180,16 @@ pub async fn exchange<Io>(
     request: &[u8],
     backend: SocketAddr,
     request_timeout: Duration,
-) -> Result<UpgradeAnswer<Io>, ProxyError>
+) -> Result<UpgradeAnswer<Io>, ExchangeError>
 where
     Io: AsyncRead + AsyncWrite + Unpin,
 {
     match tokio::time::timeout(request_timeout, exchange_on(&mut io, request)).await {
-        Err(_) => Err(ProxyError::ResponseTimeout {
+        Err(_) => Err(ExchangeError::Timeout {
             backend,
             after: request_timeout,
         }),
-        Ok(Err(cause)) => Err(ProxyError::BackendAnswer { backend, cause }),
+        Ok(Err(cause)) => Err(ExchangeError::Answer { backend, cause }),
         Ok(Ok(answer)) => Ok(answer.map_io(|()| io)),
     }
 }
@@ -553,7 +571,24 @@ impl ChunkedDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ProxyError;
     use tokio::io::DuplexStream;
+
+    /// [`super::exchange`] with its error as the request path sees it, which is what these
+    /// tests assert on.
+    async fn exchange<Io>(
+        io: Io,
+        request: &[u8],
+        backend: SocketAddr,
+        request_timeout: Duration,
+    ) -> Result<UpgradeAnswer<Io>, ProxyError>
+    where
+        Io: AsyncRead + AsyncWrite + Unpin,
+    {
+        super::exchange(io, request, backend, request_timeout)
+            .await
+            .map_err(ProxyError::from)
+    }
 
     const BACKEND: SocketAddr =
         SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9);

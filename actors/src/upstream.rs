@@ -2,7 +2,7 @@
 //!
 //! The pool belongs to one worker thread (`Rc`/`RefCell`, no lock): a request checks out an idle
 //! HTTP/1.1 connection to its member or opens a new one, and the connection comes back when the
-//! response body has been read to its end ([`crate::body::ProxyBody`]).
+//! response body has been read to its end ([`crate::response::ProxyBody`]).
 //!
 //! WebSocket handshakes always use a fresh connection, since the upgrade consumes it, and no
 //! hyper client: [`send_upgrade`] connects, writes the request head and reads the answer by hand
@@ -277,11 +277,6 @@ impl UpstreamPool {
             }
         }
         None
-    }
-
-    /// How many idle connections the pool holds (all members).
-    pub fn idle_count(&self) -> usize {
-        self.idle.borrow().values().map(Vec::len).sum()
     }
 
     /// Sends an ordinary (non-upgrade) request to `backend` over a pooled or new connection and

@@ -5,7 +5,8 @@
 //! [`crate::listener`]): accepted on this thread and registered with this thread's runtime, so
 //! [`Accepted`] carries a ready tokio socket and nothing moves between runtimes.
 //!
-//! Everything a worker shares between its connections lives in one [`WorkerContext`] behind an
+//! Everything a worker shares between its connections lives in one `WorkerContext` (defined
+//! with the request path that reads it) behind an
 //! `Rc`: the route snapshot handle, the backend connection pool and the session registry. None of
 //! it needs a lock because only this thread touches it.
 
@@ -22,34 +23,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 
 use crate::messages::Accepted;
 use crate::metrics::Metrics;
-use crate::proxy::{self, Connection};
+use crate::proxy::{self, Connection, WorkerContext};
 use crate::route_table::SharedRoutes;
 use crate::session::SessionRegistry;
 use crate::shutdown::{ShutdownSignal, TrackToken, Tracker};
 use crate::tls::{self, TLS_HANDSHAKE_TIMEOUT};
 use crate::upstream::UpstreamPool;
 
-/// What every connection on one worker shares.
-pub struct WorkerContext {
-    /// The worker's index (for logs).
-    pub index: usize,
-    /// The published route table.
-    pub routes: SharedRoutes,
-    /// Idle backend connections of this worker.
-    pub upstream: Rc<UpstreamPool>,
-    /// Where sessions register (shared by every session on this worker: one pointer each).
-    pub registry: Rc<SessionRegistry>,
-    /// Fires when the sidecar shuts down.
-    pub shutdown: ShutdownSignal,
-    /// Counts live connections and sessions.
-    pub tracker: Tracker,
-    /// How long sessions get to finish their close handshake when Tether shuts down.
-    pub shutdown_grace: Duration,
-    /// Counters.
-    pub metrics: Arc<Metrics>,
-}
-
-/// The parts of a [`WorkerContext`] that can be sent to the worker's thread.
+/// The parts of a `WorkerContext` that can be sent to the worker's thread.
 #[derive(Clone)]
 pub struct WorkerSetup {
     /// The published route table.

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix::{Actor, Addr, Arbiter};
+use tether_actors::member::DnsMember;
 use tether_actors::messages::AttachProber;
 use tether_actors::prober::{ProbePlan, ProberActor};
 use tether_actors::resolver::{self, DnsResolver, ResolverActor};
@@ -19,7 +20,7 @@ use tether_actors::shutdown::Shutdown;
 use tether_config::{Config, Member};
 
 /// Every pool's DNS members, resolved once.
-pub(crate) type Resolved = Vec<(Arc<str>, Vec<resolver::DnsMember>)>;
+pub(crate) type Resolved = Vec<(Arc<str>, Vec<DnsMember>)>;
 
 /// Resolves every DNS member once (start-up), with the resolver the pools' resolver actors
 /// keep using. Without DNS members no resolver is built. A resolver that cannot be built is

@@ -18,7 +18,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use actix::{Actor, Addr, Arbiter, Recipient};
-use tether_actors::listener::{ConnectionLimit, ListenerActor, ListenerInfo};
+use tether_actors::admission::{ConnectionLimit, ListenerInfo};
+use tether_actors::listener::ListenerActor;
 use tether_actors::messages::{Accepted, ConfigReplaced, DrainAll, StopAccepting};
 use tether_actors::metrics::Metrics;
 use tether_actors::route_table::RouteTableActor;

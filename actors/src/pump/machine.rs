@@ -80,8 +80,8 @@ use std::time::{Duration, Instant};
 use super::direction::{Dest, Half, Outbox, Queued};
 use super::watch::{mask_key, Ping, Watch, PING_PAYLOAD_LEN};
 use crate::frame::{ControlFrame, OpCode, Sink};
-use crate::messages::DrainReason;
 use crate::outcome::{EndCause, Initiator, Outcome};
+use crate::shutdown::DrainReason;
 
 pub(crate) use super::direction::{Dir, Wire};
 

@@ -65,19 +65,17 @@ use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
-use crate::messages::DrainReason;
 use crate::outcome::{Counters, Outcome};
-use crate::session::SessionStreams;
+use crate::shutdown::DrainReason;
+use crate::transport::SessionStreams;
 use crate::transport::{ReadEnd, ReadReadiness, SessionIo};
 
 mod direction;
 pub(crate) mod machine;
 mod watch;
 
-pub use direction::PENDING_LIMIT;
+pub use machine::PumpConfig;
 use machine::{Dir, Session, Wire};
-pub use machine::{PumpConfig, CLOSE_HANDSHAKE_TIMEOUT};
-pub use watch::PING_PAYLOAD_LEN;
 
 /// Size of the per-worker read buffer.
 pub const READ_BUFFER_SIZE: usize = 64 * 1024;

@@ -49,9 +49,9 @@ use actix::Recipient;
 use tether_config::{BackendPoolConfig, PassiveHealthConfig};
 
 use crate::balance::{Member, Pool};
+use crate::member::DnsMember;
+use crate::member::Health;
 use crate::messages::{MemberFailing, ProbeTargets};
-use crate::prober::Health;
-use crate::resolver::DnsMember;
 
 /// The last probe-health flip of a member, for `GET /backends`.
 #[derive(Debug, Clone)]

@@ -41,6 +41,8 @@ use arc_swap::ArcSwap;
 use tether_config::{Config, OnBackendUnhealthy};
 
 pub use crate::balance::Pool;
+use crate::member::DnsMember;
+use crate::member::Health;
 /// `GET /backends`' answer, defined with its message ([`BackendsReport`]).
 pub use crate::messages::BackendsStatus;
 use crate::messages::{
@@ -48,10 +50,8 @@ use crate::messages::{
     DrainSession, LiveSessions, MemberFailing, MemberHealthChanged, MembersResolved, RecentEndings,
     SessionsChanged, SessionsReport,
 };
-use crate::prober::Health;
-use crate::resolver::DnsMember;
 use membership::{pool_entries, PoolState};
-pub use routes::{Route, RouteSnapshot, SessionSlot, SharedRoutes};
+pub use routes::{Route, RouteSnapshot, SharedRoutes};
 use sessions::Sessions;
 pub use sessions::{RECENT_ENDINGS, SESSION_STATS_TIMEOUT};
 

@@ -7,7 +7,7 @@
 //! are compared without port, trailing dot or case ([`normalize_host`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -15,6 +15,7 @@ use tether_config::{
     BackendSettingsConfig, Config, HostPattern, PathPattern, RoutingRuleConfig, WebSocketConfig,
 };
 
+use crate::admission::SessionSlot;
 use crate::balance::Pool;
 use crate::headers;
 
@@ -36,6 +37,14 @@ pub struct Route {
     /// Live sessions on this rule, for `websocket.max_sessions`; carried across republishes
     /// by rule name, so a new snapshot does not forget the sessions already running.
     pub sessions: Arc<AtomicUsize>,
+}
+
+impl Route {
+    /// Takes a place in this rule's `websocket.max_sessions`, or `None` when they are all taken
+    /// ([`SessionSlot::acquire`]).
+    pub fn session_slot(&self) -> Option<SessionSlot> {
+        SessionSlot::acquire(&self.sessions, self.websocket.max_sessions)
+    }
 }
 
 /// Rules for one path table (one host pattern on one listener).
@@ -183,31 +192,6 @@ fn resolve_rule(
         websocket: Arc::new(rule.websocket.clone()),
         sessions,
     }))
-}
-
-/// A place in a rule's `max_sessions`, held from the handshake to the session's end.
-#[derive(Debug)]
-pub struct SessionSlot(Arc<AtomicUsize>);
-
-impl SessionSlot {
-    /// Takes a slot on `route`, or `None` when its `max_sessions` are all taken (one atomic
-    /// add; undone at once when over the limit).
-    pub fn acquire(route: &Route) -> Option<SessionSlot> {
-        let before = route.sessions.fetch_add(1, Ordering::AcqRel);
-        if let Some(max) = route.websocket.max_sessions {
-            if before >= max as usize {
-                route.sessions.fetch_sub(1, Ordering::AcqRel);
-                return None;
-            }
-        }
-        Some(SessionSlot(route.sessions.clone()))
-    }
-}
-
-impl Drop for SessionSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 /// Strips the port (and IPv6 brackets) from a `Host` value ([`headers::parse_authority`]) and

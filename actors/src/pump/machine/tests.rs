@@ -4,7 +4,7 @@
 use super::*;
 use crate::frame::{is_reserved_close_code, parse_header, CloseInfo};
 use crate::outcome::Counters;
-use crate::pump::PENDING_LIMIT;
+use crate::pump::direction::PENDING_LIMIT;
 
 const T0_IDLE: Duration = Duration::from_secs(60);
 

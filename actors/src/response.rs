@@ -1,0 +1,153 @@
+//! The response going to the client.
+//!
+//! * [`ProxyBody`]: either the backend's body streamed through (its pooled connection goes back
+//!   when the body ends), or a complete body held in memory (a short text Tether wrote, or a
+//!   backend's refusal of a WebSocket handshake). An enum rather than a boxed trait object, so
+//!   relaying a body costs no allocation.
+//! * [`ProxyError::into_response`]: the answer for a failure. It is written here rather than in
+//!   [`crate::error`] so that the classification of failures does not depend on the backend
+//!   connection pool a streamed body returns its connection to.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::error::ProxyError;
+use crate::handshake::HandshakeError;
+use crate::upstream::PooledConnection;
+
+/// A response body going to the client.
+#[derive(Debug)]
+pub enum ProxyBody {
+    /// The backend's body, streamed frame by frame. The backend connection goes back to the
+    /// worker's pool once the body has been read to its end.
+    Upstream {
+        /// The backend's body.
+        body: Incoming,
+        /// The connection to return when the body is done.
+        release: Option<PooledConnection>,
+    },
+    /// A complete body held in memory, sent in one frame: a reason Tether wrote, or a backend's
+    /// refusal of a WebSocket handshake read in full. `None` once sent (or when empty).
+    Text(Option<Bytes>),
+}
+
+impl ProxyBody {
+    /// A complete short body.
+    pub fn text(bytes: Bytes) -> ProxyBody {
+        ProxyBody::Text(Some(bytes))
+    }
+
+    /// A complete body read in full (empty bytes make an empty body).
+    pub fn full(bytes: Bytes) -> ProxyBody {
+        ProxyBody::Text((!bytes.is_empty()).then_some(bytes))
+    }
+
+    /// An empty body.
+    pub fn empty() -> ProxyBody {
+        ProxyBody::Text(None)
+    }
+
+    /// Wraps a backend body; `release` goes back to its pool when the body ends.
+    pub fn upstream(body: Incoming, release: Option<PooledConnection>) -> ProxyBody {
+        let mut b = ProxyBody::Upstream { body, release };
+        b.release_if_done();
+        b
+    }
+
+    fn release_if_done(&mut self) {
+        if let ProxyBody::Upstream { body, release } = self {
+            if body.is_end_stream() {
+                if let Some(conn) = release.take() {
+                    conn.release();
+                }
+            }
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        match this {
+            ProxyBody::Upstream { body, release } => {
+                let polled = Pin::new(&mut *body).poll_frame(cx);
+                match &polled {
+                    // hyper stops polling once `is_end_stream` is true, so the last data frame
+                    // of a length-delimited body is where the connection is given back.
+                    Poll::Ready(None) | Poll::Ready(Some(Ok(_))) if body.is_end_stream() => {
+                        if let Some(conn) = release.take() {
+                            conn.release();
+                        }
+                    }
+                    Poll::Ready(None) => {
+                        if let Some(conn) = release.take() {
+                            conn.release();
+                        }
+                    }
+                    Poll::Ready(Some(Err(_))) => {
+                        // A broken body means a broken connection: never reuse it.
+                        release.take();
+                    }
+                    _ => {}
+                }
+                polled
+            }
+            ProxyBody::Text(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
+            ProxyBody::Text(bytes) => bytes.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Upstream { body, .. } => body.size_hint(),
+            ProxyBody::Text(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ProxyBody::Text(None) => SizeHint::with_exact(0),
+        }
+    }
+}
+
+impl ProxyError {
+    /// The response for this failure: its status, `text/plain`, and a one-line reason. A
+    /// version mismatch also carries `Sec-WebSocket-Version: 13` (RFC 6455 §4.4).
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let status = self.status();
+        let mut reason = self.to_string();
+        reason.push('\n');
+        let mut resp = Response::new(ProxyBody::text(Bytes::from(reason)));
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if self.closes_connection() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if matches!(
+            self,
+            ProxyError::BadHandshake(HandshakeError::UnsupportedVersion)
+        ) {
+            headers.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        resp
+    }
+}
