@@ -1,0 +1,112 @@
+//! Forwarding an ordinary request and relaying its answer.
+
+use super::attempts::*;
+use super::*;
+
+pub(super) async fn forward_http(
+    ctx: &Rc<WorkerContext>,
+    conn: &Connection,
+    route: &Route,
+    req: Request<Incoming>,
+    span: &Span,
+    facts: &mut RequestFacts,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let (mut backend, mut lease) = pick_backend(route, conn, req.headers())?;
+    facts.backend = Some(backend);
+    let (mut parts, body) = req.into_parts();
+    prepare_head(&mut parts, conn, route);
+    let (body, upload): (UpstreamBody, _) = if body.is_end_stream() {
+        (RequestBody::empty(), None)
+    } else {
+        let (body, probe) = RequestBody::client(body, conn.listener.config.request_body_timeout);
+        (body, Some(probe))
+    };
+    let mut attempts = Attempts::new(ctx, route, conn);
+    // Only a bodyless idempotent request may be sent again after it was written, so only its
+    // head is kept, and only when there is another member to send it to.
+    let mut replay = (upload.is_none()
+        && attempts.budget > 0
+        && idempotent(&parts.method)
+        && route.pool.members().len() > 1)
+        .then(|| copy_head(&parts));
+    let mut req = Request::from_parts(parts, body);
+    let (resp, pooled) = loop {
+        let client_span = trace::http_client(span, req.method().as_str(), backend);
+        trace::inject(&client_span, req.headers_mut());
+        let tls = ctx
+            .upstream
+            .tls_for(&route.settings, backend)
+            .inspect_err(|e| report_failure(&lease, e))?;
+        let sent = ctx
+            .upstream
+            .send(
+                backend,
+                tls.as_ref(),
+                req,
+                route.settings.connect_timeout,
+                route.settings.request_timeout,
+            )
+            .instrument(client_span.clone())
+            .await;
+        let SendFailure {
+            error,
+            unsent,
+            reset_before_response,
+        } = match sent {
+            Ok(answer) => {
+                client_span.record(
+                    "http.response.status_code",
+                    i64::from(answer.0.status().as_u16()),
+                );
+                break answer;
+            }
+            Err(failure) => failure,
+        };
+        let error = blame(error, upload.as_ref());
+        report_failure(&lease, &error);
+        client_span.record("otel.status_code", "ERROR");
+        let again = match unsent {
+            Some(unsent)
+                if error.counts_against_member()
+                    && attempts.allows(facts, RetryReason::Connect) =>
+            {
+                Some((unsent, RetryReason::Connect))
+            }
+            None if reset_before_response
+                && error.counts_against_member()
+                && attempts.allows(facts, RetryReason::Reset) =>
+            {
+                replay.take().map(|head| {
+                    let (parts, ()) = head.into_parts();
+                    (
+                        Request::from_parts(parts, RequestBody::empty()),
+                        RetryReason::Reset,
+                    )
+                })
+            }
+            _ => None,
+        };
+        let Some((again, reason)) = again else {
+            return Err(error);
+        };
+        let Some(next) = attempts.next(again.headers(), &lease, reason, facts) else {
+            return Err(error);
+        };
+        (backend, lease) = next;
+        req = again;
+    };
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let err = ProxyError::UnrequestedUpgrade { backend };
+        report_failure(&lease, &err);
+        return Err(err);
+    }
+    report_answer(&lease, backend, resp.status());
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    // The lease rides with the connection until the body is done: a streaming response is
+    // in flight for least_connections as long as it streams.
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::upstream(body, Some(pooled.holding(lease))),
+    ))
+}

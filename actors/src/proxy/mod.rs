@@ -1,0 +1,344 @@
+//! The request path: route, validate, forward, and hand upgraded WebSockets to a session.
+//!
+//! 1. Establish the one host the request is for ([`headers::request_host`]: missing, repeated
+//!    or invalid `Host` → 400; an absolute-form target's authority replaces `Host`), then look
+//!    the request up in the current route snapshot (no route → 404).
+//! 2. A WebSocket handshake is validated (RFC 6455 §4.2.1) and its `Origin` checked against the
+//!    rule before anything reaches a backend (400/426/403).
+//! 3. Pick a member (none in rotation → 503).
+//! 4. Strip hop-by-hop headers, add `X-Forwarded-*`, forward with `connect_timeout` (→ 502) and
+//!    wait for the head within `request_timeout` (→ 504). The client's body goes through a
+//!    [`RequestBody`] that enforces the listener's `request_body_timeout` (→ 408) and tags the
+//!    client's failures (bad framing → 400; a client that left → connection closed, no answer),
+//!    so they never count against the member.
+//! 5. A failed attempt counts against its member (passive health); the request may then go to
+//!    another member in rotation, up to the settings' `retries` (see `Attempts`).
+//! 6. A WebSocket handshake goes to the backend over a fresh connection with no HTTP client on
+//!    it ([`crate::upgrade`]). A `101` goes back unchanged; the backend socket and the client's
+//!    upgraded one go to a new [`SessionActor`] on this worker. A refusal is relayed with its
+//!    body read in full (bounded); any other answer to a plain request is relayed with its body
+//!    streamed.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Actor;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use hyper::body::{Body, Incoming};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tether_config::Inspect;
+use tokio::net::TcpStream;
+use tracing::{Instrument as _, Span};
+
+use crate::admission::{ConnectionGuard, ListenerInfo};
+use crate::balance::MemberLease;
+use crate::body::{ClientBodyError, RequestBody, UploadProbe};
+use crate::error::ProxyError;
+use crate::handshake;
+use crate::headers;
+use crate::metrics::{Metrics, RetryReason};
+use crate::pump::PumpConfig;
+use crate::response::ProxyBody;
+use crate::route_table::{Route, SharedRoutes};
+use crate::session::{SessionActor, SessionEnv, SessionInfo, SessionRegistry};
+use crate::shutdown::{ShutdownSignal, Tracker};
+use crate::trace::{self, HandshakeOutcome};
+use crate::transport::{SessionIo, SessionStreams, TlsIo};
+use crate::upgrade::UpgradeAnswer;
+use crate::upstream::{self, SendFailure, UpstreamBody, UpstreamPool};
+
+mod attempts;
+mod http_request;
+mod websocket;
+
+use http_request::forward_http;
+use websocket::forward_websocket;
+
+/// What every connection on one worker shares.
+pub struct WorkerContext {
+    /// The worker's index (for logs).
+    pub index: usize,
+    /// The published route table.
+    pub routes: SharedRoutes,
+    /// Idle backend connections of this worker.
+    pub upstream: Rc<UpstreamPool>,
+    /// Where sessions register (shared by every session on this worker: one pointer each).
+    pub registry: Rc<SessionRegistry>,
+    /// Fires when the sidecar shuts down.
+    pub shutdown: ShutdownSignal,
+    /// Counts live connections and sessions.
+    pub tracker: Tracker,
+    /// How long sessions get to finish their close handshake when Tether shuts down.
+    pub shutdown_grace: Duration,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+}
+
+/// One client connection, as the request path sees it.
+#[derive(Debug)]
+pub struct Connection {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The listener that accepted it.
+    pub listener: Arc<ListenerInfo>,
+    /// Counts the connection against its listener's limits. It lives as long as the connection:
+    /// dropped with it, or taken into the session when the connection upgrades (a `101`).
+    pub guard: RefCell<Option<ConnectionGuard>>,
+}
+
+/// What the access log and the span learn while a request is handled.
+#[derive(Debug, Default)]
+struct RequestFacts {
+    route: Option<Arc<str>>,
+    backend: Option<SocketAddr>,
+    /// For a handshake: the backend's answer was not a 101.
+    refused: bool,
+    /// Attempts on other members after the first failed.
+    retries: u32,
+}
+
+/// The service's only error: the client left before its request was complete, so its
+/// connection is closed without a response (nobody would read one).
+#[derive(Debug, thiserror::Error)]
+#[error("client closed the connection before its request was complete")]
+pub struct ClientGone;
+
+/// Handles one request: the service function of every client connection. Every error becomes
+/// a response here, except a client that left ([`ClientGone`]): its connection is closed.
+pub async fn handle(
+    ctx: Rc<WorkerContext>,
+    conn: Rc<Connection>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, ClientGone> {
+    let started = Instant::now();
+    let websocket = handshake::wants_websocket(req.headers());
+    let method = req.method().clone();
+    let span = if websocket {
+        trace::handshake(
+            req.uri().path(),
+            &conn.listener.name,
+            conn.peer,
+            req.headers(),
+        )
+    } else {
+        trace::http_server(
+            method.as_str(),
+            req.uri().path(),
+            &conn.listener.name,
+            conn.peer,
+        )
+    };
+    trace::adopt_parent(&span, req.headers());
+    let path_for_log = access_log_enabled().then(|| req.uri().path().to_owned());
+    let mut facts = RequestFacts::default();
+    let result = route_and_forward(&ctx, &conn, req, websocket, &span, &mut facts)
+        .instrument(span.clone())
+        .await;
+    let (resp, error) = match result {
+        Ok(resp) => (Ok(resp), None),
+        Err(err) => {
+            let status = err.status();
+            let side = err.side().as_str();
+            if status.is_server_error() {
+                tracing::warn!(client = %conn.peer, %method, status = status.as_u16(), side, retries = facts.retries, error = %err, "request failed");
+            } else {
+                tracing::debug!(client = %conn.peer, %method, status = status.as_u16(), side, error = %err, "request refused");
+            }
+            if !span.is_none() {
+                span.record("tether.error.side", side);
+            }
+            let outcome = err.handshake_outcome();
+            let resp = if err.closes_silently() {
+                Err(status)
+            } else {
+                Ok(err.into_response())
+            };
+            (resp, Some(outcome))
+        }
+    };
+    let status = match &resp {
+        Ok(resp) => resp.status().as_u16(),
+        Err(status) => status.as_u16(),
+    };
+    let elapsed = started.elapsed();
+    if websocket {
+        let outcome = match error {
+            Some(outcome) => outcome,
+            None if facts.refused => HandshakeOutcome::BackendRefused,
+            None => HandshakeOutcome::Upgraded,
+        };
+        ctx.metrics.handshake(outcome);
+        if !span.is_none() {
+            span.record("tether.outcome", outcome.as_str());
+            let negotiated = resp.as_ref().ok().and_then(|r| {
+                r.headers()
+                    .get(header::SEC_WEBSOCKET_PROTOCOL)
+                    .and_then(|p| p.to_str().ok())
+            });
+            if let Some(p) = negotiated {
+                span.record("websocket.subprotocol.negotiated", p);
+            }
+        }
+    } else {
+        ctx.metrics.request(status, elapsed);
+    }
+    if !span.is_none() {
+        span.record("http.response.status_code", i64::from(status));
+        if let Some(route) = &facts.route {
+            span.record(
+                if websocket {
+                    "tether.route"
+                } else {
+                    "http.route"
+                },
+                &**route,
+            );
+        }
+        if let Some(backend) = facts.backend {
+            span.record("tether.backend", backend.to_string());
+        }
+        if facts.retries > 0 {
+            span.record("tether.retries", i64::from(facts.retries));
+        }
+        if status >= 500 {
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+    if let Some(path) = path_for_log {
+        tracing::info!(
+            target: "tether::access",
+            client = %conn.peer,
+            listener = %conn.listener.name,
+            method = %method,
+            path = %path,
+            status,
+            duration_us = elapsed.as_micros() as u64,
+            route = facts.route.as_deref(),
+            backend = facts.backend.map(tracing::field::display),
+            retries = facts.retries,
+            websocket,
+            trace_id = trace::trace_id(&span),
+            "request"
+        );
+    }
+    resp.map_err(|_| ClientGone)
+}
+
+/// True when access-log lines would be written (checked once per request).
+fn access_log_enabled() -> bool {
+    tracing::enabled!(target: "tether::access", tracing::Level::INFO)
+}
+
+async fn route_and_forward(
+    ctx: &Rc<WorkerContext>,
+    conn: &Rc<Connection>,
+    mut req: Request<Incoming>,
+    websocket: bool,
+    span: &Span,
+    facts: &mut RequestFacts,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    // One host per request, before anything else reads one (RFC 9112 §3.2, §3.2.2): a target's
+    // authority replaces `Host`, so the rule chosen and the backend's `Host` always agree.
+    let replacement = headers::request_host(req.version(), req.uri(), req.headers())?.1;
+    if let Some(host) = replacement {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if let Some(port) = conn.listener.redirect_port {
+        if websocket {
+            return Err(ProxyError::InsecureWebSocket { port });
+        }
+        return Ok(redirect_to_https(
+            &req,
+            host,
+            port,
+            conn.listener.local_addr,
+        ));
+    }
+    let route = {
+        let snapshot = ctx.routes.load();
+        snapshot
+            .lookup(&conn.listener.name, host, req.uri().path())
+            .cloned()
+            .ok_or(ProxyError::NoRoute)?
+    };
+    facts.route = Some(route.name.clone());
+    if websocket {
+        forward_websocket(ctx, conn, route, req, span, facts).await
+    } else {
+        forward_http(ctx, conn, &route, req, span, facts).await
+    }
+}
+
+/// `308 Permanent Redirect` to the same host (`host`, checked by [`headers::request_host`]),
+/// path and query on the https listener's `port` (308 keeps the method and body, unlike 301).
+fn redirect_to_https<B>(
+    req: &Request<B>,
+    host: Option<&str>,
+    port: u16,
+    local: SocketAddr,
+) -> Response<ProxyBody> {
+    // The port is dropped; an IPv6 literal goes back in brackets.
+    let host = match host.and_then(headers::parse_authority) {
+        Some(a) if a.host.contains(':') => format!("[{}]", a.host),
+        Some(a) => a.host.to_owned(),
+        None => match local.ip() {
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        },
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let location = if port == 443 {
+        format!("https://{host}{path}")
+    } else {
+        format!("https://{host}:{port}{path}")
+    };
+    let mut resp = Response::new(ProxyBody::empty());
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
+/// Rewrites the request head for the backend: origin-form URI, HTTP/1.1, hop-by-hop headers
+/// removed, `X-Forwarded-*` added, `Host` overridden when configured.
+fn prepare_head(parts: &mut http::request::Parts, conn: &Connection, route: &Route) {
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let pq = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        parts.uri = Uri::from(pq);
+    }
+    parts.version = Version::HTTP_11;
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::add_forwarded(
+        &mut parts.headers,
+        conn.peer.ip(),
+        conn.listener.scheme,
+        host.as_ref(),
+    );
+    if let Some(override_host) = &route.settings.host_override {
+        if let Ok(v) = HeaderValue::from_str(override_host) {
+            parts.headers.insert(header::HOST, v);
+        }
+    } else if let Some(host) = host {
+        parts.headers.insert(header::HOST, host);
+    }
+}

@@ -1,0 +1,198 @@
+//! Forwarding a WebSocket handshake and handing the upgraded sockets to a session.
+
+use super::attempts::*;
+use super::*;
+
+pub(super) async fn forward_websocket(
+    ctx: &Rc<WorkerContext>,
+    conn: &Connection,
+    route: Arc<Route>,
+    mut req: Request<Incoming>,
+    span: &Span,
+    facts: &mut RequestFacts,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    handshake::validate(&req, req.body().is_end_stream())?;
+    check_origin(&route, &req)?;
+    check_subprotocols(&route, &req)?;
+    let slot = route
+        .session_slot()
+        .ok_or_else(|| ProxyError::SessionLimit {
+            route: route.name.clone(),
+        })?;
+    let (mut backend, mut lease) = pick_backend(&route, conn, req.headers())?;
+    facts.backend = Some(backend);
+    let client_upgrade = hyper::upgrade::on(&mut req);
+    let (mut parts, _) = req.into_parts();
+    prepare_head(&mut parts, conn, &route);
+    headers::set_websocket_upgrade(&mut parts.headers);
+    trace::inject(span, &mut parts.headers);
+    let mut attempts = Attempts::new(ctx, &route, conn);
+    let answer = loop {
+        let tls = ctx
+            .upstream
+            .tls_for(&route.settings, backend)
+            .inspect_err(|e| report_failure(&lease, e))?;
+        let error = match upstream::send_upgrade(
+            backend,
+            tls.as_ref(),
+            &parts,
+            route.settings.connect_timeout,
+            route.settings.request_timeout,
+        )
+        .await
+        {
+            Ok(answer) => break answer,
+            Err(error) => error,
+        };
+        report_failure(&lease, &error);
+        // Only an upgrade that reached no backend goes elsewhere.
+        if !(error.before_sending() && attempts.allows(facts, RetryReason::Connect)) {
+            return Err(error);
+        }
+        let reason = RetryReason::Connect;
+        let Some(next) = attempts.next(&parts.headers, &lease, reason, facts) else {
+            return Err(error);
+        };
+        (backend, lease) = next;
+    };
+    report_answer(&lease, backend, answer.status());
+    let (head, backend_io, backend_prefix) = match answer {
+        UpgradeAnswer::Switched { head, io, prefix } => (head, io, prefix),
+        UpgradeAnswer::Refused(resp) => {
+            // The backend refused the upgrade: relay its answer, read in full. Its backend
+            // connection is already closed.
+            facts.refused = true;
+            let (mut parts, body) = resp.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            return Ok(Response::from_parts(parts, ProxyBody::full(body)));
+        }
+    };
+    let info = SessionInfo {
+        route: route.name.clone(),
+        backend,
+        client: conn.peer,
+        lease: Some(lease.into_session()),
+    };
+    // The connection's place in `max_connections` goes with its sockets into the session.
+    let connection = conn.guard.borrow_mut().take();
+    let pump = pump_config(&route);
+    let token = ctx.tracker.token();
+    let ctx = ctx.clone();
+    let handshake_span = span.clone();
+    tokio::task::spawn_local(async move {
+        // Only the client side goes through hyper's upgrade; the backend socket is ready.
+        let client = match client_upgrade.await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::debug!(client = %info.client, error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let Some((client, client_prefix)) = into_tcp(client) else {
+            tracing::error!("upgraded client connection is not a TCP stream");
+            return;
+        };
+        let connection = connection.and_then(ConnectionGuard::into_session);
+        let span = trace::session(&handshake_span, &info.route, info.backend);
+        let env = SessionEnv {
+            registry: ctx.registry.clone(),
+            shutdown: ctx.shutdown.clone(),
+            shutdown_grace: ctx.shutdown_grace,
+            metrics: ctx.metrics.clone(),
+            span,
+            token,
+            slot,
+            connection,
+        };
+        let streams = SessionStreams {
+            client,
+            client_prefix,
+            backend: backend_io,
+            backend_prefix,
+        };
+        SessionActor::new(info, streams, pump, env).start();
+    });
+    // The backend's 101 goes back unchanged: accept key, subprotocol and extensions included.
+    let (parts, ()) = head.into_parts();
+    Ok(Response::from_parts(parts, ProxyBody::empty()))
+}
+
+/// Recovers the client's connection under its upgraded one (TCP, or TCP + the rustls state of
+/// an https listener's connection), with the bytes hyper had read past the handshake. hyper's
+/// own read buffer and tokio-rustls' wrapper are dropped here, so they do not live as long as
+/// the session.
+fn into_tcp(upgraded: Upgraded) -> Option<(SessionIo, Bytes)> {
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => return Some((SessionIo::Plain(parts.io.into_inner()), parts.read_buf)),
+        Err(upgraded) => upgraded,
+    };
+    let parts = upgraded
+        .downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>()
+        .ok()?;
+    let (tcp, conn) = parts.io.into_inner().into_inner();
+    Some((
+        SessionIo::Tls(Box::new(TlsIo::new(tcp, conn))),
+        parts.read_buf,
+    ))
+}
+
+/// How a session on `route` is pumped: its inspection mode and bounds.
+fn pump_config(route: &Route) -> PumpConfig {
+    let ws = &route.websocket;
+    PumpConfig {
+        frames: ws.inspect == Inspect::Frames,
+        idle_timeout: route.settings.request_timeout,
+        keepalive: (!ws.keepalive_interval.is_zero()).then_some(ws.keepalive_interval),
+        max_message_size: ws.max_message_size,
+    }
+}
+
+/// Enforces the rule's `subprotocols` allow-list: a handshake that offers subprotocols, none of
+/// them allowed, is refused. Offers are otherwise passed through untouched, and the backend
+/// chooses.
+fn check_subprotocols<B>(route: &Route, req: &Request<B>) -> Result<(), ProxyError> {
+    let allowed = &route.websocket.subprotocols;
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let mut offered_any = false;
+    for value in req.headers().get_all(header::SEC_WEBSOCKET_PROTOCOL) {
+        for offer in value.as_bytes().split(|&b| b == b',') {
+            let offer = offer.trim_ascii();
+            if offer.is_empty() {
+                continue;
+            }
+            offered_any = true;
+            if allowed.iter().any(|a| a.as_bytes() == offer) {
+                return Ok(());
+            }
+        }
+    }
+    if offered_any {
+        Err(ProxyError::SubprotocolNotAllowed)
+    } else {
+        Ok(())
+    }
+}
+
+/// Enforces the rule's `allowed_origins` (CORS does not cover WebSockets; this is the only
+/// origin guard, as ASP.NET Core's `AllowedOrigins`).
+fn check_origin<B>(route: &Route, req: &Request<B>) -> Result<(), ProxyError> {
+    let policy = &route.websocket;
+    let origin = req.headers().get(header::ORIGIN);
+    match origin {
+        None if policy.require_origin => Err(ProxyError::OriginRequired),
+        None => Ok(()),
+        Some(origin) => {
+            if policy.allowed_origins.is_empty()
+                || policy.allowed_origins.iter().any(|allowed| {
+                    allowed == "*" || allowed.as_bytes().eq_ignore_ascii_case(origin.as_bytes())
+                })
+            {
+                Ok(())
+            } else {
+                Err(ProxyError::OriginNotAllowed)
+            }
+        }
+    }
+}
