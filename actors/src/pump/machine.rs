@@ -371,11 +371,21 @@ impl Session {
             next = next.min(at);
         }
         if let (true, Some(interval)) = (self.cfg.frames, self.cfg.keepalive) {
-            next = next
-                .min(self.ping_due(interval))
-                .min(self.last_client + interval * 2);
+            next = next.min(self.last_client + interval * 2);
+            // A ping is due only when one can be queued (the same test as `timer`'s). While
+            // the last one still waits for a frame boundary its due time lies in the past, and
+            // counting it would fire the driver's timer again at once, over and over; the
+            // driver asks again after every event, so the boundary re-arms it.
+            if self.can_queue_ping() {
+                next = next.min(self.ping_due(interval));
+            }
         }
         next
+    }
+
+    /// Whether a ping can be queued towards the client now.
+    fn can_queue_ping(&self) -> bool {
+        self.down.queued.is_none() && !self.down.dest.done()
     }
 
     /// Time passed: a scheduled drain, the keep-alive verdict, the idle timeout or a ping may
@@ -427,10 +437,7 @@ impl Session {
             return;
         }
         if let Some(interval) = keepalive {
-            if now >= self.ping_due(interval)
-                && self.down.queued.is_none()
-                && !self.down.dest.done()
-            {
+            if now >= self.ping_due(interval) && self.can_queue_ping() {
                 self.ping.seq = self.ping.seq.wrapping_add(1);
                 let mut payload = [0u8; PING_PAYLOAD_LEN];
                 payload[..4].copy_from_slice(b"tthr");

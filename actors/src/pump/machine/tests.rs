@@ -626,6 +626,39 @@ fn a_queued_close_waits_for_a_frame_boundary() {
     assert_eq!(closes(&to_backend), one_close(1001, "idle timeout"));
 }
 
+/// A ping that waits for a frame boundary (the backend is mid-frame) is not due again while it
+/// waits: the next deadline always lies ahead of a timer that has just fired, or the driver's
+/// timer would fire again at once, over and over, until the boundary came (found by the
+/// interleaving property test).
+#[test]
+fn a_ping_waiting_for_a_frame_boundary_does_not_keep_the_timer_due() {
+    let interval = Duration::from_secs(10);
+    let mut r = Rig::new(PumpConfig {
+        keepalive: Some(interval),
+        ..frames_cfg()
+    });
+    let message = backend_binary(&[7; 3000]);
+    r.backend_sends(&message[..4]);
+    // The ping is queued behind the backend's frame; the client is alive.
+    r.advance(interval);
+    r.client_sends(&client_binary(b"x"));
+    // One interval later the next ping would be due, but the first still waits.
+    r.now += interval;
+    r.s.on_timer(r.now, &mut r.net);
+    assert!(
+        r.s.next_deadline() > r.now,
+        "a deadline at or before the timer that just fired"
+    );
+    assert!(!r.done());
+    r.backend_sends(&message[4..]);
+    let pings = r
+        .to_client()
+        .into_iter()
+        .filter(|f| f.opcode == OpCode::Ping)
+        .count();
+    assert_eq!(pings, 1, "the queued ping goes out at the boundary");
+}
+
 #[test]
 fn a_source_that_ends_mid_frame_gets_a_fin_instead_of_the_close() {
     let mut r = Rig::frames();
