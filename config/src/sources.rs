@@ -213,31 +213,27 @@ pub(crate) fn is_service_link(name: &str) -> bool {
     if rest.contains("__") || TOP_LEVEL_KEYS.contains(&rest.to_ascii_lowercase().as_str()) {
         return false;
     }
-    // The Service's name stands before the suffix: at least `TETHER`.
+    // words[0] is `TETHER` (the prefix was checked): the Service's name starts there, and the
+    // patterns below only look at what follows it.
     let words: Vec<&str> = name.split('_').collect();
-    let service_word = |i: usize| i >= 1;
     let is_port_number = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit());
     let is_protocol = |w: &str| matches!(w, "TCP" | "UDP" | "SCTP");
-    let n = words.len();
     // {SVC}_SERVICE_HOST, {SVC}_SERVICE_PORT, {SVC}_SERVICE_PORT_{PORT_NAME}
     if let Some(at) = words.iter().position(|w| *w == "SERVICE") {
-        if service_word(at) {
-            match &words[at + 1..] {
-                ["HOST"] | ["PORT"] => return true,
-                ["PORT", name @ ..] if !name.is_empty() && name.iter().all(|w| !w.is_empty()) => {
-                    return true
-                }
-                _ => {}
+        match &words[at + 1..] {
+            ["HOST"] | ["PORT"] => return true,
+            ["PORT", name @ ..] if !name.is_empty() && name.iter().all(|w| !w.is_empty()) => {
+                return true
             }
+            _ => {}
         }
     }
     // {SVC}_PORT, {SVC}_PORT_{N}_{PROTO}, {SVC}_PORT_{N}_{PROTO}_{ADDR|PORT|PROTO}
-    match words.as_slice() {
-        [.., "PORT"] if service_word(n - 1) => true,
-        [.., "PORT", number, protocol] if service_word(n - 3) => {
-            is_port_number(number) && is_protocol(protocol)
-        }
-        [.., "PORT", number, protocol, "ADDR" | "PORT" | "PROTO"] if service_word(n - 4) => {
+    match &words[1..] {
+        // Also {SVC}_PORT_{N}_{PROTO}_PORT.
+        [.., "PORT"] => true,
+        [.., "PORT", number, protocol] => is_port_number(number) && is_protocol(protocol),
+        [.., "PORT", number, protocol, "ADDR" | "PROTO"] => {
             is_port_number(number) && is_protocol(protocol)
         }
         _ => false,

@@ -3,16 +3,15 @@
 //! answers; the slow admin connections are cut.
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// How long one step may take before the test counts it as a hang (above the admin head
-/// timeout, so the cut of a slow connection fits in one step).
-const STEP: Duration = Duration::from_secs(20);
+mod common;
+use common::{clean_env, free_port, within, write_app_config, STEP};
 
 /// The descriptor limit the sidecar runs under: its own needs (runtimes, listeners, a few
 /// dozen) plus the admin cap leave room for data connections, but 300 admin connections do not
@@ -21,17 +20,6 @@ const NOFILE: u32 = 256;
 
 /// Slowloris connections opened on the admin port.
 const SLOW: usize = 300;
-
-async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {STEP:?}"))
-}
-
-fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
 
 /// A backend answering every request `200 ok` and closing.
 async fn backend() -> SocketAddr {
@@ -91,35 +79,10 @@ async fn admin_slowloris_under_a_low_descriptor_limit_does_not_starve_the_data_p
     let backend = backend().await;
     let listen = free_port();
     let admin = free_port();
-    let dir = std::env::temp_dir().join(format!("tether-admin-limits-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("tether.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"workers = 2
-shutdown_grace = "1s"
-admin = {{ bind = "{admin}" }}
-[listeners.public]
-bind = "{listen}"
-[backend_pools.app]
-members = ["{backend}"]
-[backend_settings.app]
-[routing_rules.app]
-listener = "public"
-backend_pool = "app"
-backend_settings = "app"
-"#
-        ),
-    )
-    .unwrap();
+    let path = write_app_config("admin-limits", "1s", &admin.to_string(), listen, backend);
     // `ulimit -n` in a shell that then becomes tether: no unsafe pre-exec hook needed.
     let mut cmd = Command::new("sh");
-    for (key, _) in std::env::vars() {
-        if key.starts_with("TETHER_") || key.starts_with("OTEL_") {
-            cmd.env_remove(key);
-        }
-    }
+    clean_env(&mut cmd);
     let mut child = cmd
         .arg("-c")
         .arg(format!("ulimit -n {NOFILE} && exec \"$0\" \"$@\""))

@@ -1,7 +1,7 @@
 //! Drain on deploy, as the real binary does it: SIGTERM with 200 live WebSocket sessions.
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,14 +9,8 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
-/// How long one step may take before the test counts it as a hang.
-const STEP: Duration = Duration::from_secs(20);
-
-async fn within<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {STEP:?}"))
-}
+mod common;
+use common::{clean_env, free_port, within, write_app_config, STEP};
 
 /// A tungstenite echo backend; counts the close frames it receives by code.
 async fn echo_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<u16>) {
@@ -52,43 +46,13 @@ async fn echo_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<u16
     (addr, rx)
 }
 
-fn free_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_200_sessions_with_1001_and_exits_0_within_the_grace() {
     let (backend, mut backend_closes) = echo_backend().await;
     let listen = free_port();
-    let dir = std::env::temp_dir().join(format!("tether-drain-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("tether.toml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"workers = 2
-shutdown_grace = "10s"
-admin = {{ bind = "127.0.0.1:0" }}
-[listeners.public]
-bind = "{listen}"
-[backend_pools.app]
-members = ["{backend}"]
-[backend_settings.app]
-[routing_rules.app]
-listener = "public"
-backend_pool = "app"
-backend_settings = "app"
-"#
-        ),
-    )
-    .unwrap();
+    let path = write_app_config("drain", "10s", "127.0.0.1:0", listen, backend);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("TETHER_") || key.starts_with("OTEL_") {
-            cmd.env_remove(key);
-        }
-    }
+    clean_env(&mut cmd);
     let mut child = cmd
         .arg("--config")
         .arg(&path)
