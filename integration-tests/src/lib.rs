@@ -82,3 +82,32 @@ pub fn init_logs() {
         .with_test_writer()
         .try_init();
 }
+
+/// The Python interpreter of the venv that holds the independent protocol clients (`h2`,
+/// `grpcio`, `websockets`; see `integration-tests/python/requirements.txt`), from
+/// `TETHER_TEST_PYTHON` (set by `.ci/test`), else `.venv-clients` at the workspace root. `None`
+/// when neither exists: the caller skips, except under `CI=true`, where that is a failure.
+pub fn python_clients() -> Option<std::path::PathBuf> {
+    let path = match std::env::var_os("TETHER_TEST_PYTHON") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-clients/bin/python")
+        }
+    };
+    if path.exists() {
+        return Some(path);
+    }
+    assert!(
+        std::env::var("CI").is_err(),
+        "the Python clients venv is missing under CI: .ci/run must install it"
+    );
+    eprintln!("skipping: no Python clients venv (run .ci/run, or set TETHER_TEST_PYTHON)");
+    None
+}
+
+/// The path of a helper script in `integration-tests/python/`.
+pub fn python_script(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("python")
+        .join(name)
+}
