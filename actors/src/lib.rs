@@ -79,6 +79,7 @@ mod error;
 pub mod frame;
 pub mod handshake;
 pub mod headers;
+pub mod http2;
 pub mod listener;
 pub mod member;
 pub mod messages;
