@@ -215,12 +215,14 @@ where
         service_fn(move |req| {
             // Made before the answer is first polled: a stream reset before hyper ever polled
             // its answer counts as cancelled too.
-            let mut watch = CancelWatch {
+            let watch = CancelWatch {
                 conn: conn_info.clone(),
                 answered: false,
             };
             let answer = proxy::handle(ctx.clone(), conn_info.clone(), req);
             async move {
+                // The whole guard moves in (not just the field the block writes).
+                let mut watch = watch;
                 let answer = answer.await;
                 watch.answered = true;
                 answer

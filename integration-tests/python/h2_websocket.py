@@ -17,6 +17,7 @@ Scenarios (each prints one JSON object on stdout, then exits):
                between): reports how many went before the GOAWAY and its code.
   continuation_flood  HEADERS without END_HEADERS, then CONTINUATION frames without end:
                reports whether the server closed the connection and how.
+  many_gets    500 GETs one after the other on one connection: reports their statuses.
   ping_flood   PINGs written without reading the answers until the server stops reading:
                reports how many were written.
 
@@ -460,6 +461,15 @@ def ping_flood(c):
     return {"written": written}
 
 
+def many_gets(c):
+    statuses = {}
+    for _ in range(500):
+        sid = c.get("/plain")
+        status = c.headers.get(sid, {}).get(":status")
+        statuses[status] = statuses.get(status, 0) + 1
+    return {"statuses": statuses, "goaway": c.goaway}
+
+
 def main():
     host, port, scenario = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     ca = sys.argv[5] if len(sys.argv) > 5 and sys.argv[4] == "--tls" else None
@@ -475,6 +485,7 @@ def main():
         "paced_reset": paced_reset,
         "continuation_flood": continuation_flood,
         "ping_flood": ping_flood,
+        "many_gets": many_gets,
     }
     out = scenarios[scenario](c)
     print(json.dumps(out), flush=True)

@@ -425,3 +425,21 @@ async fn ping_flood_is_bounded_and_other_clients_are_served() {
     );
     within("stop", sidecar.stop()).await.unwrap();
 }
+
+#[tokio::test]
+async fn many_requests_on_one_connection_do_not_spend_the_reset_budget() {
+    let Some(python) = python_clients() else {
+        return;
+    };
+    let member = Member::start("a").await;
+    let sidecar = start(&config(member.addr, ""));
+    let out = h2_client(&python, sidecar.addr("public"), "many_gets", None).await;
+    assert_eq!(out["statuses"]["200"], 500, "{out}");
+    assert!(out["goaway"].is_null(), "{out}");
+    let metrics = admin_get(sidecar.admin_addr(), "/metrics").await;
+    assert!(
+        metrics.contains("tether_http2_reset_budget_exceeded_total 0"),
+        "{metrics}"
+    );
+    within("stop", sidecar.stop()).await.unwrap();
+}
