@@ -25,6 +25,7 @@ tether — a WebSocket-aware service-mesh sidecar
 usage:
   tether [--config FILE]...         run (no --config: the embedded default, :8080 -> 127.0.0.1:3000)
                                     --config-dir DIR adds every DIR/*.toml, in name order
+                                    (listed again at every reload)
   tether check [--config FILE]...   validate and print the effective configuration
   tether health [--config FILE]...  exit 0 when the admin endpoint's GET /healthz answers 200
                                     (for container HEALTHCHECKs; TETHER_ADMIN__BIND also works)
