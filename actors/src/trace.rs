@@ -6,10 +6,15 @@
 //! only into a span that exists, so a request without tracing allocates nothing here.
 //!
 //! The trace model, per the anchors' advice (a 101 span that never ends is a known bug
-//! elsewhere): a short `websocket.handshake` SERVER span that ends with the 101, and a
+//! elsewhere): a short SERVER span for the handshake that ends with the 101, and a
 //! `websocket.session` span, its child, from the 101 to the last byte, carrying the close codes.
-//! Ordinary requests get an HTTP SERVER span and a CLIENT span for the backend request.
+//! Ordinary requests get an HTTP SERVER span and a CLIENT span per backend attempt.
 //! `traceparent`/`tracestate` from the client become the parent, and the backend receives ours.
+//!
+//! Attributes follow OpenTelemetry's HTTP semantic conventions (stable): SERVER spans are named
+//! `{method} {http.route}` once a rule matched ([`record_route`]), CLIENT spans `{method}`;
+//! `error.type` is the status code of a 5xx or a short failure class; an attribute with no
+//! value is left out rather than recorded empty.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -351,7 +356,11 @@ pub fn record_status(span: &Span, status: u16) {
     }
     span.record("http.response.status_code", i64::from(status));
     if status >= 500 {
-        record_error(span, itoa_status(status));
+        let code = http::StatusCode::from_u16(status);
+        record_error(
+            span,
+            code.as_ref().map_or("_OTHER", http::StatusCode::as_str),
+        );
     }
 }
 
@@ -363,22 +372,6 @@ pub fn record_error(span: &Span, error_type: &str) {
     }
     span.record("otel.status_code", "ERROR");
     span.record("error.type", error_type);
-}
-
-/// A status code as text without allocating (the codes an `error.type` gets are 5xx).
-fn itoa_status(status: u16) -> &'static str {
-    match status {
-        500 => "500",
-        501 => "501",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        505 => "505",
-        507 => "507",
-        508 => "508",
-        511 => "511",
-        _ => "_OTHER",
-    }
 }
 
 /// The `websocket.session` span, child of the handshake's.

@@ -232,8 +232,8 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// `tracing` filter directive; default [`DEFAULT_LOG_LEVEL`].
     pub log_level: String,
-    /// The fields of each access-log line, in the order given; default every field
-    /// ([`AccessLogField::ALL`]).
+    /// The fields each access-log line carries (written in the order of
+    /// [`AccessLogField::ALL`]); default every field.
     pub access_log_fields: Vec<AccessLogField>,
     /// Whether query strings are written to the access log (`query`) and to spans
     /// (`url.query`, the query of `url.full`); default [`DEFAULT_RECORD_QUERY`].
