@@ -298,11 +298,9 @@ pub fn record_route<B>(span: &Span, req: &http::Request<B>, rule: &str, template
         .update_name(format!("{method} {template}"));
 }
 
-/// The CLIENT span of one attempt at the backend request `req` (after [`prepare_head`], so its
-/// URI is origin-form): OpenTelemetry's HTTP client conventions, named `{method}`. `url.full`
-/// carries the query only with `record_query`.
-///
-/// [`prepare_head`]: crate::proxy
+/// The CLIENT span of one attempt at the backend request `req` (its head already prepared for
+/// the backend, so its URI is origin-form): OpenTelemetry's HTTP client conventions, named
+/// `{method}`. `url.full` carries the query only with `record_query`.
 pub fn http_client<B>(
     parent: &Span,
     req: &http::Request<B>,
