@@ -192,6 +192,9 @@ pub struct PooledConnection {
     pool: Rc<UpstreamPool>,
     /// Counts the request on its member until the response body is done.
     lease: Option<MemberLease>,
+    /// How long connecting (and the TLS handshake) took, when this request opened the
+    /// connection; `None` for a pooled one.
+    connected_in: Option<Duration>,
 }
 
 impl PooledConnection {
@@ -200,6 +203,12 @@ impl PooledConnection {
     pub fn holding(mut self, lease: MemberLease) -> PooledConnection {
         self.lease = Some(lease);
         self
+    }
+
+    /// How long opening this connection took (TCP connect plus TLS handshake), when the request
+    /// opened it; `None` when it came from the pool.
+    pub fn connected_in(&self) -> Option<Duration> {
+        self.connected_in
     }
 
     /// Returns the connection to the pool (dropped instead if closed or the pool is full).
@@ -295,6 +304,7 @@ impl UpstreamPool {
         let deadline = tokio::time::Instant::now() + request_timeout;
         let key = (backend, UpstreamTls::key(tls));
         loop {
+            let opening = std::time::Instant::now();
             let (mut conn, pooled) = match self.checkout(key) {
                 Some(conn) => (conn, true),
                 None => match open(backend, tls, connect_timeout).await {
@@ -302,6 +312,7 @@ impl UpstreamPool {
                     Err(error) => return Err(SendFailure::unsent(error, req)),
                 },
             };
+            let connected_in = (!pooled).then(|| opening.elapsed());
             if let Err(cause) = conn.sender.ready().await {
                 if pooled {
                     continue;
@@ -327,6 +338,7 @@ impl UpstreamPool {
                         backend: key,
                         pool: self.clone(),
                         lease: None,
+                        connected_in,
                     };
                     return Ok((resp, conn));
                 }
