@@ -452,10 +452,11 @@ def ping_flood(c):
     c.raw = True
     c.sock.settimeout(2)
     written = 0
+    batch = raw_frame(0x6, 0x0, 0, b"12345678") * 1000
     try:
-        for _ in range(2_000_000):
-            c.send_raw(raw_frame(0x6, 0x0, 0, b"12345678"))
-            written += 1
+        for _ in range(2_000):
+            c.send_raw(batch)
+            written += 1000
     except OSError:
         pass
     return {"written": written}
