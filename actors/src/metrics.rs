@@ -1,18 +1,90 @@
 //! Counters for operators: handshakes by outcome, sessions closed by cause and close code, bytes
 //! and messages per direction, requests and their latency by status class, retries on another
-//! backend member by reason.
+//! backend member by reason, backend connect failures by reason, and per listener the
+//! connections accepted and open against `max_connections` and the TLS handshakes.
 //!
 //! Every counter is a relaxed atomic in a fixed array indexed by an enum, so the request path
-//! pays a few uncontended-in-practice increments and never a lock or an allocation. The
-//! registry renders the Prometheus text format; what only the control plane knows (live sessions
-//! per route, member health, dropped spans) is appended by the caller at render time.
+//! pays a few uncontended-in-practice increments and never a lock or an allocation. WebSocket
+//! traffic is not counted per frame here: each session keeps its own plain counters and adds what
+//! moved since its last report every [`TRAFFIC_REPORT_INTERVAL`] and when it ends (four atomic
+//! adds per session per interval, none while it is idle). The listeners' table is written only
+//! when listeners start or stop and read only by a scrape.
+//!
+//! The registry renders the Prometheus text format (names and units per the Prometheus naming
+//! conventions: `_total` counters, `_seconds`, `_bytes`; one `HELP` and `TYPE` per family; label
+//! sets that do not change with a value); what only the control plane knows (live sessions per
+//! route, member health, reloads, build, process, dropped spans) is appended by the caller at
+//! render time.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::admission::ConnectionLimit;
+use crate::error::ProxyError;
 use crate::outcome::{EndCause, Initiator, Outcome};
+use crate::tls::ListenerTls;
 use crate::trace::HandshakeOutcome;
+
+/// How often a live session adds the bytes and messages it moved since its last report to
+/// `tether_websocket_bytes_total` and `tether_websocket_messages_total`: a six-hour session shows
+/// as a steady rate, lagging by at most this, instead of one spike at its end.
+pub const TRAFFIC_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Every state `tether_backend_state` reports a member in (`GET /backends` says the same).
+pub const BACKEND_STATES: [&str; 4] = ["healthy", "unhealthy", "unknown", "ejected"];
+
+/// Why a connection to a backend member failed, for `tether_backend_connect_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// Refused, unreachable or reset during the TCP connect.
+    Error,
+    /// Not connected (TCP and, for https, TLS) within `connect_timeout`.
+    Timeout,
+    /// The TLS handshake with the backend failed (certificate, protocol).
+    Tls,
+}
+
+impl ConnectFailure {
+    /// Every reason, in a fixed order (metrics index by it).
+    pub const ALL: [ConnectFailure; 3] = [
+        ConnectFailure::Error,
+        ConnectFailure::Timeout,
+        ConnectFailure::Tls,
+    ];
+
+    /// As the `reason` label says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectFailure::Error => "error",
+            ConnectFailure::Timeout => "timeout",
+            ConnectFailure::Tls => "tls",
+        }
+    }
+
+    /// The connect failure `error` is, if it is one.
+    pub fn of(error: &ProxyError) -> Option<ConnectFailure> {
+        match error {
+            ProxyError::ConnectFailed { .. } => Some(ConnectFailure::Error),
+            ProxyError::ConnectTimeout { .. } => Some(ConnectFailure::Timeout),
+            ProxyError::TlsFailed { .. } => Some(ConnectFailure::Tls),
+            _ => None,
+        }
+    }
+}
+
+/// What a scrape reads of one listener: its connection count and limit, and its TLS counters.
+#[derive(Debug, Clone)]
+pub struct ListenerGauges {
+    /// Counts open connections (and sessions) and accepted ones.
+    pub limit: ConnectionLimit,
+    /// `max_connections` (`0` = no limit: no `tether_listener_connections_max` sample).
+    pub max_connections: usize,
+    /// Its TLS side, for an https listener.
+    pub tls: Option<Arc<ListenerTls>>,
+}
 
 /// Every session end cause, in the order of the counters' rows.
 pub const CAUSES: [EndCause; EndCause::ALL.len()] = EndCause::ALL;
@@ -58,6 +130,9 @@ pub struct Metrics {
     latency_buckets: [[AtomicU64; LATENCY_BOUNDS.len()]; 5],
     latency_sum_us: [AtomicU64; 5],
     retries: [AtomicU64; RetryReason::ALL.len()],
+    connect_failures: [AtomicU64; ConnectFailure::ALL.len()],
+    /// Every listener that accepts, by name (written when listeners start and stop).
+    listeners: RwLock<BTreeMap<String, ListenerGauges>>,
 }
 
 impl Default for Metrics {
@@ -71,6 +146,8 @@ impl Default for Metrics {
             latency_buckets: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             latency_sum_us: std::array::from_fn(|_| AtomicU64::new(0)),
             retries: std::array::from_fn(|_| AtomicU64::new(0)),
+            connect_failures: std::array::from_fn(|_| AtomicU64::new(0)),
+            listeners: RwLock::new(BTreeMap::new()),
         }
     }
 }
@@ -101,9 +178,9 @@ impl Metrics {
         self.handshakes[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Counts a finished session: its cause, the close code of whoever closed first, and its
-    /// traffic.
-    pub fn session_ended(&self, outcome: &Outcome, traffic: [u64; 4]) {
+    /// Counts a finished session: its cause and the close code of whoever closed first (its
+    /// traffic is added by [`Metrics::session_traffic`] as it goes).
+    pub fn session_ended(&self, outcome: &Outcome) {
         let code = match outcome.initiator {
             Some(Initiator::Client) => outcome.client_close.as_ref().and_then(|c| c.code),
             Some(Initiator::Backend) => outcome.backend_close.as_ref().and_then(|c| c.code),
@@ -112,7 +189,12 @@ impl Metrics {
         };
         self.sessions_closed[outcome.cause.index()][code_bucket(code)]
             .fetch_add(1, Ordering::Relaxed);
-        let [client_bytes, backend_bytes, client_messages, backend_messages] = traffic;
+    }
+
+    /// Adds what a session moved since its last report: `[client bytes, backend bytes, client
+    /// messages, backend messages]` (see [`TRAFFIC_REPORT_INTERVAL`]).
+    pub fn session_traffic(&self, moved: [u64; 4]) {
+        let [client_bytes, backend_bytes, client_messages, backend_messages] = moved;
         self.bytes[0].fetch_add(client_bytes, Ordering::Relaxed);
         self.bytes[1].fetch_add(backend_bytes, Ordering::Relaxed);
         self.messages[0].fetch_add(client_messages, Ordering::Relaxed);
@@ -133,6 +215,27 @@ impl Metrics {
     /// Counts one retry on another member.
     pub fn retry(&self, reason: RetryReason) {
         self.retries[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failed connection to a backend member.
+    pub fn connect_failed(&self, reason: ConnectFailure) {
+        self.connect_failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A listener started accepting (or replaced one of the same name).
+    pub fn listener_started(&self, name: &str, gauges: ListenerGauges) {
+        self.listeners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), gauges);
+    }
+
+    /// A listener stopped accepting: its samples go (a reload removed or moved it).
+    pub fn listener_stopped(&self, name: &str) {
+        self.listeners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
     }
 
     /// Retries by reason (for the OTLP export).
@@ -174,7 +277,8 @@ impl Metrics {
         out
     }
 
-    /// Bytes and messages of finished sessions, `[client, backend]` each (for the OTLP export).
+    /// Bytes and messages of sessions as reported so far, `[client, backend]` each (for the
+    /// OTLP export).
     pub fn traffic(&self) -> ([u64; 2], [u64; 2]) {
         let load =
             |a: &[AtomicU64; 2]| [a[0].load(Ordering::Relaxed), a[1].load(Ordering::Relaxed)];
@@ -219,12 +323,12 @@ impl Metrics {
         for (name, help, values) in [
             (
                 "tether_websocket_bytes_total",
-                "Bytes carried by finished sessions, by sender.",
+                "WebSocket bytes read from each side (reported by live sessions every 5 s and at their end).",
                 &self.bytes,
             ),
             (
                 "tether_websocket_messages_total",
-                "Messages carried by finished sessions, by sender (frames mode).",
+                "Complete WebSocket messages read from each side, frames mode only (reported every 5 s and at the end).",
                 &self.messages,
             ),
         ] {
@@ -251,6 +355,17 @@ impl Metrics {
                 reason.as_str()
             );
         }
+        out.push_str("# HELP tether_backend_connect_failures_total Connections to backend members that failed, by reason.\n");
+        out.push_str("# TYPE tether_backend_connect_failures_total counter\n");
+        for reason in ConnectFailure::ALL {
+            let _ = writeln!(
+                out,
+                "tether_backend_connect_failures_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                load(&self.connect_failures[reason as usize])
+            );
+        }
+        self.render_listeners(out);
         out.push_str(
             "# HELP tether_http_request_duration_seconds Time to the response head, by status class.\n",
         );
@@ -284,6 +399,75 @@ impl Metrics {
             );
         }
     }
+}
+
+impl Metrics {
+    /// The listeners' families: accepted, open and the limit, and TLS handshakes (https only).
+    fn render_listeners(&self, out: &mut String) {
+        let listeners = self.listeners.read().unwrap_or_else(|e| e.into_inner());
+        let families: [(&str, &str, &str, fn(&ListenerGauges) -> Option<u64>); 5] = [
+            (
+                "tether_listener_connections_accepted_total",
+                "counter",
+                "Connections the listener accepted.",
+                |l| Some(l.limit.accepted()),
+            ),
+            (
+                "tether_listener_connections_active",
+                "gauge",
+                "Open connections, WebSocket sessions included, counted against max_connections.",
+                |l| Some(l.limit.open() as u64),
+            ),
+            (
+                "tether_listener_connections_max",
+                "gauge",
+                "The listener's max_connections (no sample without a limit).",
+                |l| (l.max_connections > 0).then_some(l.max_connections as u64),
+            ),
+            (
+                "tether_tls_handshakes_total",
+                "counter",
+                "TLS handshakes completed with clients (https listeners).",
+                |l| l.tls.as_ref().map(|t| t.handshakes.load(Ordering::Relaxed)),
+            ),
+            (
+                "tether_tls_handshake_failures_total",
+                "counter",
+                "TLS handshakes with clients that failed or timed out (https listeners).",
+                |l| {
+                    l.tls
+                        .as_ref()
+                        .map(|t| t.handshake_failures.load(Ordering::Relaxed))
+                },
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (listener, gauges) in listeners.iter() {
+                if let Some(v) = value(gauges) {
+                    let _ = writeln!(out, "{name}{{listener=\"{}\"}} {v}", escape(listener));
+                }
+            }
+        }
+    }
+}
+
+/// A label value as the text format wants it: backslash, double quote and newline escaped.
+/// Names from the configuration never hold them; addresses and reasons might, one day.
+pub fn escape(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]

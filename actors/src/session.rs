@@ -3,7 +3,9 @@
 //!
 //! Lifecycle: `started` (registers with the route table, starts the pump) → `pumping` → `ended`
 //! (see `crate::pump` for every way a session ends and the close codes Tether sends) → reports
-//! [`SessionEnded`] with a [`SessionSummary`] and stops.
+//! [`SessionEnded`] with a [`SessionSummary`] and stops. While pumping, every
+//! [`TRAFFIC_REPORT_INTERVAL`] it adds the bytes and messages moved since its last report to the
+//! process's counters (and once more when it ends).
 //! The actor runs on the worker that accepted the client, so the pump never crosses threads, and
 //! no message is exchanged per frame.
 
@@ -23,7 +25,7 @@ use crate::balance::MemberLease;
 use crate::messages::{
     DrainSession, SessionEnded, SessionOpened, SessionStats, SessionStatsQuery, SessionsChanged,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, TRAFFIC_REPORT_INTERVAL};
 use crate::outcome::{EndCause, Initiator, Outcome};
 pub use crate::outcome::{SessionId, SessionSummary};
 use crate::pump::{PumpConfig, Pumping, Shared};
@@ -115,6 +117,9 @@ pub struct SessionActor {
     /// Total bytes at the last [`SessionStatsQuery`] and when they were first seen at that
     /// total: how `idle_ms` is sampled without touching the pump.
     last_look: Cell<(u64, Instant)>,
+    /// The traffic counters as last added to [`Metrics`]: `[client bytes, backend bytes, client
+    /// messages, backend messages]`.
+    reported: [u64; 4],
 }
 
 /// What a session needs from the worker that starts it.
@@ -125,7 +130,7 @@ pub struct SessionEnv {
     pub shutdown: ShutdownSignal,
     /// How long the close handshake may take at shutdown.
     pub shutdown_grace: Duration,
-    /// Counters it adds to when it ends.
+    /// Counters it adds its traffic to as it goes, and its ending to.
     pub metrics: Arc<Metrics>,
     /// Its `websocket.session` span (`Span::none()` when not tracing).
     pub span: Span,
@@ -154,6 +159,24 @@ impl SessionActor {
             shared: Rc::new(Shared::default()),
             env,
             last_look: Cell::new((0, Instant::now())),
+            reported: [0; 4],
+        }
+    }
+
+    /// Adds what moved since the last report to the process's traffic counters (nothing when
+    /// nothing moved: an idle session costs no atomic).
+    fn report_traffic(&mut self) {
+        let c = &self.shared.counters;
+        let now = [
+            c.client_bytes.get(),
+            c.backend_bytes.get(),
+            c.client_messages.get(),
+            c.backend_messages.get(),
+        ];
+        if now != self.reported {
+            let moved = std::array::from_fn(|i| now[i] - self.reported[i]);
+            self.env.metrics.session_traffic(moved);
+            self.reported = now;
         }
     }
 
@@ -170,16 +193,9 @@ impl SessionActor {
             backend_messages: counters.backend_messages.get(),
             outcome,
         };
+        self.report_traffic();
         let o = &summary.outcome;
-        self.env.metrics.session_ended(
-            o,
-            [
-                summary.client_bytes,
-                summary.backend_bytes,
-                summary.client_messages,
-                summary.backend_messages,
-            ],
-        );
+        self.env.metrics.session_ended(o);
         record_on_span(&self.env.span, &summary);
         tracing::info!(
             target: "tether::access",
@@ -235,6 +251,7 @@ impl Actor for SessionActor {
             self.shared
                 .drain(self.env.shutdown.reason(), self.env.shutdown_grace);
         }
+        ctx.run_interval(TRAFFIC_REPORT_INTERVAL, |act, _| act.report_traffic());
         let pump = Pumping::new(streams, cfg, self.shared.clone());
         ctx.spawn(pump.into_actor(self).map(|outcome, act, ctx| {
             act.finish(outcome);

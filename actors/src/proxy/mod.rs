@@ -41,7 +41,7 @@ use crate::body::{ClientBodyError, RequestBody, UploadProbe};
 use crate::error::ProxyError;
 use crate::handshake;
 use crate::headers;
-use crate::metrics::{Metrics, RetryReason};
+use crate::metrics::{ConnectFailure, Metrics, RetryReason};
 use crate::pump::PumpConfig;
 use crate::response::ProxyBody;
 use crate::route_table::{Route, SharedRoutes};
