@@ -25,7 +25,7 @@ use crate::balance::MemberLease;
 use crate::messages::{
     DrainSession, SessionEnded, SessionOpened, SessionStats, SessionStatsQuery, SessionsChanged,
 };
-use crate::metrics::{Metrics, TRAFFIC_REPORT_INTERVAL};
+use crate::metrics::{Metrics, RouteCounters, TRAFFIC_REPORT_INTERVAL};
 use crate::outcome::{EndCause, Initiator, Outcome};
 pub use crate::outcome::{SessionId, SessionSummary};
 use crate::pump::{PumpConfig, Pumping, Shared};
@@ -130,8 +130,10 @@ pub struct SessionEnv {
     pub shutdown: ShutdownSignal,
     /// How long the close handshake may take at shutdown.
     pub shutdown_grace: Duration,
-    /// Counters it adds its traffic to as it goes, and its ending to.
+    /// Counters it adds its traffic to as it goes.
     pub metrics: Arc<Metrics>,
+    /// Its route's counters, which count its ending.
+    pub route_metrics: Arc<RouteCounters>,
     /// Its `websocket.session` span (`Span::none()` when not tracing).
     pub span: Span,
     /// Keeps it counted by the shutdown tracker.
@@ -195,7 +197,7 @@ impl SessionActor {
         };
         self.report_traffic();
         let o = &summary.outcome;
-        self.env.metrics.session_ended(o);
+        self.env.route_metrics.session_ended(o);
         record_on_span(&self.env.span, &summary);
         tracing::info!(
             target: "tether::access",

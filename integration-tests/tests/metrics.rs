@@ -159,20 +159,68 @@ backend_settings = "app"
     );
     let sidecar = start(&toml);
     let admin = sidecar.admin_addr();
+    // The first scrape once the sidecar says it serves (its listeners are bound and counted).
+    within("ready", async {
+        loop {
+            let resp = raw::send(
+                admin,
+                b"GET /readyz HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            )
+            .await;
+            if resp.status == 200 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
     let first = Scrape::of(admin).await;
     let member = backend.addr;
     for (series, value) in [
-        (r#"tether_websocket_sessions_active{route="app"}"#.to_owned(), 0.0),
-        (format!(r#"tether_backend_sessions{{pool="app",member="{member}"}}"#), 0.0),
-        (r#"tether_listener_connections_accepted_total{listener="public"}"#.to_owned(), 0.0),
-        (r#"tether_listener_connections_active{listener="public"}"#.to_owned(), 0.0),
-        (r#"tether_listener_connections_max{listener="public"}"#.to_owned(), 100.0),
-        (r#"tether_tls_handshake_failures_total{listener="secure"}"#.to_owned(), 0.0),
-        (r#"tether_tls_handshakes_total{listener="secure"}"#.to_owned(), 0.0),
-        (r#"tether_config_reloads_total{result="applied"}"#.to_owned(), 0.0),
-        (r#"tether_config_reloads_total{result="refused"}"#.to_owned(), 0.0),
-        (r#"tether_backend_connect_failures_total{reason="timeout"}"#.to_owned(), 0.0),
-        (r#"tether_websocket_bytes_total{from="client"}"#.to_owned(), 0.0),
+        (
+            r#"tether_websocket_sessions_active{route="app"}"#.to_owned(),
+            0.0,
+        ),
+        (
+            format!(r#"tether_backend_sessions{{pool="app",member="{member}"}}"#),
+            0.0,
+        ),
+        (
+            r#"tether_listener_connections_accepted_total{listener="public"}"#.to_owned(),
+            0.0,
+        ),
+        (
+            r#"tether_listener_connections_active{listener="public"}"#.to_owned(),
+            0.0,
+        ),
+        (
+            r#"tether_listener_connections_max{listener="public"}"#.to_owned(),
+            100.0,
+        ),
+        (
+            r#"tether_tls_handshake_failures_total{listener="secure"}"#.to_owned(),
+            0.0,
+        ),
+        (
+            r#"tether_tls_handshakes_total{listener="secure"}"#.to_owned(),
+            0.0,
+        ),
+        (
+            r#"tether_config_reloads_total{result="applied"}"#.to_owned(),
+            0.0,
+        ),
+        (
+            r#"tether_config_reloads_total{result="refused"}"#.to_owned(),
+            0.0,
+        ),
+        (
+            r#"tether_backend_connect_failures_total{reason="timeout"}"#.to_owned(),
+            0.0,
+        ),
+        (
+            r#"tether_websocket_bytes_total{from="client"}"#.to_owned(),
+            0.0,
+        ),
         ("tether_draining".to_owned(), 0.0),
     ] {
         assert_eq!(first.get(&series), value, "{series}");
@@ -214,7 +262,9 @@ backend_settings = "app"
     let mut junk = tokio::net::TcpStream::connect(sidecar.addr("secure"))
         .await
         .unwrap();
-    junk.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    junk.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     drop(junk);
     sidecar.reload_toml(&toml).await.expect("reload applied");
     let live = within("TLS failure counted", async {
@@ -240,7 +290,10 @@ backend_settings = "app"
         live.get(r#"tether_listener_connections_accepted_total{listener="public"}"#),
         1.0
     );
-    assert_eq!(live.get(r#"tether_config_reloads_total{result="applied"}"#), 1.0);
+    assert_eq!(
+        live.get(r#"tether_config_reloads_total{result="applied"}"#),
+        1.0
+    );
     assert!(live.get("tether_config_last_reload_success_timestamp_seconds") >= loaded);
 
     let artifacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts");
@@ -261,13 +314,12 @@ async fn backend_label_sets_stay_the_same_when_a_member_flips_health() {
     )
     .replace(
         "[routing_rules.app]",
-        "[probes.health]\npath = \"/health\"\ninterval = \"100ms\"\ntimeout = \"500ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 1\n\n[routing_rules.app]",
+        "[probes.health]\npath = \"/health\"\ninterval = \"200ms\"\ntimeout = \"150ms\"\nunhealthy_threshold = 1\nhealthy_threshold = 1\n\n[routing_rules.app]",
     );
     let sidecar = start(&toml);
     let admin = sidecar.admin_addr();
-    let state = |s: &serde_json::Value| {
-        tether_integration_tests::pool::state(s, "app", member.addr)
-    };
+    let state =
+        |s: &serde_json::Value| tether_integration_tests::pool::state(s, "app", member.addr);
     wait_for(admin, "member healthy", |s| state(s) == "healthy").await;
     let healthy = Scrape::of(admin).await;
     member.health.set_status(503);
@@ -281,7 +333,8 @@ async fn backend_label_sets_stay_the_same_when_a_member_flips_health() {
         "the label sets do not change with the member's health"
     );
     let up = format!(r#"tether_backend_up{{pool="app",member="{m}"}}"#);
-    let state_of = |s: &str| format!(r#"tether_backend_state{{pool="app",member="{m}",state="{s}"}}"#);
+    let state_of =
+        |s: &str| format!(r#"tether_backend_state{{pool="app",member="{m}",state="{s}"}}"#);
     assert_eq!(healthy.get(&up), 1.0);
     assert_eq!(unhealthy.get(&up), 0.0);
     assert_eq!(healthy.get(&state_of("healthy")), 1.0);

@@ -409,10 +409,16 @@ async fn answer(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
         },
         "/drained" => {
             let lifecycle = &state.lifecycle;
-            if lifecycle.wait_drained(drained_hold(&lifecycle.config())).await {
+            if lifecycle
+                .wait_drained(drained_hold(&lifecycle.config()))
+                .await
+            {
                 text(StatusCode::OK, "drained\n")
             } else if lifecycle.is_draining() {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not drained: still draining\n")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not drained: still draining\n",
+                )
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -762,10 +768,14 @@ async fn render_control_plane(state: &AdminState, out: &mut String) {
         "tether_config_last_reload_success_timestamp_seconds {}",
         reloads.last_success_unix
     );
-    out.push_str("# HELP tether_draining 1 once shutdown began (readiness is false for good), else 0.\n");
+    out.push_str(
+        "# HELP tether_draining 1 once shutdown began (readiness is false for good), else 0.\n",
+    );
     out.push_str("# TYPE tether_draining gauge\n");
     let _ = writeln!(out, "tether_draining {}", u8::from(lifecycle.is_draining()));
-    out.push_str("# HELP tether_build_info What this binary was built from; the value is always 1.\n");
+    out.push_str(
+        "# HELP tether_build_info What this binary was built from; the value is always 1.\n",
+    );
     out.push_str("# TYPE tether_build_info gauge\n");
     let _ = writeln!(
         out,

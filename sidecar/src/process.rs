@@ -150,7 +150,10 @@ mod tests {
         let mut out = String::new();
         s.render(&mut out);
         assert!(!out.contains("process_max_fds"), "{out}");
-        assert!(out.contains("process_resident_memory_bytes 2097152\n"), "{out}");
+        assert!(
+            out.contains("process_resident_memory_bytes 2097152\n"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -103,7 +103,9 @@ impl Running {
         let lifecycle = Arc::new(Lifecycle::new(config.clone()));
         let stop = Shutdown::with_close_code(config.shutdown_close_code);
         let (dns, resolved) = resolve_dns(&config).await;
-        let (route_table, routes) = RouteTableActor::start(config.clone(), &resolved);
+        let metrics = Arc::new(Metrics::default());
+        let (route_table, routes) =
+            RouteTableActor::start(config.clone(), &resolved, metrics.clone());
         // Probers get an arbiter (thread and current-thread runtime) of their own: probe I/O is
         // driven where it is handled, without a wake-up hop per event, and a thousand members'
         // probes never delay the route table's updates on the System arbiter.
@@ -117,7 +119,6 @@ impl Running {
             dns.as_ref(),
             resolved,
         );
-        let metrics = Arc::new(Metrics::default());
         if let Some(telemetry) = &telemetry {
             telemetry.observe(&metrics);
         }

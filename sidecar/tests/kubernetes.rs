@@ -32,10 +32,7 @@ const DELAY: &str = "3s";
 /// failure under `CI=true`.
 fn python() -> Option<std::path::PathBuf> {
     let path = std::env::var_os("TETHER_TEST_PYTHON").map_or_else(
-        || {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../.venv-clients/bin/python")
-        },
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-clients/bin/python"),
         std::path::PathBuf::from,
     );
     if path.exists() {
@@ -52,8 +49,8 @@ fn python() -> Option<std::path::PathBuf> {
 /// The app container: `integration-tests/python/ws_app.py` (the `websockets` library), and the
 /// port it listens on.
 fn start_app(python: &std::path::Path) -> (Child, SocketAddr) {
-    let script =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../integration-tests/python/ws_app.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../integration-tests/python/ws_app.py");
     let mut app = Command::new(python)
         .arg(script)
         .stdout(Stdio::piped())
@@ -67,7 +64,9 @@ fn start_app(python: &std::path::Path) -> (Child, SocketAddr) {
         let _ = BufReader::new(stdout).read_line(&mut line);
         let _ = tx.send(line);
     });
-    let line = rx.recv_timeout(STEP).expect("the app never said it listens");
+    let line = rx
+        .recv_timeout(STEP)
+        .expect("the app never said it listens");
     let port: u16 = line
         .trim()
         .strip_prefix("listening ")
@@ -80,7 +79,9 @@ fn start_app(python: &std::path::Path) -> (Child, SocketAddr) {
 async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).await?;
@@ -89,7 +90,10 @@ async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
         .get(9..12)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {text:?}")))?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_owned();
     Ok((status, body))
 }
 
@@ -119,7 +123,9 @@ async fn exit_of(child: &mut Child, what: &str) -> std::process::ExitStatus {
 
 /// A session's reader: the close frame it ends with.
 fn await_close(
-    mut ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    mut ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
 ) -> tokio::task::JoinHandle<(u16, String)> {
     tokio::spawn(async move {
         loop {
@@ -142,10 +148,17 @@ fn the_example_app_waits_on_drained_and_tether_has_no_prestop() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/kubernetes");
     let deployment = std::fs::read_to_string(dir.join("deployment.yaml")).unwrap();
     let configmap = std::fs::read_to_string(dir.join("configmap.yaml")).unwrap();
-    assert_eq!(deployment.matches("preStop:").count(), 1, "{deployment}");
+    let hooks: Vec<&str> = deployment
+        .lines()
+        .filter(|l| l.trim() == "preStop:")
+        .collect();
+    assert_eq!(hooks.len(), 1, "{deployment}");
     assert!(deployment.contains("path: /drained"), "{deployment}");
     assert!(configmap.contains("shutdown_delay = \"5s\""), "{configmap}");
-    assert!(configmap.contains("shutdown_close_code = 1012"), "{configmap}");
+    assert!(
+        configmap.contains("shutdown_close_code = 1012"),
+        "{configmap}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +230,18 @@ backend_settings = "app"
 
     // t = 0, as the kubelet does it: the app's preStop (GET /drained) starts, and Tether, which
     // has no preStop, gets SIGTERM.
-    let hook = tokio::spawn(async move { get(admin, "/drained").await });
+    // The kubelet's side of the app container: its hook, then SIGTERM once the hook returned.
+    let app_pid = app.id().to_string();
+    let kubelet = tokio::spawn(async move {
+        let answer = get(admin, "/drained").await;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(&app_pid)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        answer
+    });
     signal(&tether, "-TERM");
 
     // The delay: /readyz says 503 while new sessions and requests are still served.
@@ -234,9 +258,12 @@ backend_settings = "app"
         assert!(Instant::now() < deadline, "/readyz never turned 503");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (mut late, _) = within("connect during the delay", tokio_tungstenite::connect_async(&url))
-        .await
-        .expect("a new session is still accepted during the delay");
+    let (mut late, _) = within(
+        "connect during the delay",
+        tokio_tungstenite::connect_async(&url),
+    )
+    .await
+    .expect("a new session is still accepted during the delay");
     late.send(Message::text("late")).await.unwrap();
     assert!(matches!(
         within("echo during the delay", late.next()).await,
@@ -249,7 +276,7 @@ backend_settings = "app"
         (200, "hello\n".to_owned()),
         "requests are still served during the delay"
     );
-    assert!(!hook.is_finished(), "/drained answered before the drain");
+    assert!(!kubelet.is_finished(), "/drained answered before the drain");
     assert!(app.try_wait().unwrap().is_none(), "the app died early");
     readers.push(await_close(late));
 
@@ -260,12 +287,9 @@ backend_settings = "app"
             (1012, "service restart".to_string())
         );
     }
-    let answer = within("the app's preStop", hook).await.unwrap();
+    // The hook returned 200 once the drain was over, and only then did the app get SIGTERM.
+    let answer = within("the app's preStop", kubelet).await.unwrap();
     assert_eq!(answer.unwrap(), (200, "drained\n".to_owned()));
-
-    // Only now does the kubelet stop the app.
-    assert!(app.try_wait().unwrap().is_none(), "the app died before its preStop returned");
-    signal(&app, "-TERM");
     exit_of(&mut app, "the app").await;
     let exit = exit_of(&mut tether, "tether").await;
     let stderr = stderr.join().unwrap();

@@ -41,7 +41,7 @@ use crate::body::{ClientBodyError, RequestBody, UploadProbe};
 use crate::error::ProxyError;
 use crate::handshake;
 use crate::headers;
-use crate::metrics::{ConnectFailure, Metrics, RetryReason};
+use crate::metrics::{ConnectFailure, Metrics, RetryReason, RouteCounters};
 use crate::pump::PumpConfig;
 use crate::response::ProxyBody;
 use crate::route_table::{Route, SharedRoutes};
@@ -95,6 +95,8 @@ pub struct Connection {
 #[derive(Debug, Default)]
 struct RequestFacts {
     route: Option<Arc<str>>,
+    /// The matched rule's counters (`None`: no rule matched, counted as `route=""`).
+    counters: Option<Arc<RouteCounters>>,
     backend: Option<SocketAddr>,
     /// For a handshake: the backend's answer was not a 101.
     refused: bool,
@@ -172,7 +174,11 @@ pub async fn handle(
             None if facts.refused => HandshakeOutcome::BackendRefused,
             None => HandshakeOutcome::Upgraded,
         };
-        ctx.metrics.handshake(outcome);
+        facts
+            .counters
+            .as_ref()
+            .unwrap_or(ctx.metrics.unrouted())
+            .handshake(outcome);
         if !span.is_none() {
             span.record("tether.outcome", outcome.as_str());
             let negotiated = resp.as_ref().ok().and_then(|r| {
@@ -185,7 +191,11 @@ pub async fn handle(
             }
         }
     } else {
-        ctx.metrics.request(status, elapsed);
+        facts
+            .counters
+            .as_ref()
+            .unwrap_or(ctx.metrics.unrouted())
+            .request(status, elapsed);
     }
     if !span.is_none() {
         span.record("http.response.status_code", i64::from(status));
@@ -271,6 +281,7 @@ async fn route_and_forward(
             .ok_or(ProxyError::NoRoute)?
     };
     facts.route = Some(route.name.clone());
+    facts.counters = Some(route.metrics.clone());
     if websocket {
         forward_websocket(ctx, conn, route, req, span, facts).await
     } else {

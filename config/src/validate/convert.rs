@@ -3,8 +3,8 @@
 //! Every entry is converted on its own, so one bad entry does not hide the errors in another.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 use std::num::NonZeroU32;
+use std::time::Duration;
 
 use super::Checker;
 use crate::authority::parse_authority;
