@@ -833,6 +833,38 @@ mod tests {
         assert_eq!(bearer_credentials(b"Bear"), None);
     }
 
+    fn lifecycle() -> Lifecycle {
+        let config = tether_config::from_toml_str("allow_empty = true\n").unwrap();
+        Lifecycle::new(Arc::new(config))
+    }
+
+    #[tokio::test]
+    async fn drained_is_held_until_the_drain_is_over_and_bounded() {
+        let lifecycle = Arc::new(lifecycle());
+        // Nothing drains: the hold runs out and says so.
+        assert!(!lifecycle.wait_drained(Duration::from_millis(20)).await);
+        // A waiter held before the drain is over is woken by it, whatever the hold.
+        let waiter = tokio::spawn({
+            let lifecycle = lifecycle.clone();
+            async move { lifecycle.wait_drained(Duration::from_secs(3600)).await }
+        });
+        tokio::task::yield_now().await;
+        lifecycle.set_draining();
+        assert!(!waiter.is_finished());
+        lifecycle.set_drained();
+        assert!(waiter.await.unwrap());
+        // After it, the answer is immediate.
+        assert!(lifecycle.wait_drained(Duration::ZERO).await);
+    }
+
+    #[test]
+    fn the_drained_hold_covers_a_whole_shutdown() {
+        let mut config = tether_config::from_toml_str("allow_empty = true\n").unwrap();
+        config.shutdown_delay = Duration::from_secs(5);
+        config.shutdown_grace = Duration::from_secs(30);
+        assert_eq!(drained_hold(&config), Duration::from_secs(40));
+    }
+
     #[test]
     fn not_ready_reasons_read_as_before() {
         let pools = |names: &[&str]| {
