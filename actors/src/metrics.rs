@@ -489,11 +489,20 @@ impl Metrics {
     }
 }
 
+/// One per-listener family: name, type, help and how to read a listener's value (`None`: no
+/// sample for that listener).
+type ListenerFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ListenerGauges) -> Option<u64>,
+);
+
 impl Metrics {
     /// The listeners' families: accepted, open and the limit, and TLS handshakes (https only).
     fn render_listeners(&self, out: &mut String) {
         let listeners = self.listeners.read().unwrap_or_else(|e| e.into_inner());
-        let families: [(&str, &str, &str, fn(&ListenerGauges) -> Option<u64>); 5] = [
+        let families: [ListenerFamily; 5] = [
             (
                 "tether_listener_connections_accepted_total",
                 "counter",
