@@ -6,8 +6,8 @@
 //! Every counter is a relaxed atomic in a fixed array indexed by an enum, so the request path
 //! pays a few uncontended-in-practice increments and never a lock or an allocation. WebSocket
 //! traffic is not counted per frame here: each session keeps its own plain counters and adds what
-//! moved since its last report every [`TRAFFIC_REPORT_INTERVAL`] and when it ends (four atomic
-//! adds per session per interval, none while it is idle). The listeners' table is written only
+//! moved since its last report on its keep-alive tick, every 64 KiB and when it ends (four atomic
+//! adds per report; see `pump::Shared::report_traffic`). The listeners' table is written only
 //! when listeners start or stop and read only by a scrape.
 //!
 //! The registry renders the Prometheus text format (names and units per the Prometheus naming
@@ -28,10 +28,12 @@ use crate::outcome::{EndCause, Initiator, Outcome};
 use crate::tls::ListenerTls;
 use crate::trace::HandshakeOutcome;
 
-/// How often a live session adds the bytes and messages it moved since its last report to
-/// `tether_websocket_bytes_total` and `tether_websocket_messages_total`: a six-hour session shows
-/// as a steady rate, lagging by at most this, instead of one spike at its end.
-pub const TRAFFIC_REPORT_INTERVAL: Duration = Duration::from_secs(5);
+/// How many bytes (both directions together) a live session moves before it adds them to
+/// `tether_websocket_bytes_total` (and its messages to `tether_websocket_messages_total`),
+/// besides doing so on each keep-alive tick and at its end: big enough that a busy session
+/// reports rarely, small enough that a busy session without a keep-alive still shows as it
+/// flows.
+pub const TRAFFIC_REPORT_BYTES: u64 = 64 * 1024;
 
 /// Every state `tether_backend_state` reports a member in (`GET /backends` says the same).
 pub const BACKEND_STATES: [&str; 4] = ["healthy", "unhealthy", "unknown", "ejected"];
@@ -272,7 +274,7 @@ impl Metrics {
     }
 
     /// Adds what a session moved since its last report: `[client bytes, backend bytes, client
-    /// messages, backend messages]` (see [`TRAFFIC_REPORT_INTERVAL`]).
+    /// messages, backend messages]`.
     pub fn session_traffic(&self, moved: [u64; 4]) {
         let [client_bytes, backend_bytes, client_messages, backend_messages] = moved;
         self.bytes[0].fetch_add(client_bytes, Ordering::Relaxed);
@@ -414,12 +416,12 @@ impl Metrics {
         for (name, help, values) in [
             (
                 "tether_websocket_bytes_total",
-                "WebSocket bytes read from each side (reported by live sessions every 5 s and at their end).",
+                "WebSocket bytes read from each side (live sessions report on each keep-alive tick, every 64 KiB and at their end).",
                 &self.bytes,
             ),
             (
                 "tether_websocket_messages_total",
-                "Complete WebSocket messages read from each side, frames mode only (reported every 5 s and at the end).",
+                "Complete WebSocket messages read from each side, frames mode only (reported as the bytes are).",
                 &self.messages,
             ),
         ] {

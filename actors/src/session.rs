@@ -3,9 +3,9 @@
 //!
 //! Lifecycle: `started` (registers with the route table, starts the pump) → `pumping` → `ended`
 //! (see `crate::pump` for every way a session ends and the close codes Tether sends) → reports
-//! [`SessionEnded`] with a [`SessionSummary`] and stops. While pumping, every
-//! [`TRAFFIC_REPORT_INTERVAL`] it adds the bytes and messages moved since its last report to the
-//! process's counters (and once more when it ends).
+//! [`SessionEnded`] with a [`SessionSummary`] and stops. While pumping, the bytes and messages
+//! moved are added to the process's counters as they go ([`Shared::report_traffic`]), and once
+//! more when it ends.
 //! The actor runs on the worker that accepted the client, so the pump never crosses threads, and
 //! no message is exchanged per frame.
 
@@ -25,7 +25,7 @@ use crate::balance::MemberLease;
 use crate::messages::{
     DrainSession, SessionEnded, SessionOpened, SessionStats, SessionStatsQuery, SessionsChanged,
 };
-use crate::metrics::{Metrics, RouteCounters, TRAFFIC_REPORT_INTERVAL};
+use crate::metrics::{Metrics, RouteCounters};
 use crate::outcome::{EndCause, Initiator, Outcome};
 pub use crate::outcome::{SessionId, SessionSummary};
 use crate::pump::{PumpConfig, Pumping, Shared};
@@ -117,9 +117,6 @@ pub struct SessionActor {
     /// Total bytes at the last [`SessionStatsQuery`] and when they were first seen at that
     /// total: how `idle_ms` is sampled without touching the pump.
     last_look: Cell<(u64, Instant)>,
-    /// The traffic counters as last added to [`Metrics`]: `[client bytes, backend bytes, client
-    /// messages, backend messages]`.
-    reported: [u64; 4],
 }
 
 /// What a session needs from the worker that starts it.
@@ -130,7 +127,7 @@ pub struct SessionEnv {
     pub shutdown: ShutdownSignal,
     /// How long the close handshake may take at shutdown.
     pub shutdown_grace: Duration,
-    /// Counters it adds its traffic to as it goes.
+    /// Counters its pump adds its traffic to as it goes.
     pub metrics: Arc<Metrics>,
     /// Its route's counters, which count its ending.
     pub route_metrics: Arc<RouteCounters>,
@@ -158,27 +155,9 @@ impl SessionActor {
             info,
             started: Instant::now(),
             start: Some(Box::new((streams, pump))),
-            shared: Rc::new(Shared::default()),
+            shared: Rc::new(Shared::new(env.metrics.clone())),
             env,
             last_look: Cell::new((0, Instant::now())),
-            reported: [0; 4],
-        }
-    }
-
-    /// Adds what moved since the last report to the process's traffic counters (nothing when
-    /// nothing moved: an idle session costs no atomic).
-    fn report_traffic(&mut self) {
-        let c = &self.shared.counters;
-        let now = [
-            c.client_bytes.get(),
-            c.backend_bytes.get(),
-            c.client_messages.get(),
-            c.backend_messages.get(),
-        ];
-        if now != self.reported {
-            let moved = std::array::from_fn(|i| now[i] - self.reported[i]);
-            self.env.metrics.session_traffic(moved);
-            self.reported = now;
         }
     }
 
@@ -195,7 +174,7 @@ impl SessionActor {
             backend_messages: counters.backend_messages.get(),
             outcome,
         };
-        self.report_traffic();
+        self.shared.report_traffic();
         let o = &summary.outcome;
         self.env.route_metrics.session_ended(o);
         record_on_span(&self.env.span, &summary);
@@ -253,7 +232,6 @@ impl Actor for SessionActor {
             self.shared
                 .drain(self.env.shutdown.reason(), self.env.shutdown_grace);
         }
-        ctx.run_interval(TRAFFIC_REPORT_INTERVAL, |act, _| act.report_traffic());
         let pump = Pumping::new(streams, cfg, self.shared.clone());
         ctx.spawn(pump.into_actor(self).map(|outcome, act, ctx| {
             act.finish(outcome);

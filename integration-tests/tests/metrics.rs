@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tether_integration_tests::pool::{wait_for, Member};
-use tether_integration_tests::{backends, config_toml, raw, start, within, STEP_LIMIT};
+use tether_integration_tests::{backends, config_toml, raw, start, within};
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -346,65 +346,105 @@ async fn backend_label_sets_stay_the_same_when_a_member_flips_health() {
     within("stop", sidecar.stop()).await.unwrap();
 }
 
-#[tokio::test]
-async fn websocket_traffic_is_counted_while_the_session_runs() {
-    let backend = backends::ws_echo().await;
-    let sidecar = start(&config_toml(backend.addr, "", "inspect = \"frames\""));
-    let admin = sidecar.admin_addr();
+/// Polls `/metrics` until `done` holds (bounded by `within`).
+async fn scrape_until(admin: SocketAddr, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
+    within(what, async {
+        loop {
+            let s = Scrape::of(admin).await;
+            if done(&s) {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// Opens a session through `sidecar` and sends `count` text messages of `size` bytes, each
+/// echoed back.
+async fn session_with(
+    sidecar: &tether::Sidecar,
+    count: usize,
+    size: usize,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     let (mut ws, _) = within(
         "connect",
         tokio_tungstenite::connect_async(format!("ws://{}/ws", sidecar.addr("public"))),
     )
     .await
     .unwrap();
-    let payload = "x".repeat(1024);
-    for _ in 0..10 {
+    let payload = "x".repeat(size);
+    for _ in 0..count {
         ws.send(Message::text(payload.clone())).await.unwrap();
         within("echo", ws.next()).await.unwrap().unwrap();
     }
-    // The session stays open: its traffic shows within one report interval
-    // (tether_actors::metrics::TRAFFIC_REPORT_INTERVAL, 5 s), not only at its end.
-    let counted = within("traffic counted while the session runs", async {
-        loop {
-            let s = Scrape::of(admin).await;
-            if s.get(r#"tether_websocket_bytes_total{from="client"}"#) >= 10.0 * 1024.0 {
-                break s;
+    ws
+}
+
+const CLIENT_BYTES: &str = r#"tether_websocket_bytes_total{from="client"}"#;
+const BACKEND_BYTES: &str = r#"tether_websocket_bytes_total{from="backend"}"#;
+const CLIENT_MESSAGES: &str = r#"tether_websocket_messages_total{from="client"}"#;
+const ACTIVE: &str = r#"tether_websocket_sessions_active{route="app"}"#;
+
+#[tokio::test]
+async fn websocket_traffic_is_counted_on_the_keepalive_tick_while_the_session_runs() {
+    let backend = backends::ws_echo().await;
+    // The keep-alive tick reports what moved; 10 KiB is below the volume threshold.
+    let sidecar = start(&config_toml(
+        backend.addr,
+        "",
+        "inspect = \"frames\"\nkeepalive_interval = \"1s\"",
+    ));
+    let admin = sidecar.admin_addr();
+    let ws = session_with(&sidecar, 10, 1024).await;
+    // The client keeps reading (so it answers Tether's pings and is not judged unresponsive);
+    // what it reads comes back on a channel.
+    let (mut sink, mut stream) = ws.split();
+    let (echoes, mut echoed) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            if msg.is_text() {
+                let _ = echoes.send(msg);
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    });
+    let counted = scrape_until(admin, "traffic counted while the session runs", |s| {
+        s.get(CLIENT_BYTES) >= 10.0 * 1024.0
     })
     .await;
-    assert_eq!(
-        counted.get(r#"tether_websocket_sessions_active{route="app"}"#),
-        1.0,
-        "still running"
-    );
-    assert!(counted.get(r#"tether_websocket_bytes_total{from="backend"}"#) >= 10.0 * 1024.0);
-    assert_eq!(
-        counted.get(r#"tether_websocket_messages_total{from="client"}"#),
-        10.0
-    );
-    assert!(STEP_LIMIT > tether_actors::metrics::TRAFFIC_REPORT_INTERVAL * 2);
+    assert_eq!(counted.get(ACTIVE), 1.0, "still running");
+    assert!(counted.get(BACKEND_BYTES) >= 10.0 * 1024.0);
+    assert_eq!(counted.get(CLIENT_MESSAGES), 10.0);
     // At its end the rest is added once: nothing counted twice.
-    ws.send(Message::text("bye")).await.unwrap();
-    within("echo", ws.next()).await.unwrap().unwrap();
-    ws.close(None).await.unwrap();
-    while let Some(Ok(_)) = within("close", ws.next()).await {}
-    let after = within("session end counted", async {
-        loop {
-            let s = Scrape::of(admin).await;
-            if s.get(r#"tether_websocket_sessions_active{route="app"}"#) == 0.0
-                && s.get(r#"tether_websocket_messages_total{from="client"}"#) >= 11.0
-            {
-                break s;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    sink.send(Message::text("bye")).await.unwrap();
+    within("echo", echoed.recv()).await.unwrap();
+    sink.close().await.unwrap();
+    within("close", reader).await.unwrap();
+    let after = scrape_until(admin, "session end counted", |s| {
+        s.get(ACTIVE) == 0.0 && s.get(CLIENT_MESSAGES) >= 11.0
     })
     .await;
-    assert_eq!(
-        after.get(r#"tether_websocket_messages_total{from="client"}"#),
-        11.0
-    );
+    assert_eq!(after.get(CLIENT_MESSAGES), 11.0);
+    within("stop", sidecar.stop()).await.unwrap();
+}
+
+#[tokio::test]
+async fn websocket_traffic_is_counted_by_volume_without_a_keepalive() {
+    let backend = backends::ws_echo().await;
+    // No keep-alive and no idle timeout: no tick at all, so only the volume reports.
+    let sidecar = start(&config_toml(
+        backend.addr,
+        "",
+        "inspect = \"frames\"\nkeepalive_interval = \"0s\"",
+    ));
+    let admin = sidecar.admin_addr();
+    let threshold = tether_actors::metrics::TRAFFIC_REPORT_BYTES as usize;
+    let ws = session_with(&sidecar, threshold / 1024 + 1, 1024).await;
+    let counted = scrape_until(admin, "traffic counted by volume", |s| {
+        s.get(CLIENT_BYTES) + s.get(BACKEND_BYTES) >= threshold as f64
+    })
+    .await;
+    assert_eq!(counted.get(ACTIVE), 1.0, "still running");
+    drop(ws);
     within("stop", sidecar.stop()).await.unwrap();
 }
