@@ -616,4 +616,36 @@ mod tests {
         assert_eq!(bucket_label(code_bucket(Some(4001))), "3000-4999");
         assert_eq!(bucket_label(code_bucket(None)), "none");
     }
+
+    #[test]
+    fn label_values_are_escaped_as_the_text_format_requires() {
+        assert_eq!(escape("chat"), "chat");
+        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape("a\nb"), "a\\nb");
+    }
+
+    #[test]
+    fn listeners_come_and_go_and_only_a_limit_has_a_max_sample() {
+        let m = Metrics::default();
+        let limit = ConnectionLimit::new(0, 0);
+        limit.count_accepted();
+        m.listener_started(
+            "public",
+            ListenerGauges {
+                limit: limit.clone(),
+                max_connections: 0,
+                tls: None,
+            },
+        );
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("tether_listener_connections_accepted_total{listener=\"public\"} 1\n"));
+        assert!(out.contains("tether_listener_connections_active{listener=\"public\"} 0\n"));
+        assert!(!out.contains("tether_listener_connections_max{"), "{out}");
+        assert!(out.contains("# TYPE tether_listener_connections_max gauge\n"));
+        m.listener_stopped("public");
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(!out.contains("listener=\"public\""), "{out}");
+    }
 }

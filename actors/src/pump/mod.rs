@@ -428,4 +428,31 @@ mod tests {
         println!("size_of: Pumping = {pumping} B, Session = {core} B");
         assert!(pumping <= 952, "Pumping grew to {pumping} bytes");
     }
+
+    fn traffic(m: &Metrics) -> ([u64; 2], [u64; 2]) {
+        m.traffic()
+    }
+
+    #[test]
+    fn traffic_is_reported_once_as_it_moves_and_by_volume() {
+        let metrics = Arc::new(Metrics::default());
+        let shared = Shared::new(metrics.clone());
+        let c = &shared.counters;
+        c.client_bytes.set(100);
+        c.client_messages.set(2);
+        // Below the volume threshold nothing is reported until a tick.
+        shared.report_traffic_by_volume();
+        assert_eq!(traffic(&metrics), ([0, 0], [0, 0]));
+        shared.report_traffic();
+        assert_eq!(traffic(&metrics), ([100, 0], [2, 0]));
+        // A tick with nothing new adds nothing; the next adds only what moved since.
+        shared.report_traffic();
+        assert_eq!(traffic(&metrics), ([100, 0], [2, 0]));
+        c.backend_bytes.set(TRAFFIC_REPORT_BYTES - 1);
+        shared.report_traffic_by_volume();
+        assert_eq!(traffic(&metrics), ([100, 0], [2, 0]), "one byte short");
+        c.client_bytes.set(101);
+        shared.report_traffic_by_volume();
+        assert_eq!(traffic(&metrics), ([101, TRAFFIC_REPORT_BYTES - 1], [2, 0]));
+    }
 }
