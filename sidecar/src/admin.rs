@@ -91,6 +91,14 @@ pub const STATUS_PAGE: &str = include_str!("status.html");
 
 /// The sidecar's lifecycle as the admin endpoint reports it; `run` updates it, the admin
 /// endpoint only reads it.
+///
+/// ```text
+/// starting --set_listening--> serving --set_draining--> draining --set_drained--> drained
+///  /readyz 503                 200 (if pools ok)          503 (delay, then the drain)  503
+///  /drained held               held                       held                         200
+/// ```
+///
+/// Each step is one-way: nothing turns readiness back on once shutdown began.
 #[derive(Debug)]
 pub struct Lifecycle {
     /// Set once the listeners accept connections.
