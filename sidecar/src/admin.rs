@@ -14,7 +14,8 @@
 //! | `GET /metrics` | Prometheus text |
 //!
 //! With `admin.token` set, every request but `/healthz`, `/readyz` and `/drained` (which
-//! orchestrators and `preStop` hooks ask without credentials; none reveals anything) needs `Authorization: Bearer TOKEN` (the scheme in any case), else `401`.
+//! orchestrators and `preStop` hooks ask without credentials; none reveals anything) needs
+//! `Authorization: Bearer TOKEN` (the scheme in any case), else `401`.
 //!
 //! The endpoint shares the process, and its descriptors, with the data path, and inside a pod
 //! every container reaches 127.0.0.1: its own limits keep admin load from starving the
