@@ -1,6 +1,6 @@
 //! Counters for operators: handshakes by outcome, sessions closed by cause and close code, bytes
 //! and messages per direction, requests and their latency by status class, retries on another
-//! backend member by reason, backend connect failures by reason, and per listener the
+//! backend member by reason, and per listener the
 //! connections accepted and open against `max_connections` and the TLS handshakes.
 //!
 //! Every counter is a relaxed atomic in a fixed array indexed by an enum, so the request path
@@ -195,7 +195,6 @@ pub struct Metrics {
     bytes: [AtomicU64; 2],
     messages: [AtomicU64; 2],
     retries: [AtomicU64; RetryReason::ALL.len()],
-    connect_failures: [AtomicU64; ConnectFailure::ALL.len()],
     /// Every listener that accepts, by name (written when listeners start and stop).
     listeners: RwLock<BTreeMap<String, ListenerGauges>>,
 }
@@ -208,7 +207,6 @@ impl Default for Metrics {
             bytes: std::array::from_fn(|_| AtomicU64::new(0)),
             messages: std::array::from_fn(|_| AtomicU64::new(0)),
             retries: std::array::from_fn(|_| AtomicU64::new(0)),
-            connect_failures: std::array::from_fn(|_| AtomicU64::new(0)),
             listeners: RwLock::new(BTreeMap::new()),
         }
     }
@@ -286,11 +284,6 @@ impl Metrics {
     /// Counts one retry on another member.
     pub fn retry(&self, reason: RetryReason) {
         self.retries[reason as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a failed connection to a backend member.
-    pub fn connect_failed(&self, reason: ConnectFailure) {
-        self.connect_failures[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A listener started accepting (or replaced one of the same name).
@@ -449,16 +442,6 @@ impl Metrics {
                 out,
                 "tether_backend_retries_total{{reason=\"{}\"}} {n}",
                 reason.as_str()
-            );
-        }
-        out.push_str("# HELP tether_backend_connect_failures_total Connections to backend members that failed, by reason.\n");
-        out.push_str("# TYPE tether_backend_connect_failures_total counter\n");
-        for reason in ConnectFailure::ALL {
-            let _ = writeln!(
-                out,
-                "tether_backend_connect_failures_total{{reason=\"{}\"}} {}",
-                reason.as_str(),
-                load(&self.connect_failures[reason as usize])
             );
         }
         self.render_listeners(out);

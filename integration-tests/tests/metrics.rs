@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tether_integration_tests::pool::{wait_for, Member};
-use tether_integration_tests::{backends, config_toml, raw, start, within};
+use tether_integration_tests::{backends, closed_port, config_toml, raw, start, within};
 use tokio::io::AsyncWriteExt;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -214,7 +214,9 @@ backend_settings = "app"
             0.0,
         ),
         (
-            r#"tether_backend_connect_failures_total{reason="timeout"}"#.to_owned(),
+            format!(
+                r#"tether_backend_connect_failures_total{{pool="app",member="{member}",reason="timeout"}}"#
+            ),
             0.0,
         ),
         (
@@ -446,5 +448,36 @@ async fn websocket_traffic_is_counted_by_volume_without_a_keepalive() {
     .await;
     assert_eq!(counted.get(ACTIVE), 1.0, "still running");
     drop(ws);
+    within("stop", sidecar.stop()).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_counted_on_its_member() {
+    let dead = closed_port();
+    let sidecar = start(&config_toml(dead, "", ""));
+    let admin = sidecar.admin_addr();
+    let series = |reason: &str| {
+        format!(
+            r#"tether_backend_connect_failures_total{{pool="app",member="{dead}",reason="{reason}"}}"#
+        )
+    };
+    assert_eq!(Scrape::of(admin).await.get(&series("error")), 0.0);
+    let resp = within(
+        "request",
+        raw::send(
+            sidecar.addr("public"),
+            b"GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, 502);
+    let after = Scrape::of(admin).await;
+    assert_eq!(after.get(&series("error")), 1.0);
+    assert_eq!(after.get(&series("timeout")), 0.0);
+    assert_eq!(after.get(&series("tls")), 0.0);
+    assert_eq!(
+        after.get(r#"tether_http_requests_total{route="app",status_class="5xx"}"#),
+        1.0
+    );
     within("stop", sidecar.stop()).await.unwrap();
 }

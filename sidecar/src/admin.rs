@@ -748,6 +748,21 @@ async fn render_control_plane(state: &AdminState, out: &mut String) {
                 }
             }
         }
+        out.push_str("# HELP tether_backend_connect_failures_total Connections to the member that failed, by reason.\n");
+        out.push_str("# TYPE tether_backend_connect_failures_total counter\n");
+        for pool in &status.pools {
+            for m in &pool.members {
+                let f = &m.connect_failures;
+                for (reason, n) in [("error", f.error), ("timeout", f.timeout), ("tls", f.tls)] {
+                    let _ = writeln!(
+                        out,
+                        "tether_backend_connect_failures_total{{pool=\"{}\",member=\"{}\",reason=\"{reason}\"}} {n}",
+                        escape(&pool.name),
+                        m.address
+                    );
+                }
+            }
+        }
         out.push_str("# HELP tether_backend_sessions Live WebSocket sessions per member.\n");
         out.push_str("# TYPE tether_backend_sessions gauge\n");
         for pool in &status.pools {

@@ -36,7 +36,7 @@ pub(super) async fn forward_http(
         let tls = ctx
             .upstream
             .tls_for(&route.settings, backend)
-            .inspect_err(|e| report_failure(&ctx.metrics, &lease, e))?;
+            .inspect_err(|e| report_failure(&lease, e))?;
         let sent = ctx
             .upstream
             .send(
@@ -63,7 +63,7 @@ pub(super) async fn forward_http(
             Err(failure) => failure,
         };
         let error = blame(error, upload.as_ref());
-        report_failure(&ctx.metrics, &lease, &error);
+        report_failure(&lease, &error);
         client_span.record("otel.status_code", "ERROR");
         let again = match unsent {
             Some(unsent)
@@ -97,7 +97,7 @@ pub(super) async fn forward_http(
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let err = ProxyError::UnrequestedUpgrade { backend };
-        report_failure(&ctx.metrics, &lease, &err);
+        report_failure(&lease, &err);
         return Err(err);
     }
     report_answer(&lease, backend, resp.status());

@@ -31,7 +31,7 @@ pub(super) async fn forward_websocket(
         let tls = ctx
             .upstream
             .tls_for(&route.settings, backend)
-            .inspect_err(|e| report_failure(&ctx.metrics, &lease, e))?;
+            .inspect_err(|e| report_failure(&lease, e))?;
         let error = match upstream::send_upgrade(
             backend,
             tls.as_ref(),
@@ -44,7 +44,7 @@ pub(super) async fn forward_websocket(
             Ok(answer) => break answer,
             Err(error) => error,
         };
-        report_failure(&ctx.metrics, &lease, &error);
+        report_failure(&lease, &error);
         // Only an upgrade that reached no backend goes elsewhere.
         if !(error.before_sending() && attempts.allows(facts, RetryReason::Connect)) {
             return Err(error);
