@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tether_config::ListenerConfig;
@@ -51,6 +51,8 @@ struct LimitInner {
     max: usize,
     per_ip: usize,
     open: AtomicUsize,
+    /// Connections accepted since the listener started (`tether_listener_connections_accepted_total`).
+    accepted: AtomicU64,
     by_ip: Mutex<HashMap<IpAddr, usize>>,
     freed: Notify,
 }
@@ -89,6 +91,7 @@ impl ConnectionLimit {
                 max,
                 per_ip,
                 open: AtomicUsize::new(0),
+                accepted: AtomicU64::new(0),
                 by_ip: Mutex::new(HashMap::new()),
                 freed: Notify::new(),
             }),
@@ -98,6 +101,16 @@ impl ConnectionLimit {
     /// Connections (and sessions) counted now.
     pub fn open(&self) -> usize {
         self.inner.open.load(Ordering::Acquire)
+    }
+
+    /// Counts a connection the listener accepted (admitted or refused with 429 alike).
+    pub fn count_accepted(&self) {
+        self.inner.accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.inner.accepted.load(Ordering::Relaxed)
     }
 
     /// Resolves once fewer than `max` are open (at once without a limit).

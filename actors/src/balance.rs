@@ -27,7 +27,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix::Recipient;
@@ -35,6 +35,7 @@ use http::{header, HeaderMap};
 use tether_config::{HashKey, LoadBalancing};
 
 use crate::member::{MemberFailing, ProbeReport};
+use crate::metrics::ConnectFailure;
 
 /// One backend address of a pool, shared by the snapshot (data path), the route table, the
 /// prober and `GET /backends`.
@@ -50,6 +51,8 @@ pub struct Member {
     requests: AtomicUsize,
     sessions: AtomicUsize,
     passive_failures: AtomicU32,
+    /// Failed connections by [`ConnectFailure`] (`tether_backend_connect_failures_total`).
+    connect_failures: [AtomicU64; ConnectFailure::ALL.len()],
     /// `passive.failures` of the pool; 0 = passive health off.
     passive_threshold: u32,
     /// Where a crossed passive threshold is reported (the route table).
@@ -87,6 +90,7 @@ impl Member {
             requests: AtomicUsize::new(0),
             sessions: AtomicUsize::new(0),
             passive_failures: AtomicU32::new(0),
+            connect_failures: std::array::from_fn(|_| AtomicU64::new(0)),
             passive_threshold,
             reporter,
             probe: Mutex::new(None),
@@ -106,6 +110,16 @@ impl Member {
     /// What `least_connections` compares (divided by the weight).
     pub fn load(&self) -> usize {
         self.requests() + self.sessions()
+    }
+
+    /// Counts a connection to this member that failed (one relaxed atomic add).
+    pub fn connect_failed(&self, reason: ConnectFailure) {
+        self.connect_failures[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Failed connections so far, in [`ConnectFailure::ALL`] order.
+    pub fn connect_failures(&self) -> [u64; ConnectFailure::ALL.len()] {
+        std::array::from_fn(|i| self.connect_failures[i].load(Ordering::Relaxed))
     }
 
     /// Consecutive failures the data path has seen since the last success.

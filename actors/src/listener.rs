@@ -136,6 +136,7 @@ impl Actor for ListenerActor {
                 limit.room().await;
                 match listener.accept().await {
                     Ok((stream, peer)) => {
+                        limit.count_accepted();
                         // Accepted while another worker or a session took the last place: held
                         // (not served) until there is room, so at most one connection per
                         // worker waits here.

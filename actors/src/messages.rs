@@ -294,6 +294,19 @@ pub struct MemberStatus {
     pub last_change: Option<LastChange>,
     /// Passive health.
     pub passive: PassiveStatus,
+    /// Connections to it that failed since start-up, by reason.
+    pub connect_failures: ConnectFailures,
+}
+
+/// Failed connections to a member, by reason (`tether_backend_connect_failures_total`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ConnectFailures {
+    /// Refused, unreachable or reset during the TCP connect.
+    pub error: u64,
+    /// Not connected (TCP and, for https, TLS) within `connect_timeout`.
+    pub timeout: u64,
+    /// The TLS handshake with it failed.
+    pub tls: u64,
 }
 
 /// The latest probe of a member.

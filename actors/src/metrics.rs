@@ -1,19 +1,93 @@
 //! Counters for operators: handshakes by outcome, sessions closed by cause and close code, bytes
 //! and messages per direction, requests and their latency by status class, retries on another
-//! backend member by reason.
+//! backend member by reason, and per listener the
+//! connections accepted and open against `max_connections` and the TLS handshakes.
 //!
 //! Every counter is a relaxed atomic in a fixed array indexed by an enum, so the request path
-//! pays a few uncontended-in-practice increments and never a lock or an allocation. The
-//! registry renders the Prometheus text format; what only the control plane knows (live sessions
-//! per route, member health, dropped spans) is appended by the caller at render time.
+//! pays a few uncontended-in-practice increments and never a lock or an allocation. WebSocket
+//! traffic is not counted per frame here: each session keeps its own plain counters and adds what
+//! moved since its last report on its keep-alive tick, every 64 KiB and when it ends (four atomic
+//! adds per report; see `pump::Shared::report_traffic`). The listeners' table is written only
+//! when listeners start or stop and read only by a scrape.
+//!
+//! The registry renders the Prometheus text format (names and units per the Prometheus naming
+//! conventions: `_total` counters, `_seconds`, `_bytes`; one `HELP` and `TYPE` per family; label
+//! sets that do not change with a value); what only the control plane knows (live sessions per
+//! route, member health, reloads, build, process, dropped spans) is appended by the caller at
+//! render time.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use crate::http2::HttpProtocol;
+use crate::admission::ConnectionLimit;
+use crate::error::ProxyError;
 use crate::outcome::{EndCause, Initiator, Outcome};
+use crate::tls::ListenerTls;
 use crate::trace::HandshakeOutcome;
+
+/// How many bytes (both directions together) a live session moves before it adds them to
+/// `tether_websocket_bytes_total` (and its messages to `tether_websocket_messages_total`),
+/// besides doing so on each keep-alive tick and at its end: big enough that a busy session
+/// reports rarely, small enough that a busy session without a keep-alive still shows as it
+/// flows.
+pub const TRAFFIC_REPORT_BYTES: u64 = 64 * 1024;
+
+/// Every state `tether_backend_state` reports a member in (`GET /backends` says the same).
+pub const BACKEND_STATES: [&str; 4] = ["healthy", "unhealthy", "unknown", "ejected"];
+
+/// Why a connection to a backend member failed, for `tether_backend_connect_failures_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailure {
+    /// Refused, unreachable or reset during the TCP connect.
+    Error,
+    /// Not connected (TCP and, for https, TLS) within `connect_timeout`.
+    Timeout,
+    /// The TLS handshake with the backend failed (certificate, protocol).
+    Tls,
+}
+
+impl ConnectFailure {
+    /// Every reason, in a fixed order (metrics index by it).
+    pub const ALL: [ConnectFailure; 3] = [
+        ConnectFailure::Error,
+        ConnectFailure::Timeout,
+        ConnectFailure::Tls,
+    ];
+
+    /// As the `reason` label says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectFailure::Error => "error",
+            ConnectFailure::Timeout => "timeout",
+            ConnectFailure::Tls => "tls",
+        }
+    }
+
+    /// The connect failure `error` is, if it is one.
+    pub fn of(error: &ProxyError) -> Option<ConnectFailure> {
+        match error {
+            ProxyError::ConnectFailed { .. } => Some(ConnectFailure::Error),
+            ProxyError::ConnectTimeout { .. } => Some(ConnectFailure::Timeout),
+            ProxyError::TlsFailed { .. } => Some(ConnectFailure::Tls),
+            _ => None,
+        }
+    }
+}
+
+/// What a scrape reads of one listener: its connection count and limit, and its TLS counters.
+#[derive(Debug, Clone)]
+pub struct ListenerGauges {
+    /// Counts open connections (and sessions) and accepted ones.
+    pub limit: ConnectionLimit,
+    /// `max_connections` (`0` = no limit: no `tether_listener_connections_max` sample).
+    pub max_connections: usize,
+    /// Its TLS side, for an https listener.
+    pub tls: Option<Arc<ListenerTls>>,
+}
 
 /// Every session end cause, in the order of the counters' rows.
 pub const CAUSES: [EndCause; EndCause::ALL.len()] = EndCause::ALL;
@@ -48,36 +122,99 @@ impl RetryReason {
     }
 }
 
-/// The process's (one sidecar's) counters.
+/// One routing rule's counters: handshakes, finished sessions and ordinary requests with their
+/// latency. The route snapshot hands each route's block to the data path (an `Arc` in the
+/// route, no lookup); requests and handshakes no rule matched count in the block with the empty
+/// name.
 #[derive(Debug)]
-pub struct Metrics {
+pub struct RouteCounters {
     handshakes: [AtomicU64; HandshakeOutcome::ALL.len()],
     sessions_closed: [[AtomicU64; CODE_BUCKETS]; CAUSES.len()],
-    bytes: [AtomicU64; 2],
-    messages: [AtomicU64; 2],
     requests: [AtomicU64; 5],
     latency_buckets: [[AtomicU64; LATENCY_BOUNDS.len()]; 5],
     latency_sum_us: [AtomicU64; 5],
+}
+
+impl Default for RouteCounters {
+    fn default() -> Self {
+        RouteCounters {
+            handshakes: std::array::from_fn(|_| AtomicU64::new(0)),
+            sessions_closed: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            requests: std::array::from_fn(|_| AtomicU64::new(0)),
+            latency_buckets: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            latency_sum_us: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+impl RouteCounters {
+    /// Counts a handshake's outcome.
+    pub fn handshake(&self, outcome: HandshakeOutcome) {
+        self.handshakes[handshake_index(outcome)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a finished session: its cause and the close code of whoever closed first (its
+    /// traffic is added by [`Metrics::session_traffic`] as it goes).
+    pub fn session_ended(&self, outcome: &Outcome) {
+        let code = match outcome.initiator {
+            Some(Initiator::Client) => outcome.client_close.as_ref().and_then(|c| c.code),
+            Some(Initiator::Backend) => outcome.backend_close.as_ref().and_then(|c| c.code),
+            Some(Initiator::Tether) => outcome.tether_close,
+            None => None,
+        };
+        self.sessions_closed[outcome.cause.index()][code_bucket(code)]
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an ordinary request by status class, with its latency.
+    pub fn request(&self, status: u16, elapsed: Duration) {
+        let class = usize::from((status / 100).clamp(1, 5) - 1);
+        self.requests[class].fetch_add(1, Ordering::Relaxed);
+        let secs = elapsed.as_secs_f64();
+        if let Some(b) = LATENCY_BOUNDS.iter().position(|bound| secs <= *bound) {
+            self.latency_buckets[class][b].fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency_sum_us[class].fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+}
+
+fn handshake_index(outcome: HandshakeOutcome) -> usize {
+    HandshakeOutcome::ALL
+        .iter()
+        .position(|o| *o == outcome)
+        .unwrap_or(0)
+}
+
+/// The process's (one sidecar's) counters.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Every routing rule's counters by name (written when the route table publishes a
+    /// snapshot, read by a scrape).
+    routes: RwLock<BTreeMap<Arc<str>, Arc<RouteCounters>>>,
+    /// What no rule matched (`route=""`).
+    unrouted: Arc<RouteCounters>,
+    bytes: [AtomicU64; 2],
+    messages: [AtomicU64; 2],
     retries: [AtomicU64; RetryReason::ALL.len()],
     http_connections: [AtomicU64; 2],
     http2_errors: [AtomicU64; crate::http2::ERROR_LABELS.len()],
     http2_reset_budget: AtomicU64,
+    /// Every listener that accepts, by name (written when listeners start and stop).
+    listeners: RwLock<BTreeMap<String, ListenerGauges>>,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            handshakes: std::array::from_fn(|_| AtomicU64::new(0)),
-            sessions_closed: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            routes: RwLock::new(BTreeMap::new()),
+            unrouted: Arc::default(),
             bytes: std::array::from_fn(|_| AtomicU64::new(0)),
             messages: std::array::from_fn(|_| AtomicU64::new(0)),
-            requests: std::array::from_fn(|_| AtomicU64::new(0)),
-            latency_buckets: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
-            latency_sum_us: std::array::from_fn(|_| AtomicU64::new(0)),
             retries: std::array::from_fn(|_| AtomicU64::new(0)),
             http_connections: std::array::from_fn(|_| AtomicU64::new(0)),
             http2_errors: std::array::from_fn(|_| AtomicU64::new(0)),
             http2_reset_budget: AtomicU64::new(0),
+            listeners: RwLock::new(BTreeMap::new()),
         }
     }
 }
@@ -99,42 +236,56 @@ fn bucket_label(i: usize) -> String {
 }
 
 impl Metrics {
-    /// Counts a handshake's outcome.
-    pub fn handshake(&self, outcome: HandshakeOutcome) {
-        let i = HandshakeOutcome::ALL
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(0);
-        self.handshakes[i].fetch_add(1, Ordering::Relaxed);
+    /// The counters of routing rule `route`, the same block for as long as the rule exists
+    /// (a reload that keeps the rule keeps its counts). Called when a route snapshot is built.
+    pub fn route(&self, route: &str) -> Arc<RouteCounters> {
+        if let Some(c) = self
+            .routes
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(route)
+        {
+            return c.clone();
+        }
+        self.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(route.into())
+            .or_default()
+            .clone()
     }
 
-    /// Counts a finished session: its cause, the close code of whoever closed first, and its
-    /// traffic.
-    pub fn session_ended(&self, outcome: &Outcome, traffic: [u64; 4]) {
-        let code = match outcome.initiator {
-            Some(Initiator::Client) => outcome.client_close.as_ref().and_then(|c| c.code),
-            Some(Initiator::Backend) => outcome.backend_close.as_ref().and_then(|c| c.code),
-            Some(Initiator::Tether) => outcome.tether_close,
-            None => None,
-        };
-        self.sessions_closed[outcome.cause.index()][code_bucket(code)]
-            .fetch_add(1, Ordering::Relaxed);
-        let [client_bytes, backend_bytes, client_messages, backend_messages] = traffic;
+    /// Keeps the counters of these rules only: a rule a reload removed loses its samples (its
+    /// live sessions still count into their block, unseen).
+    pub fn keep_routes<'a>(&self, routes: impl IntoIterator<Item = &'a str>) {
+        let keep: std::collections::BTreeSet<&str> = routes.into_iter().collect();
+        self.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|name, _| keep.contains(&**name));
+    }
+
+    /// The counters of requests and handshakes no rule matched.
+    pub fn unrouted(&self) -> &Arc<RouteCounters> {
+        &self.unrouted
+    }
+
+    /// Every block, the unrouted one first (as `""`).
+    fn all_routes(&self) -> Vec<(Arc<str>, Arc<RouteCounters>)> {
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        std::iter::once((Arc::<str>::from(""), self.unrouted.clone()))
+            .chain(routes.iter().map(|(n, c)| (n.clone(), c.clone())))
+            .collect()
+    }
+
+    /// Adds what a session moved since its last report: `[client bytes, backend bytes, client
+    /// messages, backend messages]`.
+    pub fn session_traffic(&self, moved: [u64; 4]) {
+        let [client_bytes, backend_bytes, client_messages, backend_messages] = moved;
         self.bytes[0].fetch_add(client_bytes, Ordering::Relaxed);
         self.bytes[1].fetch_add(backend_bytes, Ordering::Relaxed);
         self.messages[0].fetch_add(client_messages, Ordering::Relaxed);
         self.messages[1].fetch_add(backend_messages, Ordering::Relaxed);
-    }
-
-    /// Counts an ordinary request by status class, with its latency.
-    pub fn request(&self, status: u16, elapsed: Duration) {
-        let class = usize::from((status / 100).clamp(1, 5) - 1);
-        self.requests[class].fetch_add(1, Ordering::Relaxed);
-        let secs = elapsed.as_secs_f64();
-        if let Some(b) = LATENCY_BOUNDS.iter().position(|bound| secs <= *bound) {
-            self.latency_buckets[class][b].fetch_add(1, Ordering::Relaxed);
-        }
-        self.latency_sum_us[class].fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Counts a client connection served with `protocol`.
@@ -160,6 +311,22 @@ impl Metrics {
         self.retries[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A listener started accepting (or replaced one of the same name).
+    pub fn listener_started(&self, name: &str, gauges: ListenerGauges) {
+        self.listeners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_owned(), gauges);
+    }
+
+    /// A listener stopped accepting: its samples go (a reload removed or moved it).
+    pub fn listener_stopped(&self, name: &str) {
+        self.listeners
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+    }
+
     /// Retries by reason (for the OTLP export).
     pub fn retry_counts(&self) -> impl Iterator<Item = (RetryReason, u64)> + '_ {
         RetryReason::ALL
@@ -168,29 +335,38 @@ impl Metrics {
             .map(|(r, n)| (*r, n.load(Ordering::Relaxed)))
     }
 
-    /// How many handshakes ended with `outcome`.
+    /// How many handshakes ended with `outcome`, over every route.
     pub fn handshakes(&self, outcome: HandshakeOutcome) -> u64 {
-        let i = HandshakeOutcome::ALL
+        let i = handshake_index(outcome);
+        self.all_routes()
             .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(0);
-        self.handshakes[i].load(Ordering::Relaxed)
+            .map(|(_, c)| c.handshakes[i].load(Ordering::Relaxed))
+            .sum()
     }
 
-    /// Handshake counts by outcome (for the OTLP export).
+    /// Handshake counts by outcome over every route (for the OTLP export).
     pub fn handshake_counts(&self) -> impl Iterator<Item = (HandshakeOutcome, u64)> + '_ {
-        HandshakeOutcome::ALL
-            .iter()
-            .zip(&self.handshakes)
-            .map(|(o, n)| (*o, n.load(Ordering::Relaxed)))
+        let routes = self.all_routes();
+        HandshakeOutcome::ALL.iter().enumerate().map(move |(i, o)| {
+            let n = routes
+                .iter()
+                .map(|(_, c)| c.handshakes[i].load(Ordering::Relaxed))
+                .sum();
+            (*o, n)
+        })
     }
 
-    /// Finished sessions by cause and close-code bucket, non-zero only (for the OTLP export).
+    /// Finished sessions by cause and close-code bucket over every route, non-zero only (for
+    /// the OTLP export).
     pub fn closed_counts(&self) -> Vec<(EndCause, String, u64)> {
+        let routes = self.all_routes();
         let mut out = Vec::new();
         for (c, cause) in CAUSES.iter().enumerate() {
-            for (b, counter) in self.sessions_closed[c].iter().enumerate() {
-                let n = counter.load(Ordering::Relaxed);
+            for b in 0..CODE_BUCKETS {
+                let n: u64 = routes
+                    .iter()
+                    .map(|(_, r)| r.sessions_closed[c][b].load(Ordering::Relaxed))
+                    .sum();
                 if n > 0 {
                     out.push((*cause, bucket_label(b), n));
                 }
@@ -199,57 +375,71 @@ impl Metrics {
         out
     }
 
-    /// Bytes and messages of finished sessions, `[client, backend]` each (for the OTLP export).
+    /// Bytes and messages of sessions as reported so far, `[client, backend]` each (for the
+    /// OTLP export).
     pub fn traffic(&self) -> ([u64; 2], [u64; 2]) {
         let load =
             |a: &[AtomicU64; 2]| [a[0].load(Ordering::Relaxed), a[1].load(Ordering::Relaxed)];
         (load(&self.bytes), load(&self.messages))
     }
 
-    /// Ordinary requests by status class 1xx..5xx (for the OTLP export).
+    /// Ordinary requests by status class 1xx..5xx over every route (for the OTLP export).
     pub fn request_counts(&self) -> [u64; 5] {
-        std::array::from_fn(|i| self.requests[i].load(Ordering::Relaxed))
+        let routes = self.all_routes();
+        std::array::from_fn(|i| {
+            routes
+                .iter()
+                .map(|(_, c)| c.requests[i].load(Ordering::Relaxed))
+                .sum()
+        })
     }
 
     /// Renders every counter in the Prometheus text exposition format.
     pub fn render(&self, out: &mut String) {
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        out.push_str("# HELP tether_websocket_handshakes_total WebSocket handshakes by outcome.\n");
+        let routes = self.all_routes();
+        out.push_str("# HELP tether_websocket_handshakes_total WebSocket handshakes by route (empty: no rule matched) and outcome.\n");
         out.push_str("# TYPE tether_websocket_handshakes_total counter\n");
-        for (i, o) in HandshakeOutcome::ALL.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "tether_websocket_handshakes_total{{outcome=\"{}\"}} {}",
-                o.as_str(),
-                load(&self.handshakes[i])
-            );
+        for (route, c) in &routes {
+            for (i, o) in HandshakeOutcome::ALL.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "tether_websocket_handshakes_total{{route=\"{}\",outcome=\"{}\"}} {}",
+                    escape(route),
+                    o.as_str(),
+                    load(&c.handshakes[i])
+                );
+            }
         }
         out.push_str(
-            "# HELP tether_websocket_sessions_closed_total Finished sessions by cause and by the close code of whoever closed first.\n",
+            "# HELP tether_websocket_sessions_closed_total Finished sessions by route, cause and the close code of whoever closed first (a series appears once it happened).\n",
         );
         out.push_str("# TYPE tether_websocket_sessions_closed_total counter\n");
-        for (c, cause) in CAUSES.iter().enumerate() {
-            for (b, counter) in self.sessions_closed[c].iter().enumerate() {
-                let n = load(counter);
-                if n > 0 {
-                    let _ = writeln!(
-                        out,
-                        "tether_websocket_sessions_closed_total{{cause=\"{}\",code=\"{}\"}} {n}",
-                        cause.as_str(),
-                        bucket_label(b)
-                    );
+        for (route, r) in &routes {
+            for (c, cause) in CAUSES.iter().enumerate() {
+                for (b, counter) in r.sessions_closed[c].iter().enumerate() {
+                    let n = load(counter);
+                    if n > 0 {
+                        let _ = writeln!(
+                            out,
+                            "tether_websocket_sessions_closed_total{{route=\"{}\",cause=\"{}\",code=\"{}\"}} {n}",
+                            escape(route),
+                            cause.as_str(),
+                            bucket_label(b)
+                        );
+                    }
                 }
             }
         }
         for (name, help, values) in [
             (
                 "tether_websocket_bytes_total",
-                "Bytes carried by finished sessions, by sender.",
+                "WebSocket bytes read from each side (live sessions report on each keep-alive tick, every 64 KiB and at their end).",
                 &self.bytes,
             ),
             (
                 "tether_websocket_messages_total",
-                "Messages carried by finished sessions, by sender (frames mode).",
+                "Complete WebSocket messages read from each side, frames mode only (reported as the bytes are).",
                 &self.messages,
             ),
         ] {
@@ -257,15 +447,18 @@ impl Metrics {
             let _ = writeln!(out, "{name}{{from=\"client\"}} {}", load(&values[0]));
             let _ = writeln!(out, "{name}{{from=\"backend\"}} {}", load(&values[1]));
         }
-        out.push_str("# HELP tether_http_requests_total Ordinary HTTP requests by status class.\n");
+        out.push_str("# HELP tether_http_requests_total Ordinary HTTP requests by route (empty: no rule matched) and status class.\n");
         out.push_str("# TYPE tether_http_requests_total counter\n");
-        for class in 0..5 {
-            let _ = writeln!(
-                out,
-                "tether_http_requests_total{{status_class=\"{}xx\"}} {}",
-                class + 1,
-                load(&self.requests[class])
-            );
+        for (route, c) in &routes {
+            for class in 0..5 {
+                let _ = writeln!(
+                    out,
+                    "tether_http_requests_total{{route=\"{}\",status_class=\"{}xx\"}} {}",
+                    escape(route),
+                    class + 1,
+                    load(&c.requests[class])
+                );
+            }
         }
         out.push_str("# HELP tether_backend_retries_total Requests and WebSocket upgrades sent again to another member, by reason.\n");
         out.push_str("# TYPE tether_backend_retries_total counter\n");
@@ -303,39 +496,112 @@ impl Metrics {
             "tether_http2_reset_budget_exceeded_total {}",
             load(&self.http2_reset_budget)
         );
+        self.render_listeners(out);
         out.push_str(
-            "# HELP tether_http_request_duration_seconds Time to the response head, by status class.\n",
+            "# HELP tether_http_request_duration_seconds Time to the response head, by route and status class.\n",
         );
         out.push_str("# TYPE tether_http_request_duration_seconds histogram\n");
-        for class in 0..5 {
-            let mut cumulative = 0;
-            for (b, bound) in LATENCY_BOUNDS.iter().enumerate() {
-                cumulative += load(&self.latency_buckets[class][b]);
+        for (route, c) in &routes {
+            let route = escape(route);
+            for class in 0..5 {
+                let labels = format!("route=\"{route}\",status_class=\"{}xx\"", class + 1);
+                let mut cumulative = 0;
+                for (b, bound) in LATENCY_BOUNDS.iter().enumerate() {
+                    cumulative += load(&c.latency_buckets[class][b]);
+                    let _ = writeln!(
+                        out,
+                        "tether_http_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
+                    );
+                }
+                let count = load(&c.requests[class]);
                 let _ = writeln!(
                     out,
-                    "tether_http_request_duration_seconds_bucket{{status_class=\"{}xx\",le=\"{bound}\"}} {cumulative}",
-                    class + 1
+                    "tether_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {count}\n\
+                     tether_http_request_duration_seconds_sum{{{labels}}} {}\n\
+                     tether_http_request_duration_seconds_count{{{labels}}} {count}",
+                    load(&c.latency_sum_us[class]) as f64 / 1e6
                 );
             }
-            let count = load(&self.requests[class]);
-            let _ = writeln!(
-                out,
-                "tether_http_request_duration_seconds_bucket{{status_class=\"{}xx\",le=\"+Inf\"}} {count}",
-                class + 1
-            );
-            let _ = writeln!(
-                out,
-                "tether_http_request_duration_seconds_sum{{status_class=\"{}xx\"}} {}",
-                class + 1,
-                load(&self.latency_sum_us[class]) as f64 / 1e6
-            );
-            let _ = writeln!(
-                out,
-                "tether_http_request_duration_seconds_count{{status_class=\"{}xx\"}} {count}",
-                class + 1
-            );
         }
     }
+}
+
+/// One per-listener family: name, type, help and how to read a listener's value (`None`: no
+/// sample for that listener).
+type ListenerFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ListenerGauges) -> Option<u64>,
+);
+
+impl Metrics {
+    /// The listeners' families: accepted, open and the limit, and TLS handshakes (https only).
+    fn render_listeners(&self, out: &mut String) {
+        let listeners = self.listeners.read().unwrap_or_else(|e| e.into_inner());
+        let families: [ListenerFamily; 5] = [
+            (
+                "tether_listener_connections_accepted_total",
+                "counter",
+                "Connections the listener accepted.",
+                |l| Some(l.limit.accepted()),
+            ),
+            (
+                "tether_listener_connections_active",
+                "gauge",
+                "Open connections, WebSocket sessions included, counted against max_connections.",
+                |l| Some(l.limit.open() as u64),
+            ),
+            (
+                "tether_listener_connections_max",
+                "gauge",
+                "The listener's max_connections (no sample without a limit).",
+                |l| (l.max_connections > 0).then_some(l.max_connections as u64),
+            ),
+            (
+                "tether_tls_handshakes_total",
+                "counter",
+                "TLS handshakes completed with clients (https listeners).",
+                |l| l.tls.as_ref().map(|t| t.handshakes.load(Ordering::Relaxed)),
+            ),
+            (
+                "tether_tls_handshake_failures_total",
+                "counter",
+                "TLS handshakes with clients that failed or timed out (https listeners).",
+                |l| {
+                    l.tls
+                        .as_ref()
+                        .map(|t| t.handshake_failures.load(Ordering::Relaxed))
+                },
+            ),
+        ];
+        for (name, kind, help, value) in families {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (listener, gauges) in listeners.iter() {
+                if let Some(v) = value(gauges) {
+                    let _ = writeln!(out, "{name}{{listener=\"{}\"}} {v}", escape(listener));
+                }
+            }
+        }
+    }
+}
+
+/// A label value as the text format wants it: backslash, double quote and newline escaped.
+/// Names from the configuration never hold them; addresses and reasons might, one day.
+pub fn escape(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[cfg(test)]
@@ -345,22 +611,36 @@ mod tests {
     #[test]
     fn renders_counts_and_cumulative_buckets() {
         let m = Metrics::default();
-        m.handshake(HandshakeOutcome::Upgraded);
-        m.request(200, Duration::from_micros(700));
-        m.request(200, Duration::from_millis(20));
-        m.request(502, Duration::from_millis(3));
+        let chat = m.route("chat");
+        chat.handshake(HandshakeOutcome::Upgraded);
+        chat.request(200, Duration::from_micros(700));
+        chat.request(200, Duration::from_millis(20));
+        chat.request(502, Duration::from_millis(3));
+        m.unrouted().request(404, Duration::from_millis(1));
         m.retry(RetryReason::Connect);
         let mut out = String::new();
         m.render(&mut out);
-        assert!(out.contains("tether_websocket_handshakes_total{outcome=\"upgraded\"} 1"));
-        assert!(out.contains("tether_http_requests_total{status_class=\"2xx\"} 2"));
-        assert!(out.contains(
-            "tether_http_request_duration_seconds_bucket{status_class=\"2xx\",le=\"0.001\"} 1"
-        ));
-        assert!(out.contains(
-            "tether_http_request_duration_seconds_bucket{status_class=\"2xx\",le=\"0.025\"} 2"
-        ));
-        assert!(out.contains("tether_http_request_duration_seconds_count{status_class=\"5xx\"} 1"));
+        for line in [
+            r#"tether_websocket_handshakes_total{route="chat",outcome="upgraded"} 1"#,
+            r#"tether_websocket_handshakes_total{route="",outcome="upgraded"} 0"#,
+            r#"tether_http_requests_total{route="chat",status_class="2xx"} 2"#,
+            r#"tether_http_requests_total{route="",status_class="4xx"} 1"#,
+            r#"tether_http_request_duration_seconds_bucket{route="chat",status_class="2xx",le="0.001"} 1"#,
+            r#"tether_http_request_duration_seconds_bucket{route="chat",status_class="2xx",le="0.025"} 2"#,
+            r#"tether_http_request_duration_seconds_count{route="chat",status_class="5xx"} 1"#,
+        ] {
+            assert!(
+                out.contains(&format!("{line}\n")),
+                "{line} missing from\n{out}"
+            );
+        }
+        assert_eq!(m.request_counts(), [0, 2, 0, 1, 1]);
+        // A reload that drops the rule drops its samples; one that keeps it keeps its counts.
+        assert!(Arc::ptr_eq(&chat, &m.route("chat")));
+        m.keep_routes(["other"]);
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(!out.contains(r#"route="chat""#), "{out}");
         assert!(out.contains("tether_backend_retries_total{reason=\"connect\"} 1"));
         assert!(out.contains("tether_backend_retries_total{reason=\"reset\"} 0"));
     }
@@ -370,5 +650,37 @@ mod tests {
         assert_eq!(bucket_label(code_bucket(Some(1001))), "1001");
         assert_eq!(bucket_label(code_bucket(Some(4001))), "3000-4999");
         assert_eq!(bucket_label(code_bucket(None)), "none");
+    }
+
+    #[test]
+    fn label_values_are_escaped_as_the_text_format_requires() {
+        assert_eq!(escape("chat"), "chat");
+        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape("a\nb"), "a\\nb");
+    }
+
+    #[test]
+    fn listeners_come_and_go_and_only_a_limit_has_a_max_sample() {
+        let m = Metrics::default();
+        let limit = ConnectionLimit::new(0, 0);
+        limit.count_accepted();
+        m.listener_started(
+            "public",
+            ListenerGauges {
+                limit: limit.clone(),
+                max_connections: 0,
+                tls: None,
+            },
+        );
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("tether_listener_connections_accepted_total{listener=\"public\"} 1\n"));
+        assert!(out.contains("tether_listener_connections_active{listener=\"public\"} 0\n"));
+        assert!(!out.contains("tether_listener_connections_max{"), "{out}");
+        assert!(out.contains("# TYPE tether_listener_connections_max gauge\n"));
+        m.listener_stopped("public");
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(!out.contains("listener=\"public\""), "{out}");
     }
 }

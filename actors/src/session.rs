@@ -3,7 +3,9 @@
 //!
 //! Lifecycle: `started` (registers with the route table, starts the pump) → `pumping` → `ended`
 //! (see `crate::pump` for every way a session ends and the close codes Tether sends) → reports
-//! [`SessionEnded`] with a [`SessionSummary`] and stops.
+//! [`SessionEnded`] with a [`SessionSummary`] and stops. While pumping, the bytes and messages
+//! moved are added to the process's counters as they go ([`Shared::report_traffic`]), and once
+//! more when it ends.
 //! The actor runs on the worker that accepted the client, so the pump never crosses threads, and
 //! no message is exchanged per frame.
 
@@ -23,7 +25,7 @@ use crate::balance::MemberLease;
 use crate::messages::{
     DrainSession, SessionEnded, SessionOpened, SessionStats, SessionStatsQuery, SessionsChanged,
 };
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RouteCounters};
 use crate::outcome::{EndCause, Initiator, Outcome};
 pub use crate::outcome::{SessionId, SessionSummary};
 use crate::pump::{PumpConfig, Pumping, Shared};
@@ -127,8 +129,10 @@ pub struct SessionEnv {
     pub shutdown: ShutdownSignal,
     /// How long the close handshake may take at shutdown.
     pub shutdown_grace: Duration,
-    /// Counters it adds to when it ends.
+    /// Counters its pump adds its traffic to as it goes.
     pub metrics: Arc<Metrics>,
+    /// Its route's counters, which count its ending.
+    pub route_metrics: Arc<RouteCounters>,
     /// Its `websocket.session` span (`Span::none()` when not tracing).
     pub span: Span,
     /// Keeps it counted by the shutdown tracker.
@@ -153,7 +157,7 @@ impl SessionActor {
             info,
             started: Instant::now(),
             start: Some(Box::new((streams, pump))),
-            shared: Rc::new(Shared::default()),
+            shared: Rc::new(Shared::new(env.metrics.clone())),
             env,
             last_look: Cell::new((0, Instant::now())),
         }
@@ -172,16 +176,9 @@ impl SessionActor {
             backend_messages: counters.backend_messages.get(),
             outcome,
         };
+        self.shared.report_traffic();
         let o = &summary.outcome;
-        self.env.metrics.session_ended(
-            o,
-            [
-                summary.client_bytes,
-                summary.backend_bytes,
-                summary.client_messages,
-                summary.backend_messages,
-            ],
-        );
+        self.env.route_metrics.session_ended(o);
         record_on_span(&self.env.span, &summary);
         tracing::info!(
             target: "tether::access",

@@ -38,6 +38,7 @@ use crate::units::{format_duration, format_size};
 pub(crate) struct RawConfig {
     pub workers: Num<usize>,
     pub shutdown_grace: Text,
+    pub shutdown_delay: Text,
     pub shutdown_close_code: Num<u16>,
     /// Before every table: TOML writes plain values first.
     pub allow_empty: Flag,
@@ -239,12 +240,15 @@ type ReadKey = fn(
 /// Every top-level key and how it is read: the one list [`read`] dispatches on and
 /// [`TOP_LEVEL_KEYS`] is made of. Values and tables are read whole; each entry of a named table
 /// (`[listeners.NAME]`, ...) is read on its own.
-const TOP_LEVEL: [(&str, ReadKey); 12] = [
+const TOP_LEVEL: [(&str, ReadKey); 13] = [
     ("workers", |n, k, raw, _, _| {
         from_node(n, k).map(|v| raw.workers = v)
     }),
     ("shutdown_grace", |n, k, raw, _, _| {
         from_node(n, k).map(|v| raw.shutdown_grace = v)
+    }),
+    ("shutdown_delay", |n, k, raw, _, _| {
+        from_node(n, k).map(|v| raw.shutdown_delay = v)
     }),
     ("shutdown_close_code", |n, k, raw, _, _| {
         from_node(n, k).map(|v| raw.shutdown_close_code = v)
@@ -405,6 +409,7 @@ impl From<&Config> for RawConfig {
         Self {
             workers: Lenient(Some(c.workers)),
             shutdown_grace: Lenient(Some(format_duration(c.shutdown_grace))),
+            shutdown_delay: Lenient(Some(format_duration(c.shutdown_delay))),
             shutdown_close_code: Lenient(Some(c.shutdown_close_code)),
             allow_empty: Lenient(Some(c.allow_empty)),
             admin: Some(RawAdmin {

@@ -184,7 +184,7 @@ fn env_variable_for_an_unknown_field_is_an_error_naming_it() {
         lines,
         [
             r#"listeners.public.bindd: unknown field "bindd" (did you mean "bind"?) [env TETHER_LISTENERS__PUBLIC__BINDD]"#,
-            "nope: unknown field \"nope\" (known fields: workers, shutdown_grace, shutdown_close_code, admin, telemetry, listeners, \
+            "nope: unknown field \"nope\" (known fields: workers, shutdown_grace, shutdown_delay, shutdown_close_code, admin, telemetry, listeners, \
              backend_pools, backend_settings, probes, routing_rules, dns, allow_empty) [env TETHER_NOPE]",
         ]
     );
@@ -511,4 +511,23 @@ fn admin_token_is_redacted_but_key_files_are_not() {
     assert_eq!(from_toml_str(&c.redacted().to_toml_string()).unwrap(), c);
     let errors = load_err(&sources(&[&file], &[("TETHER_ADMIN__TOKEN", " ")]));
     assert_eq!(errors[0].path, "admin.token");
+}
+
+#[test]
+fn shutdown_delay_defaults_to_zero_and_is_bounded() {
+    let c = from_toml_str(CHAT).unwrap();
+    assert_eq!(c.shutdown_delay, DEFAULT_SHUTDOWN_DELAY);
+    assert_eq!(c.shutdown_delay, Duration::ZERO);
+    let file = TempFile::new("toml", CHAT);
+    let c = load(&sources(&[&file], &[("TETHER_SHUTDOWN_DELAY", "5s")]))
+        .unwrap()
+        .config;
+    assert_eq!(c.shutdown_delay, Duration::from_secs(5));
+    assert!(c.to_toml_string().contains("shutdown_delay = \"5s\""));
+    for (value, expect) in [("10m", "longer than 5m"), ("soon", "")] {
+        let errors = load_err(&sources(&[&file], &[("TETHER_SHUTDOWN_DELAY", value)]));
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "shutdown_delay");
+        assert!(errors[0].to_string().contains(expect), "{}", errors[0]);
+    }
 }

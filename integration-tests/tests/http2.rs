@@ -218,7 +218,7 @@ async fn websockets_over_h2_multiplex_with_requests_on_one_connection() {
     assert_eq!(member.sessions.load(std::sync::atomic::Ordering::SeqCst), 2);
     let metrics = admin_get(sidecar.admin_addr(), "/metrics").await;
     assert!(
-        metrics.contains("tether_websocket_handshakes_total{outcome=\"upgraded\"} 2"),
+        metrics.contains("tether_websocket_handshakes_total{route=\"app\",outcome=\"upgraded\"} 2"),
         "{metrics}"
     );
     within("stop", sidecar.stop()).await.unwrap();

@@ -376,7 +376,7 @@ async fn session_ends_after_the_close_handshake_even_if_the_client_lingers() {
             .await;
             if resp
                 .text()
-                .contains(r#"tether_websocket_sessions_closed_total{cause="normal",code="1000"} 1"#)
+                .contains(r#"tether_websocket_sessions_closed_total{route="app",cause="normal",code="1000"} 1"#)
             {
                 break;
             }

@@ -232,7 +232,7 @@ async fn metrics_are_prometheus_text_and_counters_move() {
     let sidecar = tether_integration_tests::start(&config_toml(backend.addr, "", ""));
     let admin = sidecar.admin_addr();
     let before = metrics(admin).await;
-    let upgraded = r#"tether_websocket_handshakes_total{outcome="upgraded"}"#;
+    let upgraded = r#"tether_websocket_handshakes_total{route="app",outcome="upgraded"}"#;
     assert_eq!(before[upgraded], 0.0);
 
     let (mut ws, _) = within(
@@ -264,7 +264,8 @@ async fn metrics_are_prometheus_text_and_counters_move() {
     .unwrap();
     while let Some(Ok(_)) = within("close", ws.next()).await {}
     // The session's end is counted once its actor reports it; each poll is a real request.
-    let closed = r#"tether_websocket_sessions_closed_total{cause="normal",code="1000"}"#;
+    let closed =
+        r#"tether_websocket_sessions_closed_total{route="app",cause="normal",code="1000"}"#;
     let after = within("session end counted", async {
         loop {
             let m = metrics(admin).await;

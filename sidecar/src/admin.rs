@@ -6,14 +6,16 @@
 //! | `GET /` | the status page: one self-contained HTML page that polls the JSON endpoints |
 //! | `GET /healthz` | `200 ok` while the process serves (liveness) |
 //! | `GET /readyz` | `200 ready`, or `503` with the reason: draining, listeners not bound, or a routed pool with no member in rotation |
+//! | `GET /drained` | `200 drained` once shutdown has closed every connection and session (or its grace ran out); until then the request is held (at most [`drained_hold`]), then `503`: what an app container's `preStop` waits on |
 //! | `GET /config` | the effective configuration as TOML, secrets redacted |
 //! | `GET /status` | listeners (bound addresses), routes, readiness, reloads applied and refused, as JSON ([`StatusReport`]) |
 //! | `GET /backends` | every pool and member with its state, as JSON ([`BackendsStatus`]) |
 //! | `GET /sessions` | live sessions (route, backend, age, bytes, idle time) and the recent endings with their close codes, as JSON ([`SessionsList`]) |
 //! | `GET /metrics` | Prometheus text |
 //!
-//! With `admin.token` set, every request but `/healthz` and `/readyz` (which orchestrators probe
-//! without credentials) needs `Authorization: Bearer TOKEN` (the scheme in any case), else `401`.
+//! With `admin.token` set, every request but `/healthz`, `/readyz` and `/drained` (which
+//! orchestrators and `preStop` hooks ask without credentials; none reveals anything) needs
+//! `Authorization: Bearer TOKEN` (the scheme in any case), else `401`.
 //!
 //! The endpoint shares the process, and its descriptors, with the data path, and inside a pod
 //! every container reaches 127.0.0.1: its own limits keep admin load from starving the
@@ -73,17 +75,41 @@ pub const MAX_HEADERS: usize = 100;
 /// request announcing a body gets `413` and the connection is closed without reading it.
 pub const MAX_BODY_BYTES: u64 = 0;
 
+/// How long `GET /drained` holds a request before answering `503`: as long as a whole shutdown
+/// may take (`shutdown_delay` + `shutdown_grace`) and a margin. A `preStop` hook that asks at the
+/// moment the pod's termination begins (before Tether has even seen its SIGTERM) is thus
+/// answered when the drain is over, never before; and a request made while no shutdown comes
+/// does not hold a connection for ever.
+pub fn drained_hold(config: &Config) -> Duration {
+    config.shutdown_delay + config.shutdown_grace + DRAINED_HOLD_MARGIN
+}
+
+/// What [`drained_hold`] adds to the longest shutdown.
+pub const DRAINED_HOLD_MARGIN: Duration = Duration::from_secs(5);
+
 /// The status page, served at `GET /` (inline CSS and JS, no external assets).
 pub const STATUS_PAGE: &str = include_str!("status.html");
 
 /// The sidecar's lifecycle as the admin endpoint reports it; `run` updates it, the admin
 /// endpoint only reads it.
+///
+/// ```text
+/// starting --set_listening--> serving --set_draining--> draining --set_drained--> drained
+///  /readyz 503                 200 (if pools ok)          503 (delay, then the drain)  503
+///  /drained held               held                       held                         200
+/// ```
+///
+/// Each step is one-way: nothing turns readiness back on once shutdown began.
 #[derive(Debug)]
 pub struct Lifecycle {
     /// Set once the listeners accept connections.
     listening: AtomicBool,
     /// Set the moment shutdown begins (before the listeners stop accepting).
     draining: AtomicBool,
+    /// Set once the drain is over: every connection and session closed, or the grace ran out.
+    drained: AtomicBool,
+    /// Wakes the `GET /drained` requests held until `drained` is set.
+    drained_signal: tokio::sync::Notify,
     /// The configuration in force (replaced by a reload).
     config: RwLock<Arc<Config>>,
     /// Every listener's bound address, by name.
@@ -94,7 +120,7 @@ pub struct Lifecycle {
 
 /// What the reloads since start-up came to, in [`StatusReport`]: how operators (and tests) see
 /// that a reload was refused and why, without reading logs.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct ReloadStatus {
     /// Reloads put in force.
     pub applied: u64,
@@ -103,6 +129,10 @@ pub struct ReloadStatus {
     /// Why the last refused reload was refused: every problem, one per line, each naming its
     /// file.
     pub last_refusal: Option<String>,
+    /// When the configuration in force was loaded: start-up, then each applied reload (Unix
+    /// seconds; `tether_config_last_reload_success_timestamp_seconds`).
+    #[serde(skip)]
+    pub last_success_unix: f64,
 }
 
 impl Lifecycle {
@@ -111,9 +141,14 @@ impl Lifecycle {
         Lifecycle {
             listening: AtomicBool::new(false),
             draining: AtomicBool::new(false),
+            drained: AtomicBool::new(false),
+            drained_signal: tokio::sync::Notify::new(),
             config: RwLock::new(config),
             listeners: RwLock::new(BTreeMap::new()),
-            reloads: RwLock::new(ReloadStatus::default()),
+            reloads: RwLock::new(ReloadStatus {
+                last_success_unix: unix_now(),
+                ..ReloadStatus::default()
+            }),
         }
     }
 
@@ -133,6 +168,32 @@ impl Lifecycle {
         self.draining.load(Ordering::Acquire)
     }
 
+    /// The drain is over: nothing the listeners accepted is open any more (or the grace ran
+    /// out); `/drained` answers 200 from now on.
+    pub fn set_drained(&self) {
+        self.drained.store(true, Ordering::Release);
+        self.drained_signal.notify_waiters();
+    }
+
+    /// Resolves once the drain is over (at once if it is), or after `hold`; answers whether
+    /// it is over.
+    pub async fn wait_drained(&self, hold: Duration) -> bool {
+        let notified = self.drained_signal.notified();
+        tokio::pin!(notified);
+        // Registered before the flag is read, so a `set_drained` in between is not missed.
+        notified.as_mut().enable();
+        if self.is_drained() {
+            return true;
+        }
+        let _ = tokio::time::timeout(hold, notified).await;
+        self.is_drained()
+    }
+
+    /// Whether the drain is over.
+    pub fn is_drained(&self) -> bool {
+        self.drained.load(Ordering::Acquire)
+    }
+
     /// A reload put `config` in force.
     pub fn set_config(&self, config: Arc<Config>) {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
@@ -142,7 +203,10 @@ impl Lifecycle {
     pub fn record_reload<T, E: std::fmt::Display>(&self, outcome: &Result<T, E>) {
         let mut reloads = self.reloads.write().unwrap_or_else(|e| e.into_inner());
         match outcome {
-            Ok(_) => reloads.applied += 1,
+            Ok(_) => {
+                reloads.applied += 1;
+                reloads.last_success_unix = unix_now();
+            }
             Err(reason) => {
                 reloads.refused += 1;
                 reloads.last_refusal = Some(reason.to_string());
@@ -173,6 +237,13 @@ impl Lifecycle {
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
+}
+
+/// Now, in seconds since the Unix epoch (as Prometheus timestamps are).
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// What the admin endpoint asks for its answers.
@@ -273,6 +344,7 @@ const PATHS: &[&str] = &[
     "/",
     "/healthz",
     "/readyz",
+    "/drained",
     "/config",
     "/status",
     "/backends",
@@ -299,7 +371,7 @@ pub async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<
     if !PATHS.contains(&path) {
         return text(
             StatusCode::NOT_FOUND,
-            "not found; try GET / (status page), /healthz, /readyz, /config, /status, /backends, /sessions or /metrics\n",
+            "not found; try GET / (status page), /healthz, /readyz, /drained, /config, /status, /backends, /sessions or /metrics\n",
         );
     }
     if !matches!(req.method(), &Method::GET | &Method::HEAD) {
@@ -308,7 +380,7 @@ pub async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<
             .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return resp;
     }
-    let open = matches!(path, "/healthz" | "/readyz");
+    let open = matches!(path, "/healthz" | "/readyz" | "/drained");
     if !open && !authorized(state, &req) {
         let mut resp = text(
             StatusCode::UNAUTHORIZED,
@@ -344,6 +416,25 @@ async fn answer(state: &AdminState, path: &str) -> Response<Full<Bytes>> {
                 &format!("not ready: {reason}\n"),
             ),
         },
+        "/drained" => {
+            let lifecycle = &state.lifecycle;
+            if lifecycle
+                .wait_drained(drained_hold(&lifecycle.config()))
+                .await
+            {
+                text(StatusCode::OK, "drained\n")
+            } else if lifecycle.is_draining() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not drained: still draining\n",
+                )
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not drained: serving (no shutdown began)\n",
+                )
+            }
+        }
         "/config" => {
             let body = state.lifecycle.config().redacted().to_toml_string();
             let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -486,12 +577,16 @@ pub struct SessionsList {
 pub struct StatusReport {
     /// Tether's version.
     pub version: &'static str,
+    /// The git commit it was built from (12 hex digits), or `unknown`.
+    pub commit: &'static str,
     /// Whether `/readyz` says ready.
     pub ready: bool,
     /// Why not, when not.
     pub not_ready_reason: Option<String>,
     /// Whether shutdown began.
     pub draining: bool,
+    /// Whether the drain is over (`GET /drained`).
+    pub drained: bool,
     /// Every listener.
     pub listeners: Vec<ListenerStatus>,
     /// Every routing rule.
@@ -533,10 +628,12 @@ impl StatusReport {
         let config = lifecycle.config();
         let bound = lifecycle.listeners();
         StatusReport {
-            version: env!("CARGO_PKG_VERSION"),
+            version: crate::build_info::VERSION,
+            commit: crate::build_info::COMMIT,
             ready: ready.is_ok(),
             not_ready_reason: ready.err().map(|reason| reason.to_string()),
             draining: lifecycle.is_draining(),
+            drained: lifecycle.is_drained(),
             listeners: config
                 .listeners
                 .values()
@@ -595,11 +692,20 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
 }
 
 /// Appends what only the control plane knows: live sessions per route, member health and
-/// sessions, span export counts.
+/// sessions, reloads, the build, the process, span export counts.
 async fn render_control_plane(state: &AdminState, out: &mut String) {
     use std::fmt::Write as _;
+    use tether_actors::metrics::{escape, BACKEND_STATES};
+    let lifecycle = &state.lifecycle;
+    let config = lifecycle.config();
     if let Ok(sessions) = state.sessions.send(SessionsReport { stats: false }).await {
-        let mut per_route: std::collections::BTreeMap<&str, usize> = Default::default();
+        // Every configured route has a sample from the start (0); a route a reload removed
+        // keeps one while its sessions last.
+        let mut per_route: BTreeMap<&str, usize> = config
+            .routing_rules
+            .keys()
+            .map(|name| (name.as_str(), 0))
+            .collect();
         for s in &sessions {
             *per_route.entry(s.route.as_str()).or_default() += 1;
         }
@@ -608,36 +714,106 @@ async fn render_control_plane(state: &AdminState, out: &mut String) {
         for (route, n) in per_route {
             let _ = writeln!(
                 out,
-                "tether_websocket_sessions_active{{route=\"{route}\"}} {n}"
+                "tether_websocket_sessions_active{{route=\"{}\"}} {n}",
+                escape(route)
             );
         }
     }
     if let Ok(status) = state.backends.send(BackendsReport).await {
-        out.push_str("# HELP tether_backend_up 1 when the member is in rotation.\n");
+        out.push_str("# HELP tether_backend_up 1 when the member is in rotation (healthy and not ejected), else 0.\n");
         out.push_str("# TYPE tether_backend_up gauge\n");
         for pool in &status.pools {
             for m in &pool.members {
                 let _ = writeln!(
                     out,
-                    "tether_backend_up{{pool=\"{}\",member=\"{}\",state=\"{}\"}} {}",
-                    pool.name,
+                    "tether_backend_up{{pool=\"{}\",member=\"{}\"}} {}",
+                    escape(&pool.name),
                     m.address,
-                    m.state,
                     u8::from(m.in_rotation)
                 );
             }
         }
-        out.push_str("# HELP tether_backend_sessions Live sessions per member.\n");
+        out.push_str("# HELP tether_backend_state The member's state: 1 for the state it is in, 0 for the others.\n");
+        out.push_str("# TYPE tether_backend_state gauge\n");
+        for pool in &status.pools {
+            for m in &pool.members {
+                for s in BACKEND_STATES {
+                    let _ = writeln!(
+                        out,
+                        "tether_backend_state{{pool=\"{}\",member=\"{}\",state=\"{s}\"}} {}",
+                        escape(&pool.name),
+                        m.address,
+                        u8::from(m.state == s)
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP tether_backend_connect_failures_total Connections to the member that failed, by reason.\n");
+        out.push_str("# TYPE tether_backend_connect_failures_total counter\n");
+        for pool in &status.pools {
+            for m in &pool.members {
+                let f = &m.connect_failures;
+                for (reason, n) in [("error", f.error), ("timeout", f.timeout), ("tls", f.tls)] {
+                    let _ = writeln!(
+                        out,
+                        "tether_backend_connect_failures_total{{pool=\"{}\",member=\"{}\",reason=\"{reason}\"}} {n}",
+                        escape(&pool.name),
+                        m.address
+                    );
+                }
+            }
+        }
+        out.push_str("# HELP tether_backend_sessions Live WebSocket sessions per member.\n");
         out.push_str("# TYPE tether_backend_sessions gauge\n");
         for pool in &status.pools {
             for m in &pool.members {
                 let _ = writeln!(
                     out,
                     "tether_backend_sessions{{pool=\"{}\",member=\"{}\"}} {}",
-                    pool.name, m.address, m.live_sessions
+                    escape(&pool.name),
+                    m.address,
+                    m.live_sessions
                 );
             }
         }
+    }
+    let reloads = lifecycle.reloads();
+    out.push_str("# HELP tether_config_reloads_total Configuration reloads (SIGHUP, a changed file), by result.\n");
+    out.push_str("# TYPE tether_config_reloads_total counter\n");
+    let _ = writeln!(
+        out,
+        "tether_config_reloads_total{{result=\"applied\"}} {}\ntether_config_reloads_total{{result=\"refused\"}} {}",
+        reloads.applied, reloads.refused
+    );
+    out.push_str("# HELP tether_config_last_reload_success_timestamp_seconds When the configuration in force was loaded (start-up or the last applied reload).\n");
+    out.push_str("# TYPE tether_config_last_reload_success_timestamp_seconds gauge\n");
+    let _ = writeln!(
+        out,
+        "tether_config_last_reload_success_timestamp_seconds {}",
+        reloads.last_success_unix
+    );
+    out.push_str(
+        "# HELP tether_draining 1 once shutdown began (readiness is false for good), else 0.\n",
+    );
+    out.push_str("# TYPE tether_draining gauge\n");
+    let _ = writeln!(out, "tether_draining {}", u8::from(lifecycle.is_draining()));
+    out.push_str(
+        "# HELP tether_build_info What this binary was built from; the value is always 1.\n",
+    );
+    out.push_str("# TYPE tether_build_info gauge\n");
+    let _ = writeln!(
+        out,
+        "tether_build_info{{version=\"{}\",commit=\"{}\",rustc=\"{}\"}} 1",
+        escape(crate::build_info::VERSION),
+        escape(crate::build_info::COMMIT),
+        escape(
+            crate::build_info::RUSTC
+                .strip_prefix("rustc ")
+                .unwrap_or(crate::build_info::RUSTC)
+        )
+    );
+    if let Some(process) = crate::process::ProcessStats::read() {
+        process.render(out);
     }
     if let Some(export) = &state.export {
         use std::sync::atomic::Ordering::Relaxed;
@@ -679,6 +855,38 @@ mod tests {
         assert_eq!(bearer_credentials(b"Bearerabc"), None);
         assert_eq!(bearer_credentials(b"Basic abc"), None);
         assert_eq!(bearer_credentials(b"Bear"), None);
+    }
+
+    fn lifecycle() -> Lifecycle {
+        let config = tether_config::from_toml_str("allow_empty = true\n").unwrap();
+        Lifecycle::new(Arc::new(config))
+    }
+
+    #[tokio::test]
+    async fn drained_is_held_until_the_drain_is_over_and_bounded() {
+        let lifecycle = Arc::new(lifecycle());
+        // Nothing drains: the hold runs out and says so.
+        assert!(!lifecycle.wait_drained(Duration::from_millis(20)).await);
+        // A waiter held before the drain is over is woken by it, whatever the hold.
+        let waiter = tokio::spawn({
+            let lifecycle = lifecycle.clone();
+            async move { lifecycle.wait_drained(Duration::from_secs(3600)).await }
+        });
+        tokio::task::yield_now().await;
+        lifecycle.set_draining();
+        assert!(!waiter.is_finished());
+        lifecycle.set_drained();
+        assert!(waiter.await.unwrap());
+        // After it, the answer is immediate.
+        assert!(lifecycle.wait_drained(Duration::ZERO).await);
+    }
+
+    #[test]
+    fn the_drained_hold_covers_a_whole_shutdown() {
+        let mut config = tether_config::from_toml_str("allow_empty = true\n").unwrap();
+        config.shutdown_delay = Duration::from_secs(5);
+        config.shutdown_grace = Duration::from_secs(30);
+        assert_eq!(drained_hold(&config), Duration::from_secs(40));
     }
 
     #[test]

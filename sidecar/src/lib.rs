@@ -19,11 +19,12 @@
 //! resolver per pool with DNS members → serve the admin endpoint → start one worker actor per
 //! worker arbiter → on every worker arbiter, start one listener actor per listener over its own
 //! duplicate of the socket, so each worker accepts its connections on its own thread (see
-//! `tether_actors::listener`). Shutdown: stop accepting (every actor of every listener; the
-//! port closes with the last) → fire the shutdown signal (HTTP connections finish their
-//! request, sessions drain, probers and resolvers stop) → wait for every connection and session
-//! up to `shutdown_grace` → stop the workers, closing what is left → stop the admin endpoint.
-//! Readiness (`/readyz`) turns false the moment shutdown begins, before the listeners close.
+//! `tether_actors::listener`). Shutdown: `/readyz` turns 503 → keep serving everything for
+//! `shutdown_delay` (load balancers stop sending new clients meanwhile) → stop accepting (every
+//! actor of every listener; the port closes with the last) → fire the shutdown signal (HTTP
+//! connections finish their request, sessions drain, probers and resolvers stop) → wait for
+//! every connection and session up to `shutdown_grace` → `/drained` turns 200 → stop the
+//! workers, closing what is left → stop the admin endpoint.
 //!
 //! Reload ([`run_reloadable`], [`Sidecar::reload`]; the binary's [`reloader::ConfigWatcher`] on
 //! SIGHUP or a changed `--config` file once it holds still): refuse a configuration that could
@@ -52,6 +53,7 @@ use tokio::sync::{mpsc, oneshot};
 pub mod admin;
 mod background;
 pub mod build_info;
+pub mod process;
 mod reload;
 pub mod reloader;
 mod running;
@@ -417,9 +419,10 @@ impl Sidecar {
         result
     }
 
-    /// How long [`Sidecar::stop`] may take at most: the grace period plus a margin.
+    /// How long [`Sidecar::stop`] may take at most: the delay and the grace period plus a
+    /// margin.
     pub fn stop_bound(config: &Config) -> Duration {
-        config.shutdown_grace + Duration::from_secs(5)
+        config.shutdown_delay + config.shutdown_grace + Duration::from_secs(5)
     }
 }
 

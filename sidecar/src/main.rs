@@ -32,8 +32,9 @@ usage:
   tether help | --help | -h         this text
   tether --version | -V             version, commit, build date, compiler and rustls version
 
-Signals: SIGTERM/SIGINT drain and exit (a second one exits at once); SIGHUP reloads every
-layer (so does a change to a --config file once it has held still for a second).
+Signals: SIGTERM/SIGINT drain and exit, after shutdown_delay with /readyz at 503 (a second
+one exits at once); SIGHUP reloads every layer (so does a change to a --config file once it
+has held still for a second).
 
 Layers, lowest first: built-in defaults < each --config FILE in order (.toml, .yaml, .json)
 < TETHER_* environment variables (TETHER_BACKEND_SETTINGS__CHAT__REQUEST_TIMEOUT=60s).

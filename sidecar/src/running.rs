@@ -21,7 +21,7 @@ use actix::{Actor, Addr, Arbiter, Recipient};
 use tether_actors::admission::{ConnectionLimit, ListenerInfo};
 use tether_actors::listener::ListenerActor;
 use tether_actors::messages::{Accepted, ConfigReplaced, DrainAll, StopAccepting};
-use tether_actors::metrics::Metrics;
+use tether_actors::metrics::{ListenerGauges, Metrics};
 use tether_actors::route_table::RouteTableActor;
 use tether_actors::session::SessionRegistry;
 use tether_actors::shutdown::Shutdown;
@@ -58,6 +58,8 @@ pub(crate) struct Running {
     retired: u64,
     /// Serves until dropped.
     admin: AdminServer,
+    /// The process's counters: listeners are added and removed as they start and stop.
+    metrics: Arc<Metrics>,
     /// Flushed at the end.
     telemetry: Option<Arc<Telemetry>>,
 }
@@ -101,7 +103,9 @@ impl Running {
         let lifecycle = Arc::new(Lifecycle::new(config.clone()));
         let stop = Shutdown::with_close_code(config.shutdown_close_code);
         let (dns, resolved) = resolve_dns(&config).await;
-        let (route_table, routes) = RouteTableActor::start(config.clone(), &resolved);
+        let metrics = Arc::new(Metrics::default());
+        let (route_table, routes) =
+            RouteTableActor::start(config.clone(), &resolved, metrics.clone());
         // Probers get an arbiter (thread and current-thread runtime) of their own: probe I/O is
         // driven where it is handled, without a wake-up hop per event, and a thousand members'
         // probes never delay the route table's updates on the System arbiter.
@@ -115,7 +119,6 @@ impl Running {
             dns.as_ref(),
             resolved,
         );
-        let metrics = Arc::new(Metrics::default());
         if let Some(telemetry) = &telemetry {
             telemetry.observe(&metrics);
         }
@@ -137,7 +140,7 @@ impl Running {
             shutdown: stop.signal(),
             tracker: stop.tracker().clone(),
             shutdown_grace: config.shutdown_grace,
-            metrics,
+            metrics: metrics.clone(),
             dispatch: telemetry.as_ref().map(|t| t.dispatch.clone()),
         };
         // New connections get reloaded certificates; the watcher stops at shutdown.
@@ -156,6 +159,7 @@ impl Running {
             listeners: BTreeMap::new(),
             retired: 0,
             admin,
+            metrics,
             telemetry,
         };
         running.start_listeners(fresh);
@@ -239,6 +243,7 @@ impl Running {
         for name in diff.to_stop() {
             if let Some(listener) = self.listeners.remove(name) {
                 self.retired += stop_accepting(name, &listener.actors).await;
+                self.metrics.listener_stopped(name);
             }
         }
         self.start_listeners(fresh);
@@ -284,7 +289,7 @@ impl Running {
         let mut bound = self.bound();
         bound.extend(fresh.iter().map(|f| (f.name.clone(), f.addr)));
         for f in fresh {
-            let listener = start_listener(&self.config, f, &bound, &self.workers);
+            let listener = start_listener(&self.config, f, &bound, &self.workers, &self.metrics);
             self.listeners.insert(listener.0, listener.1);
         }
         self.lifecycle.set_listening(self.bound());
@@ -298,12 +303,22 @@ impl Running {
             .collect()
     }
 
-    /// Stops accepting, drains every connection and session within `shutdown_grace`, stops
-    /// every thread and flushes telemetry (see the crate docs for the order).
+    /// Keeps serving for `shutdown_delay` with `/readyz` at 503, then stops accepting, drains
+    /// every connection and session within `shutdown_grace`, says so on `/drained`, stops every
+    /// thread and flushes telemetry (see the crate docs for the order).
     pub(crate) async fn shutdown(self) -> RunReport {
         // Readiness turns false before anything else happens, so that a load balancer polling
-        // /readyz stops sending new clients while the listeners are being closed.
+        // /readyz stops sending new clients while everything still serves (the delay) and then
+        // while the listeners are being closed.
         self.lifecycle.set_draining();
+        let delay = self.config.shutdown_delay;
+        if !delay.is_zero() {
+            tracing::info!(
+                ?delay,
+                "shutting down: /readyz answers 503; still serving until the delay is over"
+            );
+            tokio::time::sleep(delay).await;
+        }
         let grace = self.config.shutdown_grace;
         tracing::info!(?grace, "shutting down: no longer accepting");
         let mut report = RunReport {
@@ -331,6 +346,9 @@ impl Running {
                 "grace period over; closing what is still open"
             );
         }
+        // What was still open is closed by stopping the workers, next: nothing the app behind
+        // us serves is in use any more, which is what an app's preStop waits for.
+        self.lifecycle.set_drained();
         let mut threads: Vec<Arbiter> = self.workers.into_iter().map(|w| w.arbiter).collect();
         threads.push(self.probe_arbiter);
         for thread in &threads {
@@ -419,6 +437,7 @@ fn start_listener(
     fresh: Fresh,
     bound: &BTreeMap<String, SocketAddr>,
     workers: &[Worker],
+    metrics: &Metrics,
 ) -> (String, RunningListener) {
     let Fresh {
         name,
@@ -443,8 +462,16 @@ fn start_listener(
             .and_then(|target| bound.get(target))
             .map(SocketAddr::port),
         config: listener.clone(),
-        tls,
+        tls: tls.clone(),
     });
+    metrics.listener_started(
+        &name,
+        ListenerGauges {
+            limit: limit.clone(),
+            max_connections: listener.max_connections,
+            tls,
+        },
+    );
     tracing::info!(
         listener = %info.name,
         addr = %info.local_addr,

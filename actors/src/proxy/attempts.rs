@@ -33,8 +33,12 @@ pub(super) fn pick_other(
 
 /// Passive health, on failure: only what the backend did counts against the member
 /// ([`ProxyError::counts_against_member`]). One relaxed atomic add; only the failure that
-/// reaches the pool's threshold sends a message.
+/// reaches the pool's threshold sends a message. A failed connect is also counted on the member
+/// (`tether_backend_connect_failures_total`).
 pub(super) fn report_failure(lease: &MemberLease, err: &ProxyError) {
+    if let Some(reason) = ConnectFailure::of(err) {
+        lease.member().connect_failed(reason);
+    }
     if err.counts_against_member() {
         lease.member().passive_failure(err);
     }

@@ -43,7 +43,7 @@ use crate::error::ProxyError;
 use crate::handshake;
 use crate::headers;
 use crate::http2::HttpProtocol;
-use crate::metrics::{Metrics, RetryReason};
+use crate::metrics::{ConnectFailure, Metrics, RetryReason, RouteCounters};
 use crate::pump::PumpConfig;
 use crate::response::ProxyBody;
 use crate::route_table::{Route, SharedRoutes};
@@ -104,6 +104,8 @@ pub struct Connection {
 #[derive(Debug, Default)]
 struct RequestFacts {
     route: Option<Arc<str>>,
+    /// The matched rule's counters (`None`: no rule matched, counted as `route=""`).
+    counters: Option<Arc<RouteCounters>>,
     backend: Option<SocketAddr>,
     /// For a handshake: the backend's answer was not a 101.
     refused: bool,
@@ -219,7 +221,11 @@ pub async fn handle(
             None if facts.refused => HandshakeOutcome::BackendRefused,
             None => HandshakeOutcome::Upgraded,
         };
-        ctx.metrics.handshake(outcome);
+        facts
+            .counters
+            .as_ref()
+            .unwrap_or(ctx.metrics.unrouted())
+            .handshake(outcome);
         if !span.is_none() {
             span.record("tether.outcome", outcome.as_str());
             let negotiated = resp.as_ref().ok().and_then(|r| {
@@ -232,7 +238,11 @@ pub async fn handle(
             }
         }
     } else {
-        ctx.metrics.request(status, elapsed);
+        facts
+            .counters
+            .as_ref()
+            .unwrap_or(ctx.metrics.unrouted())
+            .request(status, elapsed);
     }
     if !span.is_none() {
         trace::record_status(&span, status);
@@ -302,6 +312,7 @@ async fn route_and_forward(
         matched.route.clone()
     };
     facts.route = Some(route.name.clone());
+    facts.counters = Some(route.metrics.clone());
     if websocket {
         forward_websocket(ctx, conn, route, req, span, facts).await
     } else {

@@ -144,6 +144,7 @@ pub(super) async fn forward_websocket(
             shutdown: ctx.shutdown.clone(),
             shutdown_grace: ctx.shutdown_grace,
             metrics: ctx.metrics.clone(),
+            route_metrics: route.metrics.clone(),
             span,
             token,
             slot,

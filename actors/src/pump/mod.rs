@@ -60,11 +60,13 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use tokio::time::{Instant, Sleep};
 
+use crate::metrics::{Metrics, TRAFFIC_REPORT_BYTES};
 use crate::outcome::{Counters, Outcome};
 use crate::shutdown::DrainReason;
 use crate::transport::SessionStreams;
@@ -148,10 +150,15 @@ fn read_once(
 }
 
 /// What a session's pump shares with its actor (same thread: `Cell`s, no lock).
-#[derive(Default)]
 pub struct Shared {
     /// Live counters (read by `GET /sessions` through the actor).
     pub counters: Counters,
+    /// The counters as last added to `metrics`: `[client bytes, backend bytes, client
+    /// messages, backend messages]`.
+    reported: Cell<[u64; 4]>,
+    /// Where the traffic is added up for `tether_websocket_bytes_total` and
+    /// `tether_websocket_messages_total`.
+    metrics: Arc<Metrics>,
     /// A drain order the pump has not acted on yet.
     drain: Cell<Option<(DrainReason, Duration)>>,
     /// The pump's task, woken when a drain order arrives.
@@ -167,6 +174,48 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// A session's shared state, its traffic added to `metrics` as it goes.
+    pub fn new(metrics: Arc<Metrics>) -> Shared {
+        Shared {
+            counters: Counters::default(),
+            reported: Cell::new([0; 4]),
+            metrics,
+            drain: Cell::new(None),
+            waker: Cell::new(None),
+        }
+    }
+
+    /// Adds what moved since the last report to the process's traffic counters: four relaxed
+    /// atomic adds, nothing when nothing moved. The pump calls it on each of its timer ticks
+    /// (a keep-alive ping is due every `keepalive_interval`), whenever
+    /// [`TRAFFIC_REPORT_BYTES`] have moved since the last report (checked once per read, not
+    /// per frame), and the actor once more when the session ends; so a long session's traffic
+    /// shows as it flows, not as one spike at its end.
+    pub fn report_traffic(&self) {
+        let c = &self.counters;
+        let now = [
+            c.client_bytes.get(),
+            c.backend_bytes.get(),
+            c.client_messages.get(),
+            c.backend_messages.get(),
+        ];
+        let reported = self.reported.replace(now);
+        if now != reported {
+            self.metrics
+                .session_traffic(std::array::from_fn(|i| now[i] - reported[i]));
+        }
+    }
+
+    /// Reports the traffic if [`TRAFFIC_REPORT_BYTES`] moved since the last report.
+    fn report_traffic_by_volume(&self) {
+        let [client, backend, ..] = self.reported.get();
+        let moved =
+            self.counters.client_bytes.get() - client + self.counters.backend_bytes.get() - backend;
+        if moved >= TRAFFIC_REPORT_BYTES {
+            self.report_traffic();
+        }
+    }
+
     /// Hands the pump a drain order (the latest wins) and wakes it.
     pub fn drain(&self, reason: DrainReason, grace: Duration) {
         self.drain.set(Some((reason, grace)));
@@ -291,7 +340,10 @@ impl Future for Pumping {
                 if core.can_read(Dir::Up) {
                     if let Poll::Ready(r) = client.poll_readable(cx, *this.client_readiness) {
                         match r {
-                            Ok(()) => read_once(core, Dir::Up, client, this.client_readiness, wire),
+                            Ok(()) => {
+                                read_once(core, Dir::Up, client, this.client_readiness, wire);
+                                shared.report_traffic_by_volume();
+                            }
                             Err(_) => core.on_end(Dir::Up, true, now(), wire),
                         }
                         continue;
@@ -301,7 +353,8 @@ impl Future for Pumping {
                     if let Poll::Ready(r) = backend.poll_readable(cx, *this.backend_readiness) {
                         match r {
                             Ok(()) => {
-                                read_once(core, Dir::Down, backend, this.backend_readiness, wire)
+                                read_once(core, Dir::Down, backend, this.backend_readiness, wire);
+                                shared.report_traffic_by_volume();
                             }
                             Err(_) => core.on_end(Dir::Down, true, now(), wire),
                         }
@@ -322,6 +375,7 @@ impl Future for Pumping {
                 }
                 if this.timer.as_mut().poll(cx).is_ready() {
                     core.on_timer(now(), wire);
+                    shared.report_traffic();
                     continue;
                 }
                 return Poll::Pending;
@@ -373,5 +427,32 @@ mod tests {
         );
         println!("size_of: Pumping = {pumping} B, Session = {core} B");
         assert!(pumping <= 952, "Pumping grew to {pumping} bytes");
+    }
+
+    fn traffic(m: &Metrics) -> ([u64; 2], [u64; 2]) {
+        m.traffic()
+    }
+
+    #[test]
+    fn traffic_is_reported_once_as_it_moves_and_by_volume() {
+        let metrics = Arc::new(Metrics::default());
+        let shared = Shared::new(metrics.clone());
+        let c = &shared.counters;
+        c.client_bytes.set(100);
+        c.client_messages.set(2);
+        // Below the volume threshold nothing is reported until a tick.
+        shared.report_traffic_by_volume();
+        assert_eq!(traffic(&metrics), ([0, 0], [0, 0]));
+        shared.report_traffic();
+        assert_eq!(traffic(&metrics), ([100, 0], [2, 0]));
+        // A tick with nothing new adds nothing; the next adds only what moved since.
+        shared.report_traffic();
+        assert_eq!(traffic(&metrics), ([100, 0], [2, 0]));
+        c.backend_bytes.set(TRAFFIC_REPORT_BYTES - 1);
+        shared.report_traffic_by_volume();
+        assert_eq!(traffic(&metrics), ([100, 0], [2, 0]), "one byte short");
+        c.client_bytes.set(101);
+        shared.report_traffic_by_volume();
+        assert_eq!(traffic(&metrics), ([101, TRAFFIC_REPORT_BYTES - 1], [2, 0]));
     }
 }

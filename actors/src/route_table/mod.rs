@@ -50,6 +50,7 @@ use crate::messages::{
     DrainSession, LiveSessions, MemberFailing, MemberHealthChanged, MembersResolved, RecentEndings,
     SessionsChanged, SessionsReport,
 };
+use crate::metrics::Metrics;
 use membership::{pool_entries, PoolState};
 pub use routes::{Matched, Route, RouteSnapshot, SharedRoutes};
 use sessions::Sessions;
@@ -69,6 +70,8 @@ pub struct RouteTableActor {
     last_build: Duration,
     /// Live sessions per rule (see [`Route::sessions`]).
     route_sessions: BTreeMap<String, Arc<AtomicUsize>>,
+    /// Where each rule's counters live (see [`Route::metrics`]).
+    metrics: Arc<Metrics>,
 }
 
 impl RouteTableActor {
@@ -79,6 +82,7 @@ impl RouteTableActor {
         config: Arc<Config>,
         resolved: &[(Arc<str>, Vec<DnsMember>)],
         reporter: Option<Recipient<MemberFailing>>,
+        metrics: Arc<Metrics>,
     ) -> (RouteTableActor, SharedRoutes) {
         let mut pools = BTreeMap::new();
         for (name, pool) in &config.backend_pools {
@@ -96,20 +100,23 @@ impl RouteTableActor {
             reporter,
             last_build: Duration::ZERO,
             route_sessions: BTreeMap::new(),
+            metrics,
         };
         actor.publish();
         (actor, shared)
     }
 
-    /// Starts the actor on the current arbiter, its members reporting passive failures to it.
+    /// Starts the actor on the current arbiter, its members reporting passive failures to it;
+    /// each rule's counters live in `metrics`.
     pub fn start(
         config: Arc<Config>,
         resolved: &[(Arc<str>, Vec<DnsMember>)],
+        metrics: Arc<Metrics>,
     ) -> (Addr<RouteTableActor>, SharedRoutes) {
         let mut routes = None;
         let addr = RouteTableActor::create(|ctx| {
             let (actor, shared) =
-                RouteTableActor::new(config, resolved, Some(ctx.address().recipient()));
+                RouteTableActor::new(config, resolved, Some(ctx.address().recipient()), metrics);
             routes = Some(shared);
             actor
         });
@@ -128,7 +135,15 @@ impl RouteTableActor {
         for name in self.config.routing_rules.keys() {
             self.route_sessions.entry(name.clone()).or_default();
         }
-        let snapshot = RouteSnapshot::build(&self.config, &pools, &self.route_sessions, generation);
+        self.metrics
+            .keep_routes(self.config.routing_rules.keys().map(String::as_str));
+        let snapshot = RouteSnapshot::build(
+            &self.config,
+            &pools,
+            &self.route_sessions,
+            &self.metrics,
+            generation,
+        );
         self.shared.store(Arc::new(snapshot));
         self.last_build = started.elapsed();
         tracing::debug!(
@@ -479,7 +494,8 @@ mod tests {
 
     #[actix::test]
     async fn probe_flips_move_members_in_and_out_of_rotation() {
-        let (table, routes) = RouteTableActor::start(Arc::new(config(TWO_PROBED)), &[]);
+        let (table, routes) =
+            RouteTableActor::start(Arc::new(config(TWO_PROBED)), &[], Default::default());
         // Probed members start unknown: nothing in rotation.
         assert!(in_rotation(&routes).is_empty());
         table.send(flip(2, true)).await.unwrap();
@@ -503,7 +519,8 @@ mod tests {
 
     #[actix::test]
     async fn a_reload_that_rebuilds_a_member_keeps_its_probe_health() {
-        let (table, routes) = RouteTableActor::start(Arc::new(config(TWO_PROBED)), &[]);
+        let (table, routes) =
+            RouteTableActor::start(Arc::new(config(TWO_PROBED)), &[], Default::default());
         table.send(flip(1, true)).await.unwrap();
         table.send(flip(2, true)).await.unwrap();
         assert_eq!(in_rotation(&routes), [1, 2]);
@@ -526,7 +543,8 @@ mod tests {
 
     #[actix::test]
     async fn passive_ejection_doubles_on_repeat_up_to_the_cap() {
-        let (table, routes) = RouteTableActor::start(Arc::new(config(TWO_PROBED)), &[]);
+        let (table, routes) =
+            RouteTableActor::start(Arc::new(config(TWO_PROBED)), &[], Default::default());
         table.send(flip(1, true)).await.unwrap();
         table.send(flip(2, true)).await.unwrap();
         let member_1 = || {
@@ -561,7 +579,8 @@ mod tests {
 
     #[actix::test]
     async fn a_failure_below_the_threshold_sends_nothing_and_success_resets() {
-        let (table, routes) = RouteTableActor::start(Arc::new(config(TWO_PROBED)), &[]);
+        let (table, routes) =
+            RouteTableActor::start(Arc::new(config(TWO_PROBED)), &[], Default::default());
         table.send(flip(1, true)).await.unwrap();
         let m = routes
             .load()
@@ -607,7 +626,7 @@ mod tests {
                 refresh: Duration::from_secs(1),
             }],
         )];
-        let (table, routes) = RouteTableActor::start(Arc::new(cfg), &resolved);
+        let (table, routes) = RouteTableActor::start(Arc::new(cfg), &resolved, Default::default());
         let addrs = |r: &SharedRoutes| -> Vec<SocketAddr> {
             r.load()
                 .lookup("public", None, "/")

@@ -19,6 +19,7 @@ use crate::access_log::LogSettings;
 use crate::admission::SessionSlot;
 use crate::balance::Pool;
 use crate::headers;
+use crate::metrics::{Metrics, RouteCounters};
 
 /// The shared handle through which the route table publishes snapshots and everyone else reads
 /// them.
@@ -38,6 +39,9 @@ pub struct Route {
     /// Live sessions on this rule, for `websocket.max_sessions`; carried across republishes
     /// by rule name, so a new snapshot does not forget the sessions already running.
     pub sessions: Arc<AtomicUsize>,
+    /// This rule's handshake, session and request counters (`route` label), the same block
+    /// across republishes while the rule exists.
+    pub metrics: Arc<RouteCounters>,
 }
 
 impl Route {
@@ -124,12 +128,14 @@ impl RouteSnapshot {
         config: &Config,
         pools: &BTreeMap<String, Arc<Pool>>,
         route_sessions: &BTreeMap<String, Arc<AtomicUsize>>,
+        metrics: &Metrics,
         generation: u64,
     ) -> RouteSnapshot {
         let mut listeners: HashMap<String, ListenerRoutes> = HashMap::new();
         for rule in config.routing_rules.values() {
             let sessions = route_sessions.get(&rule.name).cloned().unwrap_or_default();
-            let Some(route) = resolve_rule(config, rule, pools, sessions) else {
+            let counters = metrics.route(&rule.name);
+            let Some(route) = resolve_rule(config, rule, pools, sessions, counters) else {
                 continue; // validation guarantees references resolve; be defensive anyway
             };
             let routes = listeners.entry(rule.listener.clone()).or_default();
@@ -215,6 +221,7 @@ fn resolve_rule(
     rule: &RoutingRuleConfig,
     pools: &BTreeMap<String, Arc<Pool>>,
     sessions: Arc<AtomicUsize>,
+    metrics: Arc<RouteCounters>,
 ) -> Option<Arc<Route>> {
     Some(Arc::new(Route {
         name: rule.name.as_str().into(),
@@ -222,6 +229,7 @@ fn resolve_rule(
         settings: Arc::new(config.backend_settings.get(&rule.backend_settings)?.clone()),
         websocket: Arc::new(rule.websocket.clone()),
         sessions,
+        metrics,
     }))
 }
 
@@ -276,7 +284,7 @@ mod tests {
                 (name.clone(), Arc::new(pool))
             })
             .collect();
-        RouteSnapshot::build(config, &pools, &BTreeMap::new(), 1)
+        RouteSnapshot::build(config, &pools, &BTreeMap::new(), &Metrics::default(), 1)
     }
 
     #[test]

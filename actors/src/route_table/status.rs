@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use tether_config::{Config, LoadBalancing};
 
 use super::membership::{MemberState, PoolState};
-use crate::messages::{LastChange, LastProbe, MemberStatus, PassiveStatus, PoolStatus};
+use crate::messages::{
+    ConnectFailures, LastChange, LastProbe, MemberStatus, PassiveStatus, PoolStatus,
+};
 
 /// One pool and its members as of `now`; `config` says whether a rule routes to it.
 pub(crate) fn pool_status(pool: &PoolState, config: &Config, now: Instant) -> PoolStatus {
@@ -71,6 +73,14 @@ fn member_status(pool: &PoolState, m: &MemberState, now: Instant) -> MemberStatu
                 .until
                 .map(|until| ms(until.saturating_duration_since(now))),
             last_error: m.ejection.last_error.clone(),
+        },
+        connect_failures: {
+            let [error, timeout, tls] = m.shared.connect_failures();
+            ConnectFailures {
+                error,
+                timeout,
+                tls,
+            }
         },
     }
 }

@@ -22,6 +22,15 @@ pub use values::{
 pub const DEFAULT_WORKERS: usize = 0;
 /// `shutdown_grace`: how long connections and sessions get to finish after a shutdown signal.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// `shutdown_delay`: how long Tether keeps serving after a shutdown signal with `/readyz` already
+/// answering 503, before the drain starts. `0s` by default: outside an orchestrator nothing
+/// routes by readiness, and a delay would only slow down every stop. Kubernetes deployments set a
+/// few seconds, the time endpoint controllers, kube-proxy and load balancers take to stop sending
+/// new connections to a terminating pod (see `examples/kubernetes/`).
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::ZERO;
+/// The longest `shutdown_delay` accepted: it only needs to cover endpoint propagation; a longer
+/// one is a typo (`5m` for `5s`) that would hold every rollout.
+pub const MAX_SHUTDOWN_DELAY: Duration = Duration::from_secs(300);
 /// `shutdown_close_code`: the close code sessions get when Tether shuts down — 1001 `going away`
 /// (RFC 6455 §7.4.1); 1012 `service restart` (IANA registry) tells clients to reconnect soon.
 pub const DEFAULT_SHUTDOWN_CLOSE_CODE: u16 = 1001;
@@ -135,6 +144,9 @@ pub struct Config {
     pub workers: usize,
     /// How long connections and sessions get to finish after a shutdown signal.
     pub shutdown_grace: Duration,
+    /// How long a shutdown signal leaves everything serving with `/readyz` at 503 before the
+    /// drain starts; default [`DEFAULT_SHUTDOWN_DELAY`].
+    pub shutdown_delay: Duration,
     /// Close code sent to both peers of every session at shutdown: 1001 or 1012; default
     /// [`DEFAULT_SHUTDOWN_CLOSE_CODE`].
     pub shutdown_close_code: u16,

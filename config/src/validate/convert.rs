@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
+use std::time::Duration;
 
 use super::Checker;
 use crate::authority::parse_authority;
@@ -29,6 +30,27 @@ impl Checker<'_> {
             return None;
         }
         Some(AdminConfig { bind: bind?, token })
+    }
+
+    /// `shutdown_delay`: any duration up to [`MAX_SHUTDOWN_DELAY`] (`0s` = drain at once).
+    pub(super) fn shutdown_delay(&mut self, raw: &RawConfig) -> Option<Duration> {
+        let delay = self.duration(
+            "shutdown_delay",
+            raw.shutdown_delay.as_ref(),
+            DEFAULT_SHUTDOWN_DELAY,
+        )?;
+        if delay > MAX_SHUTDOWN_DELAY {
+            self.error(
+                "shutdown_delay",
+                format!(
+                    "{} is longer than {}: it only needs to cover the time load balancers take to stop sending new connections (a few seconds)",
+                    format_duration(delay),
+                    format_duration(MAX_SHUTDOWN_DELAY)
+                ),
+            );
+            return None;
+        }
+        Some(delay)
     }
 
     pub(super) fn shutdown_close_code(&mut self, raw: &RawConfig) -> Option<u16> {

@@ -53,6 +53,7 @@ pub(crate) fn validate(
         raw.shutdown_grace.as_ref(),
         DEFAULT_SHUTDOWN_GRACE,
     );
+    let shutdown_delay = c.shutdown_delay(raw);
     let shutdown_close_code = c.shutdown_close_code(raw);
     let admin = c.admin(raw);
     let telemetry = c.telemetry(raw);
@@ -76,9 +77,17 @@ pub(crate) fn validate(
         warnings,
         ..
     } = c;
-    match (shutdown_grace, shutdown_close_code, admin, telemetry, dns) {
+    match (
+        shutdown_grace,
+        shutdown_delay,
+        shutdown_close_code,
+        admin,
+        telemetry,
+        dns,
+    ) {
         (
             Some(shutdown_grace),
+            Some(shutdown_delay),
             Some(shutdown_close_code),
             Some(admin),
             Some(telemetry),
@@ -87,6 +96,7 @@ pub(crate) fn validate(
             config: Config {
                 workers,
                 shutdown_grace,
+                shutdown_delay,
                 shutdown_close_code,
                 admin,
                 telemetry,

@@ -139,7 +139,12 @@ fn bench_snapshot(n: usize) {
     let rounds = 200;
     let started = Instant::now();
     for _ in 0..rounds {
-        std::hint::black_box(RouteTableActor::new(config.clone(), &[], None));
+        std::hint::black_box(RouteTableActor::new(
+            config.clone(),
+            &[],
+            None,
+            Default::default(),
+        ));
     }
     let per = started.elapsed() / rounds;
     println!("route table with {n} members (records + first snapshot): {per:?} per build");
