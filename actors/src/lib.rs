@@ -77,6 +77,7 @@ pub mod balance;
 mod body;
 mod error;
 pub mod frame;
+pub mod grpc;
 pub mod handshake;
 pub mod headers;
 pub mod listener;

@@ -14,7 +14,26 @@ pub(super) async fn forward_http(
     let (mut backend, mut lease) = pick_backend(route, conn, req.headers())?;
     facts.backend = Some(backend);
     let (mut parts, body) = req.into_parts();
+    let client_version = parts.version;
+    let trailers = headers::accepts_trailers(&parts.headers);
+    let grpc = grpc::is_grpc(&parts.headers);
     prepare_head(&mut parts, conn, route);
+    let http2 = route.settings.protocol.is_http2();
+    if http2 {
+        headers::to_http2(
+            &mut parts,
+            route.settings.protocol.uses_tls(),
+            backend,
+            trailers,
+        );
+    }
+    // A gRPC call's own deadline bounds the wait for the head when it is the shorter one
+    // (`grpc-timeout` goes to the backend unchanged, so the backend stops at the same time).
+    let deadline = grpc
+        .then(|| grpc::timeout(&parts.headers))
+        .flatten()
+        .filter(|d| *d < route.settings.request_timeout);
+    let request_timeout = deadline.unwrap_or(route.settings.request_timeout);
     let (body, upload): (UpstreamBody, _) = if body.is_end_stream() {
         (RequestBody::empty(), None)
     } else {
@@ -35,16 +54,17 @@ pub(super) async fn forward_http(
         trace::inject(&client_span, req.headers_mut());
         let tls = ctx
             .upstream
-            .tls_for(&route.settings, backend)
+            .tls_for(&route.settings, backend, false)
             .inspect_err(|e| report_failure(&lease, e))?;
         let sent = ctx
             .upstream
             .send(
                 backend,
                 tls.as_ref(),
+                http2,
                 req,
                 route.settings.connect_timeout,
-                route.settings.request_timeout,
+                request_timeout,
             )
             .instrument(client_span.clone())
             .await;
@@ -62,7 +82,12 @@ pub(super) async fn forward_http(
             }
             Err(failure) => failure,
         };
-        let error = blame(error, upload.as_ref());
+        let error = match (error, deadline) {
+            (ProxyError::ResponseTimeout { backend, after }, Some(_)) => {
+                ProxyError::DeadlineExceeded { backend, after }
+            }
+            (error, _) => blame(error, upload.as_ref()),
+        };
         report_failure(&lease, &error);
         client_span.record("otel.status_code", "ERROR");
         let again = match unsent {
@@ -103,6 +128,16 @@ pub(super) async fn forward_http(
     report_answer(&lease, backend, resp.status());
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
+    parts.version = client_version;
+    // hyper's HTTP/1.1 encoder sends only the trailer fields `Trailer` announces (and only to
+    // a client that sent `TE: trailers`); gRPC servers announce none.
+    if trailers
+        && client_version == Version::HTTP_11
+        && grpc::is_grpc(&parts.headers)
+        && !parts.headers.contains_key(header::TRAILER)
+    {
+        parts.headers.insert(header::TRAILER, grpc::TRAILER_NAMES);
+    }
     // The lease rides with the connection until the body is done: a streaming response is
     // in flight for least_connections as long as it streams.
     Ok(Response::from_parts(

@@ -39,6 +39,7 @@ use crate::admission::{ConnectionGuard, ListenerInfo};
 use crate::balance::MemberLease;
 use crate::body::{ClientBodyError, RequestBody, UploadProbe};
 use crate::error::ProxyError;
+use crate::grpc;
 use crate::handshake;
 use crate::headers;
 use crate::metrics::{Metrics, RetryReason};
