@@ -104,7 +104,7 @@ const SERVING: u64 = 1;
 /// `NOT_SERVING`, `UNKNOWN` (the default, encoded as nothing), a compressed or truncated
 /// message — is not healthy.
 pub fn health_is_serving(body: &[u8]) -> bool {
-    let Some((&[0], rest)) = body.split_first_chunk::<1>().map(|(f, r)| (f, r)) else {
+    let Some((0, rest)) = body.split_first().map(|(&flag, rest)| (flag, rest)) else {
         return false;
     };
     let Some((len, mut message)) = rest.split_first_chunk::<4>() else {

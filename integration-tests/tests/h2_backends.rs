@@ -66,7 +66,8 @@ async fn h2_backend(together: usize, tls: Option<Arc<rustls::ServerConfig>>) -> 
                         let _ = server.serve_connection(TokioIo::new(sock), service).await;
                     }
                     Some(config) => {
-                        let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(sock).await else {
+                        let Ok(stream) = tokio_rustls::TlsAcceptor::from(config).accept(sock).await
+                        else {
                             return;
                         };
                         let _ = server.serve_connection(TokioIo::new(stream), service).await;
@@ -78,7 +79,8 @@ async fn h2_backend(together: usize, tls: Option<Arc<rustls::ServerConfig>>) -> 
     (addr, seen)
 }
 
-type EchoBody = StreamBody<futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, Infallible>>>;
+type EchoBody =
+    StreamBody<futures_util::stream::BoxStream<'static, Result<Frame<Bytes>, Infallible>>>;
 
 async fn answer(req: Request<Incoming>, record: &Seen, barrier: &Barrier) -> Response<EchoBody> {
     record.heads.lock().unwrap().push((
@@ -118,14 +120,18 @@ async fn answer(req: Request<Incoming>, record: &Seen, barrier: &Barrier) -> Res
         }
     }
     drop(path);
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|f| (Ok(f), rx))
-    });
+    let stream =
+        futures_util::stream::unfold(
+            rx,
+            |mut rx| async move { rx.recv().await.map(|f| (Ok(f), rx)) },
+        );
     let mut resp = Response::new(StreamBody::new(
         Box::pin(stream) as futures_util::stream::BoxStream<'static, _>
     ));
-    resp.headers_mut()
-        .insert(http::header::TRAILER, http::HeaderValue::from_static("x-frames"));
+    resp.headers_mut().insert(
+        http::header::TRAILER,
+        http::HeaderValue::from_static("x-frames"),
+    );
     resp
 }
 
@@ -139,9 +145,7 @@ fn h2c_toml(backend: SocketAddr, settings: &str) -> String {
 }
 
 /// An HTTP/1.1 client connection to Tether (hyper's), driven on its own task.
-async fn h1_client(
-    addr: SocketAddr,
-) -> hyper::client::conn::http1::SendRequest<BoxBody> {
+async fn h1_client(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<BoxBody> {
     let sock = TcpStream::connect(addr).await.unwrap();
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(sock))
         .await
@@ -174,13 +178,18 @@ async fn h2c_backend_streams_both_ways_and_relays_trailers() {
         .header("te", "trailers")
         .body(BodyExt::boxed(body))
         .unwrap();
-    let resp = within("response head", client.send_request(req)).await.unwrap();
+    let resp = within("response head", client.send_request(req))
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     for round in 0..3 {
         let chunk = Bytes::from(format!("chunk {round}"));
         tx.send(Ok(Frame::data(chunk.clone()))).await.unwrap();
-        let echoed = within("echo of one chunk", body.frame()).await.unwrap().unwrap();
+        let echoed = within("echo of one chunk", body.frame())
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(echoed.into_data().unwrap(), chunk, "round {round}");
     }
     drop(tx);
@@ -189,9 +198,15 @@ async fn h2c_backend_streams_both_ways_and_relays_trailers() {
     assert_eq!(trailers["x-frames"], "3");
     let heads = seen.heads.lock().unwrap().clone();
     assert_eq!(heads[0].0, Version::HTTP_2);
-    assert_eq!(heads[0].1, "http://app/echo", "absolute target: :scheme and :authority");
+    assert_eq!(
+        heads[0].1, "http://app/echo",
+        "absolute target: :scheme and :authority"
+    );
     assert_eq!(heads[0].2["te"], "trailers");
-    assert!(heads[0].2.get("host").is_none(), "Host went into :authority");
+    assert!(
+        heads[0].2.get("host").is_none(),
+        "Host went into :authority"
+    );
 }
 
 /// Without `TE: trailers` an HTTP/1.1 client gets the body and no trailer section (RFC 9110
@@ -209,7 +224,9 @@ async fn http11_clients_get_trailers_only_when_they_accept_them() {
         let mut sock = TcpStream::connect(addr).await.unwrap();
         sock.write_all(req.as_bytes()).await.unwrap();
         let mut all = Vec::new();
-        within("whole response", sock.read_to_end(&mut all)).await.unwrap();
+        within("whole response", sock.read_to_end(&mut all))
+            .await
+            .unwrap();
         let text = String::from_utf8_lossy(&all).to_lowercase();
         assert!(text.starts_with("http/1.1 200"), "{text}");
         assert!(text.contains("transfer-encoding: chunked"), "{text}");
@@ -234,7 +251,10 @@ async fn concurrent_requests_share_one_connection() {
     for _ in 0..N {
         calls.push(tokio::spawn(async move {
             let mut client = h1_client(addr).await;
-            let req = Request::get("/together").header("host", "app").body(empty()).unwrap();
+            let req = Request::get("/together")
+                .header("host", "app")
+                .body(empty())
+                .unwrap();
             let resp = client.send_request(req).await.unwrap();
             let status = resp.status();
             let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -265,7 +285,8 @@ async fn goaway_moves_new_requests_to_a_new_connection() {
                 let mut conn = h2::server::handshake(sock).await.unwrap();
                 if let Some(Ok((_req, mut respond))) = conn.accept().await {
                     let mut send = respond.send_response(Response::new(()), false).unwrap();
-                    send.send_data(Bytes::from(format!("connection {n}")), true).unwrap();
+                    send.send_data(Bytes::from(format!("connection {n}")), true)
+                        .unwrap();
                     conn.graceful_shutdown();
                 }
                 while conn.accept().await.is_some() {}
@@ -276,7 +297,10 @@ async fn goaway_moves_new_requests_to_a_new_connection() {
     let addr = sidecar.addr("public");
     for n in 1..=3 {
         let (status, body) = within("GET", get(addr, "/", "")).await;
-        assert_eq!((status, body.as_str()), (200, format!("connection {n}").as_str()));
+        assert_eq!(
+            (status, body.as_str()),
+            (200, format!("connection {n}").as_str())
+        );
     }
     assert_eq!(connections.load(Ordering::SeqCst), 3);
 }
@@ -349,11 +373,13 @@ async fn h2_over_tls_and_no_silent_downgrade() {
 
     let (backend, seen) = h2_backend(1, Some(server_config(&[b"h2"]))).await;
     let sidecar = start(&h2c_toml(backend, &settings).replace("\"h2c\"", "\"h2\""));
-    let (status, body) =
-        within("GET over h2", get(sidecar.addr("public"), "/x", "")).await;
+    let (status, body) = within("GET over h2", get(sidecar.addr("public"), "/x", "")).await;
     assert_eq!((status, body.as_str()), (200, "ok"));
     let heads = seen.heads.lock().unwrap().clone();
-    assert_eq!((heads[0].0, heads[0].1.as_str()), (Version::HTTP_2, "https://app/x"));
+    assert_eq!(
+        (heads[0].0, heads[0].1.as_str()),
+        (Version::HTTP_2, "https://app/x")
+    );
 
     // A TLS server that knows nothing of ALPN (so selects none: HTTP/1.1 by default). One that
     // knows ALPN but not h2 ends the handshake itself (no_application_protocol alert).
@@ -375,8 +401,11 @@ async fn h2_over_tls_and_no_silent_downgrade() {
         }
     });
     let sidecar = start(&h2c_toml(h1_addr, &settings).replace("\"h2c\"", "\"h2\""));
-    let (status, body) =
-        within("GET to an h1-only backend", get(sidecar.addr("public"), "/", "")).await;
+    let (status, body) = within(
+        "GET to an h1-only backend",
+        get(sidecar.addr("public"), "/", ""),
+    )
+    .await;
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("did not select ALPN \"h2\""), "{body}");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
@@ -401,7 +430,10 @@ async fn h2c_probes_speak_http2() {
 /// `GET path` over a fresh HTTP/1.1 connection to Tether: status and decoded body.
 async fn get(addr: SocketAddr, path: &str, _extra: &str) -> (u16, String) {
     let mut client = h1_client(addr).await;
-    let req = Request::get(path).header("host", "app").body(empty()).unwrap();
+    let req = Request::get(path)
+        .header("host", "app")
+        .body(empty())
+        .unwrap();
     let resp = client.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -447,7 +479,10 @@ impl GrpcBackend {
             .spawn()
             .expect("python runs");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = within("grpc backend starts", lines.next_line()).await.unwrap().unwrap();
+        let first = within("grpc backend starts", lines.next_line())
+            .await
+            .unwrap()
+            .unwrap();
         let port: u16 = first.strip_prefix("PORT ").unwrap().parse().unwrap();
         GrpcBackend {
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -458,8 +493,13 @@ impl GrpcBackend {
 
     async fn command(&mut self, command: &str) {
         let stdin = self.child.stdin.as_mut().unwrap();
-        stdin.write_all(format!("{command}\n").as_bytes()).await.unwrap();
-        let answer = within("grpc backend command", self.lines.next_line()).await.unwrap();
+        stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+        let answer = within("grpc backend command", self.lines.next_line())
+            .await
+            .unwrap();
         assert_eq!(answer.as_deref(), Some("OK"));
     }
 }
@@ -488,9 +528,12 @@ async fn grpc_call(
     for (k, v) in extra {
         req = req.header(*k, *v);
     }
-    let resp = within("gRPC response head", client.send_request(req.body(Full::new(body).boxed()).unwrap()))
-        .await
-        .unwrap();
+    let resp = within(
+        "gRPC response head",
+        client.send_request(req.body(Full::new(body).boxed()).unwrap()),
+    )
+    .await
+    .unwrap();
     let (parts, mut body) = resp.into_parts();
     let mut data = Vec::new();
     let mut trailers = HeaderMap::new();
@@ -537,14 +580,27 @@ async fn grpc_calls_to_a_grpcio_backend() {
     assert_eq!(trailers["grpc-status"], "0");
 
     let (head, _, trailers) = grpc_call(addr, "Fail", grpc_frame(b"x"), &[]).await;
-    let status = trailers.get("grpc-status").or(head.headers.get("grpc-status")).unwrap();
-    let message = trailers.get("grpc-message").or(head.headers.get("grpc-message")).unwrap();
-    assert_eq!((status.to_str().unwrap(), message.to_str().unwrap()), ("3", "bad input: x"));
+    let status = trailers
+        .get("grpc-status")
+        .or(head.headers.get("grpc-status"))
+        .unwrap();
+    let message = trailers
+        .get("grpc-message")
+        .or(head.headers.get("grpc-message"))
+        .unwrap();
+    assert_eq!(
+        (status.to_str().unwrap(), message.to_str().unwrap()),
+        ("3", "bad input: x")
+    );
 
-    let (head, body, _) = grpc_call(addr, "Slow", grpc_frame(b"z"), &[("grpc-timeout", "300m")]).await;
+    let (head, body, _) =
+        grpc_call(addr, "Slow", grpc_frame(b"z"), &[("grpc-timeout", "300m")]).await;
     assert_eq!(head.status, 200);
     assert_eq!(head.headers["grpc-status"], "4");
-    assert!(head.headers["grpc-message"].to_str().unwrap().starts_with("deadline exceeded"));
+    assert!(head.headers["grpc-message"]
+        .to_str()
+        .unwrap()
+        .starts_with("deadline exceeded"));
     assert!(body.is_empty());
     let status = backends(sidecar.admin_addr()).await;
     assert_eq!(
@@ -566,11 +622,20 @@ async fn grpc_health_probes_follow_the_serving_status() {
         + "\n[probes.health]\nkind = \"grpc\"\nprotocol = \"h2c\"\ninterval = \"1s\"\ntimeout = \"1s\"\nunhealthy_threshold = 1\n";
     let sidecar = start(&toml);
     let admin = sidecar.admin_addr();
-    wait_for(admin, "member healthy", |s| state(s, "app", grpc.addr) == "healthy").await;
+    wait_for(admin, "member healthy", |s| {
+        state(s, "app", grpc.addr) == "healthy"
+    })
+    .await;
     grpc.command("NOT_SERVING").await;
-    let status = wait_for(admin, "member unhealthy", |s| state(s, "app", grpc.addr) == "unhealthy").await;
+    let status = wait_for(admin, "member unhealthy", |s| {
+        state(s, "app", grpc.addr) == "unhealthy"
+    })
+    .await;
     let detail = member(&status, "app", grpc.addr).to_string();
     assert!(detail.contains("not SERVING"), "{detail}");
     grpc.command("SERVING").await;
-    wait_for(admin, "member healthy again", |s| state(s, "app", grpc.addr) == "healthy").await;
+    wait_for(admin, "member healthy again", |s| {
+        state(s, "app", grpc.addr) == "healthy"
+    })
+    .await;
 }
