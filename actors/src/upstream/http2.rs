@@ -13,8 +13,8 @@
 //! ```text
 //!   Opening ──handshake ok──▶ Open ──GOAWAY / error / ping timeout──▶ Closed (dropped)
 //!      │                       ▲  │
-//!      └──failed: each waiter  │  └── a stream slot per request, freed when its response
-//!         tries again itself   │      body ends (or is dropped)
+//!      └──failed: the waiters  │  └── a stream slot per request, freed when its response
+//!         fail with it (502)   │      body ends (or is dropped)
 //!                              └───── slots free: the next request takes one
 //! ```
 //!
@@ -112,28 +112,44 @@ impl Drop for StreamSlot {
 #[derive(Debug, Default)]
 pub(super) struct Multiplexed {
     conns: RefCell<HashMap<PoolKey, Vec<H2Conn>>>,
-    opening: RefCell<HashMap<PoolKey, Rc<Notify>>>,
+    opening: RefCell<HashMap<PoolKey, Rc<Opening>>>,
+}
+
+/// A connection being opened, which requests to the same member wait for.
+#[derive(Debug, Default)]
+struct Opening {
+    /// Woken when the open ends, either way.
+    done: Notify,
+    /// The open ended without a connection.
+    failed: Cell<bool>,
+    /// Why, when the open itself failed: waiters fail with it at once (on a dead member nobody
+    /// waits more than one `connect_timeout`). `None` when the request that started the open
+    /// went away halfway: waiters then open their own connections.
+    reason: RefCell<Option<String>>,
 }
 
 /// Removes the "opening" mark of a key and wakes its waiters, whether the open finished or the
-/// request that started it was dropped halfway.
+/// request that started it was dropped halfway (then it counts as failed).
 struct OpeningGuard<'a> {
     pool: &'a Multiplexed,
     key: PoolKey,
-    notify: Rc<Notify>,
+    opening: Rc<Opening>,
+    succeeded: bool,
 }
 
 impl Drop for OpeningGuard<'_> {
     fn drop(&mut self) {
         self.pool.opening.borrow_mut().remove(&self.key);
-        self.notify.notify_waiters();
+        self.opening.failed.set(!self.succeeded);
+        self.opening.done.notify_waiters();
     }
 }
 
 impl Multiplexed {
     /// A connection with room for one more stream, and the slot taken on it: an open one, else
     /// the one being opened (waited for), else a new one. Closed connections are dropped on
-    /// the way. The bool is true when the connection was opened for this request.
+    /// the way. `opened` is called for each connection opened; the bool is true when the
+    /// connection was opened for this request.
     pub(super) async fn checkout(
         &self,
         key: PoolKey,
@@ -148,27 +164,53 @@ impl Multiplexed {
             let pending = self.opening.borrow().get(&key).cloned();
             if let Some(pending) = pending {
                 // Created before any other task runs, so the opener's `notify_waiters` wakes it.
-                pending.notified().await;
-                continue;
+                pending.done.notified().await;
+                if !pending.failed.get() {
+                    continue;
+                }
+                if let Some(reason) = pending.reason.borrow().as_deref() {
+                    return Err(ProxyError::ConnectFailed {
+                        backend: key.0,
+                        cause: std::io::Error::other(format!(
+                            "the connection this request waited for failed: {reason}"
+                        )),
+                    });
+                }
+                let conn = open(key.0, tls, connect_timeout).await?;
+                opened();
+                return Ok(self.add(key, conn));
             }
-            let notify = Rc::new(Notify::new());
-            self.opening.borrow_mut().insert(key, notify.clone());
-            let guard = OpeningGuard {
+            let opening = Rc::new(Opening::default());
+            self.opening.borrow_mut().insert(key, opening.clone());
+            let mut guard = OpeningGuard {
                 pool: self,
                 key,
-                notify,
+                opening,
+                succeeded: false,
             };
-            let conn = open(key.0, tls, connect_timeout).await?;
+            let conn = match open(key.0, tls, connect_timeout).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    *guard.opening.reason.borrow_mut() = Some(e.to_string());
+                    return Err(e);
+                }
+            };
             opened();
-            let slot = conn.take_slot();
-            self.conns
-                .borrow_mut()
-                .entry(key)
-                .or_default()
-                .push(conn.clone());
-            drop(guard);
-            return Ok((conn, slot, true));
+            let added = self.add(key, conn);
+            guard.succeeded = true;
+            return Ok(added);
         }
+    }
+
+    /// Keeps a new connection and takes the first stream slot on it.
+    fn add(&self, key: PoolKey, conn: H2Conn) -> (H2Conn, StreamSlot, bool) {
+        let slot = conn.take_slot();
+        self.conns
+            .borrow_mut()
+            .entry(key)
+            .or_default()
+            .push(conn.clone());
+        (conn, slot, true)
     }
 
     /// The first open connection of `key` with room, closed ones dropped.
@@ -320,6 +362,81 @@ mod tests {
                     .await
                     .unwrap();
                 assert!(!fresh, "a freed slot is reused");
+            })
+            .await;
+    }
+
+    /// Requests that find a connection being opened wait for it (one connection for a burst);
+    /// when that open fails, the waiters fail with it, so on a member that never answers
+    /// nobody waits more than one `connect_timeout`. Paused clock: the TLS handshake with a
+    /// silent server ends exactly at the timeout.
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_burst_shares_one_open_and_a_failed_open_does_not_queue_waiters() {
+        let local = tokio::task::LocalSet::new();
+        local
+            .run_until(async {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let addr = listener.local_addr().unwrap();
+                tokio::task::spawn_local(async move {
+                    let (sock, _) = listener.accept().await.unwrap();
+                    let mut conn = h2::server::handshake(sock).await.unwrap();
+                    while conn.accept().await.is_some() {}
+                });
+                let pool = Rc::new(Multiplexed::default());
+                let opened = Rc::new(Cell::new(0));
+                let burst: Vec<_> = (0..10)
+                    .map(|_| {
+                        let (pool, opened) = (pool.clone(), opened.clone());
+                        tokio::task::spawn_local(async move {
+                            let key = (addr, 0);
+                            let count = || opened.set(opened.get() + 1);
+                            pool.checkout(key, None, Duration::from_secs(5), count)
+                                .await
+                                .map(|(_, slot, _)| slot)
+                        })
+                    })
+                    .collect();
+                let mut slots = Vec::new();
+                for call in burst {
+                    slots.push(call.await.unwrap().unwrap());
+                }
+                assert_eq!((opened.get(), pool.open_count((addr, 0))), (1, 1));
+
+                // A TCP peer that never answers the TLS handshake.
+                let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                let silent_addr = silent.local_addr().unwrap();
+                tokio::task::spawn_local(async move {
+                    let mut held = Vec::new();
+                    while let Ok((sock, _)) = silent.accept().await {
+                        held.push(sock);
+                    }
+                });
+                let tls = UpstreamTls {
+                    config: crate::tls::client_config(None, None).unwrap(),
+                    server_name: rustls::pki_types::ServerName::try_from("backend.test").unwrap(),
+                };
+                let started = tokio::time::Instant::now();
+                let waiters: Vec<_> = (0..5)
+                    .map(|_| {
+                        let (pool, tls) = (pool.clone(), tls.clone());
+                        tokio::task::spawn_local(async move {
+                            let key = (silent_addr, 1);
+                            pool.checkout(key, Some(&tls), Duration::from_secs(3), || {})
+                                .await
+                                .map(|_| ())
+                        })
+                    })
+                    .collect();
+                let mut reasons = Vec::new();
+                for w in waiters {
+                    reasons.push(w.await.unwrap().unwrap_err().to_string());
+                }
+                assert_eq!(started.elapsed(), Duration::from_secs(3));
+                let waited = reasons
+                    .iter()
+                    .filter(|r| r.contains("waited for failed"))
+                    .count();
+                assert_eq!(waited, 4, "{reasons:#?}");
             })
             .await;
     }
