@@ -5,9 +5,17 @@
 //! picks the subprotocol and extensions, and its `101` goes back to the client unchanged. The
 //! sidecar's job is to refuse what no conforming server would accept, so a malformed upgrade costs
 //! the backend nothing.
+//!
+//! Over HTTP/2 (RFC 8441) the handshake is an extended CONNECT with `:protocol = websocket`
+//! ([`is_h2_websocket`], checked by [`validate_h2`]): no `Upgrade`, `Connection` or
+//! `Sec-WebSocket-Key`. It still goes to the backend as an HTTP/1.1 upgrade, for which Tether
+//! makes the key ([`new_key`]) and checks the backend's answer to it ([`accept_for`]), since the
+//! HTTP/2 client has no key to check it against; the backend's `101` becomes a `200` on the
+//! client's stream.
 
 use base64::Engine as _;
 use http::{header, HeaderMap, Method, Request, StatusCode, Version};
+use sha1::{Digest as _, Sha1};
 
 /// Why a WebSocket opening handshake was refused. Each variant maps to one status and one short
 /// reason sent to the client as plain text.
@@ -61,6 +69,58 @@ pub fn wants_websocket(headers: &HeaderMap) -> bool {
         .get_all(header::UPGRADE)
         .iter()
         .any(|v| has_token(v.as_bytes(), b"websocket"))
+}
+
+/// True when an HTTP/2 request opens a WebSocket: an extended CONNECT (RFC 8441 §4) whose
+/// `:protocol` is `websocket`.
+pub fn is_h2_websocket<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_2
+        && req.method() == Method::CONNECT
+        && req
+            .extensions()
+            .get::<hyper::ext::Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"))
+}
+
+/// Checks an HTTP/2 client's opening handshake (RFC 8441 §5): the `:authority` (hyper puts it in
+/// the URI; RFC 8441 §4 requires it) and `Sec-WebSocket-Version: 13`. `Sec-WebSocket-Key` and
+/// `Upgrade` have no place in it; a key sent anyway is ignored (Tether makes its own).
+pub fn validate_h2<B>(req: &Request<B>) -> Result<(), HandshakeError> {
+    if req.uri().authority().is_none() {
+        return Err(HandshakeError::MissingHost);
+    }
+    let version = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .ok_or(HandshakeError::MissingVersion)?;
+    if version.as_bytes().trim_ascii() != b"13" {
+        return Err(HandshakeError::UnsupportedVersion);
+    }
+    Ok(())
+}
+
+/// The GUID of RFC 6455 §1.3 that `Sec-WebSocket-Accept` is computed with.
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// A fresh `Sec-WebSocket-Key`: base64 of 16 random bytes (RFC 6455 §4.1). Fresh per handshake;
+/// it needs to be unpredictable to caches, not secret.
+pub fn new_key() -> [u8; 24] {
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+    raw[8..].copy_from_slice(&fastrand::u64(..).to_le_bytes());
+    let mut out = [0u8; 24];
+    let _ = base64::engine::general_purpose::STANDARD.encode_slice(raw, &mut out);
+    out
+}
+
+/// The `Sec-WebSocket-Accept` a server must answer `key` with (RFC 6455 §4.2.2 item 5.4).
+pub fn accept_for(key: &[u8]) -> [u8; 28] {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(ACCEPT_GUID);
+    let mut out = [0u8; 28];
+    let _ = base64::engine::general_purpose::STANDARD.encode_slice(sha.finalize(), &mut out);
+    out
 }
 
 /// Checks the client's opening handshake (RFC 6455 §4.2.1). The caller has already established
@@ -201,6 +261,55 @@ mod tests {
             validate(&handshake().body(()).unwrap(), false),
             Err(HandshakeError::HasBody)
         );
+    }
+
+    #[test]
+    fn accept_matches_the_rfc_example() {
+        // RFC 6455 §1.3.
+        assert_eq!(
+            &accept_for(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        let key = new_key();
+        assert!(key_is_valid(&key));
+        assert_ne!(key, new_key());
+    }
+
+    #[test]
+    fn h2_handshake_needs_authority_and_version_13() {
+        let connect = |version: Option<&str>, uri: &str| {
+            let mut b = Request::builder()
+                .method("CONNECT")
+                .version(Version::HTTP_2)
+                .uri(uri)
+                .extension(hyper::ext::Protocol::from_static("websocket"));
+            if let Some(v) = version {
+                b = b.header("sec-websocket-version", v);
+            }
+            b.body(()).unwrap()
+        };
+        let ok = connect(Some("13"), "https://example.com/chat");
+        assert!(is_h2_websocket(&ok));
+        assert_eq!(validate_h2(&ok), Ok(()));
+        assert_eq!(
+            validate_h2(&connect(None, "https://example.com/chat")),
+            Err(HandshakeError::MissingVersion)
+        );
+        assert_eq!(
+            validate_h2(&connect(Some("8"), "https://example.com/chat")),
+            Err(HandshakeError::UnsupportedVersion)
+        );
+        assert_eq!(
+            validate_h2(&connect(Some("13"), "/chat")),
+            Err(HandshakeError::MissingHost)
+        );
+        let plain_connect = Request::builder()
+            .method("CONNECT")
+            .version(Version::HTTP_2)
+            .uri("example.com:443")
+            .body(())
+            .unwrap();
+        assert!(!is_h2_websocket(&plain_connect));
     }
 
     #[test]

@@ -112,6 +112,26 @@ pub fn to_http2(
     }
 }
 
+/// Joins the `cookie` field lines an HTTP/2 client may split its cookies into (RFC 9113
+/// §8.2.3) into the one line an HTTP/1.1 backend expects, separated by `"; "`. Allocates only
+/// when there is more than one line.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut lines = headers.get_all(header::COOKIE).iter();
+    if lines.next().is_none() || lines.next().is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for (i, line) in headers.get_all(header::COOKIE).iter().enumerate() {
+        if i > 0 {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(line.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
 /// Puts back the `Connection: Upgrade` / `Upgrade: websocket` pair on a WebSocket handshake
 /// after [`strip_hop_by_hop`].
 pub fn set_websocket_upgrade(headers: &mut HeaderMap) {
@@ -173,6 +193,10 @@ pub enum HostError {
     /// §4.2.4) or has no valid host.
     #[error("invalid request target authority")]
     BadTarget,
+    /// An HTTP/2 request whose `Host` names another authority than its `:authority` (RFC 9113
+    /// §8.3.1: malformed).
+    #[error("Host does not match :authority")]
+    Mismatch,
 }
 
 /// The one host a request is for, checked (RFC 9112 §3.2, §3.2.2; RFC 9110 §7.2):
@@ -181,7 +205,9 @@ pub enum HostError {
 ///   HTTP/1.0 may go without;
 /// * an absolute-form (or authority-form) target's authority wins over `Host`. The second value
 ///   is `Some` exactly then: the `Host` value the request must carry instead of the one it came
-///   with, so the route and the backend see the same single host.
+///   with, so the route and the backend see the same single host;
+/// * HTTP/2 (RFC 9113 §8.3.1): `:authority` is the host (hyper puts it in the URI), `Host` may
+///   be absent, and a `Host` naming another authority makes the request malformed.
 ///
 /// The first value is the host to route by (`None`: an HTTP/1.0 request without one).
 pub fn request_host<'a>(
@@ -200,6 +226,7 @@ pub fn request_host<'a>(
             parse_authority(text).ok_or(HostError::Invalid)?;
             Some(text)
         }
+        None if version == Version::HTTP_2 && uri.authority().is_some() => None,
         None if version >= Version::HTTP_11 => return Err(HostError::Missing),
         None => None,
     };
@@ -218,6 +245,9 @@ pub fn request_host<'a>(
     }
     if host.is_some_and(|h| h == target) {
         return Ok((host, None));
+    }
+    if version == Version::HTTP_2 && host.is_some_and(|h| !h.eq_ignore_ascii_case(target)) {
+        return Err(HostError::Mismatch);
     }
     let replacement = HeaderValue::from_str(target).map_err(|_| HostError::BadTarget)?;
     Ok((Some(target), Some(replacement)))

@@ -80,6 +80,7 @@ pub mod frame;
 pub mod grpc;
 pub mod handshake;
 pub mod headers;
+pub mod http2;
 pub mod listener;
 pub mod member;
 pub mod messages;

@@ -20,6 +20,7 @@ use tether_config::LoadBalancing;
 
 use crate::admission::{ConnectionGuard, ListenerInfo};
 use crate::balance::Member;
+use crate::http2::HttpProtocol;
 use crate::member::{DnsMember, ProbeOutcome};
 use crate::outcome::{SessionId, SessionSummary};
 // The one import upward, and the one import cycle the crate allows (messages <-> session):
@@ -85,6 +86,8 @@ pub struct SessionOpened {
     pub member: SocketAddr,
     /// The port it is connected to on the member (the settings' override, else the member's).
     pub port: u16,
+    /// The HTTP version of the client's handshake (`2`: an RFC 8441 stream).
+    pub http_version: HttpProtocol,
     /// The session actor, for drain orders ([`DrainSession`]) and counter queries
     /// ([`SessionStatsQuery`], admin only). Weak: holding it allocates nothing per session, and
     /// it is upgraded only when a message is sent (a stopped session simply does not upgrade).
@@ -345,6 +348,8 @@ pub struct LiveSessionInfo {
     pub backend: SocketAddr,
     /// How long ago it started, in milliseconds.
     pub age_ms: u64,
+    /// The HTTP version the client opened it with (`"1.1"`, or `"2"` for RFC 8441).
+    pub http_version: HttpProtocol,
     /// Its counters, when asked for ([`SessionsReport::stats`]) and the session answered.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub stats: Option<SessionStats>,

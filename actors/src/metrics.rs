@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::http2::HttpProtocol;
 use crate::outcome::{EndCause, Initiator, Outcome};
 use crate::trace::HandshakeOutcome;
 
@@ -58,6 +59,9 @@ pub struct Metrics {
     latency_buckets: [[AtomicU64; LATENCY_BOUNDS.len()]; 5],
     latency_sum_us: [AtomicU64; 5],
     retries: [AtomicU64; RetryReason::ALL.len()],
+    http_connections: [AtomicU64; 2],
+    http2_errors: [AtomicU64; crate::http2::ERROR_LABELS.len()],
+    http2_reset_budget: AtomicU64,
     /// HTTP/2 backend connections and streams.
     pub upstream_h2: UpstreamH2Counters,
 }
@@ -73,6 +77,9 @@ impl Default for Metrics {
             latency_buckets: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             latency_sum_us: std::array::from_fn(|_| AtomicU64::new(0)),
             retries: std::array::from_fn(|_| AtomicU64::new(0)),
+            http_connections: std::array::from_fn(|_| AtomicU64::new(0)),
+            http2_errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            http2_reset_budget: AtomicU64::new(0),
             upstream_h2: UpstreamH2Counters::default(),
         }
     }
@@ -131,6 +138,24 @@ impl Metrics {
             self.latency_buckets[class][b].fetch_add(1, Ordering::Relaxed);
         }
         self.latency_sum_us[class].fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a client connection served with `protocol`.
+    pub fn http_connection(&self, protocol: HttpProtocol) {
+        self.http_connections[protocol as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts an HTTP/2 client connection that ended with an error (`label`: one of
+    /// [`crate::http2::ERROR_LABELS`]).
+    pub fn http2_error(&self, label: &str) {
+        if let Some(i) = crate::http2::ERROR_LABELS.iter().position(|l| *l == label) {
+            self.http2_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts an HTTP/2 connection sent away for cancelling too many requests.
+    pub fn http2_reset_budget_exceeded(&self) {
+        self.http2_reset_budget.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one retry on another member.
@@ -254,6 +279,33 @@ impl Metrics {
                 reason.as_str()
             );
         }
+        // HTTP/2 on client connections.
+        out.push_str("# HELP tether_http_connections_total Client connections by the HTTP version they speak.\n");
+        out.push_str("# TYPE tether_http_connections_total counter\n");
+        for p in [HttpProtocol::Http1, HttpProtocol::Http2] {
+            let _ = writeln!(
+                out,
+                "tether_http_connections_total{{protocol_version=\"{}\"}} {}",
+                p.as_str(),
+                load(&self.http_connections[p as usize])
+            );
+        }
+        out.push_str("# HELP tether_http2_connection_errors_total HTTP/2 client connections that ended with an error, by HTTP/2 error code (io: below HTTP/2).\n");
+        out.push_str("# TYPE tether_http2_connection_errors_total counter\n");
+        for (i, label) in crate::http2::ERROR_LABELS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "tether_http2_connection_errors_total{{reason=\"{label}\"}} {}",
+                load(&self.http2_errors[i])
+            );
+        }
+        out.push_str("# HELP tether_http2_reset_budget_exceeded_total HTTP/2 client connections sent away (GOAWAY) for cancelling too many requests (rapid reset).\n");
+        out.push_str("# TYPE tether_http2_reset_budget_exceeded_total counter\n");
+        let _ = writeln!(
+            out,
+            "tether_http2_reset_budget_exceeded_total {}",
+            load(&self.http2_reset_budget)
+        );
         out.push_str(
             "# HELP tether_http_request_duration_seconds Time to the response head, by status class.\n",
         );

@@ -99,6 +99,8 @@ pub struct SessionInfo {
     /// Counts this session on its backend member while the session lives (least_connections
     /// and `GET /backends` read it); dropped with the actor.
     pub lease: Option<MemberLease>,
+    /// The HTTP version of the client's handshake.
+    pub http_version: crate::http2::HttpProtocol,
 }
 
 /// Owns one upgraded WebSocket.
@@ -223,6 +225,7 @@ impl Actor for SessionActor {
                 .as_ref()
                 .map_or(self.info.backend, MemberLease::addr),
             port: self.info.backend.port(),
+            http_version: self.info.http_version,
             session: ctx.address().downgrade(),
         });
         let Some(start) = self.start.take() else {

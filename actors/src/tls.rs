@@ -38,8 +38,10 @@ use crate::shutdown::ShutdownSignal;
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often certificate and key files are checked for changes.
 pub const RELOAD_POLL_INTERVAL: Duration = Duration::from_secs(1);
-/// The ALPN protocol listeners and backend connections offer (room for `h2` later).
+/// The ALPN protocol id of HTTP/1.1 (offered by listeners and backend connections).
 pub const ALPN_HTTP1: &[u8] = b"http/1.1";
+/// The ALPN protocol id of HTTP/2 over TLS (RFC 9113 §3.2).
+pub const ALPN_H2: &[u8] = b"h2";
 
 /// A TLS file could not be used: which file, and why.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -227,7 +229,12 @@ impl ListenerTls {
             }
         };
         let mut config = builder.with_cert_resolver(resolver.clone());
-        config.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+        // RFC 7301: h2 first when enabled, so a client offering both gets HTTP/2.
+        config.alpn_protocols = if listener.http2 {
+            vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()]
+        } else {
+            vec![ALPN_HTTP1.to_vec()]
+        };
         Ok(ListenerTls {
             name: listener.name.as_str().into(),
             config: Arc::new(config),

@@ -94,6 +94,10 @@ pub enum AnswerError {
     /// The refusal's body is longer than [`MAX_BODY`].
     #[error("refusal body larger than {} bytes", MAX_BODY)]
     BodyTooLarge,
+    /// A `101` whose `Sec-WebSocket-Accept` does not answer the key Tether sent (an HTTP/2
+    /// client's handshake, where Tether makes the key: RFC 8441 §5, RFC 6455 §4.1).
+    #[error("Sec-WebSocket-Accept does not match the key sent")]
+    BadAccept,
     /// The backend closed the connection before the body it announced was complete.
     #[error("closed the connection before the response body was complete")]
     ClosedInBody,

@@ -5,6 +5,9 @@
 //! [`crate::listener`]): accepted on this thread and registered with this thread's runtime, so
 //! [`Accepted`] carries a ready tokio socket and nothing moves between runtimes.
 //!
+//! A connection speaks HTTP/1.1 or HTTP/2 ([`crate::http2`] says which and how HTTP/2 is
+//! bounded); both go through the same request path ([`proxy::handle`]).
+//!
 //! Everything a worker shares between its connections lives in one `WorkerContext` (defined
 //! with the request path that reads it) behind an
 //! `Rc`: the route snapshot handle, the backend connection pool and the session registry. None of
@@ -21,6 +24,8 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 
+use crate::http2::HttpProtocol;
+use crate::http2::{self, Protocol};
 use crate::messages::Accepted;
 use crate::metrics::Metrics;
 use crate::proxy::{self, Connection, WorkerContext};
@@ -105,8 +110,26 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
         peer,
         listener,
         guard: RefCell::new(Some(guard)),
+        protocol: Default::default(),
+        resets: http2::ResetBudget::default(),
+        goaway: tokio::sync::Notify::new(),
     };
     match conn.listener.tls.clone() {
+        None if conn.listener.config.http2 => {
+            // Prior knowledge: the first bytes say HTTP/2 or not (bounded like a request head).
+            let head_timeout = conn.listener.config.request_head_timeout;
+            let mut shutdown = ctx.shutdown.clone();
+            let sniffed = tokio::select! {
+                r = tokio::time::timeout(head_timeout, http2::sniff(&stream)) => r,
+                _ = shutdown.fired() => return,
+            };
+            match sniffed {
+                Ok(Ok(Protocol::Http2)) => serve_h2(ctx, TokioIo::new(stream), conn).await,
+                Ok(Ok(Protocol::Http1)) => serve_http(ctx, TokioIo::new(stream), conn).await,
+                // Left, failed or silent before a first byte: nothing to answer.
+                Ok(Err(_)) | Err(_) => {}
+            }
+        }
         None => serve_http(ctx, TokioIo::new(stream), conn).await,
         Some(tls) => {
             // The handshake runs here, on the worker, bounded; a failure concerns this
@@ -120,7 +143,12 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
             match handshake {
                 Ok(Ok(stream)) => {
                     tls.handshakes.fetch_add(1, Ordering::Relaxed);
-                    serve_http(ctx, TokioIo::new(stream), conn).await
+                    // ALPN (RFC 7301) offers h2 only when the listener has http2 on.
+                    if stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
+                        serve_h2(ctx, TokioIo::new(stream), conn).await
+                    } else {
+                        serve_http(ctx, TokioIo::new(stream), conn).await
+                    }
                 }
                 Ok(Err(e)) => tls::handshake_failed(&tls, peer, &e),
                 Err(_) => tls::handshake_failed(&tls, peer, &"timed out"),
@@ -135,6 +163,7 @@ async fn serve_http<I>(ctx: Rc<WorkerContext>, io: I, conn: Connection)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    ctx.metrics.http_connection(HttpProtocol::Http1);
     let mut shutdown = ctx.shutdown.clone();
     let peer = conn.peer;
     let conn_info = Rc::new(conn);
@@ -163,5 +192,75 @@ where
     };
     if let Err(e) = result {
         tracing::debug!(%peer, worker = ctx.index, error = %e, "client connection ended with an error");
+    }
+}
+
+/// Serves HTTP/2 on a connection (h2 over TLS, or h2c with prior knowledge) until the client
+/// closes it, it fails, or it is told to go away: by shutdown, or by its [`http2::ResetBudget`].
+/// Going away sends GOAWAY and lets the streams in flight finish (a WebSocket on one ends when
+/// its session does: a drain closes it with 1001).
+async fn serve_h2<I>(ctx: Rc<WorkerContext>, io: I, mut conn: Connection)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+{
+    ctx.metrics.http_connection(HttpProtocol::Http2);
+    conn.protocol = HttpProtocol::Http2;
+    let mut shutdown = ctx.shutdown.clone();
+    let peer = conn.peer;
+    let conn_info = Rc::new(conn);
+    let builder = http2::builder(&conn_info.listener.config);
+    let service = {
+        let ctx = ctx.clone();
+        let conn_info = conn_info.clone();
+        service_fn(move |req| {
+            let conn = conn_info.clone();
+            let answer = proxy::handle(ctx.clone(), conn.clone(), req);
+            async move {
+                // Dropped before the answer: the client reset the stream.
+                let mut watch = CancelWatch {
+                    conn: &conn,
+                    answered: false,
+                };
+                let answer = answer.await;
+                watch.answered = true;
+                answer
+            }
+        })
+    };
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.fired() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        _ = conn_info.goaway.notified() => {
+            ctx.metrics.http2_reset_budget_exceeded();
+            tracing::info!(%peer, "HTTP/2 client cancelled too many requests: GOAWAY");
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        let label = http2::error_label(&e);
+        ctx.metrics.http2_error(label);
+        tracing::debug!(%peer, worker = ctx.index, error = %e, reason = label, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// Counts how one HTTP/2 request ended against its connection's [`http2::ResetBudget`].
+struct CancelWatch<'a> {
+    conn: &'a Connection,
+    answered: bool,
+}
+
+impl Drop for CancelWatch<'_> {
+    fn drop(&mut self) {
+        if self.answered {
+            self.conn.resets.completed();
+        } else if self.conn.resets.cancelled() {
+            self.conn.goaway.notify_one();
+        }
     }
 }

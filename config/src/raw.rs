@@ -106,6 +106,9 @@ pub(crate) struct RawListener {
     pub redirect_to: Text,
     pub max_connections: Num<usize>,
     pub max_handshakes_per_ip: Num<usize>,
+    pub http2: Flag,
+    pub http2_websockets: Flag,
+    pub http2_max_concurrent_streams: Num<u32>,
 }
 
 /// `[[listeners.NAME.certificates]]`
@@ -415,6 +418,9 @@ impl From<&Config> for RawConfig {
                         ))),
                         max_connections: Lenient(Some(l.max_connections)),
                         max_handshakes_per_ip: Lenient(Some(l.max_handshakes_per_ip)),
+                        http2: Lenient(Some(l.http2)),
+                        http2_websockets: Lenient(Some(l.http2_websockets)),
+                        http2_max_concurrent_streams: Lenient(Some(l.http2_max_concurrent_streams)),
                         certificates: (!l.certificates.is_empty()).then(|| {
                             l.certificates
                                 .iter()

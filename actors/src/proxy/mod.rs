@@ -42,6 +42,7 @@ use crate::error::ProxyError;
 use crate::grpc;
 use crate::handshake;
 use crate::headers;
+use crate::http2::HttpProtocol;
 use crate::metrics::{Metrics, RetryReason};
 use crate::pump::PumpConfig;
 use crate::response::ProxyBody;
@@ -49,7 +50,7 @@ use crate::route_table::{Route, SharedRoutes};
 use crate::session::{SessionActor, SessionEnv, SessionInfo, SessionRegistry};
 use crate::shutdown::{ShutdownSignal, Tracker};
 use crate::trace::{self, HandshakeOutcome};
-use crate::transport::{SessionIo, SessionStreams, TlsIo};
+use crate::transport::{SessionIo, SessionStreams, StreamIo, TlsIo};
 use crate::upgrade::UpgradeAnswer;
 use crate::upstream::{self, SendFailure, UpstreamBody, UpstreamPool};
 
@@ -88,8 +89,15 @@ pub struct Connection {
     /// The listener that accepted it.
     pub listener: Arc<ListenerInfo>,
     /// Counts the connection against its listener's limits. It lives as long as the connection:
-    /// dropped with it, or taken into the session when the connection upgrades (a `101`).
+    /// dropped with it, or taken into the session when the connection upgrades (a `101`). An
+    /// HTTP/2 connection keeps it: its WebSockets are streams of it.
     pub guard: RefCell<Option<ConnectionGuard>>,
+    /// HTTP/1.1 or HTTP/2.
+    pub protocol: HttpProtocol,
+    /// HTTP/2: requests the client cancelled against those answered.
+    pub resets: crate::http2::ResetBudget,
+    /// HTTP/2: woken when the connection should go away (its reset budget is spent).
+    pub goaway: tokio::sync::Notify,
 }
 
 /// What the access log and the span learn while a request is handled.
@@ -117,7 +125,10 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ClientGone> {
     let started = Instant::now();
-    let websocket = handshake::wants_websocket(req.headers());
+    let websocket = match conn.protocol {
+        HttpProtocol::Http1 => handshake::wants_websocket(req.headers()),
+        HttpProtocol::Http2 => handshake::is_h2_websocket(&req),
+    };
     let method = req.method().clone();
     let span = if websocket {
         trace::handshake(
@@ -326,6 +337,9 @@ fn prepare_head(parts: &mut http::request::Parts, conn: &Connection, route: &Rou
             .cloned()
             .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
         parts.uri = Uri::from(pq);
+    }
+    if parts.version == Version::HTTP_2 {
+        headers::join_cookies(&mut parts.headers);
     }
     parts.version = Version::HTTP_11;
     headers::strip_hop_by_hop(&mut parts.headers);

@@ -1,4 +1,9 @@
 //! Forwarding a WebSocket handshake and handing the upgraded sockets to a session.
+//!
+//! An HTTP/1.1 handshake goes to the backend as it came (hop-by-hop headers aside) and the
+//! backend's `101` comes back unchanged. An HTTP/2 one (RFC 8441 extended CONNECT) goes to the
+//! backend as an HTTP/1.1 upgrade with a key Tether makes; the backend's `101` must answer that
+//! key, and becomes a `200` on the client's stream, which the session then carries.
 
 use super::attempts::*;
 use super::*;
@@ -11,7 +16,13 @@ pub(super) async fn forward_websocket(
     span: &Span,
     facts: &mut RequestFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    handshake::validate(&req, req.body().is_end_stream())?;
+    let over_h2 = conn.protocol == HttpProtocol::Http2;
+    if over_h2 {
+        // The stream stays open for the WebSocket: no END_STREAM to check for.
+        handshake::validate_h2(&req)?;
+    } else {
+        handshake::validate(&req, req.body().is_end_stream())?;
+    }
     check_origin(&route, &req)?;
     check_subprotocols(&route, &req)?;
     let slot = route
@@ -25,6 +36,15 @@ pub(super) async fn forward_websocket(
     let (mut parts, _) = req.into_parts();
     prepare_head(&mut parts, conn, &route);
     headers::set_websocket_upgrade(&mut parts.headers);
+    // RFC 8441 §5: the HTTP/2 handshake has no key; the backend gets one of Tether's.
+    let key = over_h2.then(|| {
+        let key = handshake::new_key();
+        parts.method = http::Method::GET;
+        if let Ok(value) = HeaderValue::from_bytes(&key) {
+            parts.headers.insert(header::SEC_WEBSOCKET_KEY, value);
+        }
+        key
+    });
     trace::inject(span, &mut parts.headers);
     let mut attempts = Attempts::new(ctx, &route, conn);
     let answer = loop {
@@ -55,6 +75,17 @@ pub(super) async fn forward_websocket(
         };
         (backend, lease) = next;
     };
+    if let (Some(key), UpgradeAnswer::Switched { head, .. }) = (&key, &answer) {
+        let accept = head.headers().get(header::SEC_WEBSOCKET_ACCEPT);
+        if accept.is_none_or(|a| a.as_bytes() != handshake::accept_for(key)) {
+            let error = ProxyError::BackendAnswer {
+                backend,
+                cause: crate::upgrade::AnswerError::BadAccept,
+            };
+            report_failure(&lease, &error);
+            return Err(error);
+        }
+    }
     report_answer(&lease, backend, answer.status());
     let (head, backend_io, backend_prefix) = match answer {
         UpgradeAnswer::Switched { head, io, prefix } => (head, io, prefix),
@@ -72,9 +103,15 @@ pub(super) async fn forward_websocket(
         backend,
         client: conn.peer,
         lease: Some(lease.into_session()),
+        http_version: conn.protocol,
     };
-    // The connection's place in `max_connections` goes with its sockets into the session.
-    let connection = conn.guard.borrow_mut().take();
+    // The connection's place in `max_connections` goes with its sockets into the session; an
+    // HTTP/2 connection keeps it (the session is one of its streams).
+    let connection = if over_h2 {
+        None
+    } else {
+        conn.guard.borrow_mut().take()
+    };
     let pump = pump_config(&route);
     let token = ctx.tracker.token();
     let ctx = ctx.clone();
@@ -88,9 +125,17 @@ pub(super) async fn forward_websocket(
                 return;
             }
         };
-        let Some((client, client_prefix)) = into_tcp(client) else {
-            tracing::error!("upgraded client connection is not a TCP stream");
-            return;
+        let (client, client_prefix) = if over_h2 {
+            (
+                SessionIo::Stream(Box::new(StreamIo::new(client))),
+                Bytes::new(),
+            )
+        } else {
+            let Some(tcp) = into_tcp(client) else {
+                tracing::error!("upgraded client connection is not a TCP stream");
+                return;
+            };
+            tcp
         };
         let connection = connection.and_then(ConnectionGuard::into_session);
         let span = trace::session(&handshake_span, &info.route, info.backend);
@@ -112,8 +157,16 @@ pub(super) async fn forward_websocket(
         };
         SessionActor::new(info, streams, pump, env).start();
     });
-    // The backend's 101 goes back unchanged: accept key, subprotocol and extensions included.
-    let (parts, ()) = head.into_parts();
+    let (mut parts, ()) = head.into_parts();
+    if over_h2 {
+        // RFC 8441 §5: a 200 on the stream, with the subprotocol and extensions the backend
+        // chose; the accept key answered Tether's key, not the client's.
+        parts.status = StatusCode::OK;
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(header::SEC_WEBSOCKET_ACCEPT);
+    }
+    // Over HTTP/1.1 the backend's 101 goes back unchanged: accept key, subprotocol and
+    // extensions included.
     Ok(Response::from_parts(parts, ProxyBody::empty()))
 }
 

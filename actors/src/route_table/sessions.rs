@@ -36,6 +36,7 @@ pub(crate) struct LiveSession {
     pub(crate) member: SocketAddr,
     /// The port it is connected to on the member (see [`LiveSession::backend`]).
     port: u16,
+    http_version: crate::http2::HttpProtocol,
     opened: Instant,
     /// The session actor (weak: see [`SessionOpened::session`]).
     session: WeakAddr<SessionActor>,
@@ -79,6 +80,7 @@ impl Sessions {
                 route: msg.route,
                 member: msg.member,
                 port: msg.port,
+                http_version: msg.http_version,
                 opened: Instant::now(),
                 session: msg.session,
             },
@@ -152,6 +154,7 @@ impl Sessions {
                     route: live.route.to_string(),
                     backend: live.backend(),
                     age_ms: live.opened.elapsed().as_millis() as u64,
+                    http_version: live.http_version,
                     stats: None,
                 };
                 (info, live.session.clone())

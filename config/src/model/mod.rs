@@ -41,6 +41,11 @@ pub const DEFAULT_MAX_REQUEST_HEAD_BYTES: usize = 16 * 1024;
 /// The smallest accepted `max_request_head_bytes`: a browser's WebSocket handshake with
 /// cookies easily takes several KiB, and a limit below this breaks it in confusing ways.
 pub const MIN_MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
+/// `listeners.NAME.http2_max_concurrent_streams`: streams (requests and WebSockets) one HTTP/2
+/// client connection may have open at once, as HAProxy's `tune.h2.max-concurrent-streams`
+/// (nginx uses 128): enough for a browser's page load, small enough that one connection cannot
+/// take a worker's attention from the others.
+pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// `listeners.NAME.max_headers`.
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// `listeners.NAME.request_head_timeout`: how long a client may take to send its request
@@ -275,6 +280,15 @@ pub struct ListenerConfig {
     /// plain requests, not upgraded sessions); more get `429` and are closed. `0` (default) =
     /// no limit.
     pub max_handshakes_per_ip: usize,
+    /// HTTP/2 next to HTTP/1.1 on the same port (default on): ALPN `h2` on an HTTPS listener,
+    /// the connection preface ("prior knowledge", RFC 9113 §3.3) on an HTTP one.
+    pub http2: bool,
+    /// WebSockets over HTTP/2 (RFC 8441): `SETTINGS_ENABLE_CONNECT_PROTOCOL` is advertised and
+    /// extended CONNECT handshakes are served (default on; only with `http2`).
+    pub http2_websockets: bool,
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` announced to HTTP/2 clients; default
+    /// [`DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS`].
+    pub http2_max_concurrent_streams: u32,
 }
 
 /// A listener's protocol.

@@ -182,6 +182,19 @@ impl Checker<'_> {
             raw.request_body_timeout.as_ref(),
             DEFAULT_REQUEST_BODY_TIMEOUT,
         );
+        let http2_max_concurrent_streams = match raw
+            .http2_max_concurrent_streams
+            .unwrap_or(DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS)
+        {
+            0 => {
+                self.error(
+                    &at("http2_max_concurrent_streams"),
+                    "must be at least 1 (set http2 = false to turn HTTP/2 off)",
+                );
+                None
+            }
+            n => Some(n),
+        };
         Some(ListenerConfig {
             name: name.to_owned(),
             bind: bind?,
@@ -195,6 +208,9 @@ impl Checker<'_> {
             redirect_to: listener_tls?.1,
             max_connections: raw.max_connections.unwrap_or(0),
             max_handshakes_per_ip: raw.max_handshakes_per_ip.unwrap_or(0),
+            http2: raw.http2.unwrap_or(true),
+            http2_websockets: raw.http2_websockets.unwrap_or(true),
+            http2_max_concurrent_streams: http2_max_concurrent_streams?,
         })
     }
 

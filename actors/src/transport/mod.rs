@@ -19,6 +19,9 @@
 //!   byte of it; see [`ReadReadiness`] for what that costs the next read.
 //!
 //! An idle TLS session therefore holds only what rustls keeps per connection.
+//!
+//! A WebSocket opened over HTTP/2 (RFC 8441) has a stream instead of a socket on the client
+//! side: [`StreamIo`] gives it the same calls.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
@@ -29,6 +32,10 @@ use bytes::Bytes;
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 
+mod h2;
+
+pub use h2::StreamIo;
+
 /// One side of a session.
 #[derive(Debug)]
 pub enum SessionIo {
@@ -37,6 +44,8 @@ pub enum SessionIo {
     /// TLS over TCP, driven by the pump through rustls (boxed: rustls' state is over a KiB,
     /// and plain sessions should not pay for it).
     Tls(Box<TlsIo>),
+    /// An HTTP/2 stream of the client's connection (RFC 8441), shared with its other streams.
+    Stream(Box<StreamIo>),
 }
 
 /// TLS over a TCP socket, for the pump.
@@ -273,11 +282,12 @@ impl TlsIo {
 }
 
 impl SessionIo {
-    /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    /// The TCP socket underneath (`None` for an HTTP/2 stream: the socket is its connection's).
+    pub fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            SessionIo::Plain(tcp) => tcp,
-            SessionIo::Tls(tls) => &tls.tcp,
+            SessionIo::Plain(tcp) => Some(tcp),
+            SessionIo::Tls(tls) => Some(&tls.tcp),
+            SessionIo::Stream(_) => None,
         }
     }
 
@@ -294,8 +304,10 @@ impl SessionIo {
             return Poll::Ready(Ok(()));
         }
         match self {
+            SessionIo::Plain(tcp) => tcp.poll_read_ready(cx),
             SessionIo::Tls(tls) if tls.buffered.get() => Poll::Ready(Ok(())),
-            _ => self.tcp().poll_read_ready(cx),
+            SessionIo::Tls(tls) => tls.tcp.poll_read_ready(cx),
+            SessionIo::Stream(stream) => stream.poll_readable(cx),
         }
     }
 
@@ -308,8 +320,12 @@ impl SessionIo {
     /// the socket's read slot is then woken by the next event — more bytes, the FIN, a reset —
     /// and never spins. epoll reports the FIN and the reset (`RDHUP`, `HUP`) even behind
     /// unread bytes, and tokio keeps them as the socket's read-closed state.
+    ///
+    /// An HTTP/2 stream is never ready here (see [`StreamIo`]).
     pub fn poll_hangup(&self, cx: &mut Context<'_>, readiness: &mut ReadReadiness) -> Poll<()> {
-        let tcp = self.tcp();
+        let Some(tcp) = self.tcp() else {
+            return Poll::Pending;
+        };
         loop {
             match tcp.poll_read_ready(cx) {
                 Poll::Pending => return Poll::Pending,
@@ -332,7 +348,11 @@ impl SessionIo {
     /// Ready once the socket takes bytes (same single-slot registration as
     /// [`SessionIo::poll_readable`]).
     pub fn poll_writable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.tcp().poll_write_ready(cx)
+        match self {
+            SessionIo::Plain(tcp) => tcp.poll_write_ready(cx),
+            SessionIo::Tls(tls) => tls.tcp.poll_write_ready(cx),
+            SessionIo::Stream(stream) => stream.poll_writable(cx),
+        }
     }
 
     /// Waits until the socket takes bytes.
@@ -360,6 +380,7 @@ impl SessionIo {
                 Err(_) => ReadEnd::Error,
             },
             SessionIo::Tls(tls) => tls.read(buf, readiness, deliver),
+            SessionIo::Stream(stream) => stream.read(buf, deliver),
         }
     }
 
@@ -369,13 +390,14 @@ impl SessionIo {
         match self {
             SessionIo::Plain(tcp) => write_tcp(tcp, bytes),
             SessionIo::Tls(tls) => tls.try_write(bytes),
+            SessionIo::Stream(stream) => stream.try_write(bytes),
         }
     }
 
     /// Bytes accepted earlier still wait inside the transport (TLS records the socket refused).
     pub fn output_pending(&self) -> bool {
         match self {
-            SessionIo::Plain(_) => false,
+            SessionIo::Plain(_) | SessionIo::Stream(_) => false,
             SessionIo::Tls(tls) => tls.fin_after_flush.get() || tls.conn.borrow().wants_write(),
         }
     }
@@ -383,7 +405,7 @@ impl SessionIo {
     /// Writes what the transport holds, as far as the socket takes it.
     pub fn flush_output(&self) -> io::Result<()> {
         match self {
-            SessionIo::Plain(_) => Ok(()),
+            SessionIo::Plain(_) | SessionIo::Stream(_) => Ok(()),
             SessionIo::Tls(tls) => tls.flush(&mut tls.conn.borrow_mut()),
         }
     }
@@ -409,14 +431,24 @@ impl SessionIo {
                 tls.fin_after_flush.set(true);
                 let _ = tls.flush(&mut conn);
             }
+            SessionIo::Stream(stream) => stream.shutdown_write(),
         }
     }
 
     /// Closes the socket both ways at once.
+    ///
+    /// An HTTP/2 stream is ended instead (its connection carries other streams); dropping it
+    /// with the session resets it if the client has not ended its side.
     pub fn shutdown_both(&self) {
-        let _ = socket2::SockRef::from(self.tcp()).shutdown(std::net::Shutdown::Both);
-        if let SessionIo::Tls(tls) = self {
-            tls.fin_after_flush.set(false);
+        match self {
+            SessionIo::Plain(tcp) => {
+                let _ = socket2::SockRef::from(tcp).shutdown(std::net::Shutdown::Both);
+            }
+            SessionIo::Tls(tls) => {
+                let _ = socket2::SockRef::from(&tls.tcp).shutdown(std::net::Shutdown::Both);
+                tls.fin_after_flush.set(false);
+            }
+            SessionIo::Stream(stream) => stream.shutdown_write(),
         }
     }
 }
