@@ -1,7 +1,9 @@
 //! HTTP/2 backends end to end (`backend_settings.protocol = "h2c"` / `"h2"`): an HTTP/1.1
-//! client → Tether → an HTTP/2 backend. The backends are real HTTP/2 servers on 127.0.0.1: hyper's
-//! (echo, concurrency, TLS with ALPN), h2's (GOAWAY, REFUSED_STREAM) and a Python grpcio server
-//! (unary and streaming calls, status trailers, deadlines, the health service).
+//! client (hyper's, or raw bytes where the framing matters) → Tether → an HTTP/2 backend, and a
+//! Python grpcio client → Tether over h2c → a grpcio server. The backends are real HTTP/2
+//! servers on 127.0.0.1: hyper's (echo, concurrency, TLS with ALPN), h2's (GOAWAY,
+//! REFUSED_STREAM) and a Python grpcio server (unary and streaming calls, status trailers,
+//! deadlines, the health service).
 //!
 //! Nothing sleeps to synchronize: each step waits on an observable state (a response, a frame,
 //! the backend's own counters, `GET /backends`) under a bounded deadline.
@@ -638,4 +640,49 @@ async fn grpc_health_probes_follow_the_serving_status() {
         state(s, "app", grpc.addr) == "healthy"
     })
     .await;
+}
+
+/// A real gRPC client (grpcio, h2c with prior knowledge on Tether's plain listener) → Tether →
+/// the grpcio server: a unary call, an interleaved bidirectional stream, a non-zero
+/// `grpc-status` with its message, and a deadline that passes (DEADLINE_EXCEEDED, without
+/// counting against the member).
+#[tokio::test]
+async fn grpcio_client_through_tether_to_grpcio_server() {
+    let Some(python) = python_clients() else {
+        return;
+    };
+    let grpc = GrpcBackend::start(&python).await;
+    let sidecar = start(&h2c_toml(grpc.addr, ""));
+    let addr = sidecar.addr("public");
+    let out = within(
+        "grpcio client",
+        tokio::process::Command::new(&python)
+            .arg(python_script("grpc_client.py"))
+            .arg(addr.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "grpc_client.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(seen["unary"], "hello");
+    assert_eq!(seen["bidi"], serde_json::json!(["one", "two", "three"]));
+    assert_eq!(
+        seen["fail"],
+        serde_json::json!(["INVALID_ARGUMENT", "bad input: x"])
+    );
+    assert_eq!(seen["deadline"], "DEADLINE_EXCEEDED");
+    let status = backends(sidecar.admin_addr()).await;
+    assert_eq!(
+        member(&status, "app", grpc.addr)["passive"]["consecutive_failures"],
+        0,
+        "{status:#}"
+    );
 }
