@@ -113,6 +113,16 @@ async fn answer(req: Request<Incoming>, record: &Seen, barrier: &Barrier) -> Res
                 let _ = tx.send(Frame::trailers(trailers)).await;
             });
         }
+        p if p.starts_with("/header/") => {
+            let size: usize = p["/header/".len()..].parse().unwrap();
+            let mut resp = Response::new(StreamBody::new(Box::pin(futures_util::stream::empty())
+                as futures_util::stream::BoxStream<'static, _>));
+            resp.headers_mut().insert(
+                "x-big",
+                http::HeaderValue::from_str(&"a".repeat(size)).unwrap(),
+            );
+            return resp;
+        }
         "/together" => {
             barrier.wait().await;
             let _ = tx.send(Frame::data(Bytes::from_static(b"together"))).await;
@@ -411,6 +421,25 @@ async fn h2_over_tls_and_no_silent_downgrade() {
     assert_eq!(status, 502, "{body}");
     assert!(body.contains("did not select ALPN \"h2\""), "{body}");
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+/// A backend's response header list is accepted up to 64 KiB (above hyper's 16 KiB default)
+/// and refused above it with 502, the backend's failure.
+#[tokio::test]
+async fn response_header_lists_are_bounded() {
+    let (backend, _seen) = h2_backend(1, None).await;
+    let sidecar = start(&h2c_toml(backend, "retries = 0"));
+    let addr = sidecar.addr("public");
+    let (status, _) = within("32 KiB header", get(addr, "/header/32768", "")).await;
+    assert_eq!(status, 200);
+    let (status, body) = within("100 KiB header", get(addr, "/header/102400", "")).await;
+    assert_eq!(status, 502, "{body}");
+    let status = backends(sidecar.admin_addr()).await;
+    assert_eq!(
+        member(&status, "app", backend)["passive"]["consecutive_failures"],
+        1,
+        "{status:#}"
+    );
 }
 
 /// `kind = "http"` probes over h2c: the member is probed with HTTP/2 and comes into rotation.

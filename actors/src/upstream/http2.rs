@@ -44,6 +44,12 @@ use crate::error::ProxyError;
 /// minimum RFC 9113 §6.5.2 recommends a peer allow, so every conforming backend accepts it.
 pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
 
+/// The largest response header list (RFC 9113 §6.5.2 `SETTINGS_MAX_HEADER_LIST_SIZE`, as
+/// HPACK-decoded size) accepted from an HTTP/2 backend; a larger one fails the request with 502,
+/// counted against the member. 64 KiB, as in Envoy's default: room for large cookies and
+/// tokens, while a broken backend cannot make a worker hold megabytes of headers per stream.
+pub const MAX_RESPONSE_HEADER_LIST: u32 = 64 * 1024;
+
 /// How often an HTTP/2 backend connection is pinged, busy or idle, to find a dead peer that never
 /// closed its socket (a host gone without a RST) before requests pile onto it.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
@@ -279,6 +285,7 @@ where
         .keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
+        .max_header_list_size(MAX_RESPONSE_HEADER_LIST)
         .handshake(io)
         .await
         .map_err(|cause| ProxyError::BackendFailed { backend, cause })?;
