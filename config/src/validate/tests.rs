@@ -657,6 +657,13 @@ fn http2_backends_and_grpc_probes() {
             "probes.p.path: not used by grpc probes: they call grpc.health.v1.Health/Check and pass on SERVING [inline]",
         ]
     );
+    let root = crate::tree::parse_str(&with("protocol = \"h2\"", ""), "inline").unwrap();
+    assert_eq!(
+        crate::build(&root).unwrap().warnings,
+        [
+            r#"probes.p.protocol: probes over HTTP/1.1 members that backend settings "chat" reach over HTTP/2; a member that only speaks HTTP/2 fails every probe: set protocol = "h2" [built-in default]"#,
+        ]
+    );
     let bad = with("protocol = \"http2\"", "");
     assert!(
         errors(&bad)[0].starts_with("backend_settings.chat.protocol:"),
