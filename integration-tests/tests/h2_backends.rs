@@ -353,6 +353,52 @@ async fn refused_streams_are_retried_on_another_member() {
     assert_eq!(seen.heads.lock().unwrap().len(), 2);
 }
 
+/// In a pool of one (a sidecar's usual app), a stream the backend turns away unprocessed goes
+/// again to the same member on another stream; a POST (not idempotent) is not sent again.
+#[tokio::test]
+async fn a_refused_stream_goes_again_to_a_lone_member() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let streams = Arc::new(AtomicUsize::new(0));
+    let count = streams.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let count = count.clone();
+            tokio::spawn(async move {
+                let mut conn = h2::server::handshake(sock).await.unwrap();
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    // Every odd stream is refused, every even one served.
+                    if count.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    } else {
+                        let mut send = respond.send_response(Response::new(()), false).unwrap();
+                        send.send_data(Bytes::from_static(b"served"), true).unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let sidecar = start(&h2c_toml(backend, ""));
+    let addr = sidecar.addr("public");
+    let (status, body) = within("GET", get(addr, "/", "")).await;
+    assert_eq!((status, body.as_str()), (200, "served"));
+    assert_eq!(streams.load(Ordering::SeqCst), 2);
+    let mut client = h1_client(addr).await;
+    let req = Request::post("/")
+        .header("host", "app")
+        .body(empty())
+        .unwrap();
+    let resp = within("POST", client.send_request(req)).await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(streams.load(Ordering::SeqCst), 3);
+    let m = metrics(sidecar.admin_addr()).await;
+    assert_eq!(m.get("tether_backend_h2_streams_refused_total"), Some(&2.0));
+    assert_eq!(
+        m.get("tether_backend_retries_total{reason=\"reset\"}"),
+        Some(&1.0)
+    );
+}
+
 /// `protocol = "h2"`: TLS with ALPN `h2` to a backend with a certificate made here; a TLS
 /// backend that only speaks HTTP/1.1 is refused with 502, never spoken to in HTTP/1.1.
 #[tokio::test]

@@ -42,11 +42,12 @@ pub(super) async fn forward_http(
     };
     let mut attempts = Attempts::new(ctx, route, conn);
     // Only a bodyless idempotent request may be sent again after it was written, so only its
-    // head is kept, and only when there is another member to send it to.
+    // head is kept, and only when there is another member to send it to — or, for an HTTP/2
+    // backend, another stream on the same member (a stream it turned away, RFC 9113 §8.7).
     let mut replay = (upload.is_none()
         && attempts.budget > 0
         && idempotent(&parts.method)
-        && route.pool.members().len() > 1)
+        && (http2 || route.pool.members().len() > 1))
         .then(|| copy_head(&parts));
     let mut req = Request::from_parts(parts, body);
     let (resp, pooled) = loop {
@@ -114,10 +115,16 @@ pub(super) async fn forward_http(
         let Some((again, reason)) = again else {
             return Err(error);
         };
-        let Some(next) = attempts.next(again.headers(), &lease, reason, facts) else {
-            return Err(error);
-        };
-        (backend, lease) = next;
+        match attempts.next(again.headers(), &lease, reason, facts) {
+            Some(next) => (backend, lease) = next,
+            // An HTTP/2 backend turned the stream away unprocessed (the only "reset" an HTTP/2
+            // send reports): with no other member, the same one gets it again, on a stream of
+            // a connection still open or a new one.
+            None if http2 && reason == RetryReason::Reset => {
+                attempts.again_on_same(&lease, reason, facts);
+            }
+            None => return Err(error),
+        }
         req = again;
     };
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
