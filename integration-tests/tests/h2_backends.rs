@@ -368,7 +368,7 @@ async fn a_refused_stream_goes_again_to_a_lone_member() {
                 let mut conn = h2::server::handshake(sock).await.unwrap();
                 while let Some(Ok((_req, mut respond))) = conn.accept().await {
                     // Every odd stream is refused, every even one served.
-                    if count.fetch_add(1, Ordering::SeqCst) % 2 == 0 {
+                    if count.fetch_add(1, Ordering::SeqCst).is_multiple_of(2) {
                         respond.send_reset(h2::Reason::REFUSED_STREAM);
                     } else {
                         let mut send = respond.send_response(Response::new(()), false).unwrap();
