@@ -74,16 +74,28 @@ impl ClientBodyError {
     }
 }
 
-/// Whether a request's upload is waiting on the client right now. Shared (one `Rc` per request
-/// that has a body) between the [`RequestBody`] and the request path, which asks it when the
-/// backend's `request_timeout` runs out: a backend still waiting for the body is not at fault.
+/// Whether a request's upload is waiting on the client right now, and how many body bytes it
+/// has relayed. Shared (one `Rc` per request that has a body) between the [`RequestBody`] and
+/// the request path, which asks it when the backend's `request_timeout` runs out (a backend
+/// still waiting for the body is not at fault) and for the access log's `bytes_in`.
 #[derive(Debug, Clone, Default)]
-pub struct UploadProbe(Rc<Cell<bool>>);
+pub struct UploadProbe(Rc<ProbeState>);
+
+#[derive(Debug, Default)]
+struct ProbeState {
+    waiting: Cell<bool>,
+    bytes: Cell<u64>,
+}
 
 impl UploadProbe {
     /// True while the body's last poll found no data from the client (and it has not ended).
     pub fn waiting_on_client(&self) -> bool {
-        self.0.get()
+        self.0.waiting.get()
+    }
+
+    /// Body bytes received from the client and handed on so far (data frames only).
+    pub fn bytes(&self) -> u64 {
+        self.0.bytes.get()
     }
 }
 
@@ -152,11 +164,14 @@ impl Body for RequestBody {
         };
         let polled = Pin::new(&mut *incoming).poll_frame(cx);
         let waiting = polled.is_pending();
-        if let Some(probe) = &this.probe {
-            probe.0.set(waiting);
+        if let Some(probe) = this.probe.as_ref() {
+            probe.0.waiting.set(waiting);
         }
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(probe), Some(data)) = (this.probe.as_ref(), frame.data_ref()) {
+                    probe.0.bytes.set(probe.0.bytes.get() + data.len() as u64);
+                }
                 if incoming.is_end_stream() {
                     this.idle = None;
                 } else {

@@ -254,6 +254,24 @@ impl ProxyError {
         matches!(self, ProxyError::ClientBody(_))
     }
 
+    /// A short, low-cardinality class for the OpenTelemetry `error.type` attribute of the
+    /// span of a request that got no answer from its backend (a 5xx answer is recorded by its
+    /// status code instead).
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ProxyError::ConnectFailed { .. } => "connect_failed",
+            ProxyError::ConnectTimeout { .. } => "connect_timeout",
+            ProxyError::ResponseTimeout { .. } => "timeout",
+            ProxyError::DeadlineExceeded { .. } => "deadline_exceeded",
+            ProxyError::TlsFailed { .. } | ProxyError::TlsConfig { .. } => "tls",
+            ProxyError::UnrequestedUpgrade { .. } => "unrequested_upgrade",
+            ProxyError::ClientBody(ClientBodyError::Gone(_)) => "client_closed",
+            ProxyError::ClientBody(_) => "client_body",
+            ProxyError::BackendFailed { .. } | ProxyError::BackendAnswer { .. } => "backend_failed",
+            _ => "_OTHER",
+        }
+    }
+
     /// Which side caused it.
     pub fn side(&self) -> Side {
         match self {

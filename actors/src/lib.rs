@@ -51,6 +51,7 @@
 //! messages    messages        (one edge up: SessionOpened holds a WeakAddr<SessionActor>)
 //!                │
 //! data path   response ─▶ upstream ─▶ error ─▶ body   balance   admission   pump ─▶ outcome ◀─ metrics
+//!             response ─▶ access_log ─▶ body
 //!                │
 //! wire        frame   handshake   headers   upgrade   transport   tls
 //!                │
@@ -72,6 +73,7 @@
 //! `upstream`, `body`, `response`, `error`), the session pump and the socket transports are
 //! crate-private, so the compiler reports what nothing uses.
 
+pub mod access_log;
 pub mod admission;
 pub mod balance;
 mod body;

@@ -2,8 +2,9 @@
 //!
 //! * [`ProxyBody`]: either the backend's body streamed through (its pooled connection goes back
 //!   when the body ends), or a complete body held in memory (a short text Tether wrote, or a
-//!   backend's refusal of a WebSocket handshake). An enum rather than a boxed trait object, so
-//!   relaying a body costs no allocation.
+//!   backend's refusal of a WebSocket handshake). An enum inside rather than a boxed trait
+//!   object, so relaying a body costs no allocation; it counts the bytes it sends (one add per
+//!   frame) and writes the request's access-log line when it is dropped.
 //! * [`ProxyError::into_response`]: the answer for a failure. It is written here rather than in
 //!   [`crate::error`] so that the classification of failures does not depend on the backend
 //!   connection pool a streamed body returns its connection to.
@@ -15,14 +16,26 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use crate::access_log::AccessLine;
 use crate::error::ProxyError;
 use crate::grpc;
 use crate::handshake::HandshakeError;
 use crate::upstream::PooledConnection;
 
-/// A response body going to the client.
+/// A response body going to the client: either the backend's body streamed through, or a
+/// complete body held in memory. It also carries the request's access-log line, if any, and
+/// writes it when dropped, with the body bytes it sent (see [`crate::access_log`]).
 #[derive(Debug)]
-pub enum ProxyBody {
+pub struct ProxyBody {
+    kind: BodyKind,
+    /// Data bytes handed to hyper so far (the access log's `bytes_out`).
+    sent: u64,
+    /// The access-log line, written on drop.
+    line: Option<Box<AccessLine>>,
+}
+
+#[derive(Debug)]
+enum BodyKind {
     /// The backend's body, streamed frame by frame. The backend connection goes back to the
     /// worker's pool once the body has been read to its end.
     Upstream {
@@ -37,35 +50,58 @@ pub enum ProxyBody {
 }
 
 impl ProxyBody {
+    fn of(kind: BodyKind) -> ProxyBody {
+        ProxyBody {
+            kind,
+            sent: 0,
+            line: None,
+        }
+    }
+
     /// A complete short body.
     pub fn text(bytes: Bytes) -> ProxyBody {
-        ProxyBody::Text(Some(bytes))
+        ProxyBody::of(BodyKind::Text(Some(bytes)))
     }
 
     /// A complete body read in full (empty bytes make an empty body).
     pub fn full(bytes: Bytes) -> ProxyBody {
-        ProxyBody::Text((!bytes.is_empty()).then_some(bytes))
+        ProxyBody::of(BodyKind::Text((!bytes.is_empty()).then_some(bytes)))
     }
 
     /// An empty body.
     pub fn empty() -> ProxyBody {
-        ProxyBody::Text(None)
+        ProxyBody::of(BodyKind::Text(None))
     }
 
     /// Wraps a backend body; `release` goes back to its pool when the body ends.
     pub fn upstream(body: Incoming, release: Option<PooledConnection>) -> ProxyBody {
-        let mut b = ProxyBody::Upstream { body, release };
+        let mut b = ProxyBody::of(BodyKind::Upstream { body, release });
         b.release_if_done();
         b
     }
 
+    /// Writes `line` to the access log when this body is dropped: once hyper has sent its last
+    /// byte, or when the client went away first.
+    pub fn log_when_done(mut self, line: Box<AccessLine>) -> ProxyBody {
+        self.line = Some(line);
+        self
+    }
+
     fn release_if_done(&mut self) {
-        if let ProxyBody::Upstream { body, release } = self {
+        if let BodyKind::Upstream { body, release } = &mut self.kind {
             if body.is_end_stream() {
                 if let Some(conn) = release.take() {
                     conn.release();
                 }
             }
+        }
+    }
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if let Some(line) = self.line.take() {
+            line.write(self.sent);
         }
     }
 }
@@ -79,8 +115,8 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        match this {
-            ProxyBody::Upstream { body, release } => {
+        let polled = match &mut this.kind {
+            BodyKind::Upstream { body, release } => {
                 let polled = Pin::new(&mut *body).poll_frame(cx);
                 match &polled {
                     // hyper stops polling once `is_end_stream` is true, so the last data frame
@@ -103,22 +139,28 @@ impl Body for ProxyBody {
                 }
                 polled
             }
-            ProxyBody::Text(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            BodyKind::Text(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+        };
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.sent += data.len() as u64;
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ProxyBody::Upstream { body, .. } => body.is_end_stream(),
-            ProxyBody::Text(bytes) => bytes.is_none(),
+        match &self.kind {
+            BodyKind::Upstream { body, .. } => body.is_end_stream(),
+            BodyKind::Text(bytes) => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ProxyBody::Upstream { body, .. } => body.size_hint(),
-            ProxyBody::Text(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            ProxyBody::Text(None) => SizeHint::with_exact(0),
+        match &self.kind {
+            BodyKind::Upstream { body, .. } => body.size_hint(),
+            BodyKind::Text(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            BodyKind::Text(None) => SizeHint::with_exact(0),
         }
     }
 }

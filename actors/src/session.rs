@@ -288,13 +288,17 @@ fn record_on_span(span: &Span, summary: &SessionSummary) {
         if let Some(code) = c.code {
             span.record("websocket.close.client.code", i64::from(code));
         }
-        span.record("websocket.close.client.reason", c.reason.as_str());
+        if !c.reason.is_empty() {
+            span.record("websocket.close.client.reason", c.reason.as_str());
+        }
     }
     if let Some(c) = &o.backend_close {
         if let Some(code) = c.code {
             span.record("websocket.close.backend.code", i64::from(code));
         }
-        span.record("websocket.close.backend.reason", c.reason.as_str());
+        if !c.reason.is_empty() {
+            span.record("websocket.close.backend.reason", c.reason.as_str());
+        }
     }
     if let Some(code) = o.tether_close {
         span.record("websocket.close.tether.code", i64::from(code));
@@ -317,6 +321,6 @@ fn record_on_span(span: &Span, summary: &SessionSummary) {
         summary.duration.as_secs_f64() * 1e3,
     );
     if !matches!(o.cause, EndCause::Normal | EndCause::Drain) {
-        span.record("otel.status_code", "ERROR");
+        trace::record_error(span, o.cause.as_str());
     }
 }

@@ -213,14 +213,16 @@ where
         let ctx = ctx.clone();
         let conn_info = conn_info.clone();
         service_fn(move |req| {
-            let conn = conn_info.clone();
-            let answer = proxy::handle(ctx.clone(), conn.clone(), req);
+            // Made before the answer is first polled: a stream reset before hyper ever polled
+            // its answer counts as cancelled too.
+            let watch = CancelWatch {
+                conn: conn_info.clone(),
+                answered: false,
+            };
+            let answer = proxy::handle(ctx.clone(), conn_info.clone(), req);
             async move {
-                // Dropped before the answer: the client reset the stream.
-                let mut watch = CancelWatch {
-                    conn: &conn,
-                    answered: false,
-                };
+                // The whole guard moves in (not just the field the block writes).
+                let mut watch = watch;
                 let answer = answer.await;
                 watch.answered = true;
                 answer
@@ -249,13 +251,14 @@ where
     }
 }
 
-/// Counts how one HTTP/2 request ended against its connection's [`http2::ResetBudget`].
-struct CancelWatch<'a> {
-    conn: &'a Connection,
+/// Counts how one HTTP/2 request ended against its connection's [`http2::ResetBudget`]: dropped
+/// before its answer was ready, the client reset the stream.
+struct CancelWatch {
+    conn: Rc<Connection>,
     answered: bool,
 }
 
-impl Drop for CancelWatch<'_> {
+impl Drop for CancelWatch {
     fn drop(&mut self) {
         if self.answered {
             self.conn.resets.completed();

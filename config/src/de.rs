@@ -22,6 +22,54 @@ pub(crate) fn from_node<'de, T: de::Deserialize<'de>>(
     T::deserialize(NodeDe::new(node, path.to_owned())).map_err(DeError::into_config_error)
 }
 
+/// [`from_node`], reporting every error of a table rather than the first: serde stops at the
+/// first unknown field or bad value, so when the whole fails, each leaf value of the tree (a
+/// scalar, a list, an empty table) is read again alone, in a copy of the tree pruned down to
+/// that one path, and every error found that way is returned, in path order. A "missing
+/// required field" found only by a pruned read is not one (the field is elsewhere in the tree).
+pub(crate) fn from_node_all<T: de::DeserializeOwned>(
+    node: &Node,
+    path: &str,
+) -> Result<T, Vec<ConfigError>> {
+    let first = match from_node(node, path) {
+        Ok(value) => return Ok(value),
+        Err(e) => e,
+    };
+    let mut all: Vec<ConfigError> = Vec::new();
+    for pruned in leaves(node) {
+        if let Err(e) = from_node::<T>(&pruned, path) {
+            if e.message != MISSING && !all.contains(&e) {
+                all.push(e);
+            }
+        }
+    }
+    if !all.contains(&first) && (all.is_empty() || first.message != MISSING) {
+        all.push(first);
+    }
+    all.sort_by(|a, b| a.path.cmp(&b.path));
+    Err(all)
+}
+
+const MISSING: &str = "missing required field";
+
+/// One copy of `node` per leaf, each holding only the tables on the way to that leaf.
+fn leaves(node: &Node) -> Vec<Node> {
+    match &node.value {
+        Value::Table(entries) if !entries.is_empty() => entries
+            .iter()
+            .flat_map(|(key, child)| {
+                leaves(child).into_iter().map(move |pruned| {
+                    Node::table(
+                        &node.source,
+                        std::iter::once((key.clone(), pruned)).collect(),
+                    )
+                })
+            })
+            .collect(),
+        _ => vec![node.clone()],
+    }
+}
+
 /// A deserialization error, located (path and source) by the innermost node it passed.
 #[derive(Debug)]
 pub(crate) struct DeError {
@@ -297,6 +345,34 @@ mod tests {
     enum Mode {
         Http,
         Https,
+    }
+
+    #[test]
+    fn every_error_of_a_table_is_reported_not_only_the_first() {
+        let root = parse_str(
+            "[a]\nbnd = 1\nbind = [1]\nmode = \"htps\"\nzzzzz = 2\n[b]\nbind = \"x\"\n",
+            "inline",
+        )
+        .unwrap();
+        let errors = from_node_all::<BTreeMap<String, Inner>>(&root, "").unwrap_err();
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            errors,
+            [
+                "a.bind: expected a string, found a list [inline]",
+                r#"a.bnd: unknown field "bnd" (did you mean "bind"?) [inline]"#,
+                r#"a.mode: unknown value "htps" (did you mean "https"?); expected one of: http, https [inline]"#,
+                r#"a.zzzzz: unknown field "zzzzz" (known fields: bind, mode) [inline]"#,
+            ]
+        );
+        // A missing field is still reported when it is the only problem.
+        let root = parse_str("[a]\nmode = \"http\"\n", "inline").unwrap();
+        let errors = from_node_all::<BTreeMap<String, Inner>>(&root, "").unwrap_err();
+        assert_eq!(errors.len(), 1);
+        assert_eq!(
+            errors[0].to_string(),
+            "a.bind: missing required field [inline]"
+        );
     }
 
     fn de(toml: &str) -> Result<BTreeMap<String, Inner>, ConfigError> {

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::de::from_node;
+use crate::de::{from_node, from_node_all};
 use crate::error::{unknown_field, ConfigError};
 use crate::lenient::{Flag, Lenient, List, Num, Text};
 use crate::model::{
@@ -85,6 +85,8 @@ pub(crate) struct RawTelemetry {
     pub otlp_endpoint: Text,
     pub log_format: Option<LogFormat>,
     pub log_level: Text,
+    pub access_log_fields: List,
+    pub record_query: Flag,
 }
 
 /// `[listeners.NAME]`
@@ -247,11 +249,11 @@ const TOP_LEVEL: [(&str, ReadKey); 12] = [
     ("shutdown_close_code", |n, k, raw, _, _| {
         from_node(n, k).map(|v| raw.shutdown_close_code = v)
     }),
-    ("admin", |n, k, raw, _, _| {
-        from_node(n, k).map(|v| raw.admin = Some(v))
+    ("admin", |n, k, raw, _, errors| {
+        whole(n, k, errors).map(|v| raw.admin = Some(v))
     }),
-    ("telemetry", |n, k, raw, _, _| {
-        from_node(n, k).map(|v| raw.telemetry = Some(v))
+    ("telemetry", |n, k, raw, _, errors| {
+        whole(n, k, errors).map(|v| raw.telemetry = Some(v))
     }),
     ("listeners", |n, k, raw, declared, errors| {
         entries(n, k, &mut raw.listeners, &mut declared.listeners, errors)
@@ -286,8 +288,8 @@ const TOP_LEVEL: [(&str, ReadKey); 12] = [
             errors,
         )
     }),
-    ("dns", |n, k, raw, _, _| {
-        from_node(n, k).map(|v| raw.dns = Some(v))
+    ("dns", |n, k, raw, _, errors| {
+        whole(n, k, errors).map(|v| raw.dns = Some(v))
     }),
     ("allow_empty", |n, k, raw, _, _| {
         from_node(n, k).map(|v| raw.allow_empty = v)
@@ -355,8 +357,24 @@ impl Declared {
 }
 
 /// Reads each entry of a named table (`[listeners.NAME]`, ...) on its own.
-fn entries<'de, T: Deserialize<'de>>(
-    node: &'de Node,
+/// Reads a table, every error of it reported ([`from_node_all`]): the last is returned, the
+/// others go to `errors`.
+fn whole<T: serde::de::DeserializeOwned>(
+    node: &Node,
+    path: &str,
+    errors: &mut Vec<ConfigError>,
+) -> Result<T, ConfigError> {
+    from_node_all(node, path).map_err(|mut all| {
+        let last = all
+            .pop()
+            .unwrap_or_else(|| ConfigError::new(path, "invalid", &node.source));
+        errors.extend(all);
+        last
+    })
+}
+
+fn entries<T: serde::de::DeserializeOwned>(
+    node: &Node,
     section: &str,
     out: &mut BTreeMap<String, T>,
     names: &mut Vec<String>,
@@ -371,11 +389,11 @@ fn entries<'de, T: Deserialize<'de>>(
     };
     for (name, entry) in table {
         names.push(name.clone());
-        match from_node(entry, &format!("{section}.{name}")) {
+        match from_node_all(entry, &format!("{section}.{name}")) {
             Ok(value) => {
                 out.insert(name.clone(), value);
             }
-            Err(e) => errors.push(e),
+            Err(all) => errors.extend(all),
         }
     }
     Ok(())
@@ -398,6 +416,14 @@ impl From<&Config> for RawConfig {
                 otlp_endpoint: Lenient(c.telemetry.otlp_endpoint.clone()),
                 log_format: Some(c.telemetry.log_format),
                 log_level: Lenient(Some(c.telemetry.log_level.clone())),
+                access_log_fields: Lenient(Some(
+                    c.telemetry
+                        .access_log_fields
+                        .iter()
+                        .map(|f| f.as_str().to_owned())
+                        .collect(),
+                )),
+                record_query: Lenient(Some(c.telemetry.record_query)),
             }),
             listeners: c
                 .listeners

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The echo demo with its traces going to a real OpenTelemetry collector (rotel, from PyPI), which
 # prints every span it receives. Open http://localhost:8080, Connect, Send, Close Socket, and
-# watch the websocket.handshake and websocket.session spans arrive below. Ctrl-C stops both.
+# watch the handshake (GET /ws) and websocket.session spans arrive below. Ctrl-C stops both.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

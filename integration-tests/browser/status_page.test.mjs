@@ -1,6 +1,8 @@
 // Headless Chromium (Debian's /usr/bin/chromium, driven by playwright-core) against a real
 // Tether: the admin status page shows a pool member going unhealthy when it is killed, and
-// the example echo page works through the sidecar (Connect, Send, echo, Close Socket).
+// the example echo page works through the sidecar (Connect, Send, echo, Close Socket); the echo
+// page loads over HTTPS with HTTP/2 and its wss:// WebSocket runs over that HTTP/2 connection
+// (RFC 8441), which the admin /sessions list proves.
 // Screenshots go to integration-tests/artifacts/.
 //
 //   node status_page.test.mjs           (FIXTURE=path/to/browser_fixture, CHROMIUM=path)
@@ -8,7 +10,8 @@
 // Exit code 0 on success; any failed expectation throws.
 
 import { spawn } from "node:child_process";
-import { mkdirSync } from "node:fs";
+import { createHash, X509Certificate } from "node:crypto";
+import { mkdirSync, readFileSync } from "node:fs";
 import { createInterface } from "node:readline";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -39,10 +42,15 @@ let browser;
 try {
   const addrs = JSON.parse(await nextLine());
   console.log("fixture:", addrs);
+  // Trust the HTTPS listener's own certificate by its key (no certificate error state, which
+  // would change how Chromium pools connections).
+  const spki = new X509Certificate(readFileSync(addrs.cert)).publicKey.export({ type: "spki", format: "der" });
+  const spkiHash = createHash("sha256").update(spki).digest("base64");
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     headless: true,
     args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+      "--ignore-certificate-errors-spki-list=" + spkiHash,
       "--disable-background-networking", "--disable-component-update", "--disable-sync"],
   });
   const context = await browser.newContext({ viewport: { width: 1280, height: 900 } });
@@ -80,6 +88,26 @@ try {
   await status.locator("#endings tr", { hasText: "1000" }).first().waitFor({ timeout: STEP });
   await status.screenshot({ path: join(artifacts, "status-page.png"), fullPage: true });
   console.log("echo demo closed; ending listed");
+
+  // HTTPS: the page over HTTP/2, and its wss:// WebSocket on the same HTTP/2 connection.
+  const secure = await context.newPage();
+  await secure.goto(addrs.secure);
+  const pageProtocol = await secure.evaluate(() => performance.getEntriesByType("navigation")[0].nextHopProtocol);
+  assert.equal(pageProtocol, "h2");
+  const echoed = await secure.evaluate(() => new Promise((resolve, reject) => {
+    const ws = new WebSocket(location.origin.replace("https:", "wss:") + "/ws");
+    window.h2socket = ws;
+    ws.onopen = () => ws.send("over HTTP/2");
+    ws.onmessage = e => resolve(e.data);
+    ws.onerror = () => reject(new Error("WebSocket failed"));
+    setTimeout(() => reject(new Error("no echo")), 10_000);
+  }));
+  assert.equal(echoed, "over HTTP/2");
+  const sessions = await (await fetch(addrs.status + "sessions")).json();
+  const overH2 = sessions.live.filter(s => s.http_version === "2");
+  assert.equal(overH2.length, 1, JSON.stringify(sessions));
+  await secure.evaluate(() => new Promise(resolve => { window.h2socket.onclose = resolve; window.h2socket.close(1000); }));
+  console.log("https: page over h2, WebSocket over the same HTTP/2 connection (RFC 8441)");
 
   // Chat: two tabs through the sidecar; a message from one is broadcast to both.
   const tabs = [await context.newPage(), await context.newPage()];

@@ -12,6 +12,14 @@ Scenarios (each prints one JSON object on stdout, then exits):
   version    an extended CONNECT with Sec-WebSocket-Version 8: reports the status.
   rapid_reset  100 requests opened and reset at once (CVE-2023-44487): reports the GOAWAY.
   big_headers  a request whose header list is over the server's limit: reports the status.
+  concurrent   opens one stream more than the server allows (raw frames): reports the resets.
+  paced_reset  requests reset one at a time, each after the server took it (a PING answered in
+               between): reports how many went before the GOAWAY and its code.
+  continuation_flood  HEADERS without END_HEADERS, then CONTINUATION frames without end:
+               reports whether the server closed the connection and how.
+  many_gets    500 GETs one after the other on one connection: reports their statuses.
+  ping_flood   PINGs written without reading the answers until the server stops reading:
+               reports how many were written.
 
 Every socket read has a timeout, so a hang becomes an error instead of a stuck test.
 """
@@ -74,6 +82,7 @@ def first_frame(buf):
 class Client:
     def __init__(self, host, port, ca=None):
         raw = socket.create_connection((host, port), timeout=TIMEOUT)
+        raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if ca:
             ctx = ssl.create_default_context(cafile=ca)
             ctx.set_alpn_protocols(["h2"])
@@ -358,6 +367,109 @@ def big_headers(c):
     }
 
 
+def raw_frame(kind, flags, sid, payload):
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + sid.to_bytes(4, "big") + payload
+
+
+def get_block(c, path="/plain"):
+    import hpack
+
+    return hpack.Encoder().encode(
+        [(":method", "GET"), (":scheme", c.scheme), (":path", path), (":authority", c.authority)]
+    )
+
+
+def concurrent(c):
+    limit = c.remote_settings.get(0x3)
+    block = get_block(c)
+    sids = [1 + 2 * i for i in range(limit + 1)]
+    # HEADERS with END_STREAM|END_HEADERS, each block encoded alone (a fresh encoder each time).
+    c.send_raw(b"".join(raw_frame(0x1, 0x5, sid, block) for sid in sids))
+    c.raw = True
+    try:
+        c.wait("a reset", lambda: len(c.reset) > 0)
+    except (EOFError, OSError):
+        pass
+    return {"limit": limit, "reset": {str(k): v for k, v in c.reset.items()}}
+
+
+def paced_reset(c):
+    block = get_block(c)
+    c.raw = True
+    sent = 0
+    for i in range(1000):
+        sid = 1 + 2 * i
+        ping = os.urandom(8)
+        c.send_raw(raw_frame(0x1, 0x5, sid, block) + raw_frame(0x6, 0x0, 0, ping))
+        # The PING's answer means the server read the HEADERS before it.
+        acked = [False]
+        original = c.handle_raw
+
+        def watch(frame, acked=acked, original=original):
+            if frame[3] == 0x6 and frame[4] & 0x1 and frame[9:17] == ping:
+                acked[0] = True
+            original(frame)
+
+        c.handle_raw = watch
+        try:
+            c.wait("ping ack", lambda: acked[0] or c.goaway is not None)
+        except (EOFError, OSError):
+            break
+        finally:
+            c.handle_raw = original
+        if c.goaway is not None:
+            break
+        c.send_raw(raw_frame(0x3, 0x0, sid, (0x8).to_bytes(4, "big")))  # RST_STREAM CANCEL
+        sent += 1
+    return {"reset_before_goaway": sent, "goaway": c.goaway}
+
+
+def continuation_flood(c):
+    import hpack
+
+    c.raw = True
+    enc = hpack.Encoder()
+    block = enc.encode([(":method", "GET"), (":scheme", c.scheme), (":path", "/plain"), (":authority", c.authority)])
+    c.send_raw(raw_frame(0x1, 0x1, 1, block))  # END_STREAM, no END_HEADERS
+    fragment = enc.encode([("x-flood", "a" * 100)])
+    written = 0
+    c.sock.settimeout(2)
+    try:
+        for _ in range(100_000):
+            c.send_raw(raw_frame(0x9, 0x0, 1, fragment))
+            written += 1
+    except OSError:
+        pass
+    c.sock.settimeout(TIMEOUT)
+    try:
+        c.wait("goaway", lambda: c.goaway is not None)
+    except (EOFError, OSError):
+        pass
+    return {"written": written, "goaway": c.goaway, "closed": c.closed}
+
+
+def ping_flood(c):
+    c.raw = True
+    c.sock.settimeout(2)
+    written = 0
+    try:
+        for _ in range(2_000_000):
+            c.send_raw(raw_frame(0x6, 0x0, 0, b"12345678"))
+            written += 1
+    except OSError:
+        pass
+    return {"written": written}
+
+
+def many_gets(c):
+    statuses = {}
+    for _ in range(500):
+        sid = c.get("/plain")
+        status = c.headers.get(sid, {}).get(":status")
+        statuses[status] = statuses.get(status, 0) + 1
+    return {"statuses": statuses, "goaway": c.goaway}
+
+
 def main():
     host, port, scenario = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     ca = sys.argv[5] if len(sys.argv) > 5 and sys.argv[4] == "--tls" else None
@@ -369,6 +481,11 @@ def main():
         "version": version,
         "rapid_reset": rapid_reset,
         "big_headers": big_headers,
+        "concurrent": concurrent,
+        "paced_reset": paced_reset,
+        "continuation_flood": continuation_flood,
+        "ping_flood": ping_flood,
+        "many_gets": many_gets,
     }
     out = scenarios[scenario](c)
     print(json.dumps(out), flush=True)

@@ -40,6 +40,8 @@ pub struct ReceivedSpan {
     pub attributes: HashMap<String, String>,
     /// `service.name` of the resource it came with.
     pub service: String,
+    /// Every attribute of that resource, as text.
+    pub resource: HashMap<String, String>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -123,15 +125,15 @@ impl TraceService for Sink {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut spans = self.spans.lock().unwrap();
         for rs in &request.get_ref().resource_spans {
-            let service = rs
+            let resource: HashMap<String, String> = rs
                 .resource
-                .as_ref()
-                .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
-                .map(|kv| text(&kv.value))
-                .unwrap_or_default();
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .map(|kv| (kv.key.clone(), text(&kv.value)))
+                .collect();
             for ss in &rs.scope_spans {
                 for s in &ss.spans {
-                    spans.push(flatten(s, &service));
+                    spans.push(flatten(s, &resource));
                 }
             }
         }
@@ -142,7 +144,7 @@ impl TraceService for Sink {
     }
 }
 
-fn flatten(s: &Span, service: &str) -> ReceivedSpan {
+fn flatten(s: &Span, resource: &HashMap<String, String>) -> ReceivedSpan {
     ReceivedSpan {
         name: s.name.clone(),
         kind: s.kind,
@@ -154,7 +156,8 @@ fn flatten(s: &Span, service: &str) -> ReceivedSpan {
             .iter()
             .map(|kv| (kv.key.clone(), text(&kv.value)))
             .collect(),
-        service: service.to_string(),
+        service: resource.get("service.name").cloned().unwrap_or_default(),
+        resource: resource.clone(),
     }
 }
 

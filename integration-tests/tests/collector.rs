@@ -1,5 +1,6 @@
 //! End to end with a real OpenTelemetry collector (`rotel`, installed from PyPI by `.ci/run`):
-//! the collector must print Tether's session span, over OTLP/gRPC and over OTLP/HTTP.
+//! the collector must print Tether's session span, over OTLP/gRPC and over OTLP/HTTP, and the
+//! handshake's span with the OpenTelemetry HTTP semantic conventions.
 //!
 //! The collector binary comes from `ROTEL_AGENT` (set by `.ci/test`). Without it the test says so
 //! and passes locally; under `CI=true` a missing collector is a failure.
@@ -90,6 +91,17 @@ impl Collector {
     }
 }
 
+impl Collector {
+    /// Fails if any line seen so far contains one of `needles`.
+    fn assert_never_printed(&self, needles: &[&str]) {
+        for line in &self.seen {
+            for needle in needles {
+                assert!(!line.contains(needle), "rotel printed {needle:?}: {line}");
+            }
+        }
+    }
+}
+
 async fn one_session(env: &[(String, String)], backend: std::net::SocketAddr, service: &str) {
     let toml = format!(
         "{}\n[telemetry]\nservice_name = \"{service}\"\n",
@@ -132,6 +144,20 @@ async fn the_real_collector_prints_the_session_span_over_grpc_and_http() {
     collector.wait_for("tether-grpc");
     collector.wait_for("websocket.session");
     collector.wait_for("websocket.close.cause");
+    // The handshake's SERVER span, named and described by the HTTP semantic conventions, and
+    // the resource that says which build and which instance sent it.
+    collector.wait_for("GET /*");
+    collector.wait_for("http.route: Str(/*)");
+    collector.wait_for("tether.route: Str(app)");
+    collector.wait_for("url.scheme: Str(http)");
+    collector.wait_for("client.address: Str(127.0.0.1)");
+    collector.wait_for("network.protocol.version: Str(1.1)");
+    collector.wait_for(&format!(
+        "service.version: Str({})",
+        env!("CARGO_PKG_VERSION")
+    ));
+    collector.wait_for("service.instance.id");
+    collector.assert_never_printed(&["code.filepath", "thread.id", "busy_ns", "Str()"]);
 
     let http_env = vec![
         (

@@ -341,3 +341,105 @@ async fn oversize_header_list_gets_431_and_the_connection_lives_on() {
     assert_eq!(out["next_status"], "200", "{out}");
     within("stop", sidecar.stop()).await.unwrap();
 }
+
+#[tokio::test]
+async fn streams_over_the_limit_are_refused() {
+    let Some(python) = python_clients() else {
+        return;
+    };
+    // A backend that never answers keeps every stream open.
+    let silent = tether_integration_tests::backends::silent_backend().await;
+    let sidecar = start(&config(silent.addr, "http2_max_concurrent_streams = 5"));
+    let out = h2_client(&python, sidecar.addr("public"), "concurrent", None).await;
+    assert_eq!(out["limit"], 5, "{out}");
+    // The sixth stream (id 11) is refused (REFUSED_STREAM, 0x7): safe for the client to retry.
+    assert_eq!(out["reset"]["11"], 7, "{out}");
+    within("stop", sidecar.stop()).await.unwrap();
+}
+
+#[tokio::test]
+async fn paced_rapid_reset_spends_the_budget_and_gets_goaway() {
+    let Some(python) = python_clients() else {
+        return;
+    };
+    let silent = tether_integration_tests::backends::silent_backend().await;
+    let sidecar = start(&config(silent.addr, ""));
+    let out = h2_client(&python, sidecar.addr("public"), "paced_reset", None).await;
+    eprintln!("{out}");
+    // Every request was taken by the server before it was cancelled, one at a time, so the
+    // burst limit never fired; the budget did, with a graceful GOAWAY (NO_ERROR).
+    let sent = out["reset_before_goaway"].as_u64().unwrap();
+    assert!(
+        (u64::from(tether_actors::http2::RESET_BUDGET)
+            ..=u64::from(tether_actors::http2::RESET_BUDGET) + 2)
+            .contains(&sent),
+        "{out}"
+    );
+    assert_eq!(out["goaway"], 0, "{out}");
+    let metrics = admin_get(sidecar.admin_addr(), "/metrics").await;
+    assert!(
+        metrics.contains("tether_http2_reset_budget_exceeded_total 1"),
+        "{metrics}"
+    );
+    within("stop", sidecar.stop()).await.unwrap();
+}
+
+#[tokio::test]
+async fn continuation_flood_closes_the_connection() {
+    let Some(python) = python_clients() else {
+        return;
+    };
+    let member = Member::start("a").await;
+    let sidecar = start(&config(member.addr, ""));
+    let out = h2_client(&python, sidecar.addr("public"), "continuation_flood", None).await;
+    eprintln!("{out}");
+    // The header list passes max_request_head_bytes after ~150 fragments: the connection ends
+    // long before the client is done writing.
+    assert!(out["written"].as_u64().unwrap() < 100_000, "{out}");
+    assert!(!out["goaway"].is_null() || out["closed"] == true, "{out}");
+    assert_eq!(
+        member.requests.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "nothing reached the backend"
+    );
+    within("stop", sidecar.stop()).await.unwrap();
+}
+
+#[tokio::test]
+async fn ping_flood_is_bounded_and_other_clients_are_served() {
+    let Some(python) = python_clients() else {
+        return;
+    };
+    let Some(_) = curl() else { return };
+    let member = Member::start("a").await;
+    let sidecar = start(&config(member.addr, ""));
+    let out = h2_client(&python, sidecar.addr("public"), "ping_flood", None).await;
+    eprintln!("{out}");
+    // Each PING's answer must be written before more frames are read: a client that never
+    // reads is stopped by TCP backpressure, long before two million PINGs.
+    assert!(out["written"].as_u64().unwrap() < 2_000_000, "{out}");
+    let url = format!("http://{}/plain", sidecar.addr("public"));
+    assert_eq!(
+        curl_version_and_status(&["--http2-prior-knowledge", &url]).await,
+        "2 200"
+    );
+    within("stop", sidecar.stop()).await.unwrap();
+}
+
+#[tokio::test]
+async fn many_requests_on_one_connection_do_not_spend_the_reset_budget() {
+    let Some(python) = python_clients() else {
+        return;
+    };
+    let member = Member::start("a").await;
+    let sidecar = start(&config(member.addr, ""));
+    let out = h2_client(&python, sidecar.addr("public"), "many_gets", None).await;
+    assert_eq!(out["statuses"]["200"], 500, "{out}");
+    assert!(out["goaway"].is_null(), "{out}");
+    let metrics = admin_get(sidecar.admin_addr(), "/metrics").await;
+    assert!(
+        metrics.contains("tether_http2_reset_budget_exceeded_total 0"),
+        "{metrics}"
+    );
+    within("stop", sidecar.stop()).await.unwrap();
+}

@@ -496,3 +496,47 @@ async fn a_yaml_alias_bomb_reload_is_refused_quickly() {
     drop((live, fresh));
     within("stop", watched.sidecar.stop()).await.unwrap();
 }
+
+/// The binary's watcher over a `--config-dir`: a file added to the directory is read by the
+/// next reload a trigger (SIGHUP) asks for. The poll is an hour here, so only the trigger can
+/// have read it.
+#[tokio::test]
+async fn a_trigger_reads_a_file_added_to_the_config_dir() {
+    use tether::reloader::{expand, ConfigPath};
+    let a = Member::start("a").await;
+    let b = Member::start("b").await;
+    let dir = std::env::temp_dir().join(format!("tether-watch-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("00-base.toml"),
+        config(a.addr, b.addr, "one", false, ""),
+    )
+    .unwrap();
+    let paths = vec![ConfigPath::Dir(dir.clone())];
+    let watcher = ConfigWatcher::over(paths.clone(), Vec::new(), Duration::from_secs(3600))
+        .expect("the directory has a file");
+    let sources = Sources {
+        files: expand(&paths).unwrap(),
+        env: Vec::new(),
+    };
+    let config = tether_config::load(&sources).expect("valid").config;
+    let sidecar = tether::Sidecar::start(config).expect("start");
+    let trigger = watcher.trigger();
+    tokio::spawn(watcher.run(sidecar.reloads()));
+    let (addr, admin) = (sidecar.addr("public"), sidecar.admin_addr());
+    assert_eq!(get(addr, "/extra/x", "").await.0, 404);
+
+    std::fs::write(
+        dir.join("10-extra.toml"),
+        "[routing_rules.extra]\nlistener = \"public\"\npaths = [\"/extra/*\"]\n\
+         backend_pool = \"two\"\nbackend_settings = \"s\"\n",
+    )
+    .unwrap();
+    trigger.fire();
+    let reloads = reloads_after(admin, 1).await;
+    assert_eq!(reloads["applied"], 1, "{reloads}");
+    assert_eq!(get(addr, "/extra/x", "").await, (200, "b".to_owned()));
+    assert_eq!(get(addr, "/app/x", "").await, (200, "a".to_owned()));
+    within("stop", sidecar.stop()).await.unwrap();
+}

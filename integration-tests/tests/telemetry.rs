@@ -103,7 +103,7 @@ async fn handshake_and_session_spans_reach_the_collector_with_close_codes() {
     .await;
     let handshake = within(
         "handshake span",
-        receiver.wait_for("websocket.handshake", |_| true),
+        receiver.wait_for("GET /*", |s| s.kind == 2),
     )
     .await;
     assert_eq!(handshake.service, "tether-under-test");
@@ -113,6 +113,10 @@ async fn handshake_and_session_spans_reach_the_collector_with_close_codes() {
     assert_eq!(h["http.response.status_code"], "101");
     assert_eq!(h["url.path"], "/ws");
     assert_eq!(h["tether.route"], "app");
+    assert_eq!(
+        h["http.route"], "/*",
+        "a rule with no paths matches every path"
+    );
     assert_eq!(h["tether.backend"], backend.addr.to_string());
     assert_eq!(h["websocket.origin"], "https://app.example");
     assert_eq!(h["websocket.subprotocol.requested"], "chat");
@@ -152,7 +156,7 @@ async fn a_handshake_rejected_for_its_origin_has_a_span_saying_so() {
     assert_eq!(within("403", raw::read_head(&mut stream)).await.status, 403);
     let span = within(
         "handshake span",
-        receiver.wait_for("websocket.handshake", |_| true),
+        receiver.wait_for("GET /*", |s| s.kind == 2),
     )
     .await;
     assert_eq!(span.attributes["tether.outcome"], "rejected_origin");
@@ -194,7 +198,7 @@ async fn traceparent_reaches_the_backend_with_the_same_trace_id() {
     ws.close(None).await.unwrap();
     let handshake = within(
         "handshake span",
-        receiver.wait_for("websocket.handshake", |_| true),
+        receiver.wait_for("GET /*", |s| s.kind == 2),
     )
     .await;
     assert_eq!(handshake.trace_id, trace_id);
@@ -341,5 +345,142 @@ async fn metrics_are_exported_over_otlp_too() {
     .await;
     assert_eq!(point.value, 1.0);
     ws.close(None).await.unwrap();
+    within("stop", sidecar.stop()).await.unwrap();
+}
+
+/// A sidecar tracing to `endpoint` whose rule matches `/api/*` (and `/ws`), with `telemetry`
+/// lines added to its `[telemetry]` table.
+fn traced_api(backend: std::net::SocketAddr, endpoint: &str, telemetry: &str) -> tether::Sidecar {
+    let toml = format!(
+        "{}\n[telemetry]\notlp_endpoint = \"{endpoint}\"\n{telemetry}\n",
+        config_toml(backend, "", "").replace(
+            "[routing_rules.app]\n",
+            "[routing_rules.app]\npaths = [\"/api/*\", \"/ws\"]\n"
+        )
+    );
+    tether::Sidecar::start_traced(config(&toml), &[]).expect("sidecar starts")
+}
+
+/// Span attributes the OpenTelemetry HTTP conventions leave out or that are noise: none may
+/// appear, and no attribute is an empty string.
+fn assert_no_noise(span: &tether_integration_tests::otlp::ReceivedSpan) {
+    for (key, value) in &span.attributes {
+        assert!(
+            !(key.starts_with("code.")
+                || key.starts_with("thread.")
+                || key == "busy_ns"
+                || key == "idle_ns"
+                || key == "target"),
+            "{}: noise attribute {key}={value}",
+            span.name
+        );
+        assert!(!value.is_empty(), "{}: {key} is empty", span.name);
+    }
+}
+
+/// OpenTelemetry HTTP semantic conventions on the SERVER and CLIENT spans of a request; the
+/// resource names the version and the instance; no empty `tracestate` reaches the backend; the
+/// request id is made, passed on and returned.
+#[tokio::test]
+async fn http_spans_follow_the_opentelemetry_semantic_conventions() {
+    let receiver = Receiver::start().await;
+    let http = backends::http_backend().await;
+    let sidecar = traced_api(http.addr, &receiver.endpoint(), "");
+    let request = "GET /api/items?token=secret HTTP/1.1\r\nHost: shop.example:8443\r\n\
+         User-Agent: semconv-test/1.0\r\n\
+         traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\
+         Connection: close\r\n\r\n";
+    let resp = within("GET", raw::send(sidecar.addr("public"), request.as_bytes())).await;
+    assert_eq!(resp.status, 200);
+
+    let server = within(
+        "server span",
+        receiver.wait_for("GET /api/*", |s| s.kind == 2),
+    )
+    .await;
+    assert_no_noise(&server);
+    let a = &server.attributes;
+    assert_eq!(a["http.route"], "/api/*");
+    assert_eq!(a["tether.route"], "app");
+    assert_eq!(a["http.request.method"], "GET");
+    assert_eq!(a["http.response.status_code"], "200");
+    assert_eq!(a["url.scheme"], "http");
+    assert_eq!(a["url.path"], "/api/items");
+    assert!(!a.contains_key("url.query"), "queries are off by default");
+    assert_eq!(a["client.address"], "127.0.0.1");
+    assert!(a["client.port"].parse::<u16>().unwrap() > 0);
+    assert_eq!(a["network.peer.address"], "127.0.0.1");
+    assert_eq!(a["network.peer.port"], a["client.port"]);
+    assert_eq!(a["server.address"], "shop.example");
+    assert_eq!(a["server.port"], "8443");
+    assert_eq!(a["network.protocol.version"], "1.1");
+    assert_eq!(a["user_agent.original"], "semconv-test/1.0");
+    assert!(!a.contains_key("error.type"));
+    assert_eq!(
+        server.resource["service.version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    let instance = &server.resource["service.instance.id"];
+    assert_eq!(instance.len(), 36, "{instance}");
+
+    let client = within("client span", receiver.wait_for("GET", |s| s.kind == 3)).await;
+    assert_no_noise(&client);
+    let c = &client.attributes;
+    assert_eq!(c["url.full"], format!("http://{}/api/items", http.addr));
+    assert_eq!(c["server.address"], "127.0.0.1");
+    assert_eq!(c["server.port"], http.addr.port().to_string());
+    assert_eq!(c["network.peer.address"], "127.0.0.1");
+    assert_eq!(c["network.protocol.version"], "1.1");
+    assert_eq!(c["http.response.status_code"], "200");
+    assert_eq!(client.parent_span_id, server.span_id);
+
+    let seen = &http.record.heads()[0];
+    assert!(
+        !seen.headers.contains_key("tracestate"),
+        "no tracestate was given, none is sent: {:?}",
+        seen.headers.get("tracestate")
+    );
+    let id = seen.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(id.len(), 32, "{id}");
+    assert_eq!(
+        resp.header("x-request-id"),
+        Some(id),
+        "returned to the client"
+    );
+    within("stop", sidecar.stop()).await.unwrap();
+}
+
+/// With `record_query = true` the query is on the spans; a backend that cannot be reached makes
+/// a 502 whose SERVER span says `error.type = "502"` and whose CLIENT span names the failure.
+#[tokio::test]
+async fn a_failed_request_has_an_error_type_and_the_query_is_recorded_when_asked() {
+    let receiver = Receiver::start().await;
+    let sidecar = traced_api(closed_port(), &receiver.endpoint(), "record_query = true");
+    let request = "POST /api/orders?page=2 HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\
+         X-Request-Id: from-the-client\r\nConnection: close\r\n\r\n";
+    let resp = within(
+        "POST",
+        raw::send(sidecar.addr("public"), request.as_bytes()),
+    )
+    .await;
+    assert_eq!(resp.status, 502);
+    assert_eq!(resp.header("x-request-id"), Some("from-the-client"));
+    let server = within(
+        "server span",
+        receiver.wait_for("POST /api/*", |s| s.kind == 2),
+    )
+    .await;
+    assert_no_noise(&server);
+    assert_eq!(server.attributes["error.type"], "502");
+    assert_eq!(server.attributes["url.query"], "page=2");
+    assert_eq!(server.attributes["tether.error.side"], "backend");
+    let client = within("client span", receiver.wait_for("POST", |s| s.kind == 3)).await;
+    assert_no_noise(&client);
+    assert_eq!(client.attributes["error.type"], "connect_failed");
+    assert!(
+        client.attributes["url.full"].ends_with("/api/orders?page=2"),
+        "{:?}",
+        client.attributes["url.full"]
+    );
     within("stop", sidecar.stop()).await.unwrap();
 }

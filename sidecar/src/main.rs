@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use std::sync::Arc;
 
-use tether::reloader::{ConfigWatcher, ReloadTrigger, CONFIG_POLL};
+use tether::reloader::{expand, ConfigPath, ConfigWatcher, ReloadTrigger, CONFIG_POLL};
 use tether::telemetry::{Telemetry, TelemetrySettings};
 use tether_config::{Loaded, Sources};
 
@@ -25,6 +25,7 @@ tether — a WebSocket-aware service-mesh sidecar
 usage:
   tether [--config FILE]...         run (no --config: the embedded default, :8080 -> 127.0.0.1:3000)
                                     --config-dir DIR adds every DIR/*.toml, in name order
+                                    (listed again at every reload)
   tether check [--config FILE]...   validate and print the effective configuration
   tether health [--config FILE]...  exit 0 when the admin endpoint's GET /healthz answers 200
                                     (for container HEALTHCHECKs; TETHER_ADMIN__BIND also works)
@@ -54,9 +55,9 @@ Exit codes:
   71  a listener or the admin endpoint could not be bound";
 
 enum Command {
-    Run(Vec<PathBuf>),
-    Check(Vec<PathBuf>),
-    Health(Vec<PathBuf>),
+    Run(Vec<ConfigPath>),
+    Check(Vec<ConfigPath>),
+    Health(Vec<ConfigPath>),
     Help,
     Version,
 }
@@ -74,15 +75,15 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
             "-h" | "--help" => return Ok(Command::Help),
             "-V" | "--version" => return Ok(Command::Version),
             "-c" | "--config" => match args.next() {
-                Some(file) => files.push(PathBuf::from(file)),
+                Some(file) => files.push(ConfigPath::File(PathBuf::from(file))),
                 None => return Err("--config needs a file".into()),
             },
             "--config-dir" => match args.next() {
-                Some(dir) => files.extend(config_dir(&dir)?),
+                Some(dir) => files.push(ConfigPath::Dir(PathBuf::from(dir))),
                 None => return Err("--config-dir needs a directory".into()),
             },
             other => match other.strip_prefix("--config=") {
-                Some(file) => files.push(PathBuf::from(file)),
+                Some(file) => files.push(ConfigPath::File(PathBuf::from(file))),
                 None => return Err(format!("unexpected argument {other:?}")),
             },
         }
@@ -97,22 +98,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Command, String>
     })
 }
 
-/// Every `*.toml` file in `dir`, in name order (what the container image reads from
-/// `/etc/tether`).
-fn config_dir(dir: &str) -> Result<Vec<PathBuf>, String> {
-    let entries = std::fs::read_dir(dir).map_err(|e| format!("--config-dir {dir}: {e}"))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
-        .collect();
-    files.sort();
-    if files.is_empty() {
-        return Err(format!("--config-dir {dir}: no *.toml file in it"));
-    }
-    Ok(files)
-}
-
-fn load(files: Vec<PathBuf>) -> Result<Loaded, ExitCode> {
+fn load(paths: &[ConfigPath]) -> Result<Loaded, ExitCode> {
+    let files = expand(paths).map_err(|e| {
+        eprintln!("tether: {e}");
+        ExitCode::from(EXIT_CONFIG)
+    })?;
     let sources = Sources {
         files,
         env: std::env::vars().collect(),
@@ -165,8 +155,8 @@ fn hangups(trigger: ReloadTrigger) -> std::io::Result<impl std::future::Future<O
 
 /// `tether check`: validates the configuration the layers describe and prints it as the
 /// sidecar would run it (warnings and the verdict on stderr).
-fn check(files: Vec<PathBuf>) -> ExitCode {
-    match load(files) {
+fn check(files: Vec<ConfigPath>) -> ExitCode {
+    match load(&files) {
         Ok(loaded) => {
             for w in &loaded.warnings {
                 eprintln!("warning: {w}");
@@ -184,9 +174,9 @@ fn check(files: Vec<PathBuf>) -> ExitCode {
 /// `tether health`: `GET /healthz` on the admin endpoint of the configuration the other
 /// layers describe (an unspecified bind address is asked on loopback). Exit 0 on `200`, 1
 /// otherwise — what a container `HEALTHCHECK` needs, without curl in the image.
-fn health(files: Vec<PathBuf>) -> ExitCode {
+fn health(files: Vec<ConfigPath>) -> ExitCode {
     use std::io::{Read, Write};
-    let loaded = match load(files) {
+    let loaded = match load(&files) {
         Ok(l) => l,
         Err(code) => return code,
     };
@@ -249,14 +239,14 @@ fn main() -> ExitCode {
     };
     let env: Vec<(String, String)> = std::env::vars().collect();
     // Before loading: the files' stamps are taken now, so a change during start-up is seen.
-    let watcher = ConfigWatcher::new(
-        Sources {
-            files: files.clone(),
-            env: env.clone(),
-        },
-        CONFIG_POLL,
-    );
-    let loaded = match load(files) {
+    let watcher = match ConfigWatcher::over(files.clone(), env.clone(), CONFIG_POLL) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("tether: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let loaded = match load(&files) {
         Ok(l) => l,
         Err(code) => return code,
     };

@@ -21,6 +21,10 @@
 //!
 //! A refused reload still settles: the watcher does not retry a broken file until it changes
 //! again. The running configuration keeps serving meanwhile.
+//!
+//! A `--config-dir` is listed again at every poll and every trigger ([`ConfigPath`]): its
+//! modification time and its files' stamps are part of what is watched, so a file added to it
+//! or removed from it is a change like any other, and the reload reads the new list.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,6 +38,42 @@ use crate::ReloadRequest;
 /// How often the binary checks its `--config` files: a change is applied one to two polls after
 /// the last write to the file.
 pub const CONFIG_POLL: Duration = Duration::from_secs(1);
+
+/// One `--config FILE` or `--config-dir DIR` argument, in command-line order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigPath {
+    /// A file, read as it is.
+    File(PathBuf),
+    /// A directory: every `*.toml` file in it, in name order.
+    Dir(PathBuf),
+}
+
+/// The files `paths` name now: each file as is, each directory's `*.toml` files in name
+/// order (what the container image reads from `/etc/tether`). A directory that cannot be read
+/// or holds no `*.toml` file is an error naming it.
+pub fn expand(paths: &[ConfigPath]) -> Result<Vec<PathBuf>, String> {
+    let mut files = Vec::new();
+    for path in paths {
+        match path {
+            ConfigPath::File(file) => files.push(file.clone()),
+            ConfigPath::Dir(dir) => {
+                let shown = dir.display();
+                let entries =
+                    std::fs::read_dir(dir).map_err(|e| format!("--config-dir {shown}: {e}"))?;
+                let mut found: Vec<PathBuf> = entries
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+                    .collect();
+                found.sort();
+                if found.is_empty() {
+                    return Err(format!("--config-dir {shown}: no *.toml file in it"));
+                }
+                files.extend(found);
+            }
+        }
+    }
+    Ok(files)
+}
 
 /// What identifies a version of a file: its modification time and length, `None` while it cannot
 /// be read (an editor's rename-and-replace in progress, a deleted file).
@@ -107,6 +147,9 @@ impl ReloadTrigger {
 #[derive(Debug)]
 pub struct ConfigWatcher {
     sources: Sources,
+    /// The arguments `sources.files` came from, listed again at every look (empty: the files
+    /// are fixed).
+    paths: Vec<ConfigPath>,
     poll: Duration,
     stability: Stability,
     trigger: ReloadTrigger,
@@ -116,13 +159,41 @@ impl ConfigWatcher {
     /// A watcher of `sources.files`, polled every `poll`. The files' stamps are taken now: create
     /// it *before* loading the configuration, so a change made during start-up is not missed.
     pub fn new(sources: Sources, poll: Duration) -> ConfigWatcher {
-        let stability = Stability::new(stamps(&sources.files));
+        let stability = Stability::new(stamps(&sources.files, &[]));
         ConfigWatcher {
             sources,
+            paths: Vec::new(),
             poll,
             stability,
             trigger: ReloadTrigger::default(),
         }
+    }
+
+    /// A watcher of the files `paths` name ([`expand`]), listed again at every poll and every
+    /// trigger, so a file added to or removed from a `--config-dir` is picked up; `env` is the
+    /// environment layer. Like [`ConfigWatcher::new`], create it before loading.
+    pub fn over(
+        paths: Vec<ConfigPath>,
+        env: Vec<(String, String)>,
+        poll: Duration,
+    ) -> Result<ConfigWatcher, String> {
+        let files = expand(&paths)?;
+        let mut watcher = ConfigWatcher::new(Sources { files, env }, poll);
+        watcher.paths = paths;
+        watcher.stability = Stability::new(watcher.look());
+        Ok(watcher)
+    }
+
+    /// The stamps of every watched file and directory, after listing the directories again.
+    /// A directory that cannot be listed now keeps its last list: reading it then fails and
+    /// names the missing file.
+    fn look(&mut self) -> Vec<Stamp> {
+        if !self.paths.is_empty() {
+            if let Ok(files) = expand(&self.paths) {
+                self.sources.files = files;
+            }
+        }
+        stamps(&self.sources.files, &self.paths)
     }
 
     /// What requests a reload now.
@@ -140,11 +211,13 @@ impl ConfigWatcher {
         loop {
             let why = tokio::select! {
                 () = trigger.notified() => {
-                    self.stability.settle(stamps(&self.sources.files));
+                    let now = self.look();
+                    self.stability.settle(now);
                     "reload requested"
                 }
                 _ = poll.tick() => {
-                    if !self.stability.poll(stamps(&self.sources.files)) {
+                    let now = self.look();
+                    if !self.stability.poll(now) {
                         continue;
                     }
                     "a --config file changed and held still"
@@ -178,8 +251,18 @@ impl ConfigWatcher {
     }
 }
 
-fn stamps(files: &[PathBuf]) -> Vec<Stamp> {
-    files.iter().map(|f| stamp(f)).collect()
+/// The stamps of `files`, then of the directories among `paths` (a directory's modification
+/// time moves when a file is added, removed or renamed in it).
+fn stamps(files: &[PathBuf], paths: &[ConfigPath]) -> Vec<Stamp> {
+    let dirs = paths.iter().filter_map(|p| match p {
+        ConfigPath::Dir(dir) => Some(dir),
+        ConfigPath::File(_) => None,
+    });
+    files
+        .iter()
+        .map(|f| stamp(f))
+        .chain(dirs.map(|d| stamp(d)))
+        .collect()
 }
 
 /// The files a reload read, as a source label: `file a.toml, file b.yaml`.
@@ -197,6 +280,32 @@ fn origin(files: &[PathBuf]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_dir_expands_to_its_toml_files_in_name_order() {
+        let dir = std::env::temp_dir().join(format!("tether-expand-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let paths = [
+            ConfigPath::File("/etc/first.yaml".into()),
+            ConfigPath::Dir(dir.clone()),
+        ];
+        assert_eq!(
+            expand(&paths).unwrap_err(),
+            format!("--config-dir {}: no *.toml file in it", dir.display())
+        );
+        for name in ["20-b.toml", "10-a.toml", "notes.txt"] {
+            std::fs::write(dir.join(name), "").unwrap();
+        }
+        assert_eq!(
+            expand(&paths).unwrap(),
+            [
+                PathBuf::from("/etc/first.yaml"),
+                dir.join("10-a.toml"),
+                dir.join("20-b.toml")
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn at(secs: u64, len: u64) -> Stamp {
         Some((SystemTime::UNIX_EPOCH + Duration::from_secs(secs), len))

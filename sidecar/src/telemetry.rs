@@ -265,7 +265,13 @@ impl Telemetry {
             .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&settings.log_level));
         let fmt = tracing_subscriber::fmt::layer().with_ansi(false);
         let fmt = match (settings.log_format, log_to_stderr) {
-            (LogFormat::Json, true) => fmt.json().with_writer(std::io::stderr).boxed(),
+            // Every field of an event is a top-level key (`"status": 200`, not
+            // `"fields": {"status": 200}`), so log pipelines index them directly.
+            (LogFormat::Json, true) => fmt
+                .json()
+                .flatten_event(true)
+                .with_writer(std::io::stderr)
+                .boxed(),
             (LogFormat::Text, true) => fmt.with_writer(std::io::stderr).boxed(),
             (_, false) => fmt.with_test_writer().boxed(),
         };
@@ -312,7 +318,13 @@ impl Telemetry {
             .with_span_processor(ExportQueue::new(exporter, stats.clone()))
             .build();
         let tracer = provider.tracer("tether");
+        // Only the attributes Tether records: no source location (`code.*`), thread, target or
+        // busy/idle timings on every span.
         let otel = tracing_opentelemetry::layer()
+            .with_location(false)
+            .with_threads(false)
+            .with_target(false)
+            .with_tracked_inactivity(false)
             .with_tracer(tracer)
             .with_filter(
                 tracing_subscriber::filter::Targets::new()
@@ -441,9 +453,15 @@ impl Telemetry {
     }
 }
 
+/// The resource of every span and metric: `service.name`, `service.version` (this build) and
+/// `service.instance.id` ([`instance_id`]), then `OTEL_RESOURCE_ATTRIBUTES`, which win.
 fn resource_for(settings: &TelemetrySettings) -> Resource {
     Resource::builder_empty()
         .with_service_name(settings.service_name.clone())
+        .with_attributes([
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("service.instance.id", instance_id()),
+        ])
         .with_attributes(
             settings
                 .resource
@@ -451,6 +469,29 @@ fn resource_for(settings: &TelemetrySettings) -> Resource {
                 .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
         )
         .build()
+}
+
+/// `service.instance.id`: a random UUID (version 4 form) made once per process, as the
+/// OpenTelemetry resource conventions recommend. Not the host or pod name: a restarted process
+/// is a new instance whose counters start over, and two sidecars in one pod stay apart. The
+/// pod name is better added as `k8s.pod.name` through `OTEL_RESOURCE_ATTRIBUTES`.
+fn instance_id() -> String {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let n = fastrand::u128(..);
+        // Version 4, variant 10 (RFC 9562 §5.4).
+        let n = (n & !(0xf << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
+        let hex = format!("{n:032x}");
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        )
+    })
+    .clone()
 }
 
 /// A meter provider exporting every `metric_interval` on a reader thread of the SDK's own.
@@ -714,6 +755,19 @@ mod tests {
             err.to_string(),
             "OTEL_TRACES_SAMPLER: \"jaeger_remote\" is not supported"
         );
+    }
+
+    #[test]
+    fn the_instance_id_is_a_version_4_uuid_made_once() {
+        let id = instance_id();
+        let parts: Vec<&str> = id.split('-').collect();
+        assert_eq!(
+            parts.iter().map(|p| p.len()).collect::<Vec<_>>(),
+            [8, 4, 4, 4, 12]
+        );
+        assert!(parts[2].starts_with('4'), "{id}");
+        assert!(matches!(&parts[3][..1], "8" | "9" | "a" | "b"), "{id}");
+        assert_eq!(instance_id(), id);
     }
 
     #[test]

@@ -400,3 +400,73 @@ fn check_redacts_the_admin_token() {
     assert!(!stdout.contains("s3cret-admin-token"), "{stdout}");
     assert!(stdout.contains(tether_config::REDACTED), "{stdout}");
 }
+
+/// The plain HTTP-API example is a valid configuration, with its short request timeout and
+/// its chosen access-log fields.
+#[test]
+fn the_http_api_example_passes_check() {
+    let file = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/http-api/tether.toml"
+    );
+    let out = tether().args(["check", "--config", file]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.contains(r#"request_timeout = "5s""#), "{printed}");
+    assert!(
+        printed.contains(r#"keepalive_interval = "2s500ms""#),
+        "{printed}"
+    );
+}
+
+/// The systemd unit validates before it reloads: `ExecReload` runs `tether check` on the
+/// unit's config dir first and only then sends SIGHUP (systemd stops at the first failing
+/// command). Run here as systemd would, against a valid and an invalid directory.
+#[test]
+fn the_systemd_unit_checks_the_config_before_sighup() {
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/systemd/tether.service"
+    ))
+    .unwrap();
+    let reload: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecReload="))
+        .collect();
+    assert_eq!(
+        reload,
+        [
+            "/usr/local/bin/tether check --config-dir /etc/tether",
+            "/bin/kill -HUP $MAINPID"
+        ]
+    );
+    let start = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap();
+    assert_eq!(start, "/usr/local/bin/tether --config-dir /etc/tether");
+    let check: Vec<&str> = reload[0].split(' ').skip(1).collect();
+    let dir = write_config("systemd", &config("127.0.0.1:0".parse().unwrap(), "chat"));
+    let dir = dir.parent().unwrap().to_path_buf();
+    let run = |dir: &std::path::Path| {
+        let args: Vec<String> = check
+            .iter()
+            .map(|a| match *a {
+                "/etc/tether" => dir.display().to_string(),
+                a => a.to_owned(),
+            })
+            .collect();
+        tether().args(&args).output().unwrap().status.code()
+    };
+    assert_eq!(run(&dir), Some(0));
+    std::fs::write(
+        dir.join("tether.toml"),
+        config("127.0.0.1:0".parse().unwrap(), "nope"),
+    )
+    .unwrap();
+    assert_eq!(run(&dir), Some(64), "an invalid file fails the reload");
+}

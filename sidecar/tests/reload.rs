@@ -156,3 +156,50 @@ fn a_changed_config_file_and_sighup_reload_and_an_invalid_file_is_refused() {
     });
     assert_eq!(status_of(listen, "/x"), Some(404));
 }
+
+/// A file added to a `--config-dir` under a running sidecar is read: by the watcher once it
+/// holds still, and a removed one is dropped the same way.
+#[test]
+fn a_file_added_to_the_config_dir_is_picked_up_and_a_removed_one_dropped() {
+    let (listen, admin) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("tether-reload-dir-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("00-base.toml"),
+        config(listen, admin, r#"["/only"]"#, "app"),
+    )
+    .unwrap();
+    let child = tether()
+        .arg("--config-dir")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _running = Running {
+        child,
+        stderr: Arc::default(),
+    };
+    wait("serving", || status_of(listen, "/only") == Some(502));
+    assert_eq!(status_of(listen, "/x"), Some(404));
+
+    // A second file adds a rule for /x.
+    let extra = dir.join("10-extra.toml");
+    std::fs::write(
+        &extra,
+        "[routing_rules.extra]\nlistener = \"public\"\npaths = [\"/x\"]\n\
+         backend_pool = \"app\"\nbackend_settings = \"app\"\n",
+    )
+    .unwrap();
+    wait("the new file is read", || {
+        status_of(listen, "/x") == Some(502)
+    });
+
+    // Removed again: its rule goes.
+    std::fs::remove_file(&extra).unwrap();
+    wait("the removed file is dropped", || {
+        status_of(listen, "/x") == Some(404)
+    });
+    assert_eq!(status_of(listen, "/only"), Some(502));
+}

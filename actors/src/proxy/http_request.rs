@@ -40,6 +40,7 @@ pub(super) async fn forward_http(
         let (body, probe) = RequestBody::client(body, conn.listener.config.request_body_timeout);
         (body, Some(probe))
     };
+    facts.upload = upload.clone();
     let mut attempts = Attempts::new(ctx, route, conn);
     // Only a bodyless idempotent request may be sent again after it was written, so only its
     // head is kept, and only when there is another member to send it to — or, for an HTTP/2
@@ -51,12 +52,14 @@ pub(super) async fn forward_http(
         .then(|| copy_head(&parts));
     let mut req = Request::from_parts(parts, body);
     let (resp, pooled) = loop {
-        let client_span = trace::http_client(span, req.method().as_str(), backend);
-        trace::inject(&client_span, req.headers_mut());
         let tls = ctx
             .upstream
             .tls_for(&route.settings, backend, false)
             .inspect_err(|e| report_failure(&lease, e))?;
+        let client_span =
+            trace::http_client(span, &req, backend, tls.is_some(), facts.log.record_query);
+        trace::inject(&client_span, req.headers_mut());
+        let sent_at = Instant::now();
         let sent = ctx
             .upstream
             .send(
@@ -75,10 +78,9 @@ pub(super) async fn forward_http(
             reset_before_response,
         } = match sent {
             Ok(answer) => {
-                client_span.record(
-                    "http.response.status_code",
-                    i64::from(answer.0.status().as_u16()),
-                );
+                trace::record_status(&client_span, answer.0.status().as_u16());
+                facts.ttfb = Some(sent_at.elapsed());
+                facts.connect = answer.1.connected_in();
                 break answer;
             }
             Err(failure) => failure,
@@ -90,7 +92,7 @@ pub(super) async fn forward_http(
             (error, _) => blame(error, upload.as_ref()),
         };
         report_failure(&lease, &error);
-        client_span.record("otel.status_code", "ERROR");
+        trace::record_error(&client_span, error.error_type());
         let again = match unsent {
             Some(unsent)
                 if error.counts_against_member()

@@ -35,6 +35,7 @@ use tether_config::Inspect;
 use tokio::net::TcpStream;
 use tracing::{Instrument as _, Span};
 
+use crate::access_log::{self, AccessLine, LogSettings};
 use crate::admission::{ConnectionGuard, ListenerInfo};
 use crate::balance::MemberLease;
 use crate::body::{ClientBodyError, RequestBody, UploadProbe};
@@ -109,6 +110,14 @@ struct RequestFacts {
     refused: bool,
     /// Attempts on other members after the first failed.
     retries: u32,
+    /// What the access log and spans record.
+    log: LogSettings,
+    /// Counts the request body's bytes (requests with a body).
+    upload: Option<UploadProbe>,
+    /// Time to open the backend connection of the answered attempt (none when pooled).
+    connect: Option<Duration>,
+    /// From sending the answered attempt to the backend's response head.
+    ttfb: Option<Duration>,
 }
 
 /// The service's only error: the client left before its request was complete, so its
@@ -122,7 +131,7 @@ pub struct ClientGone;
 pub async fn handle(
     ctx: Rc<WorkerContext>,
     conn: Rc<Connection>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ClientGone> {
     let started = Instant::now();
     let websocket = match conn.protocol {
@@ -130,28 +139,46 @@ pub async fn handle(
         HttpProtocol::Http2 => handshake::is_h2_websocket(&req),
     };
     let method = req.method().clone();
-    let span = if websocket {
-        trace::handshake(
-            req.uri().path(),
-            &conn.listener.name,
-            conn.peer,
-            req.headers(),
-        )
-    } else {
-        trace::http_server(
-            method.as_str(),
-            req.uri().path(),
-            &conn.listener.name,
-            conn.peer,
-        )
+    let mut facts = RequestFacts {
+        log: ctx.routes.load().log,
+        ..RequestFacts::default()
     };
+    let request_id = access_log::ensure_request_id(req.headers_mut());
+    let arrival = trace::Arrival {
+        listener: &conn.listener.name,
+        scheme: conn.listener.scheme,
+        client: conn.peer,
+        local: conn.listener.local_addr,
+    };
+    let span = trace::http_server(&req, arrival, websocket, facts.log.record_query);
     trace::adopt_parent(&span, req.headers());
-    let path_for_log = access_log_enabled().then(|| req.uri().path().to_owned());
-    let mut facts = RequestFacts::default();
+    let line = access_log::enabled().then(|| {
+        Box::new(AccessLine {
+            settings: facts.log,
+            started,
+            client: conn.peer,
+            listener: conn.listener.name.clone(),
+            method: method.clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            host: req.headers().get(header::HOST).cloned(),
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            request_id: Some(request_id.clone()),
+            status: 0,
+            websocket,
+            route: None,
+            backend: None,
+            retries: 0,
+            upload: None,
+            connect: None,
+            ttfb: None,
+            trace_id: None,
+        })
+    });
     let result = route_and_forward(&ctx, &conn, req, websocket, &span, &mut facts)
         .instrument(span.clone())
         .await;
-    let (resp, error) = match result {
+    let (mut resp, error) = match result {
         Ok(resp) => (Ok(resp), None),
         Err(err) => {
             let status = err.status();
@@ -166,6 +193,7 @@ pub async fn handle(
             }
             let outcome = err.handshake_outcome();
             let resp = if err.closes_silently() {
+                trace::record_error(&span, err.error_type());
                 Err(status)
             } else {
                 Ok(err.into_response())
@@ -177,6 +205,14 @@ pub async fn handle(
         Ok(resp) => resp.status().as_u16(),
         Err(status) => status.as_u16(),
     };
+    // The request id goes back to the client too (not on a 101, which is relayed unchanged).
+    if let Ok(resp) = &mut resp {
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            resp.headers_mut()
+                .entry(access_log::X_REQUEST_ID)
+                .or_insert(request_id);
+        }
+    }
     let elapsed = started.elapsed();
     if websocket {
         let outcome = match error {
@@ -200,50 +236,33 @@ pub async fn handle(
         ctx.metrics.request(status, elapsed);
     }
     if !span.is_none() {
-        span.record("http.response.status_code", i64::from(status));
-        if let Some(route) = &facts.route {
-            span.record(
-                if websocket {
-                    "tether.route"
-                } else {
-                    "http.route"
-                },
-                &**route,
-            );
-        }
+        trace::record_status(&span, status);
         if let Some(backend) = facts.backend {
             span.record("tether.backend", backend.to_string());
         }
         if facts.retries > 0 {
             span.record("tether.retries", i64::from(facts.retries));
         }
-        if status >= 500 {
-            span.record("otel.status_code", "ERROR");
+    }
+    if let Some(mut line) = line {
+        line.status = status;
+        line.route = facts.route.take();
+        line.backend = facts.backend;
+        line.retries = facts.retries;
+        line.upload = facts.upload.take();
+        line.connect = facts.connect;
+        line.ttfb = facts.ttfb;
+        line.trace_id = trace::trace_id(&span);
+        match &mut resp {
+            // Written when the body has been sent (or abandoned): see `access_log`.
+            Ok(resp) => {
+                let body = std::mem::replace(resp.body_mut(), ProxyBody::empty());
+                *resp.body_mut() = body.log_when_done(line);
+            }
+            Err(_) => line.write(0),
         }
     }
-    if let Some(path) = path_for_log {
-        tracing::info!(
-            target: "tether::access",
-            client = %conn.peer,
-            listener = %conn.listener.name,
-            method = %method,
-            path = %path,
-            status,
-            duration_us = elapsed.as_micros() as u64,
-            route = facts.route.as_deref(),
-            backend = facts.backend.map(tracing::field::display),
-            retries = facts.retries,
-            websocket,
-            trace_id = trace::trace_id(&span),
-            "request"
-        );
-    }
     resp.map_err(|_| ClientGone)
-}
-
-/// True when access-log lines would be written (checked once per request).
-fn access_log_enabled() -> bool {
-    tracing::enabled!(target: "tether::access", tracing::Level::INFO)
 }
 
 async fn route_and_forward(
@@ -277,10 +296,11 @@ async fn route_and_forward(
     }
     let route = {
         let snapshot = ctx.routes.load();
-        snapshot
-            .lookup(&conn.listener.name, host, req.uri().path())
-            .cloned()
-            .ok_or(ProxyError::NoRoute)?
+        let matched = snapshot
+            .lookup_matched(&conn.listener.name, host, req.uri().path())
+            .ok_or(ProxyError::NoRoute)?;
+        trace::record_route(span, &req, &matched.route.name, &matched.template);
+        matched.route.clone()
     };
     facts.route = Some(route.name.clone());
     if websocket {

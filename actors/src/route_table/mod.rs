@@ -51,7 +51,7 @@ use crate::messages::{
     SessionsChanged, SessionsReport,
 };
 use membership::{pool_entries, PoolState};
-pub use routes::{Route, RouteSnapshot, SharedRoutes};
+pub use routes::{Matched, Route, RouteSnapshot, SharedRoutes};
 use sessions::Sessions;
 pub use sessions::{RECENT_ENDINGS, SESSION_STATS_TIMEOUT};
 

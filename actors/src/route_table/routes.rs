@@ -15,6 +15,7 @@ use tether_config::{
     BackendSettingsConfig, Config, HostPattern, PathPattern, RoutingRuleConfig, WebSocketConfig,
 };
 
+use crate::access_log::LogSettings;
 use crate::admission::SessionSlot;
 use crate::balance::Pool;
 use crate::headers;
@@ -47,36 +48,52 @@ impl Route {
     }
 }
 
-/// Rules for one path table (one host pattern on one listener).
+/// Rules for one path table (one host pattern on one listener). Each rule is stored with the
+/// pattern it was found by, in its written form (`/chat`, `/chat/*`): the request's span
+/// records it as `http.route`.
 #[derive(Debug, Default)]
 struct PathTable {
-    exact: HashMap<String, Arc<Route>>,
+    exact: HashMap<String, Matched>,
     /// Sorted longest prefix first.
-    prefixes: Vec<(String, Arc<Route>)>,
+    prefixes: Vec<(String, Matched)>,
+}
+
+/// A rule as a lookup found it: the rule and the path pattern that matched.
+#[derive(Debug, Clone)]
+pub struct Matched {
+    /// The rule.
+    pub route: Arc<Route>,
+    /// The path pattern that matched, as written in the configuration (`/*` for a rule with
+    /// no `paths`).
+    pub template: Arc<str>,
 }
 
 impl PathTable {
     fn insert(&mut self, pattern: &PathPattern, route: Arc<Route>) {
+        let matched = Matched {
+            route,
+            template: pattern.to_string().into(),
+        };
         match pattern {
             PathPattern::Exact(p) => {
-                self.exact.insert(p.clone(), route);
+                self.exact.insert(p.clone(), matched);
             }
             PathPattern::Prefix(p) => {
-                self.prefixes.push((p.clone(), route));
+                self.prefixes.push((p.clone(), matched));
                 self.prefixes
                     .sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
             }
         }
     }
 
-    fn lookup(&self, path: &str) -> Option<&Arc<Route>> {
-        if let Some(route) = self.exact.get(path) {
-            return Some(route);
+    fn lookup(&self, path: &str) -> Option<&Matched> {
+        if let Some(matched) = self.exact.get(path) {
+            return Some(matched);
         }
         self.prefixes
             .iter()
             .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-            .map(|(_, route)| route)
+            .map(|(_, matched)| matched)
     }
 }
 
@@ -95,6 +112,9 @@ pub struct RouteSnapshot {
     listeners: HashMap<String, ListenerRoutes>,
     /// Incremented with every published snapshot.
     pub generation: u64,
+    /// What the access log and spans record (`[telemetry]`), read with the routes so a reload
+    /// applies it to the next request.
+    pub log: LogSettings,
 }
 
 impl RouteSnapshot {
@@ -143,23 +163,34 @@ impl RouteSnapshot {
         RouteSnapshot {
             listeners,
             generation,
+            log: LogSettings::new(&config.telemetry),
         }
     }
 
     /// Finds the route for a request on `listener` with `host` (the `Host` header or URI
     /// authority, port and case as sent) and `path`.
     pub fn lookup(&self, listener: &str, host: Option<&str>, path: &str) -> Option<&Arc<Route>> {
+        self.lookup_matched(listener, host, path).map(|m| &m.route)
+    }
+
+    /// [`RouteSnapshot::lookup`], with the path pattern that matched.
+    pub fn lookup_matched(
+        &self,
+        listener: &str,
+        host: Option<&str>,
+        path: &str,
+    ) -> Option<&Matched> {
         let routes = self.listeners.get(listener)?;
         let mut buf = [0u8; 256];
         let host = host.and_then(|h| normalize_host(h, &mut buf));
         if let Some(host) = host {
-            if let Some(route) = routes.exact_hosts.get(host).and_then(|t| t.lookup(path)) {
-                return Some(route);
+            if let Some(found) = routes.exact_hosts.get(host).and_then(|t| t.lookup(path)) {
+                return Some(found);
             }
             for (suffix, table) in &routes.suffix_hosts {
                 if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
-                    if let Some(route) = table.lookup(path) {
-                        return Some(route);
+                    if let Some(found) = table.lookup(path) {
+                        return Some(found);
                     }
                 }
             }
@@ -300,6 +331,23 @@ mod tests {
         assert_eq!(name(Some("api.example.com"), "/chat/x"), "wild");
         assert_eq!(name(Some("example.com"), "/chat/x"), "chat");
         assert!(snap.lookup("other", None, "/").is_none());
+
+        // The pattern that matched, as written: what spans record as `http.route`.
+        let template = |host: Option<&str>, path: &str| {
+            snap.lookup_matched("public", host, path)
+                .map(|m| (m.route.name.to_string(), m.template.to_string()))
+                .unwrap()
+        };
+        assert_eq!(template(None, "/x"), ("any".into(), "/*".into()));
+        assert_eq!(template(None, "/chat/x"), ("chat".into(), "/chat/*".into()));
+        assert_eq!(
+            template(None, "/chat/lobby"),
+            ("chat_exact".into(), "/chat/lobby".into())
+        );
+        assert_eq!(
+            template(Some("api.example.com"), "/v1/users"),
+            ("api".into(), "/v1/*".into())
+        );
     }
 
     const HOSTS: [Option<&str>; 5] = [

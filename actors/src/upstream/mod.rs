@@ -214,6 +214,9 @@ pub struct PooledConnection {
     pool: Rc<UpstreamPool>,
     /// Counts the request on its member until the response body is done.
     lease: Option<MemberLease>,
+    /// How long connecting (and the TLS handshake) took, when this request opened the
+    /// connection; `None` for a pooled one.
+    connected_in: Option<Duration>,
 }
 
 impl PooledConnection {
@@ -222,6 +225,12 @@ impl PooledConnection {
     pub fn holding(mut self, lease: MemberLease) -> PooledConnection {
         self.lease = Some(lease);
         self
+    }
+
+    /// How long opening this connection took (TCP connect plus TLS handshake), when the request
+    /// opened it; `None` when it came from the pool.
+    pub fn connected_in(&self) -> Option<Duration> {
+        self.connected_in
     }
 
     /// Returns the connection to the pool (dropped instead if closed or the pool is full); an
@@ -349,6 +358,7 @@ impl UpstreamPool {
         let deadline = tokio::time::Instant::now() + request_timeout;
         let key = (backend, UpstreamTls::key(tls));
         loop {
+            let opening = std::time::Instant::now();
             let (mut conn, pooled) = match self.checkout(key) {
                 Some(conn) => (conn, true),
                 None => match open(backend, tls, connect_timeout).await {
@@ -356,6 +366,7 @@ impl UpstreamPool {
                     Err(error) => return Err(SendFailure::unsent(error, req)),
                 },
             };
+            let connected_in = (!pooled).then(|| opening.elapsed());
             if let Err(cause) = conn.sender.ready().await {
                 if pooled {
                     continue;
@@ -381,6 +392,7 @@ impl UpstreamPool {
                         backend: key,
                         pool: self.clone(),
                         lease: None,
+                        connected_in,
                     };
                     return Ok((resp, conn));
                 }
@@ -430,6 +442,7 @@ impl UpstreamPool {
         let key = (backend, UpstreamTls::key(tls));
         let mut again = true;
         loop {
+            let opening = std::time::Instant::now();
             let checkout = self.h2.checkout(key, tls, connect_timeout, || {
                 self.metrics.upstream_h2.connection_opened();
             });
@@ -437,6 +450,7 @@ impl UpstreamPool {
                 Ok(found) => found,
                 Err(error) => return Err(SendFailure::unsent(error, req)),
             };
+            let connected_in = fresh.then(|| opening.elapsed());
             if let Err(cause) = conn.sender.ready().await {
                 if !fresh && std::mem::take(&mut again) {
                     continue;
@@ -461,6 +475,7 @@ impl UpstreamPool {
                         backend: key,
                         pool: self.clone(),
                         lease: None,
+                        connected_in,
                     };
                     return Ok((resp, conn));
                 }

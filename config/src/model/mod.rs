@@ -34,6 +34,9 @@ pub const DEFAULT_SERVICE_NAME: &str = "tether";
 pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Text;
 /// `telemetry.log_level`: a `tracing` filter directive.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// `telemetry.record_query`: off, because query strings often carry secrets (tokens, session
+/// ids, signed-URL signatures) that must not end up in logs and traces by default.
+pub const DEFAULT_RECORD_QUERY: bool = false;
 /// `listeners.NAME.protocol`.
 pub const DEFAULT_LISTENER_PROTOCOL: ListenerProtocol = ListenerProtocol::Http;
 /// `listeners.NAME.max_request_head_bytes`: request line plus headers.
@@ -234,6 +237,121 @@ pub struct TelemetryConfig {
     pub log_format: LogFormat,
     /// `tracing` filter directive; default [`DEFAULT_LOG_LEVEL`].
     pub log_level: String,
+    /// The fields each access-log line carries (written in the order of
+    /// [`AccessLogField::ALL`]); default every field.
+    pub access_log_fields: Vec<AccessLogField>,
+    /// Whether query strings are written to the access log (`query`) and to spans
+    /// (`url.query`, the query of `url.full`); default [`DEFAULT_RECORD_QUERY`].
+    pub record_query: bool,
+}
+
+/// A field of the access-log line of a request (`telemetry.access_log_fields`). The README's
+/// access-log table documents each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AccessLogField {
+    /// `client`: the client's address and port.
+    Client,
+    /// `listener`: the listener's name.
+    Listener,
+    /// `method`.
+    Method,
+    /// `host`: the host the request was for.
+    Host,
+    /// `path`.
+    Path,
+    /// `query` (only with `record_query`).
+    Query,
+    /// `version`: the client's HTTP version.
+    Version,
+    /// `status`.
+    Status,
+    /// `duration_us`: from the request head to the last byte of the response body.
+    DurationUs,
+    /// `route`: the routing rule.
+    Route,
+    /// `backend`: the member that answered (or was tried last).
+    Backend,
+    /// `retries`.
+    Retries,
+    /// `websocket`: whether the request was a WebSocket handshake.
+    Websocket,
+    /// `request_id`: the `X-Request-Id`.
+    RequestId,
+    /// `user_agent`.
+    UserAgent,
+    /// `bytes_in`: request body bytes received from the client.
+    BytesIn,
+    /// `bytes_out`: response body bytes sent to the client.
+    BytesOut,
+    /// `connect_us`: time to open the backend connection (absent when a pooled one was used).
+    ConnectUs,
+    /// `ttfb_us`: from sending to the backend to its response head.
+    TtfbUs,
+    /// `trace_id`: when tracing.
+    TraceId,
+}
+
+impl AccessLogField {
+    /// Every field, in the default order.
+    pub const ALL: [AccessLogField; 20] = [
+        AccessLogField::Client,
+        AccessLogField::Listener,
+        AccessLogField::Method,
+        AccessLogField::Host,
+        AccessLogField::Path,
+        AccessLogField::Query,
+        AccessLogField::Version,
+        AccessLogField::Status,
+        AccessLogField::DurationUs,
+        AccessLogField::Route,
+        AccessLogField::Backend,
+        AccessLogField::Retries,
+        AccessLogField::Websocket,
+        AccessLogField::RequestId,
+        AccessLogField::UserAgent,
+        AccessLogField::BytesIn,
+        AccessLogField::BytesOut,
+        AccessLogField::ConnectUs,
+        AccessLogField::TtfbUs,
+        AccessLogField::TraceId,
+    ];
+
+    /// The field's name, as configured and as written in the log line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccessLogField::Client => "client",
+            AccessLogField::Listener => "listener",
+            AccessLogField::Method => "method",
+            AccessLogField::Host => "host",
+            AccessLogField::Path => "path",
+            AccessLogField::Query => "query",
+            AccessLogField::Version => "version",
+            AccessLogField::Status => "status",
+            AccessLogField::DurationUs => "duration_us",
+            AccessLogField::Route => "route",
+            AccessLogField::Backend => "backend",
+            AccessLogField::Retries => "retries",
+            AccessLogField::Websocket => "websocket",
+            AccessLogField::RequestId => "request_id",
+            AccessLogField::UserAgent => "user_agent",
+            AccessLogField::BytesIn => "bytes_in",
+            AccessLogField::BytesOut => "bytes_out",
+            AccessLogField::ConnectUs => "connect_us",
+            AccessLogField::TtfbUs => "ttfb_us",
+            AccessLogField::TraceId => "trace_id",
+        }
+    }
+
+    /// The field named `name`.
+    pub fn from_name(name: &str) -> Option<AccessLogField> {
+        AccessLogField::ALL.into_iter().find(|f| f.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for AccessLogField {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// How log lines are written.

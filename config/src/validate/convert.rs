@@ -129,11 +129,38 @@ impl Checker<'_> {
             }
             other => Some(other.unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_owned())),
         };
+        let access_log_fields = match t.and_then(|t| t.access_log_fields.as_ref()) {
+            None => Some(AccessLogField::ALL.to_vec()),
+            Some(names) if names.is_empty() => {
+                self.error(
+                    "telemetry.access_log_fields",
+                    "must name at least one field (turn the access log off with \
+                     RUST_LOG=info,tether::access=off)",
+                );
+                None
+            }
+            Some(names) => self
+                .list("telemetry.access_log_fields", Some(names), |name| {
+                    AccessLogField::from_name(name.trim()).ok_or_else(|| {
+                        let known: Vec<&str> =
+                            AccessLogField::ALL.iter().map(|f| f.as_str()).collect();
+                        ParseError::new(format!(
+                            "unknown field \"{name}\" (one of: {})",
+                            known.join(", ")
+                        ))
+                    })
+                })
+                .filter(|fields| self.no_duplicates("telemetry.access_log_fields", fields)),
+        };
         Some(TelemetryConfig {
             service_name: service_name?,
             otlp_endpoint,
             log_format: t.and_then(|t| t.log_format).unwrap_or(DEFAULT_LOG_FORMAT),
             log_level: log_level?,
+            access_log_fields: access_log_fields?,
+            record_query: t
+                .and_then(|t| *t.record_query)
+                .unwrap_or(DEFAULT_RECORD_QUERY),
         })
     }
 

@@ -63,30 +63,47 @@ impl Checker<'_> {
 
     /// Application Gateway's documented pitfall, turned into an error: the backend request
     /// timeout also bounds an idle WebSocket session, so it must outlast the ping interval.
+    ///
+    /// Only a `keepalive_interval` the configuration sets is held to this. When it is left to
+    /// its default and the rule's `request_timeout` is not above [`DEFAULT_KEEPALIVE_INTERVAL`]
+    /// (an HTTP API with `request_timeout = "5s"`), the default becomes half the request
+    /// timeout, so a WebSocket on that rule is still pinged in time; nothing to fix.
     pub(super) fn keepalive_trap(
         &mut self,
-        rules: &BTreeMap<String, RoutingRuleConfig>,
+        raw: &RawConfig,
+        rules: &mut BTreeMap<String, RoutingRuleConfig>,
         settings: &BTreeMap<String, BackendSettingsConfig>,
     ) {
-        for (name, rule) in rules {
+        for (name, rule) in rules.iter_mut() {
             let keepalive = rule.websocket.keepalive_interval;
             let Some(s) = settings.get(&rule.backend_settings) else {
                 continue;
             };
-            if !keepalive.is_zero() && s.request_timeout <= keepalive {
-                self.error(
-                    &format!("backend_settings.{}.request_timeout", s.name),
-                    format!(
-                        "{} must exceed the keepalive_interval {} of routing rule \"{name}\": an idle \
-                         WebSocket session would be cut by the request timeout before the first ping, and \
-                         clients would see close code 1006 (the Application Gateway pitfall); raise \
-                         request_timeout (e.g. to {}) or lower routing_rules.{name}.websocket.keepalive_interval",
-                        format_duration(s.request_timeout),
-                        format_duration(keepalive),
-                        format_duration(keepalive.saturating_mul(2)),
-                    ),
-                );
+            let set = raw
+                .routing_rules
+                .get(name)
+                .and_then(|r| r.websocket.as_ref())
+                .is_some_and(|w| w.keepalive_interval.is_some());
+            if keepalive.is_zero() || s.request_timeout > keepalive {
+                continue;
             }
+            if !set {
+                rule.websocket.keepalive_interval = s.request_timeout / 2;
+                continue;
+            }
+            self.error(
+                &format!("backend_settings.{}.request_timeout", s.name),
+                format!(
+                    "{} must exceed the keepalive_interval {} of routing rule \"{name}\": an idle \
+                     WebSocket session would be cut by the request timeout before the first ping, and \
+                     clients would see close code 1006 (the Application Gateway pitfall); raise \
+                     request_timeout (e.g. to {}) or lower routing_rules.{name}.websocket.keepalive_interval \
+                     (\"0s\" turns pings off, for a rule that serves no WebSockets)",
+                    format_duration(s.request_timeout),
+                    format_duration(keepalive),
+                    format_duration(keepalive.saturating_mul(2)),
+                ),
+            );
         }
     }
 

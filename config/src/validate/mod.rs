@@ -61,10 +61,10 @@ pub(crate) fn validate(
     let backend_pools = convert(&raw.backend_pools, |name, p| c.pool(name, p));
     let backend_settings = convert(&raw.backend_settings, |name, s| c.settings(name, s));
     let probes = convert(&raw.probes, |name, p| c.probe(name, p));
-    let routing_rules = convert(&raw.routing_rules, |name, r| c.rule(name, r));
+    let mut routing_rules = convert(&raw.routing_rules, |name, r| c.rule(name, r));
 
     c.references(raw, declared);
-    c.keepalive_trap(&routing_rules, &backend_settings);
+    c.keepalive_trap(raw, &mut routing_rules, &backend_settings);
     c.overlapping_rules(&routing_rules);
     c.clashing_binds(admin.as_ref(), &listeners);
     c.pool_probes(&routing_rules, &backend_settings, &probes);

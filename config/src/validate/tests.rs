@@ -137,6 +137,74 @@ fn missing_reference_says_did_you_mean() {
     );
 }
 
+/// An HTTP API's short timeout with the keep-alive left to its default: accepted, and a
+/// WebSocket on that rule would be pinged at half the timeout.
+#[test]
+fn a_short_request_timeout_halves_the_default_keepalive_instead_of_failing() {
+    let toml = BASE
+        .replace(r#"request_timeout = "40s""#, r#"request_timeout = "5s""#)
+        .replace(r#"keepalive_interval = "20s""#, "");
+    let c = from_toml_str(&toml).unwrap_or_else(|e| panic!("{e}"));
+    let ws = &c.routing_rules["chat"].websocket;
+    assert_eq!(ws.keepalive_interval, Duration::from_millis(2500));
+    // Above the default, the default stays.
+    let c = from_toml_str(&BASE.replace(r#"keepalive_interval = "20s""#, "")).unwrap();
+    assert_eq!(
+        c.routing_rules["chat"].websocket.keepalive_interval,
+        DEFAULT_KEEPALIVE_INTERVAL
+    );
+}
+
+/// Every problem of one table is reported, not only the first serde meets.
+#[test]
+fn one_unknown_field_does_not_hide_the_other_errors_of_its_table() {
+    let toml = format!(
+        "{BASE}\n[listeners.b]\nbnd = \"x\"\nmax_headers = \"many\"\nprotocl = \"http\"\n\
+         [telemetry]\nlog_lvl = \"x\"\nlog_format = 3\naccess_log_fields = [\"status\", \"size\"]\n"
+    );
+    let all = errors(&toml);
+    for expected in [
+        "listeners.b.bnd: unknown field",
+        "listeners.b.max_headers:",
+        "listeners.b.protocl: unknown field",
+        "telemetry.log_lvl: unknown field",
+        "telemetry.log_format: expected one of: text, json",
+    ] {
+        assert!(
+            all.iter().any(|e| e.starts_with(expected)),
+            "{expected} missing from {all:#?}"
+        );
+    }
+}
+
+#[test]
+fn access_log_fields_are_named_and_checked() {
+    let c = from_toml_str(BASE).unwrap();
+    assert_eq!(c.telemetry.access_log_fields, AccessLogField::ALL);
+    assert!(!c.telemetry.record_query);
+    let toml = format!(
+        "{BASE}\n[telemetry]\naccess_log_fields = \"status, bytes_out\"\nrecord_query = true\n"
+    );
+    let c = from_toml_str(&toml).unwrap();
+    assert_eq!(
+        c.telemetry.access_log_fields,
+        [AccessLogField::Status, AccessLogField::BytesOut]
+    );
+    assert!(c.telemetry.record_query);
+    let toml = format!("{BASE}\n[telemetry]\naccess_log_fields = [\"status\", \"size\"]\n");
+    let error = one_error(&toml);
+    assert!(
+        error.starts_with(
+            r#"telemetry.access_log_fields[1]: unknown field "size" (one of: client, listener,"#
+        ),
+        "{error}"
+    );
+    let toml = format!("{BASE}\n[telemetry]\naccess_log_fields = [\"status\", \"status\"]\n");
+    assert!(one_error(&toml).contains(r#""status" is listed twice"#));
+    let toml = format!("{BASE}\n[telemetry]\naccess_log_fields = []\n");
+    assert!(one_error(&toml).contains("must name at least one field"));
+}
+
 #[test]
 fn request_timeout_must_exceed_keepalive() {
     let toml = BASE.replace(r#"request_timeout = "40s""#, r#"request_timeout = "20s""#);
@@ -148,6 +216,10 @@ fn request_timeout_must_exceed_keepalive() {
     assert!(error.contains("close code 1006"), "{error}");
     assert!(error.contains("Application Gateway"), "{error}");
     assert!(error.contains("e.g. to 40s"), "{error}");
+    assert!(
+        error.contains(r#"("0s" turns pings off, for a rule that serves no WebSockets)"#),
+        "{error}"
+    );
 
     // Keepalive off: nothing to outlast.
     let toml = toml.replace(
