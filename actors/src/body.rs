@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 /// Why a client's request body could not be relayed. Always the client's doing: none of these
@@ -100,29 +99,28 @@ impl UploadProbe {
     }
 }
 
-pin_project! {
-    /// The body of a request to a backend: the client's body relayed frame by frame, or none.
-    ///
-    /// Lifecycle of a client body (RFC 9112 §6 framing is hyper's; the timing is ours):
-    ///
-    /// 1. *Not started*: hyper's client has not asked for a frame yet (it is connecting or
-    ///    writing the head). No clock runs; the client's bytes wait in the socket.
-    /// 2. *Reading*: each poll that finds no data waits on the client, bounded by
-    ///    `request_body_timeout` since the previous frame (or since the first poll). The timer is
-    ///    one `Sleep` armed once and moved forward lazily when it fires after progress: a frame
-    ///    costs a clock read, no allocation and no timer-wheel update.
-    /// 3. *Done* (end of body: the timer is dropped) or *failed*: the error is a
-    ///    [`ClientBodyError`], so when hyper's client reports it as the request's error the
-    ///    request path knows it was the client's doing ([`ClientBodyError::behind`]).
-    #[derive(Debug)]
-    pub struct RequestBody {
-        incoming: Option<Incoming>,
-        timeout: Duration,
-        last_frame: Option<Instant>,
-        probe: Option<UploadProbe>,
-        #[pin]
-        idle: Option<Sleep>,
-    }
+/// The body of a request to a backend: the client's body relayed frame by frame, or none.
+///
+/// Lifecycle of a client body (RFC 9112 §6 framing is hyper's; the timing is ours):
+///
+/// 1. *Not started*: hyper's client has not asked for a frame yet (it is connecting or
+///    writing the head). No clock runs; the client's bytes wait in the socket.
+/// 2. *Reading*: each poll that finds no data waits on the client, bounded by
+///    `request_body_timeout` since the previous frame (or since the first poll). The timer is
+///    one `Sleep` armed once and moved forward lazily when it fires after progress: a frame
+///    costs a clock read, no allocation and no timer-wheel update.
+/// 3. *Done* (end of body: the timer is dropped) or *failed*: the error is a
+///    [`ClientBodyError`], so when hyper's client reports it as the request's error the
+///    request path knows it was the client's doing ([`ClientBodyError::behind`]).
+#[derive(Debug)]
+pub struct RequestBody {
+    incoming: Option<Incoming>,
+    timeout: Duration,
+    last_frame: Option<Instant>,
+    probe: Option<UploadProbe>,
+    /// Boxed (allocated once, when the body first waits on the client) so that the body is
+    /// `Unpin`, as hyper's HTTP/2 client wants.
+    idle: Option<Pin<Box<Sleep>>>,
 }
 
 impl RequestBody {
@@ -160,7 +158,7 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        let mut this = self.project();
+        let this = self.get_mut();
         let Some(incoming) = this.incoming.as_mut() else {
             return Poll::Ready(None);
         };
@@ -175,37 +173,34 @@ impl Body for RequestBody {
                     probe.0.bytes.set(probe.0.bytes.get() + data.len() as u64);
                 }
                 if incoming.is_end_stream() {
-                    this.idle.set(None);
+                    this.idle = None;
                 } else {
-                    *this.last_frame = Some(Instant::now());
+                    this.last_frame = Some(Instant::now());
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(None) => {
-                this.idle.set(None);
+                this.idle = None;
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Err(e))) => {
-                this.idle.set(None);
+                this.idle = None;
                 Poll::Ready(Some(Err(ClientBodyError::from_incoming(&e))))
             }
             Poll::Pending => {
                 let last = *this.last_frame.get_or_insert_with(Instant::now);
-                if this.idle.is_none() {
-                    this.idle
-                        .set(Some(tokio::time::sleep_until(last + *this.timeout)));
-                }
-                let Some(mut idle) = this.idle.as_mut().as_pin_mut() else {
-                    return Poll::Pending;
-                };
+                let timeout = this.timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(last + timeout)));
                 loop {
                     if idle.as_mut().poll(cx).is_pending() {
                         return Poll::Pending;
                     }
                     // Fired: a frame may have come since it was armed; if so, move it on.
-                    let due = last + *this.timeout;
+                    let due = last + timeout;
                     if due <= Instant::now() {
-                        return Poll::Ready(Some(Err(ClientBodyError::Idle(*this.timeout))));
+                        return Poll::Ready(Some(Err(ClientBodyError::Idle(timeout))));
                     }
                     idle.as_mut().reset(due);
                 }

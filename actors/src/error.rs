@@ -144,6 +144,17 @@ pub enum ProxyError {
     /// The client's request body failed: bad framing, a client that left, or one too slow.
     #[error(transparent)]
     ClientBody(#[from] ClientBodyError),
+    /// A gRPC call's own deadline (`grpc-timeout`, shorter than the settings' `request_timeout`)
+    /// passed before the backend's response head. The client chose the deadline, so it does not
+    /// count against the member; the answer is a gRPC `DEADLINE_EXCEEDED` (status 4) in a
+    /// trailers-only response, as a gRPC server would give it.
+    #[error("deadline exceeded: backend {backend} did not answer within the call's grpc-timeout ({after:?})")]
+    DeadlineExceeded {
+        /// The member we tried.
+        backend: SocketAddr,
+        /// The deadline the client set.
+        after: Duration,
+    },
 }
 
 /// The status logged for a client that closed its connection before its request was complete
@@ -197,6 +208,9 @@ impl ProxyError {
             | ProxyError::TlsConfig { .. }
             | ProxyError::UnrequestedUpgrade { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::ResponseTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            // gRPC carries its status in `grpc-status`; HTTP says the exchange worked (gRPC over
+            // HTTP/2, "Responses": trailers-only).
+            ProxyError::DeadlineExceeded { .. } => StatusCode::OK,
             ProxyError::ClientBody(e) => match e {
                 ClientBodyError::Malformed(_) => StatusCode::BAD_REQUEST,
                 ClientBodyError::Idle(_) | ClientBodyError::TooSlow(_) => {
@@ -248,6 +262,7 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. } => "connect_failed",
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
             ProxyError::ResponseTimeout { .. } => "timeout",
+            ProxyError::DeadlineExceeded { .. } => "deadline_exceeded",
             ProxyError::TlsFailed { .. } | ProxyError::TlsConfig { .. } => "tls",
             ProxyError::UnrequestedUpgrade { .. } => "unrequested_upgrade",
             ProxyError::ClientBody(ClientBodyError::Gone(_)) => "client_closed",
@@ -266,7 +281,8 @@ impl ProxyError {
             | ProxyError::OriginRequired
             | ProxyError::SubprotocolNotAllowed
             | ProxyError::InsecureWebSocket { .. }
-            | ProxyError::ClientBody(_) => Side::Downstream,
+            | ProxyError::ClientBody(_)
+            | ProxyError::DeadlineExceeded { .. } => Side::Downstream,
             ProxyError::NoRoute
             | ProxyError::NoHealthyBackend { .. }
             | ProxyError::SessionLimit { .. }
@@ -305,6 +321,8 @@ impl ProxyError {
             // Unreachable on a handshake, which never has a body (`HandshakeError::HasBody`);
             // filed where every unnamed failure went before it was named here.
             ProxyError::ClientBody(_) => HandshakeOutcome::BackendError,
+            // Unreachable too: only gRPC requests have a grpc-timeout.
+            ProxyError::DeadlineExceeded { .. } => HandshakeOutcome::BackendError,
         }
     }
 }

@@ -12,15 +12,15 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Uri, Version};
 
 /// Headers that are hop-by-hop whatever `Connection` says (RFC 9110 §7.6.1, plus the
-/// non-standard `Proxy-Connection` and `Keep-Alive` that old clients still send).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// non-standard `Proxy-Connection` and `Keep-Alive` that old clients still send). `Trailer` is
+/// not one: it announces the message's own trailer fields (RFC 9110 §6.6.2), which are relayed.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
 
@@ -59,6 +59,57 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(name);
     }
     headers.remove(header::UPGRADE);
+}
+
+/// Whether the client accepts trailer fields: its `TE` lists `trailers` (RFC 9110 §10.1.4).
+/// Read before [`strip_hop_by_hop`] removes `TE`.
+pub fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers.get_all(header::TE).iter().any(|v| {
+        v.as_bytes().split(|&b| b == b',').any(|t| {
+            t.split(|&b| b == b';')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"trailers")
+        })
+    })
+}
+
+/// Turns a request head prepared for an HTTP/1.1 backend into one for an HTTP/2 backend
+/// (RFC 9113 §8.3.1): the target becomes absolute (`:scheme` and `:authority` from `Host`, which
+/// is then dropped, else the member's address), and `te: trailers` — the one connection-specific
+/// field HTTP/2 allows (§8.2.2) — is kept when the client sent it, since gRPC servers want it.
+pub fn to_http2(
+    parts: &mut http::request::Parts,
+    tls: bool,
+    backend: std::net::SocketAddr,
+    trailers: bool,
+) {
+    let authority = parts
+        .headers
+        .remove(header::HOST)
+        .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+        .or_else(|| http::uri::Authority::try_from(backend.to_string()).ok());
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(if tls {
+        http::uri::Scheme::HTTPS
+    } else {
+        http::uri::Scheme::HTTP
+    });
+    uri.authority = authority;
+    uri.path_and_query = parts.uri.path_and_query().cloned();
+    if uri.path_and_query.is_none() {
+        uri.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    if let Ok(absolute) = Uri::from_parts(uri) {
+        parts.uri = absolute;
+    }
+    parts.version = Version::HTTP_2;
+    if trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
 }
 
 /// Joins the `cookie` field lines an HTTP/2 client may split its cookies into (RFC 9113
@@ -250,9 +301,39 @@ mod tests {
         h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         h.insert("x-kept", HeaderValue::from_static("yes"));
+        h.insert(header::TRAILER, HeaderValue::from_static("x-checksum"));
         strip_hop_by_hop(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h["x-kept"], "yes");
+        assert_eq!(
+            h[header::TRAILER],
+            "x-checksum",
+            "end to end (RFC 9110 §6.6.2)"
+        );
+    }
+
+    #[test]
+    fn te_trailers_is_read_and_an_http2_head_is_absolute() {
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("gzip, Trailers;q=1"));
+        assert!(accepts_trailers(&h));
+        h.insert(header::TE, HeaderValue::from_static("gzip"));
+        assert!(!accepts_trailers(&h));
+        let backend = std::net::SocketAddr::from(([127, 0, 0, 1], 5000));
+        let (mut parts, ()) = http::Request::get("/a?b")
+            .header(header::HOST, "svc:81")
+            .body(())
+            .unwrap()
+            .into_parts();
+        to_http2(&mut parts, true, backend, true);
+        assert_eq!(parts.uri, "https://svc:81/a?b");
+        assert_eq!(parts.version, Version::HTTP_2);
+        assert!(parts.headers.get(header::HOST).is_none());
+        assert_eq!(parts.headers[header::TE], "trailers");
+        let (mut parts, ()) = http::Request::get("/").body(()).unwrap().into_parts();
+        to_http2(&mut parts, false, backend, false);
+        assert_eq!(parts.uri, "http://127.0.0.1:5000/");
+        assert!(parts.headers.get(header::TE).is_none());
     }
 
     #[test]

@@ -79,6 +79,7 @@ pub mod balance;
 mod body;
 mod error;
 pub mod frame;
+pub mod grpc;
 pub mod handshake;
 pub mod headers;
 pub mod http2;

@@ -201,6 +201,8 @@ pub struct Metrics {
     http2_reset_budget: AtomicU64,
     /// Every listener that accepts, by name (written when listeners start and stop).
     listeners: RwLock<BTreeMap<String, ListenerGauges>>,
+    /// HTTP/2 backend connections and streams.
+    pub upstream_h2: UpstreamH2Counters,
 }
 
 impl Default for Metrics {
@@ -215,6 +217,7 @@ impl Default for Metrics {
             http2_errors: std::array::from_fn(|_| AtomicU64::new(0)),
             http2_reset_budget: AtomicU64::new(0),
             listeners: RwLock::new(BTreeMap::new()),
+            upstream_h2: UpstreamH2Counters::default(),
         }
     }
 }
@@ -523,6 +526,50 @@ impl Metrics {
                 );
             }
         }
+        self.upstream_h2.render(out);
+    }
+}
+
+/// Counters of HTTP/2 backends (`protocol = "h2c"` or `"h2"`), no labels: connections the
+/// workers opened, and streams the backends turned away unprocessed (`REFUSED_STREAM`, or above
+/// a GOAWAY's last stream id). Connections opened far faster than requests come means the
+/// backends close them, or allow few streams each.
+#[derive(Debug, Default)]
+pub struct UpstreamH2Counters {
+    connections: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl UpstreamH2Counters {
+    /// Counts an HTTP/2 connection opened to a backend.
+    pub fn connection_opened(&self) {
+        self.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a stream the backend turned away before processing it.
+    pub fn stream_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `(connections opened, streams refused)` so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.connections.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed),
+        )
+    }
+
+    fn render(&self, out: &mut String) {
+        let (connections, refused) = self.counts();
+        let _ = writeln!(
+            out,
+            "# HELP tether_backend_h2_connections_total HTTP/2 connections opened to backends.\n\
+             # TYPE tether_backend_h2_connections_total counter\n\
+             tether_backend_h2_connections_total {connections}\n\
+             # HELP tether_backend_h2_streams_refused_total HTTP/2 streams a backend turned away unprocessed (REFUSED_STREAM or GOAWAY).\n\
+             # TYPE tether_backend_h2_streams_refused_total counter\n\
+             tether_backend_h2_streams_refused_total {refused}"
+        );
     }
 }
 
@@ -643,6 +690,11 @@ mod tests {
         assert!(!out.contains(r#"route="chat""#), "{out}");
         assert!(out.contains("tether_backend_retries_total{reason=\"connect\"} 1"));
         assert!(out.contains("tether_backend_retries_total{reason=\"reset\"} 0"));
+        m.upstream_h2.connection_opened();
+        let mut out = String::new();
+        m.render(&mut out);
+        assert!(out.contains("\ntether_backend_h2_connections_total 1\n"));
+        assert!(out.contains("\ntether_backend_h2_streams_refused_total 0\n"));
     }
 
     #[test]

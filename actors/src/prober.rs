@@ -50,9 +50,9 @@ use actix::{
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{header, HeaderValue, Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use sha1::{Digest, Sha1};
@@ -157,9 +157,18 @@ pub struct ProbePlan {
 impl ProbePlan {
     /// The plan for `pool` from its probe and the settings that name it.
     pub fn new(pool: Arc<str>, probe: &ProbeConfig, settings: &BackendSettingsConfig) -> Self {
-        let tls = (probe.protocol == BackendProtocol::Https).then(|| {
-            let config =
-                crate::upstream::backend_client_config(settings).map_err(|e| e.to_string());
+        let h2 = probe.protocol == BackendProtocol::H2 && probe.kind != ProbeKind::WebSocket;
+        let tls = probe.protocol.uses_tls().then(|| {
+            let config = crate::upstream::backend_client_config(settings)
+                .map(|config| {
+                    if !h2 {
+                        return config;
+                    }
+                    let mut alpn_h2 = (*config).clone();
+                    alpn_h2.alpn_protocols = vec![b"h2".to_vec()];
+                    Arc::new(alpn_h2)
+                })
+                .map_err(|e| e.to_string());
             let name = settings
                 .server_name
                 .as_deref()
@@ -180,6 +189,12 @@ impl ProbePlan {
         }
     }
 
+    /// Whether the probe speaks HTTP/2 (`h2c`/`h2`, except WebSocket probes: upgrades go over
+    /// HTTP/1.1 like the data path's).
+    fn speaks_h2(&self) -> bool {
+        self.probe.protocol.is_http2() && self.probe.kind != ProbeKind::WebSocket
+    }
+
     /// Where a member is probed.
     pub fn target(&self, member: SocketAddr) -> SocketAddr {
         let mut target = member;
@@ -195,7 +210,11 @@ pub async fn probe_once(plan: &ProbePlan, member: SocketAddr) -> ProbeOutcome {
     let target = plan.target(member);
     let deadline = tokio::time::Instant::now() + plan.probe.timeout;
     let verdict = match plan.probe.kind {
+        ProbeKind::Http if plan.speaks_h2() => {
+            tokio::time::timeout_at(deadline, h2_http_probe(plan, target)).await
+        }
         ProbeKind::Http => tokio::time::timeout_at(deadline, http_probe(plan, target)).await,
+        ProbeKind::Grpc => tokio::time::timeout_at(deadline, grpc_probe(plan, target)).await,
         ProbeKind::WebSocket => {
             tokio::time::timeout_at(deadline, websocket_probe(plan, target, deadline)).await
         }
@@ -254,6 +273,11 @@ async fn connect_tcp(
                 crate::tls::describe_io_error(&e)
             )
         })?;
+    if plan.speaks_h2() && tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return Err(format!(
+            "TLS with {target}: the backend did not select ALPN \"h2\""
+        ));
+    }
     Ok(TokioIo::new(Box::new(tls)))
 }
 
@@ -321,6 +345,106 @@ async fn http_probe(plan: &ProbePlan, target: SocketAddr) -> Result<String, Stri
     };
     let (verdict, _) = tokio::join!(exchange, conn);
     verdict
+}
+
+/// Opens an HTTP/2 connection (h2c with prior knowledge, or TLS with ALPN `h2`) and sends
+/// `req` on it; the connection task ends with the probe.
+async fn h2_send(
+    plan: &ProbePlan,
+    target: SocketAddr,
+    req: Request<Full<Bytes>>,
+) -> Result<(http::Response<hyper::body::Incoming>, AbortOnDrop), String> {
+    let (mut sender, conn) =
+        http2::handshake(TokioExecutor::new(), connect_tcp(plan, target).await?)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake with {target} failed: {e}"))?;
+    let task = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request to {target} failed: {e}"))?;
+    Ok((resp, task))
+}
+
+/// The absolute target of an HTTP/2 probe request (RFC 9113 §8.3.1: `:scheme`, `:authority`).
+fn h2_request(plan: &ProbePlan, target: SocketAddr, path: &str) -> http::request::Builder {
+    let scheme = if plan.probe.protocol.uses_tls() {
+        "https"
+    } else {
+        "http"
+    };
+    let authority = plan
+        .probe
+        .host
+        .clone()
+        .unwrap_or_else(|| target.to_string());
+    Request::builder()
+        .uri(format!("{scheme}://{authority}{path}"))
+        .version(http::Version::HTTP_2)
+        .header(header::USER_AGENT, "tether-probe")
+}
+
+async fn h2_http_probe(plan: &ProbePlan, target: SocketAddr) -> Result<String, String> {
+    let req = h2_request(plan, target, &plan.probe.path)
+        .body(Full::default())
+        .map_err(|e| format!("bad probe request: {e}"))?;
+    let (resp, _conn) = h2_send(plan, target, req).await?;
+    check_response(plan, resp).await
+}
+
+/// The gRPC health check (`grpc.health.v1.Health/Check`, service `""`): healthy when the call
+/// ends with `grpc-status: 0` and the answer is `SERVING`.
+async fn grpc_probe(plan: &ProbePlan, target: SocketAddr) -> Result<String, String> {
+    let req = h2_request(plan, target, crate::grpc::HEALTH_CHECK_PATH)
+        .method(http::Method::POST)
+        .header(header::CONTENT_TYPE, "application/grpc")
+        .header(header::TE, "trailers")
+        .body(Full::new(crate::grpc::HEALTH_CHECK_REQUEST))
+        .map_err(|e| format!("bad probe request: {e}"))?;
+    let (resp, _conn) = h2_send(plan, target, req).await?;
+    if resp.status() != StatusCode::OK {
+        return Err(format!(
+            "health check answered HTTP {}",
+            resp.status().as_u16()
+        ));
+    }
+    let head_status = resp.headers().get(crate::grpc::GRPC_STATUS).cloned();
+    let mut body = resp.into_body();
+    let mut seen = Vec::new();
+    let mut trailer_status = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("reading the health check answer failed: {e}"))?;
+        match frame.into_data() {
+            Ok(data) => {
+                seen.extend_from_slice(&data);
+                if seen.len() > MAX_PROBE_BODY {
+                    return Err("health check answer too large".into());
+                }
+            }
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    trailer_status = trailers.get(crate::grpc::GRPC_STATUS).cloned();
+                }
+            }
+        }
+    }
+    match trailer_status.or(head_status) {
+        Some(s) if s == "0" => {}
+        Some(s) => {
+            return Err(format!(
+                "health check failed with grpc-status {}",
+                String::from_utf8_lossy(s.as_bytes())
+            ))
+        }
+        None => return Err("health check answer has no grpc-status".into()),
+    }
+    if crate::grpc::health_is_serving(&seen) {
+        Ok("SERVING".into())
+    } else {
+        Err("health check says not SERVING".into())
+    }
 }
 
 async fn check_response(

@@ -18,6 +18,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::access_log::AccessLine;
 use crate::error::ProxyError;
+use crate::grpc;
 use crate::handshake::HandshakeError;
 use crate::upstream::PooledConnection;
 
@@ -168,6 +169,15 @@ impl ProxyError {
     /// The response for this failure: its status, `text/plain`, and a one-line reason. A
     /// version mismatch also carries `Sec-WebSocket-Version: 13` (RFC 6455 §4.4).
     pub fn into_response(self) -> Response<ProxyBody> {
+        if let ProxyError::DeadlineExceeded { .. } = self {
+            let mut resp = Response::new(ProxyBody::empty());
+            grpc::trailers_only(
+                resp.headers_mut(),
+                grpc::DEADLINE_EXCEEDED,
+                &self.to_string(),
+            );
+            return resp;
+        }
         let status = self.status();
         let mut reason = self.to_string();
         reason.push('\n');

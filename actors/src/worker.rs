@@ -68,7 +68,7 @@ impl WorkerActor {
             ctx: Rc::new(WorkerContext {
                 index,
                 routes: setup.routes,
-                upstream: Rc::new(UpstreamPool::default()),
+                upstream: Rc::new(UpstreamPool::new(setup.metrics.clone())),
                 registry: Rc::new(setup.registry),
                 shutdown: setup.shutdown,
                 tracker: setup.tracker,

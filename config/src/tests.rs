@@ -109,6 +109,7 @@ fn env_overrides_files() {
             "TETHER_BACKEND_POOLS__CHAT__LOAD_BALANCING",
             "least_connections",
         ),
+        ("TETHER_BACKEND_SETTINGS__CHAT__PROTOCOL", "h2c"),
         ("PATH", "/usr/bin"),
         ("OTEL_SERVICE_NAME", "ignored"),
     ];
@@ -128,6 +129,7 @@ fn env_overrides_files() {
         c.backend_pools["chat"].load_balancing,
         LoadBalancing::LeastConnections
     );
+    assert_eq!(c.backend_settings["chat"].protocol, BackendProtocol::H2c);
 }
 
 #[test]

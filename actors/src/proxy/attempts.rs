@@ -48,7 +48,8 @@ pub(super) fn report_failure(lease: &MemberLease, err: &ProxyError) {
 /// a reset has been spent.
 ///
 /// Lifecycle: every failed attempt is reported against its member first; then
-/// [`Attempts::next`] decides. A retry is allowed while fewer than the settings' `retries` were
+/// [`Attempts::next`] decides (and, for an HTTP/2 stream turned away with no other member,
+/// [`Attempts::again_on_same`]). A retry is allowed while fewer than the settings' `retries` were
 /// made, there is an untried member in rotation, and either nothing reached the failed member
 /// (its connect or TLS handshake failed: any request, and WebSocket upgrades) or the request is
 /// idempotent (RFC 9110 §9.2.2) with no body and its connection closed before any response byte
@@ -104,6 +105,25 @@ impl<'a> Attempts<'a> {
         self.ctx.metrics.retry(reason);
         tracing::debug!(failed = %failed.addr(), next = %backend, reason = reason.as_str(), "retrying on another member");
         Some((backend, lease))
+    }
+}
+
+impl Attempts<'_> {
+    /// Records a retry on the member that just failed (`failed`), for an HTTP/2 backend with no
+    /// other member in rotation that turned the stream away unprocessed: counted like
+    /// [`Attempts::next`], and spends the one reset retry.
+    pub(super) fn again_on_same(
+        &mut self,
+        failed: &MemberLease,
+        reason: RetryReason,
+        facts: &mut RequestFacts,
+    ) {
+        if reason == RetryReason::Reset {
+            self.reset_retry_spent = true;
+        }
+        facts.retries += 1;
+        self.ctx.metrics.retry(reason);
+        tracing::debug!(member = %failed.addr(), reason = reason.as_str(), "retrying on the same member");
     }
 }
 

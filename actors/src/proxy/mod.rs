@@ -40,6 +40,7 @@ use crate::admission::{ConnectionGuard, ListenerInfo};
 use crate::balance::MemberLease;
 use crate::body::{ClientBodyError, RequestBody, UploadProbe};
 use crate::error::ProxyError;
+use crate::grpc;
 use crate::handshake;
 use crate::headers;
 use crate::http2::HttpProtocol;

@@ -50,7 +50,7 @@ pub(super) async fn forward_websocket(
     let answer = loop {
         let tls = ctx
             .upstream
-            .tls_for(&route.settings, backend)
+            .tls_for(&route.settings, backend, true)
             .inspect_err(|e| report_failure(&lease, e))?;
         let error = match upstream::send_upgrade(
             backend,

@@ -501,7 +501,8 @@ pub enum LoadBalancing {
 pub struct BackendSettingsConfig {
     /// The settings' name (its key in `backend_settings`).
     pub name: String,
-    /// Plain HTTP or TLS to the backend; default [`DEFAULT_BACKEND_PROTOCOL`].
+    /// HTTP/1.1 or HTTP/2, plain or over TLS, to the backend; default
+    /// [`DEFAULT_BACKEND_PROTOCOL`].
     pub protocol: BackendProtocol,
     /// Overrides the members' port when set.
     pub port: Option<u16>,
@@ -535,6 +536,24 @@ pub enum BackendProtocol {
     Http,
     /// HTTP/1.1 over TLS.
     Https,
+    /// HTTP/2 over plain TCP with prior knowledge (RFC 9113 §3.3): the connection starts with
+    /// the HTTP/2 preface, no `Upgrade: h2c`.
+    H2c,
+    /// HTTP/2 over TLS, negotiated with ALPN `h2` (RFC 9113 §3.2); a backend that does not
+    /// select `h2` is refused, never spoken to in HTTP/1.1.
+    H2,
+}
+
+impl BackendProtocol {
+    /// Whether connections run over TLS (`https`, `h2`).
+    pub fn uses_tls(self) -> bool {
+        matches!(self, BackendProtocol::Https | BackendProtocol::H2)
+    }
+
+    /// Whether ordinary requests go over multiplexed HTTP/2 connections (`h2c`, `h2`).
+    pub fn is_http2(self) -> bool {
+        matches!(self, BackendProtocol::H2c | BackendProtocol::H2)
+    }
 }
 
 /// `[probes.NAME]`: a health probe run against every member of the pools that use it.
@@ -542,7 +561,7 @@ pub enum BackendProtocol {
 pub struct ProbeConfig {
     /// The probe's name (its key in `probes`).
     pub name: String,
-    /// Plain HTTP or TLS; default [`DEFAULT_PROBE_PROTOCOL`].
+    /// HTTP/1.1 or HTTP/2, plain or over TLS; default [`DEFAULT_PROBE_PROTOCOL`].
     pub protocol: BackendProtocol,
     /// Request path; default [`DEFAULT_PROBE_PATH`].
     pub path: String,
@@ -575,6 +594,9 @@ pub enum ProbeKind {
     /// A WebSocket handshake on the probe path; healthy on `101 Switching Protocols`.
     #[serde(rename = "websocket")]
     WebSocket,
+    /// The gRPC health check (`grpc.health.v1.Health/Check` for the whole server, service
+    /// `""`); healthy when the answer is `SERVING`. Needs `protocol = "h2c"` or `"h2"`.
+    Grpc,
 }
 
 /// `[routing_rules.NAME]`: binds a listener (optionally only some hosts and paths) to a pool

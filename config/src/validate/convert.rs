@@ -533,7 +533,30 @@ impl Checker<'_> {
             Some(list) => self.list(&at("match_status"), Some(list), parse_status_range),
         };
         let kind = raw.kind.unwrap_or(DEFAULT_PROBE_KIND);
-        if kind == ProbeKind::WebSocket {
+        let kind = if kind == ProbeKind::Grpc && !protocol.is_http2() {
+            self.error(
+                &at("kind"),
+                "grpc probes need HTTP/2: set protocol = \"h2c\" or \"h2\"",
+            );
+            None
+        } else {
+            Some(kind)
+        };
+        if kind == Some(ProbeKind::Grpc) {
+            for (field, set) in [
+                ("path", raw.path.is_some()),
+                ("match_status", raw.match_status.is_some()),
+                ("match_body", raw.match_body.is_some()),
+            ] {
+                if set {
+                    self.warn(
+                        &at(field),
+                        "not used by grpc probes: they call grpc.health.v1.Health/Check and pass on SERVING",
+                    );
+                }
+            }
+        }
+        if kind == Some(ProbeKind::WebSocket) {
             for (field, set) in [
                 ("match_status", raw.match_status.is_some()),
                 ("match_body", raw.match_body.is_some()),
@@ -558,7 +581,7 @@ impl Checker<'_> {
             healthy_threshold: healthy_threshold?,
             match_status: match_status?,
             match_body: raw.match_body.0.clone(),
-            kind,
+            kind: kind?,
         })
     }
 

@@ -200,6 +200,31 @@ impl Checker<'_> {
         }
     }
 
+    /// A probe that speaks HTTP/1.1 to members that the settings reach over HTTP/2 fails on
+    /// every member that speaks only HTTP/2 (most gRPC servers): a warning, since some servers
+    /// speak both on one port.
+    pub(super) fn probe_protocols(
+        &mut self,
+        settings: &BTreeMap<String, BackendSettingsConfig>,
+        probes: &BTreeMap<String, ProbeConfig>,
+    ) {
+        for (name, s) in settings {
+            let Some(probe) = s.probe.as_ref().and_then(|p| probes.get(p)) else {
+                continue;
+            };
+            if s.protocol.is_http2() && !probe.protocol.is_http2() {
+                let wanted = if s.protocol.uses_tls() { "h2" } else { "h2c" };
+                self.warn(
+                    &format!("probes.{}.protocol", probe.name),
+                    &format!(
+                        "probes over HTTP/1.1 members that backend settings \"{name}\" reach over HTTP/2; \
+                         a member that only speaks HTTP/2 fails every probe: set protocol = \"{wanted}\""
+                    ),
+                );
+            }
+        }
+    }
+
     /// Two sockets cannot bind the same port on overlapping addresses.
     pub(super) fn clashing_binds(
         &mut self,

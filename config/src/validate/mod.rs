@@ -69,6 +69,7 @@ pub(crate) fn validate(
     c.overlapping_rules(&routing_rules);
     c.clashing_binds(admin.as_ref(), &listeners);
     c.pool_probes(&routing_rules, &backend_settings, &probes);
+    c.probe_protocols(&backend_settings, &probes);
     c.redirects(&listeners);
     c.unused(raw, declared);
 

@@ -692,3 +692,54 @@ fn every_size_accepts_a_bare_number_of_bytes() {
         );
     }
 }
+
+#[test]
+fn http2_backends_and_grpc_probes() {
+    let with = |settings: &str, probe: &str| {
+        BASE.replace(
+            "request_timeout = \"40s\"",
+            &format!("request_timeout = \"40s\"\nprobe = \"p\"\n{settings}"),
+        ) + &format!("\n[probes.p]\n{probe}\n")
+    };
+    let c = from_toml_str(&with(
+        "protocol = \"h2c\"",
+        "protocol = \"h2c\"\nkind = \"grpc\"",
+    ))
+    .unwrap();
+    assert_eq!(c.backend_settings["chat"].protocol, BackendProtocol::H2c);
+    assert_eq!(c.probes["p"].kind, ProbeKind::Grpc);
+    let c = from_toml_str(&with("protocol = \"h2\"", "protocol = \"h2\"")).unwrap();
+    assert!(c.backend_settings["chat"].protocol.uses_tls());
+    assert_eq!(
+        one_error(&with("protocol = \"h2c\"", "kind = \"grpc\"")),
+        r#"probes.p.kind: grpc probes need HTTP/2: set protocol = "h2c" or "h2" [inline]"#
+    );
+    let root = crate::tree::parse_str(
+        &with(
+            "protocol = \"h2c\"\nca_file = \"ca.pem\"",
+            "protocol = \"h2c\"\nkind = \"grpc\"\npath = \"/x\"",
+        ),
+        "inline",
+    )
+    .unwrap();
+    assert_eq!(
+        crate::build(&root).unwrap().warnings,
+        [
+            r#"backend_settings.chat.ca_file: only used when protocol = "https" or "h2" [inline]"#,
+            "probes.p.path: not used by grpc probes: they call grpc.health.v1.Health/Check and pass on SERVING [inline]",
+        ]
+    );
+    let root = crate::tree::parse_str(&with("protocol = \"h2\"", ""), "inline").unwrap();
+    assert_eq!(
+        crate::build(&root).unwrap().warnings,
+        [
+            r#"probes.p.protocol: probes over HTTP/1.1 members that backend settings "chat" reach over HTTP/2; a member that only speaks HTTP/2 fails every probe: set protocol = "h2" [built-in default]"#,
+        ]
+    );
+    let bad = with("protocol = \"http2\"", "");
+    assert!(
+        errors(&bad)[0].starts_with("backend_settings.chat.protocol:"),
+        "{:?}",
+        errors(&bad)
+    );
+}

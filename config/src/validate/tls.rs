@@ -93,7 +93,7 @@ impl Checker<'_> {
             }
             other => Some(other.map(str::to_owned)),
         };
-        if protocol == BackendProtocol::Http {
+        if !protocol.uses_tls() {
             for (field, set) in [
                 ("ca_file", raw.ca_file.is_some()),
                 ("server_name", raw.server_name.is_some()),
@@ -101,7 +101,7 @@ impl Checker<'_> {
                 ("client_key_file", raw.client_key_file.is_some()),
             ] {
                 if set {
-                    self.warn(&at(field), "only used when protocol = \"https\"");
+                    self.warn(&at(field), "only used when protocol = \"https\" or \"h2\"");
                 }
             }
         }
@@ -176,7 +176,7 @@ pub(crate) fn check_files(
         }
     }
     for (name, s) in &config.backend_settings {
-        if s.protocol != BackendProtocol::Https {
+        if !s.protocol.uses_tls() {
             continue;
         }
         let entry = format!("backend_settings.{name}");

@@ -15,6 +15,11 @@
 //! connections are kept apart by TLS configuration, so a plain and a TLS connection to the same
 //! member never mix.
 //!
+//! Backends with `protocol = "h2c"` or `"h2"` get ordinary requests over multiplexed HTTP/2
+//! connections instead ([`http2`]): many streams per connection, a stream slot per request
+//! held until its response body ends. Their WebSocket upgrades still go over a fresh HTTP/1.1
+//! connection (`h2`: TLS with ALPN `http/1.1`).
+//!
 //! A failed [`UpstreamPool::send`] says what may happen next ([`SendFailure`]): a request that
 //! never left Tether comes back whole, so it can go to another member; one whose connection
 //! closed or reset before any response byte arrived is marked so (every backend connection
@@ -46,9 +51,12 @@ use tokio_rustls::TlsConnector;
 use crate::balance::MemberLease;
 use crate::body::{ClientBodyError, RequestBody};
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 use crate::tls;
 use crate::transport::{SessionIo, TlsIo};
 use crate::upgrade::{self, UpgradeAnswer};
+
+mod http2;
 
 /// The body of a request to a backend: the client's body streamed through, or empty.
 pub type UpstreamBody = RequestBody;
@@ -158,15 +166,19 @@ impl SendFailure {
 /// Where idle connections are kept apart: the member, and the TLS configuration (0 = plain).
 type PoolKey = (SocketAddr, usize);
 
-/// The TLS files of one backend settings entry: the key of the client configuration cache.
-type TlsFiles = (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>);
+/// The TLS files of one backend settings entry and whether ALPN offers `h2` (else
+/// `http/1.1`): the key of the client configuration cache.
+type TlsFiles = (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>, bool);
 
-/// A worker's idle backend connections, by member address and TLS configuration, and the TLS
-/// client configurations built so far (one per set of files, built on first use).
+/// A worker's backend connections — idle HTTP/1.1 ones and multiplexed HTTP/2 ones, by member
+/// address and TLS configuration — and the TLS client configurations built so far (one per set
+/// of files and ALPN, built on first use).
 #[derive(Debug, Default)]
 pub struct UpstreamPool {
     idle: RefCell<HashMap<PoolKey, Vec<Conn>>>,
+    h2: http2::Multiplexed,
     tls: RefCell<HashMap<TlsFiles, Arc<ClientConfig>>>,
+    metrics: Arc<Metrics>,
 }
 
 /// How a request reaches an https backend: the client configuration and the name verified.
@@ -184,10 +196,20 @@ impl UpstreamTls {
     }
 }
 
-/// A checked-out connection that goes back to its pool with [`PooledConnection::release`].
+/// What a request holds of a backend connection while its response streams.
+#[derive(Debug)]
+enum Checkout {
+    /// An HTTP/1.1 connection of its own, to put back when the response is done.
+    Http1(Conn),
+    /// A stream slot on a shared HTTP/2 connection, freed when dropped (held only for that).
+    Http2 { _slot: http2::StreamSlot },
+}
+
+/// A checked-out connection (or HTTP/2 stream) that goes back to its pool with
+/// [`PooledConnection::release`].
 #[derive(Debug)]
 pub struct PooledConnection {
-    conn: Conn,
+    conn: Checkout,
     backend: PoolKey,
     pool: Rc<UpstreamPool>,
     /// Counts the request on its member until the response body is done.
@@ -211,15 +233,19 @@ impl PooledConnection {
         self.connected_in
     }
 
-    /// Returns the connection to the pool (dropped instead if closed or the pool is full).
+    /// Returns the connection to the pool (dropped instead if closed or the pool is full); an
+    /// HTTP/2 stream frees its slot.
     pub fn release(self) {
-        if self.conn.sender.is_closed() {
+        let Checkout::Http1(conn) = self.conn else {
+            return;
+        };
+        if conn.sender.is_closed() {
             return;
         }
         let mut idle = self.pool.idle.borrow_mut();
         let list = idle.entry(self.backend).or_default();
         if list.len() < MAX_IDLE_PER_BACKEND {
-            list.push(self.conn);
+            list.push(conn);
         }
     }
 }
@@ -241,31 +267,49 @@ pub async fn connect(backend: SocketAddr, timeout: Duration) -> Result<TcpStream
 }
 
 impl UpstreamPool {
-    /// The TLS to use for `backend` under `settings` (`None` for plain HTTP). The client
-    /// configuration is built on first use and kept for this worker; the server name is
-    /// `server_name`, else the host override (without port), else the member's IP address.
+    /// An empty pool whose HTTP/2 connections and refused streams are counted in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> UpstreamPool {
+        UpstreamPool {
+            metrics,
+            ..UpstreamPool::default()
+        }
+    }
+
+    /// The TLS to use for `backend` under `settings` (`None` for plain HTTP and h2c). The client
+    /// configuration is built on first use and kept for this worker; it offers ALPN `h2` for an
+    /// `h2` backend's requests, `http/1.1` otherwise (`upgrade`: a WebSocket handshake, always
+    /// HTTP/1.1). The server name is `server_name`, else the host override (without port), else
+    /// the member's IP address.
     pub fn tls_for(
         &self,
         settings: &BackendSettingsConfig,
         backend: SocketAddr,
+        upgrade: bool,
     ) -> Result<Option<UpstreamTls>, ProxyError> {
-        if settings.protocol != BackendProtocol::Https {
+        if !settings.protocol.uses_tls() {
             return Ok(None);
         }
+        let h2 = settings.protocol == BackendProtocol::H2 && !upgrade;
         let files = (
             settings.ca_file.clone(),
             settings.client_cert_file.clone(),
             settings.client_key_file.clone(),
+            h2,
         );
         let cached = self.tls.borrow().get(&files).cloned();
         let config = match cached {
             Some(config) => config,
             None => {
-                let config =
+                let mut config =
                     backend_client_config(settings).map_err(|e| ProxyError::TlsConfig {
                         settings: settings.name.as_str().into(),
                         reason: e.to_string(),
                     })?;
+                if h2 {
+                    let mut alpn_h2 = (*config).clone();
+                    alpn_h2.alpn_protocols = vec![b"h2".to_vec()];
+                    config = Arc::new(alpn_h2);
+                }
                 self.tls.borrow_mut().insert(files, config.clone());
                 config
             }
@@ -293,14 +337,24 @@ impl UpstreamPool {
     /// closed before the request went out is replaced once by a fresh one. A failure says
     /// whether the request may go elsewhere ([`SendFailure`]); an error of the client's body is
     /// reported as [`ProxyError::ClientBody`], never as the backend's.
+    ///
+    /// With `http2` (an `h2c` or `h2` backend) the request goes as a stream on a shared HTTP/2
+    /// connection ([`UpstreamPool::send_h2`]).
+    #[allow(clippy::too_many_arguments)] // one request's whole context; a struct would be used once
     pub async fn send(
         self: &Rc<Self>,
         backend: SocketAddr,
         tls: Option<&UpstreamTls>,
+        http2: bool,
         mut req: Request<UpstreamBody>,
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<(Response<Incoming>, PooledConnection), SendFailure> {
+        if http2 {
+            return self
+                .send_h2(backend, tls, req, connect_timeout, request_timeout)
+                .await;
+        }
         let deadline = tokio::time::Instant::now() + request_timeout;
         let key = (backend, UpstreamTls::key(tls));
         loop {
@@ -334,7 +388,7 @@ impl UpstreamPool {
                 }
                 Ok(Ok(resp)) => {
                     let conn = PooledConnection {
-                        conn,
+                        conn: Checkout::Http1(conn),
                         backend: key,
                         pool: self.clone(),
                         lease: None,
@@ -361,6 +415,91 @@ impl UpstreamPool {
                         return Err(SendFailure::sent(
                             ProxyError::BackendFailed { backend, cause },
                             silent,
+                        ));
+                    }
+                },
+            }
+        }
+    }
+}
+
+impl UpstreamPool {
+    /// [`UpstreamPool::send`] over HTTP/2: a stream on a connection with room ([`http2`]),
+    /// the response head awaited within `request_timeout` (connecting included, as for
+    /// HTTP/1.1). A stream the backend turned away unprocessed (`REFUSED_STREAM`, GOAWAY) is
+    /// counted and reported like a connection reset before any response byte; a request that
+    /// never got a stream on a connection that was already closing goes out once more on
+    /// another connection.
+    async fn send_h2(
+        self: &Rc<Self>,
+        backend: SocketAddr,
+        tls: Option<&UpstreamTls>,
+        mut req: Request<UpstreamBody>,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<(Response<Incoming>, PooledConnection), SendFailure> {
+        let deadline = tokio::time::Instant::now() + request_timeout;
+        let key = (backend, UpstreamTls::key(tls));
+        let mut again = true;
+        loop {
+            let opening = std::time::Instant::now();
+            let checkout = self.h2.checkout(key, tls, connect_timeout, || {
+                self.metrics.upstream_h2.connection_opened();
+            });
+            let (mut conn, slot, fresh) = match checkout.await {
+                Ok(found) => found,
+                Err(error) => return Err(SendFailure::unsent(error, req)),
+            };
+            let connected_in = fresh.then(|| opening.elapsed());
+            if let Err(cause) = conn.sender.ready().await {
+                if !fresh && std::mem::take(&mut again) {
+                    continue;
+                }
+                return Err(SendFailure::unsent(
+                    ProxyError::BackendFailed { backend, cause },
+                    req,
+                ));
+            }
+            let sent = tokio::time::timeout_at(deadline, conn.sender.try_send_request(req)).await;
+            match sent {
+                Err(_) => {
+                    let error = ProxyError::ResponseTimeout {
+                        backend,
+                        after: request_timeout,
+                    };
+                    return Err(SendFailure::sent(error, false));
+                }
+                Ok(Ok(resp)) => {
+                    let conn = PooledConnection {
+                        conn: Checkout::Http2 { _slot: slot },
+                        backend: key,
+                        pool: self.clone(),
+                        lease: None,
+                        connected_in,
+                    };
+                    return Ok((resp, conn));
+                }
+                Ok(Err(mut err)) => match err.take_message() {
+                    Some(back) if !fresh && std::mem::take(&mut again) => req = back,
+                    Some(back) => {
+                        let cause = err.into_error();
+                        return Err(SendFailure::unsent(
+                            ProxyError::BackendFailed { backend, cause },
+                            back,
+                        ));
+                    }
+                    None => {
+                        let cause = err.into_error();
+                        if let Some(client) = ClientBodyError::behind(&cause) {
+                            return Err(SendFailure::sent(client.clone().into(), false));
+                        }
+                        let turned_away = http2::turned_away(&cause);
+                        if turned_away {
+                            self.metrics.upstream_h2.stream_refused();
+                        }
+                        return Err(SendFailure::sent(
+                            ProxyError::BackendFailed { backend, cause },
+                            turned_away,
                         ));
                     }
                 },
