@@ -107,8 +107,12 @@ pub struct SessionEnded {
 pub struct DrainSession {
     /// Why.
     pub reason: DrainReason,
-    /// How long the peers get to answer a close before the sockets are closed.
-    pub grace: Duration,
+    /// When to send the close frames, from now (zero: at once). Spread over a drain's
+    /// sessions by [`crate::drain_schedule::DrainPlan`].
+    pub close_in: Duration,
+    /// How long the peers get to answer a close sent at once before the sockets are closed
+    /// (a close sent later gives them `CLOSE_HANDSHAKE_TIMEOUT`).
+    pub answer_within: Duration,
 }
 
 /// Drains every registered session (`do_send` from shutdown to the route table, right after
@@ -345,6 +349,10 @@ pub struct LiveSessionInfo {
     pub backend: SocketAddr,
     /// How long ago it started, in milliseconds.
     pub age_ms: u64,
+    /// When a drain scheduled its close frames, in milliseconds from now (negative: already
+    /// sent); absent when it is not being drained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_in_ms: Option<i64>,
     /// Its counters, when asked for ([`SessionsReport::stats`]) and the session answered.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub stats: Option<SessionStats>,

@@ -122,6 +122,11 @@ impl Body for ProxyBody {
     }
 }
 
+/// The range of `Retry-After` (seconds, RFC 9110 §10.2.3) on a `503` for our own temporary
+/// limits (`max_new_sessions_per_second`, draining): jittered within it, so the clients
+/// turned away in one second come back over several.
+pub const RETRY_AFTER_SECS: (u64, u64) = (1, 5);
+
 impl ProxyError {
     /// The response for this failure: its status, `text/plain`, and a one-line reason. A
     /// version mismatch also carries `Sec-WebSocket-Version: 13` (RFC 6455 §4.4).
@@ -138,6 +143,11 @@ impl ProxyError {
         );
         if self.closes_connection() {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if self.retry_later() {
+            let (min, max) = RETRY_AFTER_SECS;
+            let secs = crate::jitter::retry_after_secs(min, max, crate::jitter::unit());
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if matches!(
             self,

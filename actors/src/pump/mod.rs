@@ -71,11 +71,13 @@ use crate::transport::SessionStreams;
 use crate::transport::{ReadEnd, ReadReadiness, SessionIo};
 
 mod direction;
+mod limits;
 pub(crate) mod machine;
 mod watch;
 
-pub use machine::PumpConfig;
+pub use limits::{OverLimit, SessionLimits};
 use machine::{Dir, Session, Wire};
+pub use machine::{PumpConfig, CLOSE_HANDSHAKE_TIMEOUT};
 
 /// Size of the per-worker read buffer.
 pub const READ_BUFFER_SIZE: usize = 64 * 1024;
@@ -120,6 +122,9 @@ impl Wire for Sockets<'_> {
     fn close_client(&mut self) {
         self.client.shutdown_both();
     }
+    fn close_backend(&mut self) {
+        self.backend.shutdown_both();
+    }
     fn counters(&self) -> &Counters {
         self.counters
     }
@@ -152,8 +157,8 @@ fn read_once(
 pub struct Shared {
     /// Live counters (read by `GET /sessions` through the actor).
     pub counters: Counters,
-    /// A drain order the pump has not acted on yet.
-    drain: Cell<Option<(DrainReason, Duration)>>,
+    /// A drain order the pump has not acted on yet: why, close in, answer within.
+    drain: Cell<Option<(DrainReason, Duration, Duration)>>,
     /// The pump's task, woken when a drain order arrives.
     waker: Cell<Option<Waker>>,
 }
@@ -167,9 +172,11 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// Hands the pump a drain order (the latest wins) and wakes it.
-    pub fn drain(&self, reason: DrainReason, grace: Duration) {
-        self.drain.set(Some((reason, grace)));
+    /// Hands the pump a drain order (the latest wins) and wakes it: close for `reason` in
+    /// `close_in` (at once when zero), the peers answering within `answer_within` of a close
+    /// sent at once (see `machine::Session::on_drain`).
+    pub fn drain(&self, reason: DrainReason, close_in: Duration, answer_within: Duration) {
+        self.drain.set(Some((reason, close_in, answer_within)));
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
@@ -216,14 +223,19 @@ pin_project_lite::pin_project! {
 impl Pumping {
     /// A pump over `streams`; bytes the HTTP layer read past either handshake are forwarded
     /// at once.
-    pub fn new(streams: SessionStreams, cfg: PumpConfig, shared: Rc<Shared>) -> Pumping {
+    pub fn new(
+        streams: SessionStreams,
+        cfg: PumpConfig,
+        limits: SessionLimits,
+        shared: Rc<Shared>,
+    ) -> Pumping {
         let SessionStreams {
             client,
             client_prefix,
             backend,
             backend_prefix,
         } = streams;
-        let mut core = Session::new(cfg, now());
+        let mut core = Session::with_limits(cfg, limits, now());
         let mut wire = Sockets {
             client: &client,
             backend: &backend,
@@ -264,8 +276,8 @@ impl Future for Pumping {
         if !*this.flushing {
             shared.register(cx.waker());
             loop {
-                if let Some((reason, grace)) = shared.drain.take() {
-                    core.on_drain(reason, grace, now(), wire);
+                if let Some((reason, close_in, answer_within)) = shared.drain.take() {
+                    core.on_drain(reason, close_in, answer_within, now(), wire);
                 }
                 if core.poll_done(now()) {
                     break;

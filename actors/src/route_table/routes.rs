@@ -18,6 +18,7 @@ use tether_config::{
 use crate::admission::SessionSlot;
 use crate::balance::Pool;
 use crate::headers;
+use crate::token_bucket::SharedTokenBucket;
 
 /// The shared handle through which the route table publishes snapshots and everyone else reads
 /// them.
@@ -37,6 +38,9 @@ pub struct Route {
     /// Live sessions on this rule, for `websocket.max_sessions`; carried across republishes
     /// by rule name, so a new snapshot does not forget the sessions already running.
     pub sessions: Arc<AtomicUsize>,
+    /// `websocket.max_new_sessions_per_second`, shared by every worker; carried across
+    /// republishes by rule name while the rate is unchanged (a reload does not refill it).
+    pub new_sessions: Option<Arc<SharedTokenBucket>>,
 }
 
 impl Route {
@@ -104,12 +108,14 @@ impl RouteSnapshot {
         config: &Config,
         pools: &BTreeMap<String, Arc<Pool>>,
         route_sessions: &BTreeMap<String, Arc<AtomicUsize>>,
+        route_rates: &BTreeMap<String, Arc<SharedTokenBucket>>,
         generation: u64,
     ) -> RouteSnapshot {
         let mut listeners: HashMap<String, ListenerRoutes> = HashMap::new();
         for rule in config.routing_rules.values() {
             let sessions = route_sessions.get(&rule.name).cloned().unwrap_or_default();
-            let Some(route) = resolve_rule(config, rule, pools, sessions) else {
+            let rate = route_rates.get(&rule.name).cloned();
+            let Some(route) = resolve_rule(config, rule, pools, sessions, rate) else {
                 continue; // validation guarantees references resolve; be defensive anyway
             };
             let routes = listeners.entry(rule.listener.clone()).or_default();
@@ -184,6 +190,7 @@ fn resolve_rule(
     rule: &RoutingRuleConfig,
     pools: &BTreeMap<String, Arc<Pool>>,
     sessions: Arc<AtomicUsize>,
+    new_sessions: Option<Arc<SharedTokenBucket>>,
 ) -> Option<Arc<Route>> {
     Some(Arc::new(Route {
         name: rule.name.as_str().into(),
@@ -191,6 +198,7 @@ fn resolve_rule(
         settings: Arc::new(config.backend_settings.get(&rule.backend_settings)?.clone()),
         websocket: Arc::new(rule.websocket.clone()),
         sessions,
+        new_sessions,
     }))
 }
 
@@ -245,7 +253,7 @@ mod tests {
                 (name.clone(), Arc::new(pool))
             })
             .collect();
-        RouteSnapshot::build(config, &pools, &BTreeMap::new(), 1)
+        RouteSnapshot::build(config, &pools, &BTreeMap::new(), &BTreeMap::new(), 1)
     }
 
     #[test]
