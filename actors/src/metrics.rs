@@ -58,6 +58,8 @@ pub struct Metrics {
     latency_buckets: [[AtomicU64; LATENCY_BOUNDS.len()]; 5],
     latency_sum_us: [AtomicU64; 5],
     retries: [AtomicU64; RetryReason::ALL.len()],
+    /// Upgrades our own temporary limits turned away (see [`RefusedUpgrades`]).
+    refused_upgrades: RefusedUpgrades,
 }
 
 impl Default for Metrics {
@@ -71,6 +73,7 @@ impl Default for Metrics {
             latency_buckets: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
             latency_sum_us: std::array::from_fn(|_| AtomicU64::new(0)),
             retries: std::array::from_fn(|_| AtomicU64::new(0)),
+            refused_upgrades: RefusedUpgrades::default(),
         }
     }
 }
@@ -99,6 +102,7 @@ impl Metrics {
             .position(|o| *o == outcome)
             .unwrap_or(0);
         self.handshakes[i].fetch_add(1, Ordering::Relaxed);
+        self.refused_upgrades.count(outcome);
     }
 
     /// Counts a finished session: its cause, the close code of whoever closed first, and its
@@ -281,6 +285,45 @@ impl Metrics {
                 out,
                 "tether_http_request_duration_seconds_count{{status_class=\"{}xx\"}} {count}",
                 class + 1
+            );
+        }
+        self.refused_upgrades.render(out);
+    }
+}
+
+// ---- Session admission and limits: upgrades turned away by `max_new_sessions_per_second` or
+// a drain (503 + Retry-After). Sessions ended by a per-session limit are counted by cause in
+// `tether_websocket_sessions_closed_total` (`message_rate`, `byte_rate`, `slow_consumer`,
+// `max_session_age`).
+
+/// `tether_upgrades_refused_total{reason}`: upgrades answered `503` with `Retry-After` by our
+/// own temporary limits; `reason` is `rate_limit` or `draining` (bounded).
+#[derive(Debug, Default)]
+struct RefusedUpgrades {
+    /// `[rate_limit, draining]`.
+    counts: [AtomicU64; 2],
+}
+
+impl RefusedUpgrades {
+    const REASONS: [&'static str; 2] = ["rate_limit", "draining"];
+
+    fn count(&self, outcome: HandshakeOutcome) {
+        let i = match outcome {
+            HandshakeOutcome::RateLimited => 0,
+            HandshakeOutcome::Draining => 1,
+            _ => return,
+        };
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        out.push_str("# HELP tether_upgrades_refused_total WebSocket upgrades answered 503 with Retry-After by Tether's own temporary limits, by reason.\n");
+        out.push_str("# TYPE tether_upgrades_refused_total counter\n");
+        for (reason, n) in Self::REASONS.iter().zip(&self.counts) {
+            let _ = writeln!(
+                out,
+                "tether_upgrades_refused_total{{reason=\"{reason}\"}} {}",
+                n.load(Ordering::Relaxed)
             );
         }
     }
