@@ -11,6 +11,7 @@
 //! |---|---|---|---|
 //! | shutdown (SIGTERM), reload-free | at once | `drain_spread` (≤ `shutdown_grace`) | until `shutdown_grace` after the signal |
 //! | unhealthy member, removed route | after `drain_grace − drain_spread` | `drain_spread` | [`CLOSE_HANDSHAKE_TIMEOUT`] after each close |
+//! | admin drain of a fraction of a member | at once | `over` | [`CLOSE_HANDSHAKE_TIMEOUT`] after each close |
 //!
 //! So the last close frame of a drain goes out by `shutdown_grace`/`drain_grace` (validation
 //! keeps `drain_spread` below both), and with `drain_spread = 0` every drain behaves as before
@@ -64,6 +65,16 @@ impl DrainPlan {
             reason,
             start: grace - spread,
             spread,
+            answer: Answer::After(CLOSE_HANDSHAKE_TIMEOUT),
+        }
+    }
+
+    /// Closes from now, spread over `window` (an admin drain of a fraction of a member).
+    pub fn over(reason: DrainReason, window: Duration) -> DrainPlan {
+        DrainPlan {
+            reason,
+            start: Duration::ZERO,
+            spread: window,
             answer: Answer::After(CLOSE_HANDSHAKE_TIMEOUT),
         }
     }

@@ -115,6 +115,23 @@ pub struct DrainSession {
     pub answer_within: Duration,
 }
 
+/// Drains `fraction` of the sessions on one member of a pool, their close frames spread over
+/// `over` (`send` from the admin endpoint's `POST /backends/{pool}/{member}/drain`): a canary
+/// shift or a hot member, without a stampede. Answers how many sessions were picked, or `None`
+/// when the pool has no such member.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Option<usize>")]
+pub struct DrainMemberSessions {
+    /// The pool's name.
+    pub pool: String,
+    /// The member's address (as `GET /backends` lists it).
+    pub member: SocketAddr,
+    /// The share of its sessions to move, from 0 to 1 (rounded up to whole sessions).
+    pub fraction: f64,
+    /// The window their close frames are spread over.
+    pub over: Duration,
+}
+
 /// Drains every registered session (`do_send` from shutdown to the route table, right after
 /// the shutdown signal fired). A session that registers after this message was handled saw the
 /// signal fired when it started, and drains itself.

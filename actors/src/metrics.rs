@@ -294,7 +294,7 @@ impl Metrics {
 // ---- Session admission and limits: upgrades turned away by `max_new_sessions_per_second` or
 // a drain (503 + Retry-After). Sessions ended by a per-session limit are counted by cause in
 // `tether_websocket_sessions_closed_total` (`message_rate`, `byte_rate`, `slow_consumer`,
-// `max_session_age`).
+// `max_session_age`, `rebalance`).
 
 /// `tether_upgrades_refused_total{reason}`: upgrades answered `503` with `Retry-After` by our
 /// own temporary limits; `reason` is `rate_limit` or `draining` (bounded).

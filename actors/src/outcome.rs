@@ -41,12 +41,14 @@ pub enum EndCause {
     SlowConsumer,
     /// The session reached its rule's `max_session_age` (jittered).
     MaxSessionAge,
+    /// Moved off its member by an admin drain of a fraction of the member's sessions.
+    Rebalance,
 }
 
 impl EndCause {
     /// Every cause, in a fixed order: the order of the metrics' rows. [`EndCause::index`] is the
     /// position here, written as an exhaustive match so a new variant cannot be forgotten.
-    pub const ALL: [EndCause; 12] = [
+    pub const ALL: [EndCause; 13] = [
         EndCause::Normal,
         EndCause::IdleTimeout,
         EndCause::ClientUnresponsive,
@@ -59,6 +61,7 @@ impl EndCause {
         EndCause::ByteRate,
         EndCause::SlowConsumer,
         EndCause::MaxSessionAge,
+        EndCause::Rebalance,
     ];
 
     /// This cause's position in [`EndCause::ALL`] (a unit test checks the two agree).
@@ -76,6 +79,7 @@ impl EndCause {
             EndCause::ByteRate => 9,
             EndCause::SlowConsumer => 10,
             EndCause::MaxSessionAge => 11,
+            EndCause::Rebalance => 12,
         }
     }
 
@@ -94,6 +98,7 @@ impl EndCause {
             EndCause::ByteRate => "byte_rate",
             EndCause::SlowConsumer => "slow_consumer",
             EndCause::MaxSessionAge => "max_session_age",
+            EndCause::Rebalance => "rebalance",
         }
     }
 }

@@ -161,3 +161,34 @@ impl ProxyError {
         resp
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Our own temporary limits answer 503 with a jittered `Retry-After` within
+    /// [`RETRY_AFTER_SECS`]; other refusals carry none.
+    #[test]
+    fn temporary_limits_answer_503_with_a_jittered_retry_after() {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            for err in [
+                ProxyError::Draining,
+                ProxyError::UpgradeRateLimited { route: "r".into() },
+            ] {
+                let resp = err.into_response();
+                assert_eq!(resp.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+                let secs: u64 = resp.headers()[header::RETRY_AFTER]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((RETRY_AFTER_SECS.0..=RETRY_AFTER_SECS.1).contains(&secs));
+                seen.insert(secs);
+            }
+        }
+        assert!(seen.len() >= 4, "jittered: {seen:?}");
+        let other = ProxyError::SessionLimit { route: "r".into() }.into_response();
+        assert!(other.headers().get(header::RETRY_AFTER).is_none());
+    }
+}

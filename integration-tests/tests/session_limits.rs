@@ -416,3 +416,76 @@ async fn max_session_age_closes_sessions_with_jitter() {
         .all(|c| *c == (1001, "max session age".into())));
     within("stop", sidecar.stop()).await.unwrap();
 }
+
+/// `POST /backends/{pool}/{member}/drain?fraction=0.5&over=2s` (token-protected): half of the
+/// member's sessions, the oldest, get 1001 `rebalance`, spread over the 2 s; the rest run on.
+#[tokio::test]
+async fn an_admin_drain_moves_a_fraction_of_a_members_sessions_over_a_window() {
+    const N: usize = 10;
+    let backend = backends::ws_echo().await;
+    let toml = config_toml(backend.addr, "", "keepalive_interval = \"0s\"").replace(
+        "admin = { bind = \"127.0.0.1:0\" }",
+        "admin = { bind = \"127.0.0.1:0\", token = \"s3cret\" }",
+    );
+    let sidecar = start(&toml);
+    let addr = sidecar.addr("public");
+    let admin = sidecar.admin_addr();
+    let mut clients = Vec::new();
+    for _ in 0..N {
+        clients.push(connect(addr).await);
+    }
+    let path = format!("/backends/app/{}/drain?fraction=0.5&over=2s", backend.addr);
+    let post = |auth: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: a\r\n{auth}Connection: close\r\n\r\n").into_bytes()
+    };
+    assert_eq!(
+        raw::send(admin, &post("")).await.status,
+        401,
+        "token-protected"
+    );
+    let started = Instant::now();
+    let resp = raw::send(admin, &post("Authorization: Bearer s3cret\r\n")).await;
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let v: Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(v["sessions"], N / 2);
+    let readers: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let got = tokio::time::timeout(Duration::from_secs(4), next_close(&mut ws)).await;
+                (got.ok(), started.elapsed().as_secs_f64(), ws)
+            })
+        })
+        .collect();
+    let mut closed = Vec::new();
+    let mut open = Vec::new();
+    for r in readers {
+        match within("reader", r).await.unwrap() {
+            (Some(close), at, _) => closed.push((close, at)),
+            (None, _, ws) => open.push(ws),
+        }
+    }
+    assert_eq!(closed.len(), N / 2);
+    assert!(closed.iter().all(|(c, _)| *c == (1001, "rebalance".into())));
+    let mut at: Vec<f64> = closed.iter().map(|(_, t)| *t).collect();
+    at.sort_by(f64::total_cmp);
+    println!("admin drain of 5 over 2 s: closes at {at:?}");
+    assert!(
+        at[N / 2 - 1] < 2.5 && at[N / 2 - 1] - at[0] > 0.5,
+        "spread: {at:?}"
+    );
+    for ws in open.iter_mut() {
+        ws.send(Message::text("still here")).await.unwrap();
+        assert!(matches!(
+            within("echo", ws.next()).await,
+            Some(Ok(Message::Text(_)))
+        ));
+    }
+    let bad = raw::send(
+        admin,
+        b"POST /backends/app/10.9.9.9:1/drain?fraction=0.5 HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(bad.status, 404);
+    within("stop", sidecar.stop()).await.unwrap();
+}

@@ -761,6 +761,7 @@ fn drain_cause(reason: DrainReason) -> EndCause {
         DrainReason::Shutdown | DrainReason::Restart | DrainReason::RouteRemoved => EndCause::Drain,
         DrainReason::BackendUnhealthy => EndCause::BackendUnhealthy,
         DrainReason::MaxSessionAge => EndCause::MaxSessionAge,
+        DrainReason::Rebalance => EndCause::Rebalance,
     }
 }
 

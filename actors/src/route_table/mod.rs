@@ -47,9 +47,9 @@ use crate::member::Health;
 /// `GET /backends`' answer, defined with its message ([`BackendsReport`]).
 pub use crate::messages::BackendsStatus;
 use crate::messages::{
-    AttachProber, BackendsReport, ConfigChange, ConfigReplaced, DrainAll, DrainReason,
-    DrainSession, LiveSessions, MemberFailing, MemberHealthChanged, MembersResolved, RecentEndings,
-    SessionsChanged, SessionsReport,
+    AttachProber, BackendsReport, ConfigChange, ConfigReplaced, DrainAll, DrainMemberSessions,
+    DrainReason, DrainSession, LiveSessions, MemberFailing, MemberHealthChanged, MembersResolved,
+    RecentEndings, SessionsChanged, SessionsReport,
 };
 use crate::token_bucket::{Rate, SharedTokenBucket};
 use membership::{pool_entries, PoolState};
@@ -273,6 +273,31 @@ impl Handler<LiveSessions> for RouteTableActor {
 
     fn handle(&mut self, _: LiveSessions, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.sessions.len())
+    }
+}
+
+impl Handler<DrainMemberSessions> for RouteTableActor {
+    type Result = Option<usize>;
+
+    fn handle(&mut self, msg: DrainMemberSessions, _: &mut Context<Self>) -> Option<usize> {
+        let known = self
+            .pools
+            .get(&msg.pool)
+            .is_some_and(|p| p.members.contains_key(&msg.member));
+        if !known {
+            return None;
+        }
+        let config = &self.config;
+        let plan = DrainPlan::over(DrainReason::Rebalance, msg.over);
+        let drained = self.sessions.drain_fraction(msg.fraction, plan, |live| {
+            live.member == msg.member
+                && config
+                    .routing_rules
+                    .get(&*live.route)
+                    .is_some_and(|r| r.backend_pool == msg.pool)
+        });
+        tracing::info!(pool = %msg.pool, member = %msg.member, fraction = msg.fraction, over = ?msg.over, sessions = drained, "draining a fraction of a member's sessions");
+        Some(drained)
     }
 }
 

@@ -1,5 +1,6 @@
 //! The live-session registry: which WebSocket sessions run, on which rule and member, the last
-//! [`RECENT_ENDINGS`] that ended, and drain selection (by member, by removed route, all): which sessions a drain picks, and, through their
+//! [`RECENT_ENDINGS`] that ended, and drain selection (by member, by removed route, all, a
+//! fraction of a member): which sessions a drain picks, and, through their
 //! [`DrainPlan`](crate::drain_schedule::DrainPlan), when each one's close goes out (recorded
 //! here for `GET /sessions`).
 //!
@@ -131,6 +132,27 @@ impl Sessions {
             .filter_map(|(id, live)| plan(live).map(|p| (*id, p)))
             .collect();
         self.schedule(picked)
+    }
+
+    /// Drains `fraction` (0 to 1, rounded up) of the sessions for which `pick` says yes, the
+    /// oldest first (they have had their share of the member the longest), with `plan`;
+    /// answers how many.
+    pub(crate) fn drain_fraction(
+        &mut self,
+        fraction: f64,
+        plan: DrainPlan,
+        pick: impl Fn(&LiveSession) -> bool,
+    ) -> usize {
+        let mut ids: Vec<SessionId> = self
+            .live
+            .iter()
+            .filter(|(_, live)| pick(live))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_by_key(|id| self.live[id].opened);
+        let n = (ids.len() as f64 * fraction.clamp(0.0, 1.0)).ceil() as usize;
+        ids.truncate(n);
+        self.schedule(ids.into_iter().map(|id| (id, plan)).collect())
     }
 
     /// Sends each picked session its order: per rule, slot `i` of that rule's `n` in its plan.
