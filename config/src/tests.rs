@@ -110,7 +110,10 @@ fn env_overrides_files() {
             "50",
         ),
         ("TETHER_ROUTING_RULES__CHAT__WEBSOCKET__DRAIN_SPREAD", "2s"),
-        ("TETHER_ROUTING_RULES__CHAT__WEBSOCKET__ON_RATE_LIMIT", "delay"),
+        (
+            "TETHER_ROUTING_RULES__CHAT__WEBSOCKET__ON_RATE_LIMIT",
+            "delay",
+        ),
         (
             "TETHER_BACKEND_POOLS__CHAT__LOAD_BALANCING",
             "least_connections",

@@ -646,7 +646,11 @@ fn session_limits_are_read_with_their_bursts() {
     let rate = |per_second, burst| Some(RateLimit { per_second, burst });
     assert_eq!(ws.max_new_sessions_per_second, rate(500, 50), "a tenth");
     assert_eq!(ws.max_messages_per_second, rate(100, 300));
-    assert_eq!(ws.max_bytes_per_second, rate(1 << 20, 1 << 20), "a second's worth");
+    assert_eq!(
+        ws.max_bytes_per_second,
+        rate(1 << 20, 1 << 20),
+        "a second's worth"
+    );
     assert_eq!(ws.on_rate_limit, OnRateLimit::Delay);
     assert_eq!(ws.slow_consumer_timeout, Duration::ZERO, "off");
     assert_eq!(ws.max_session_age, Some(Duration::from_secs(3600)));
