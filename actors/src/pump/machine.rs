@@ -18,10 +18,12 @@
 //!
 //! ```text
 //!            Tether closes (idle timeout, client unresponsive, lost peer, message too big,
-//!            drain order or shutdown), both close frames seen, or a stalled peer hangs up
+//!            over a rate, slow consumer, drain order or shutdown), both close frames seen,
+//!            or a stalled peer hangs up
 //!  Running ────────────────────────────────────────────────────────────────────────► Closing
-//!  (drain scheduled:        └── both sources ended and every write settled ──┐   { deadline }
-//!   Running{drain_at}            (a byte pipe that simply ends)              │       │
+//!  (drain scheduled, or      └── both sources ended and every write settled ──┐   { deadline }
+//!   max_session_age:             (a byte pipe that simply ends)              │       │
+//!   Running{drain_at}                                                        │       │
 //!   turns Closing at it)                                                     ▼       │
 //!                                                                           Done ◄───┘
 //!                                                                      { cause }  every peer
@@ -59,7 +61,10 @@
 //!   or second close is queued for it, and only what was already pending before the close may
 //!   still be flushed.
 //! * **Reserved codes never reach the wire.** A peer's close frame with 1005, 1006 or 1015 is
-//!   replaced by 1002 (RFC 6455 §7.4.1); Tether's own codes are 1001, 1002, 1009, 1012, 1014.
+//!   replaced by 1002 (RFC 6455 §7.4.1); Tether's own codes are 1001, 1002, 1008, 1009, 1012, 1013, 1014.
+//!
+//! Per-session limits (client rates, slow consumers, maximum age) live in `super::limits`,
+//! boxed and absent when the rule sets none; their lifecycle note is there.
 //! * **A queued control frame waits for a frame boundary.** Tether's ping or close goes out only
 //!   when the direction's [`FrameTracker`](crate::frame::FrameTracker) is between frames; a
 //!   direction whose source ended mid-frame gets a FIN instead of the close frame.

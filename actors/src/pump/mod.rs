@@ -44,7 +44,11 @@
 //! | client socket ends without a close frame | 1001 `client lost` to backend | `client_lost` |
 //! | either socket hangs up while Tether is not reading it | as the two rows above, once its end is read | `client_lost` / `backend_lost` |
 //! | message over `max_message_size` | 1009 to the sender, 1001 to the other side | `message_too_big` |
-//! | drain order or shutdown | 1001 `going away` to both | `drain` / `backend_unhealthy` |
+//! | drain order or shutdown (at its slot of the drain's spread) | 1001 `going away` to both (1012 `service restart` with `shutdown_close_code = 1012`) | `drain` / `backend_unhealthy` |
+//! | client over its message or byte rate (action `close`) | 1008 naming the rate to the client, 1001 to the backend | `message_rate` / `byte_rate` |
+//! | a peer leaves a full buffer unread for `slow_consumer_timeout` | its socket closed; 1001 `client too slow` to the backend, or 1013 `backend too slow` to the client | `slow_consumer` |
+//! | the session reaches `max_session_age` | 1001 `max session age` to both | `max_session_age` |
+//! | an admin drain of a fraction of the member | 1001 `rebalance` to both | `rebalance` |
 //!
 //! After Tether sends a close frame to a peer, nothing more is forwarded to that peer; the
 //! session ends when every peer has answered (close frame or end of stream) or the close
