@@ -3,7 +3,8 @@
 //! client over its message rate, a client that reads nothing, and `max_session_age`.
 //!
 //! The two large tests (2,000 drained sessions, 5,000 upgrades) are bounded to run in about
-//! 20 s and 10 s on a 2-core machine; they print their figures (`--no-capture` shows them).
+//! 20 s and 10 s on a 2-core machine (debug build); they print their figures (`--no-capture`
+//! shows them).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -152,6 +153,7 @@ async fn a_drain_of_2000_sessions_spreads_its_close_frames_over_the_window() {
 async fn a_storm_of_5000_upgrades_is_admitted_at_the_configured_rate() {
     const N: usize = 5000;
     const CONCURRENCY: usize = 50;
+    const OFFERED_EVERY: Duration = Duration::from_millis(1);
     let backend = backends::ws_echo().await;
     let sidecar = start(&config_toml(
         backend.addr,
@@ -159,8 +161,9 @@ async fn a_storm_of_5000_upgrades_is_admitted_at_the_configured_rate() {
         "max_new_sessions_per_second = 500\nnew_sessions_burst = 50",
     ));
     let addr = sidecar.addr("public");
-    // Every connection is open first, then every handshake is written at once: the storm
-    // arrives faster than the limit, as reconnects after a deploy do.
+    // Every connection is open first; then the handshakes arrive at 1,000 a second (twice the
+    // limit) for 5 s, as reconnects after a deploy do. (A schedule of the load, not a wait for
+    // anything: each task writes at its own instant.)
     let mut streams = Vec::with_capacity(N);
     for _ in 0..N / CONCURRENCY {
         let batch: Vec<_> = (0..CONCURRENCY)
@@ -170,14 +173,13 @@ async fn a_storm_of_5000_upgrades_is_admitted_at_the_configured_rate() {
             streams.push(within("connect", c).await.unwrap().unwrap());
         }
     }
-    let go = std::sync::Arc::new(tokio::sync::Barrier::new(N + 1));
     let started = Instant::now();
     let tasks: Vec<_> = streams
         .into_iter()
-        .map(|mut stream| {
-            let go = go.clone();
+        .enumerate()
+        .map(|(i, mut stream)| {
             tokio::spawn(async move {
-                go.wait().await;
+                tokio::time::sleep_until(started + OFFERED_EVERY * i as u32).await;
                 stream.write_all(&raw::handshake("/ws", "")).await.unwrap();
                 let head = raw::read_head(&mut stream).await;
                 let retry = head.header("retry-after").map(str::to_owned);
@@ -185,7 +187,6 @@ async fn a_storm_of_5000_upgrades_is_admitted_at_the_configured_rate() {
             })
         })
         .collect();
-    go.wait().await;
     let mut all = Vec::with_capacity(N);
     for t in tasks {
         all.push(within("storm", t).await.unwrap());
@@ -220,15 +221,8 @@ async fn a_storm_of_5000_upgrades_is_admitted_at_the_configured_rate() {
         "storm of {N} upgrades decided in {elapsed:.2} s: {} admitted ({rate:.0}/s past the burst), {refused} refused with 503",
         admitted.len()
     );
-    assert!(
-        elapsed > 2.0,
-        "the storm must outlast the burst to measure a rate"
-    );
-    // Never over the limit (10% for timing). The lower bound is loose: in a debug build the
-    // sidecar, its backend and 5,000 clients share two cores, so heads are read in bursts with
-    // gaps longer than the burst's 0.1 s, and the tokens of a gap are not kept (by design).
-    assert!(rate <= 550.0, "admitted {rate:.0}/s: over the limit");
-    assert!(rate >= 250.0, "admitted {rate:.0}/s: far under the limit");
+    assert!(elapsed > 4.5, "the storm lasted its 5 s");
+    assert!((450.0..=550.0).contains(&rate), "admitted {rate:.0}/s");
     let metrics = admin_get(sidecar.admin_addr(), "/metrics").await.text();
     assert!(
         metrics.contains(&format!(
