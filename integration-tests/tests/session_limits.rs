@@ -442,6 +442,21 @@ async fn an_admin_drain_moves_a_fraction_of_a_members_sessions_over_a_window() {
     assert_eq!(resp.status, 200, "{}", resp.text());
     let v: Value = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(v["sessions"], N / 2);
+    // GET /sessions says when each picked session's close goes out.
+    let sessions = raw::send(
+        admin,
+        b"GET /sessions HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let v: Value = serde_json::from_slice(&sessions.body).unwrap();
+    let scheduled: Vec<i64> = v["live"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["close_in_ms"].as_i64())
+        .collect();
+    assert_eq!(scheduled.len(), N / 2, "{v:#}");
+    assert!(scheduled.iter().all(|ms| *ms <= 2000), "{scheduled:?}");
     let readers: Vec<_> = clients
         .into_iter()
         .map(|mut ws| {
