@@ -226,7 +226,7 @@ async fn a_storm_of_5000_upgrades_is_admitted_at_the_configured_rate() {
     let metrics = admin_get(sidecar.admin_addr(), "/metrics").await.text();
     assert!(
         metrics.contains(&format!(
-            "tether_websocket_handshakes_total{{outcome=\"rate_limited\"}} {refused}"
+            "tether_websocket_handshakes_total{{route=\"app\",outcome=\"rate_limited\"}} {refused}"
         )),
         "{metrics}"
     );
@@ -269,7 +269,7 @@ async fn a_client_over_its_message_rate_gets_1008() {
     assert_eq!(ended["tether_close_code"], 1008);
     let metrics = admin_get(sidecar.admin_addr(), "/metrics").await.text();
     assert!(metrics.contains(
-        "tether_websocket_sessions_closed_total{cause=\"message_rate\",code=\"1008\"} 1"
+        "tether_websocket_sessions_closed_total{route=\"app\",cause=\"message_rate\",code=\"1008\"} 1"
     ));
     within("stop", sidecar.stop()).await.unwrap();
 }
