@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# What Tether's own features cost: frames mode (the default) against opaque mode, and tracing on
-# (sampler 100%, exporting to a real collector) against off — on 64-byte echo and on handshakes,
+# What Tether's own features cost: frames mode (the default) against opaque mode, tracing on
+# (sampler 100%, exporting to a real collector) against off, and every per-session limit
+# configured but never hit (`limits`: message and byte rates far above the load, max_session_age
+# 1h, slow_consumer_timeout at its default) — on 64-byte echo and on handshakes,
 # interleaved rounds, medians. Tether pinned to PROXY_CORE with one worker; the load tool and the
 # backend on LOAD_CORE. Needs release binaries (cargo build --release -p tether -p tether-examples
 # --bins) and, for the traced variant, the rotel collector in .venv-otel (see .ci/run).
@@ -11,6 +13,8 @@ DURATION=${DURATION:-2s}
 PROXY_CORE=${PROXY_CORE:-1}
 LOAD_CORE=${LOAD_CORE:-0}
 BIN=${BIN:-target/release}
+# Which variants run (a build from before the limits existed knows only frames and opaque).
+VARIANTS=${VARIANTS:-frames opaque traced limits}
 OUT=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
 
@@ -33,12 +37,20 @@ run_variant() { # name, extra env...
   kill -TERM "$pid"; wait "$pid" || true
 }
 
+WS=TETHER_ROUTING_RULES__ECHO__WEBSOCKET_
 for round in $(seq 1 "$ROUNDS"); do
-  run_variant frames
-  run_variant opaque TETHER_ROUTING_RULES__ECHO__WEBSOCKET__INSPECT=opaque
-  if [ -n "$agent" ]; then
-    run_variant traced OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:18317
-  fi
+  for v in $VARIANTS; do
+    case $v in
+      frames) run_variant frames ;;
+      opaque) run_variant opaque "${WS}_INSPECT=opaque" ;;
+      traced) if [ -n "$agent" ]; then
+          run_variant traced OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:18317
+        fi ;;
+      limits) run_variant limits "${WS}_MAX_MESSAGES_PER_SECOND=1000000000" \
+          "${WS}_MAX_BYTES_PER_SECOND=100GiB" "${WS}_MAX_SESSION_AGE=1h" \
+          "${WS}_MAX_NEW_SESSIONS_PER_SECOND=1000000" ;;
+    esac
+  done
 done
 
 python3 - "$OUT/raw.jsonl" <<'PY'
@@ -51,12 +63,12 @@ for line in open(sys.argv[1]):
     for key in ("msgs_per_s", "cpu_us_per_msg", "handshakes_per_s", "cpu_us_per_handshake"):
         if key in m:
             rows[(scenario, key, label)].append(m[key])
-print("| scenario | figure | frames | opaque | frames+tracing |")
-print("|---|---|---:|---:|---:|")
+print("| scenario | figure | frames | opaque | frames+tracing | frames+limits |")
+print("|---|---|---:|---:|---:|---:|")
 for scenario, key in (("echo", "msgs_per_s"), ("echo", "cpu_us_per_msg"),
                       ("handshake", "handshakes_per_s"), ("handshake", "cpu_us_per_handshake")):
     cells = []
-    for label in ("frames", "opaque", "traced"):
+    for label in ("frames", "opaque", "traced", "limits"):
         v = rows.get((scenario, key, label))
         cells.append(f"{statistics.median(v):,.2f}" if v else "—")
     print(f"| {scenario} | {key} | " + " | ".join(cells) + " |")

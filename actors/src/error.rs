@@ -64,6 +64,15 @@ pub enum ProxyError {
         /// The routing rule.
         route: Arc<str>,
     },
+    /// The route's `websocket.max_new_sessions_per_second` is used up for now.
+    #[error("too many new WebSocket sessions on route \"{route}\"; retry later")]
+    UpgradeRateLimited {
+        /// The routing rule.
+        route: Arc<str>,
+    },
+    /// Tether is draining for shutdown: no new session starts here.
+    #[error("shutting down; reconnect to another instance")]
+    Draining,
     /// The pool has no member in rotation.
     #[error("no healthy backend in pool \"{pool}\"")]
     NoHealthyBackend {
@@ -197,9 +206,10 @@ impl ProxyError {
             ProxyError::OriginNotAllowed
             | ProxyError::OriginRequired
             | ProxyError::InsecureWebSocket { .. } => StatusCode::FORBIDDEN,
-            ProxyError::NoHealthyBackend { .. } | ProxyError::SessionLimit { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoHealthyBackend { .. }
+            | ProxyError::SessionLimit { .. }
+            | ProxyError::UpgradeRateLimited { .. }
+            | ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::BackendFailed { .. }
@@ -240,6 +250,15 @@ impl ProxyError {
             ProxyError::ConnectFailed { .. }
                 | ProxyError::ConnectTimeout { .. }
                 | ProxyError::TlsFailed { .. }
+        )
+    }
+
+    /// Whether the answer carries `Retry-After` (our own temporary limits: the client should
+    /// come back, at a jittered time, rather than at once).
+    pub fn retry_later(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::UpgradeRateLimited { .. } | ProxyError::Draining
         )
     }
 
@@ -286,6 +305,8 @@ impl ProxyError {
             ProxyError::NoRoute
             | ProxyError::NoHealthyBackend { .. }
             | ProxyError::SessionLimit { .. }
+            | ProxyError::UpgradeRateLimited { .. }
+            | ProxyError::Draining
             | ProxyError::TlsConfig { .. } => Side::Proxy,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
@@ -308,6 +329,8 @@ impl ProxyError {
             }
             ProxyError::SubprotocolNotAllowed => HandshakeOutcome::RejectedSubprotocol,
             ProxyError::SessionLimit { .. } => HandshakeOutcome::SessionLimit,
+            ProxyError::UpgradeRateLimited { .. } => HandshakeOutcome::RateLimited,
+            ProxyError::Draining => HandshakeOutcome::Draining,
             ProxyError::InsecureWebSocket { .. } => HandshakeOutcome::RejectedInsecure,
             ProxyError::NoHealthyBackend { .. } => HandshakeOutcome::NoBackend,
             ProxyError::ConnectFailed { .. }

@@ -110,8 +110,29 @@ pub struct SessionEnded {
 pub struct DrainSession {
     /// Why.
     pub reason: DrainReason,
-    /// How long the peers get to answer a close before the sockets are closed.
-    pub grace: Duration,
+    /// When to send the close frames, from now (zero: at once). Spread over a drain's
+    /// sessions by [`crate::drain_schedule::DrainPlan`].
+    pub close_in: Duration,
+    /// How long the peers get to answer a close sent at once before the sockets are closed
+    /// (a close sent later gives them `CLOSE_HANDSHAKE_TIMEOUT`).
+    pub answer_within: Duration,
+}
+
+/// Drains `fraction` of the sessions on one member of a pool, their close frames spread over
+/// `over` (`send` from the admin endpoint's `POST /backends/{pool}/{member}/drain`): a canary
+/// shift or a hot member, without a stampede. Answers how many sessions were picked, or `None`
+/// when the pool has no such member.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "Option<usize>")]
+pub struct DrainMemberSessions {
+    /// The pool's name.
+    pub pool: String,
+    /// The member's address (as `GET /backends` lists it).
+    pub member: SocketAddr,
+    /// The share of its sessions to move, from 0 to 1 (rounded up to whole sessions).
+    pub fraction: f64,
+    /// The window their close frames are spread over.
+    pub over: Duration,
 }
 
 /// Drains every registered session (`do_send` from shutdown to the route table, right after
@@ -363,6 +384,10 @@ pub struct LiveSessionInfo {
     pub age_ms: u64,
     /// The HTTP version the client opened it with (`"1.1"`, or `"2"` for RFC 8441).
     pub http_version: HttpProtocol,
+    /// When a drain scheduled its close frames, in milliseconds from now (negative: already
+    /// sent); absent when it is not being drained.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_in_ms: Option<i64>,
     /// Its counters, when asked for ([`SessionsReport::stats`]) and the session answered.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub stats: Option<SessionStats>,

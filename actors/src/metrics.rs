@@ -203,6 +203,8 @@ pub struct Metrics {
     listeners: RwLock<BTreeMap<String, ListenerGauges>>,
     /// HTTP/2 backend connections and streams.
     pub upstream_h2: UpstreamH2Counters,
+    /// Upgrades our own temporary limits turned away (see [`RefusedUpgrades`]).
+    refused_upgrades: RefusedUpgrades,
 }
 
 impl Default for Metrics {
@@ -218,6 +220,7 @@ impl Default for Metrics {
             http2_reset_budget: AtomicU64::new(0),
             listeners: RwLock::new(BTreeMap::new()),
             upstream_h2: UpstreamH2Counters::default(),
+            refused_upgrades: RefusedUpgrades::default(),
         }
     }
 }
@@ -256,6 +259,12 @@ impl Metrics {
             .entry(route.into())
             .or_default()
             .clone()
+    }
+
+    /// Counts an upgrade our own temporary limits turned away (`tether_upgrades_refused_total`);
+    /// other outcomes are not counted here.
+    pub fn refused_upgrade(&self, outcome: HandshakeOutcome) {
+        self.refused_upgrades.count(outcome);
     }
 
     /// Keeps the counters of these rules only: a rule a reload removed loses its samples (its
@@ -527,6 +536,45 @@ impl Metrics {
             }
         }
         self.upstream_h2.render(out);
+        self.refused_upgrades.render(out);
+    }
+}
+
+// ---- Session admission and limits: upgrades turned away by `max_new_sessions_per_second` or
+// a drain (503 + Retry-After). Sessions ended by a per-session limit are counted by cause in
+// `tether_websocket_sessions_closed_total` (`message_rate`, `byte_rate`, `slow_consumer`,
+// `max_session_age`, `rebalance`).
+
+/// `tether_upgrades_refused_total{reason}`: upgrades answered `503` with `Retry-After` by our
+/// own temporary limits; `reason` is `rate_limit` or `draining` (bounded).
+#[derive(Debug, Default)]
+struct RefusedUpgrades {
+    /// `[rate_limit, draining]`.
+    counts: [AtomicU64; 2],
+}
+
+impl RefusedUpgrades {
+    const REASONS: [&'static str; 2] = ["rate_limit", "draining"];
+
+    fn count(&self, outcome: HandshakeOutcome) {
+        let i = match outcome {
+            HandshakeOutcome::RateLimited => 0,
+            HandshakeOutcome::Draining => 1,
+            _ => return,
+        };
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String) {
+        out.push_str("# HELP tether_upgrades_refused_total WebSocket upgrades answered 503 with Retry-After by Tether's own temporary limits, by reason.\n");
+        out.push_str("# TYPE tether_upgrades_refused_total counter\n");
+        for (reason, n) in Self::REASONS.iter().zip(&self.counts) {
+            let _ = writeln!(
+                out,
+                "tether_upgrades_refused_total{{reason=\"{reason}\"}} {}",
+                n.load(Ordering::Relaxed)
+            );
+        }
     }
 }
 

@@ -33,12 +33,22 @@ pub enum EndCause {
     Drain,
     /// Drained because its backend was marked unhealthy.
     BackendUnhealthy,
+    /// The client sent messages faster than `max_messages_per_second` allows.
+    MessageRate,
+    /// The client sent payload bytes faster than `max_bytes_per_second` allows.
+    ByteRate,
+    /// A peer read nothing while its buffer was full for `slow_consumer_timeout`.
+    SlowConsumer,
+    /// The session reached its rule's `max_session_age` (jittered).
+    MaxSessionAge,
+    /// Moved off its member by an admin drain of a fraction of the member's sessions.
+    Rebalance,
 }
 
 impl EndCause {
     /// Every cause, in a fixed order: the order of the metrics' rows. [`EndCause::index`] is the
     /// position here, written as an exhaustive match so a new variant cannot be forgotten.
-    pub const ALL: [EndCause; 8] = [
+    pub const ALL: [EndCause; 13] = [
         EndCause::Normal,
         EndCause::IdleTimeout,
         EndCause::ClientUnresponsive,
@@ -47,6 +57,11 @@ impl EndCause {
         EndCause::MessageTooBig,
         EndCause::Drain,
         EndCause::BackendUnhealthy,
+        EndCause::MessageRate,
+        EndCause::ByteRate,
+        EndCause::SlowConsumer,
+        EndCause::MaxSessionAge,
+        EndCause::Rebalance,
     ];
 
     /// This cause's position in [`EndCause::ALL`] (a unit test checks the two agree).
@@ -60,6 +75,11 @@ impl EndCause {
             EndCause::MessageTooBig => 5,
             EndCause::Drain => 6,
             EndCause::BackendUnhealthy => 7,
+            EndCause::MessageRate => 8,
+            EndCause::ByteRate => 9,
+            EndCause::SlowConsumer => 10,
+            EndCause::MaxSessionAge => 11,
+            EndCause::Rebalance => 12,
         }
     }
 
@@ -74,6 +94,11 @@ impl EndCause {
             EndCause::MessageTooBig => "message_too_big",
             EndCause::Drain => "drain",
             EndCause::BackendUnhealthy => "backend_unhealthy",
+            EndCause::MessageRate => "message_rate",
+            EndCause::ByteRate => "byte_rate",
+            EndCause::SlowConsumer => "slow_consumer",
+            EndCause::MaxSessionAge => "max_session_age",
+            EndCause::Rebalance => "rebalance",
         }
     }
 }

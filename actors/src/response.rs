@@ -165,6 +165,11 @@ impl Body for ProxyBody {
     }
 }
 
+/// The range of `Retry-After` (seconds, RFC 9110 §10.2.3) on a `503` for our own temporary
+/// limits (`max_new_sessions_per_second`, draining): jittered within it, so the clients
+/// turned away in one second come back over several.
+pub const RETRY_AFTER_SECS: (u64, u64) = (1, 5);
+
 impl ProxyError {
     /// The response for this failure: its status, `text/plain`, and a one-line reason. A
     /// version mismatch also carries `Sec-WebSocket-Version: 13` (RFC 6455 §4.4).
@@ -191,6 +196,11 @@ impl ProxyError {
         if self.closes_connection() {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if self.retry_later() {
+            let (min, max) = RETRY_AFTER_SECS;
+            let secs = crate::jitter::retry_after_secs(min, max, crate::jitter::unit());
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if matches!(
             self,
             ProxyError::BadHandshake(HandshakeError::UnsupportedVersion)
@@ -201,5 +211,36 @@ impl ProxyError {
             );
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Our own temporary limits answer 503 with a jittered `Retry-After` within
+    /// [`RETRY_AFTER_SECS`]; other refusals carry none.
+    #[test]
+    fn temporary_limits_answer_503_with_a_jittered_retry_after() {
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..200 {
+            for err in [
+                ProxyError::Draining,
+                ProxyError::UpgradeRateLimited { route: "r".into() },
+            ] {
+                let resp = err.into_response();
+                assert_eq!(resp.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+                let secs: u64 = resp.headers()[header::RETRY_AFTER]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((RETRY_AFTER_SECS.0..=RETRY_AFTER_SECS.1).contains(&secs));
+                seen.insert(secs);
+            }
+        }
+        assert!(seen.len() >= 4, "jittered: {seen:?}");
+        let other = ProxyError::SessionLimit { route: "r".into() }.into_response();
+        assert!(other.headers().get(header::RETRY_AFTER).is_none());
     }
 }

@@ -28,7 +28,7 @@ use crate::messages::{
 use crate::metrics::{Metrics, RouteCounters};
 use crate::outcome::{EndCause, Initiator, Outcome};
 pub use crate::outcome::{SessionId, SessionSummary};
-use crate::pump::{PumpConfig, Pumping, Shared};
+use crate::pump::{PumpConfig, Pumping, SessionLimits, Shared};
 use crate::shutdown::{ShutdownSignal, TrackToken};
 use crate::trace;
 use crate::transport::SessionStreams;
@@ -112,7 +112,7 @@ pub struct SessionActor {
     started: Instant,
     /// What the pump starts from, until it starts (boxed: the actor lives as long as the
     /// session, and these would be dead weight in it).
-    start: Option<Box<(SessionStreams, PumpConfig)>>,
+    start: Option<Box<(SessionStreams, PumpConfig, SessionLimits)>>,
     /// Counters and drain orders, shared with the pump (same thread).
     shared: Rc<Shared>,
     env: SessionEnv,
@@ -150,13 +150,14 @@ impl SessionActor {
         info: SessionInfo,
         streams: SessionStreams,
         pump: PumpConfig,
+        limits: SessionLimits,
         env: SessionEnv,
     ) -> SessionActor {
         SessionActor {
             id: SessionId::next(),
             info,
             started: Instant::now(),
-            start: Some(Box::new((streams, pump))),
+            start: Some(Box::new((streams, pump, limits))),
             shared: Rc::new(Shared::new(env.metrics.clone())),
             env,
             last_look: Cell::new((0, Instant::now())),
@@ -228,14 +229,15 @@ impl Actor for SessionActor {
         let Some(start) = self.start.take() else {
             return;
         };
-        let (streams, cfg) = *start;
+        let (streams, cfg, limits) = *start;
         // Shutdown drains every registered session through the route table; one that started
         // after the signal fired learns it here.
         if self.env.shutdown.is_fired() {
+            let grace = self.env.shutdown_grace;
             self.shared
-                .drain(self.env.shutdown.reason(), self.env.shutdown_grace);
+                .drain(self.env.shutdown.reason(), Duration::ZERO, grace);
         }
-        let pump = Pumping::new(streams, cfg, self.shared.clone());
+        let pump = Pumping::new(streams, cfg, limits, self.shared.clone());
         ctx.spawn(pump.into_actor(self).map(|outcome, act, ctx| {
             act.finish(outcome);
             ctx.stop();
@@ -247,7 +249,15 @@ impl Handler<DrainSession> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: DrainSession, _: &mut Context<Self>) {
-        self.shared.drain(msg.reason, msg.grace);
+        if !self.env.span.is_none() {
+            // When this session's close was scheduled, from its start.
+            let at = self.started.elapsed() + msg.close_in;
+            self.env
+                .span
+                .record("tether.drain.close_at_ms", at.as_secs_f64() * 1e3);
+        }
+        self.shared
+            .drain(msg.reason, msg.close_in, msg.answer_within);
     }
 }
 

@@ -167,6 +167,12 @@ pub enum DrainReason {
     BackendUnhealthy,
     /// A configuration reload removed the session's route.
     RouteRemoved,
+    /// The session reached its rule's `max_session_age`: close 1001 `max session age`, so
+    /// long-lived sessions rebalance onto new members.
+    MaxSessionAge,
+    /// An admin drain of a fraction of a member's sessions picked it
+    /// (`POST /backends/{pool}/{member}/drain`): close 1001 `rebalance`.
+    Rebalance,
 }
 
 impl DrainReason {
@@ -175,6 +181,8 @@ impl DrainReason {
     pub fn close_frame(self) -> (u16, &'static str) {
         match self {
             DrainReason::Restart => (1012, "service restart"),
+            DrainReason::MaxSessionAge => (1001, "max session age"),
+            DrainReason::Rebalance => (1001, "rebalance"),
             _ => (1001, "going away"),
         }
     }

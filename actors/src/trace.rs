@@ -60,11 +60,15 @@ pub enum HandshakeOutcome {
     BackendError,
     /// The backend answered something other than 101, relayed as is.
     BackendRefused,
+    /// The route's `max_new_sessions_per_second` was reached (503 + `Retry-After`).
+    RateLimited,
+    /// Tether is draining for shutdown (503 + `Retry-After`).
+    Draining,
 }
 
 impl HandshakeOutcome {
     /// Every outcome, in a fixed order (metrics index by it).
-    pub const ALL: [HandshakeOutcome; 10] = [
+    pub const ALL: [HandshakeOutcome; 12] = [
         HandshakeOutcome::Upgraded,
         HandshakeOutcome::NoRoute,
         HandshakeOutcome::BadHandshake,
@@ -75,6 +79,8 @@ impl HandshakeOutcome {
         HandshakeOutcome::NoBackend,
         HandshakeOutcome::BackendError,
         HandshakeOutcome::BackendRefused,
+        HandshakeOutcome::RateLimited,
+        HandshakeOutcome::Draining,
     ];
 
     /// As recorded.
@@ -90,6 +96,8 @@ impl HandshakeOutcome {
             HandshakeOutcome::NoBackend => "no_backend",
             HandshakeOutcome::BackendError => "backend_error",
             HandshakeOutcome::BackendRefused => "backend_refused",
+            HandshakeOutcome::RateLimited => "rate_limited",
+            HandshakeOutcome::Draining => "draining",
         }
     }
 }
@@ -400,6 +408,7 @@ pub fn session(handshake: &Span, route: &str, backend: SocketAddr) -> Span {
         websocket.duration_ms = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
         error.type = tracing::field::Empty,
+        tether.drain.close_at_ms = tracing::field::Empty,
     )
 }
 

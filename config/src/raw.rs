@@ -28,7 +28,7 @@ use crate::error::{unknown_field, ConfigError};
 use crate::lenient::{Flag, Lenient, List, Num, Text};
 use crate::model::{
     format_status_range, BackendProtocol, Config, Inspect, ListenerProtocol, LoadBalancing,
-    LogFormat, OnBackendUnhealthy, PoolMember, ProbeKind,
+    LogFormat, OnBackendUnhealthy, OnRateLimit, PoolMember, ProbeKind,
 };
 use crate::tree::{Node, Value};
 use crate::units::{format_duration, format_size};
@@ -225,6 +225,16 @@ pub(crate) struct RawWebSocket {
     pub max_sessions: Num<u32>,
     pub on_backend_unhealthy: Option<OnBackendUnhealthy>,
     pub drain_grace: Text,
+    pub drain_spread: Text,
+    pub max_new_sessions_per_second: Num<u32>,
+    pub new_sessions_burst: Num<u32>,
+    pub max_messages_per_second: Num<u32>,
+    pub messages_burst: Num<u32>,
+    pub max_bytes_per_second: Text,
+    pub bytes_burst: Text,
+    pub on_rate_limit: Option<OnRateLimit>,
+    pub slow_consumer_timeout: Text,
+    pub max_session_age: Text,
 }
 
 /// How one top-level key is read into the [`RawConfig`] (and, for named tables, the names it
@@ -556,6 +566,30 @@ impl From<&Config> for RawConfig {
                             max_sessions: Lenient(ws.max_sessions),
                             on_backend_unhealthy: Some(ws.on_backend_unhealthy),
                             drain_grace: Lenient(Some(format_duration(ws.drain_grace))),
+                            drain_spread: Lenient(Some(format_duration(ws.drain_spread))),
+                            max_new_sessions_per_second: Lenient(
+                                ws.max_new_sessions_per_second.map(|r| r.per_second as u32),
+                            ),
+                            new_sessions_burst: Lenient(
+                                ws.max_new_sessions_per_second.map(|r| r.burst as u32),
+                            ),
+                            max_messages_per_second: Lenient(
+                                ws.max_messages_per_second.map(|r| r.per_second as u32),
+                            ),
+                            messages_burst: Lenient(
+                                ws.max_messages_per_second.map(|r| r.burst as u32),
+                            ),
+                            max_bytes_per_second: Lenient(
+                                ws.max_bytes_per_second.map(|r| format_size(r.per_second)),
+                            ),
+                            bytes_burst: Lenient(
+                                ws.max_bytes_per_second.map(|r| format_size(r.burst)),
+                            ),
+                            on_rate_limit: Some(ws.on_rate_limit),
+                            slow_consumer_timeout: Lenient(Some(format_duration(
+                                ws.slow_consumer_timeout,
+                            ))),
+                            max_session_age: Lenient(ws.max_session_age.map(format_duration)),
                         }),
                     };
                     (name.clone(), raw)
@@ -721,6 +755,7 @@ mod tests {
         "routing_rules.x.websocket",
         "routing_rules.x.websocket.inspect",
         "routing_rules.x.websocket.on_backend_unhealthy",
+        "routing_rules.x.websocket.on_rate_limit",
     ];
 
     /// Reads `field = form` in the table `open` opens; the raw configuration, or the errors

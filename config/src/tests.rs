@@ -106,6 +106,15 @@ fn env_overrides_files() {
         ),
         ("TETHER_ROUTING_RULES__CHAT__WEBSOCKET__MAX_SESSIONS", "100"),
         (
+            "TETHER_ROUTING_RULES__CHAT__WEBSOCKET__MAX_MESSAGES_PER_SECOND",
+            "50",
+        ),
+        ("TETHER_ROUTING_RULES__CHAT__WEBSOCKET__DRAIN_SPREAD", "2s"),
+        (
+            "TETHER_ROUTING_RULES__CHAT__WEBSOCKET__ON_RATE_LIMIT",
+            "delay",
+        ),
+        (
             "TETHER_BACKEND_POOLS__CHAT__LOAD_BALANCING",
             "least_connections",
         ),
@@ -125,6 +134,16 @@ fn env_overrides_files() {
     assert_eq!(c.workers, 2);
     assert!(c.routing_rules["chat"].websocket.require_origin);
     assert_eq!(c.routing_rules["chat"].websocket.max_sessions, Some(100));
+    let ws = &c.routing_rules["chat"].websocket;
+    assert_eq!(
+        ws.max_messages_per_second,
+        Some(RateLimit {
+            per_second: 50,
+            burst: 50
+        })
+    );
+    assert_eq!(ws.drain_spread, Duration::from_secs(2));
+    assert_eq!(ws.on_rate_limit, OnRateLimit::Delay);
     assert_eq!(
         c.backend_pools["chat"].load_balancing,
         LoadBalancing::LeastConnections

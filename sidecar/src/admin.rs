@@ -12,6 +12,7 @@
 //! | `GET /backends` | every pool and member with its state, as JSON ([`BackendsStatus`]) |
 //! | `GET /sessions` | live sessions (route, backend, age, bytes, idle time) and the recent endings with their close codes, as JSON ([`SessionsList`]) |
 //! | `GET /metrics` | Prometheus text |
+//! | `POST /backends/{pool}/{member}/drain?fraction=F&over=D` | closes `F` (0 to 1) of the member's sessions, oldest first, their close frames (1001 `rebalance`) spread over `D`; answers how many, as JSON ([`MemberDrain`]) |
 //!
 //! With `admin.token` set, every request but `/healthz`, `/readyz` and `/drained` (which
 //! orchestrators and `preStop` hooks ask without credentials; none reveals anything) needs
@@ -45,7 +46,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
 
 use tether_actors::messages::{
-    BackendsReport, EndedSessionInfo, LiveSessionInfo, RecentEndings, SessionsReport,
+    BackendsReport, DrainMemberSessions, EndedSessionInfo, LiveSessionInfo, RecentEndings,
+    SessionsReport,
 };
 use tether_actors::metrics::Metrics;
 use tether_config::{Config, HostPattern, ListenerProtocol, PathPattern};
@@ -255,6 +257,8 @@ pub struct AdminState {
     pub sessions: Recipient<SessionsReport>,
     /// The route table, for recent session endings.
     pub endings: Recipient<RecentEndings>,
+    /// The route table, for draining a fraction of a member's sessions.
+    pub drains: Recipient<DrainMemberSessions>,
     /// Readiness, the configuration in force and the bound listeners.
     pub lifecycle: Arc<Lifecycle>,
     /// The data path's counters, for `GET /metrics`.
@@ -368,6 +372,18 @@ pub async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<
         return resp;
     }
     let path = req.uri().path();
+    if let Some((pool, member)) = member_drain_path(path) {
+        if req.method() != Method::POST {
+            let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "use POST\n");
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return resp;
+        }
+        if !authorized(state, &req) {
+            return unauthorized();
+        }
+        return drain_member(state, pool, member, req.uri().query().unwrap_or("")).await;
+    }
     if !PATHS.contains(&path) {
         return text(
             StatusCode::NOT_FOUND,
@@ -382,17 +398,106 @@ pub async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<
     }
     let open = matches!(path, "/healthz" | "/readyz" | "/drained");
     if !open && !authorized(state, &req) {
-        let mut resp = text(
-            StatusCode::UNAUTHORIZED,
-            "admin.token is set: send Authorization: Bearer TOKEN\n",
-        );
-        resp.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"tether-admin\""),
-        );
-        return resp;
+        return unauthorized();
     }
     answer(state, path).await
+}
+
+/// `401` with the scheme to use.
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut resp = text(
+        StatusCode::UNAUTHORIZED,
+        "admin.token is set: send Authorization: Bearer TOKEN\n",
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"tether-admin\""),
+    );
+    resp
+}
+
+/// `/backends/{pool}/{member}/drain` split into its pool and member.
+fn member_drain_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/backends/")?.strip_suffix("/drain")?;
+    let (pool, member) = rest.split_once('/')?;
+    (!pool.is_empty() && !member.is_empty() && !member.contains('/')).then_some((pool, member))
+}
+
+/// What `POST /backends/{pool}/{member}/drain` answers.
+#[derive(Debug, serde::Serialize)]
+pub struct MemberDrain {
+    /// The pool.
+    pub pool: String,
+    /// The member.
+    pub member: SocketAddr,
+    /// Sessions picked (their closes go out over `over_ms`).
+    pub sessions: usize,
+    /// The window the closes are spread over, in milliseconds.
+    pub over_ms: u64,
+}
+
+/// Drains a fraction of a member's sessions over a window (see [`MemberDrain`]).
+async fn drain_member(
+    state: &AdminState,
+    pool: &str,
+    member: &str,
+    query: &str,
+) -> Response<Full<Bytes>> {
+    let Ok(member) = member.parse::<SocketAddr>() else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "the member is an address as GET /backends lists it, e.g. 10.0.0.7:8080\n",
+        );
+    };
+    let mut fraction = None;
+    let mut over = Some(Duration::ZERO);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("fraction", v)) => {
+                fraction = v.parse::<f64>().ok().filter(|f| (0.0..=1.0).contains(f));
+                if fraction.is_none() {
+                    return text(StatusCode::BAD_REQUEST, "fraction: a number from 0 to 1\n");
+                }
+            }
+            Some(("over", v)) => {
+                over = tether_config::units::parse_duration(v).ok();
+                if over.is_none() {
+                    return text(StatusCode::BAD_REQUEST, "over: a duration, e.g. 60s\n");
+                }
+            }
+            _ => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "the query takes fraction=F (0 to 1) and over=D (e.g. 60s)\n",
+                )
+            }
+        }
+    }
+    let (Some(fraction), Some(over)) = (fraction, over) else {
+        return text(StatusCode::BAD_REQUEST, "fraction=F (0 to 1) is required\n");
+    };
+    let order = DrainMemberSessions {
+        pool: pool.to_owned(),
+        member,
+        fraction,
+        over,
+    };
+    match state.drains.send(order).await {
+        Ok(Some(sessions)) => json(&MemberDrain {
+            pool: pool.to_owned(),
+            member,
+            sessions,
+            over_ms: over.as_millis() as u64,
+        }),
+        Ok(None) => text(
+            StatusCode::NOT_FOUND,
+            &format!("pool \"{pool}\" has no member {member}\n"),
+        ),
+        Err(_) => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the route table is not running\n",
+        ),
+    }
 }
 
 /// The answer to an authorized `GET` of `path`, one of [`PATHS`].

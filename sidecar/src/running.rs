@@ -128,6 +128,7 @@ impl Running {
                 backends: route_table.clone().recipient(),
                 sessions: route_table.clone().recipient(),
                 endings: route_table.clone().recipient(),
+                drains: route_table.clone().recipient(),
                 lifecycle: lifecycle.clone(),
                 metrics: metrics.clone(),
                 export: telemetry.as_ref().map(|t| t.stats.clone()),

@@ -31,7 +31,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use hyper::body::{Body, Incoming};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
-use tether_config::Inspect;
+use tether_config::{Inspect, OnRateLimit, MAX_SESSION_AGE_JITTER};
 use tokio::net::TcpStream;
 use tracing::{Instrument as _, Span};
 
@@ -44,12 +44,14 @@ use crate::grpc;
 use crate::handshake;
 use crate::headers;
 use crate::http2::HttpProtocol;
+use crate::jitter;
 use crate::metrics::{ConnectFailure, Metrics, RetryReason, RouteCounters};
-use crate::pump::PumpConfig;
+use crate::pump::{OverLimit, PumpConfig, SessionLimits};
 use crate::response::ProxyBody;
 use crate::route_table::{Route, SharedRoutes};
 use crate::session::{SessionActor, SessionEnv, SessionInfo, SessionRegistry};
 use crate::shutdown::{ShutdownSignal, Tracker};
+use crate::token_bucket::Rate;
 use crate::trace::{self, HandshakeOutcome};
 use crate::transport::{SessionIo, SessionStreams, StreamIo, TlsIo};
 use crate::upgrade::UpgradeAnswer;
@@ -227,6 +229,7 @@ pub async fn handle(
             .as_ref()
             .unwrap_or(ctx.metrics.unrouted())
             .handshake(outcome);
+        ctx.metrics.refused_upgrade(outcome);
         if !span.is_none() {
             span.record("tether.outcome", outcome.as_str());
             let negotiated = resp.as_ref().ok().and_then(|r| {

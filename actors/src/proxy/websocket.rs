@@ -25,6 +25,18 @@ pub(super) async fn forward_websocket(
     }
     check_origin(&route, &req)?;
     check_subprotocols(&route, &req)?;
+    if ctx.shutdown.is_fired() {
+        // The listeners stopped accepting; a connection already open still asks: it is
+        // turned away with a time to come back, not cut.
+        return Err(ProxyError::Draining);
+    }
+    if let Some(bucket) = &route.new_sessions {
+        if bucket.take_one(std::time::Instant::now()).is_err() {
+            return Err(ProxyError::UpgradeRateLimited {
+                route: route.name.clone(),
+            });
+        }
+    }
     let slot = route
         .session_slot()
         .ok_or_else(|| ProxyError::SessionLimit {
@@ -113,6 +125,7 @@ pub(super) async fn forward_websocket(
         conn.guard.borrow_mut().take()
     };
     let pump = pump_config(&route);
+    let limits = session_limits(&route);
     let token = ctx.tracker.token();
     let ctx = ctx.clone();
     let handshake_span = span.clone();
@@ -156,7 +169,7 @@ pub(super) async fn forward_websocket(
             backend: backend_io,
             backend_prefix,
         };
-        SessionActor::new(info, streams, pump, env).start();
+        SessionActor::new(info, streams, pump, limits, env).start();
     });
     let (mut parts, ()) = head.into_parts();
     if over_h2 {
@@ -198,6 +211,31 @@ fn pump_config(route: &Route) -> PumpConfig {
         idle_timeout: route.settings.request_timeout,
         keepalive: (!ws.keepalive_interval.is_zero()).then_some(ws.keepalive_interval),
         max_message_size: ws.max_message_size,
+    }
+}
+
+/// The per-session limits of a session on `route`, its `max_session_age` jittered by
+/// ±[`MAX_SESSION_AGE_JITTER`].
+fn session_limits(route: &Route) -> SessionLimits {
+    let ws = &route.websocket;
+    let rate = |r: Option<tether_config::RateLimit>| {
+        r.map(|r| Rate {
+            per_second: r.per_second,
+            burst: r.burst,
+        })
+    };
+    SessionLimits {
+        messages: rate(ws.max_messages_per_second),
+        bytes: rate(ws.max_bytes_per_second),
+        over_limit: match ws.on_rate_limit {
+            OnRateLimit::Close => OverLimit::Close,
+            OnRateLimit::Delay => OverLimit::Delay,
+        },
+        slow_consumer_timeout: (!ws.slow_consumer_timeout.is_zero())
+            .then_some(ws.slow_consumer_timeout),
+        max_age: ws
+            .max_session_age
+            .map(|age| jitter::around(age, MAX_SESSION_AGE_JITTER, jitter::unit())),
     }
 }
 

@@ -38,8 +38,10 @@ pub(crate) trait Wire {
     fn send(&mut self, dir: Dir, bytes: &[u8]) -> io::Result<usize>;
     /// Passes the end of the stream on: shuts down the write side towards `dir`'s destination.
     fn shutdown_write(&mut self, dir: Dir);
-    /// Closes the client's socket both ways (it stopped answering).
+    /// Closes the client's socket both ways (it stopped answering, or stopped reading).
     fn close_client(&mut self);
+    /// Closes the backend's socket both ways (it stopped reading).
+    fn close_backend(&mut self);
     /// The session's live counters.
     fn counters(&self) -> &Counters;
 }

@@ -18,10 +18,12 @@
 //!
 //! ```text
 //!            Tether closes (idle timeout, client unresponsive, lost peer, message too big,
-//!            drain order or shutdown), both close frames seen, or a stalled peer hangs up
+//!            over a rate, slow consumer, drain order or shutdown), both close frames seen,
+//!            or a stalled peer hangs up
 //!  Running ────────────────────────────────────────────────────────────────────────► Closing
-//!  (drain scheduled:        └── both sources ended and every write settled ──┐   { deadline }
-//!   Running{drain_at}            (a byte pipe that simply ends)              │       │
+//!  (drain scheduled, or      └── both sources ended and every write settled ──┐   { deadline }
+//!   max_session_age:             (a byte pipe that simply ends)              │       │
+//!   Running{drain_at}                                                        │       │
 //!   turns Closing at it)                                                     ▼       │
 //!                                                                           Done ◄───┘
 //!                                                                      { cause }  every peer
@@ -59,7 +61,10 @@
 //!   or second close is queued for it, and only what was already pending before the close may
 //!   still be flushed.
 //! * **Reserved codes never reach the wire.** A peer's close frame with 1005, 1006 or 1015 is
-//!   replaced by 1002 (RFC 6455 §7.4.1); Tether's own codes are 1001, 1002, 1009, 1012, 1014.
+//!   replaced by 1002 (RFC 6455 §7.4.1); Tether's own codes are 1001, 1002, 1008, 1009, 1012, 1013, 1014.
+//!
+//! Per-session limits (client rates, slow consumers, maximum age) live in `super::limits`,
+//! boxed and absent when the rule sets none; their lifecycle note is there.
 //! * **A queued control frame waits for a frame boundary.** Tether's ping or close goes out only
 //!   when the direction's [`FrameTracker`](crate::frame::FrameTracker) is between frames; a
 //!   direction whose source ended mid-frame gets a FIN instead of the close frame.
@@ -78,6 +83,7 @@ use std::io;
 use std::time::{Duration, Instant};
 
 use super::direction::{Dest, Half, Outbox, Queued};
+use super::limits::{Limits, RateLimit, SessionLimits};
 use super::watch::{mask_key, Ping, Watch, PING_PAYLOAD_LEN};
 use crate::frame::{ControlFrame, OpCode, Sink};
 use crate::outcome::{EndCause, Initiator, Outcome};
@@ -108,7 +114,7 @@ enum Phase {
     /// Forwarding. A drain for an unhealthy member or a removed route may be scheduled: when,
     /// and the cause it will record.
     Running {
-        drain_at: Option<(Instant, EndCause)>,
+        drain_at: Option<(Instant, DrainReason)>,
     },
     /// Tether closed, both close frames were exchanged, or a stalled peer hung up: the session
     /// ends once every peer answered, and by `deadline` at the latest.
@@ -134,22 +140,35 @@ pub(crate) struct Session {
     tether_close: Option<u16>,
     last_activity: Instant,
     last_client: Instant,
+    /// Per-session limits and their state; `None` (one word) when the rule sets none.
+    limits: Option<Box<Limits>>,
 }
 
 impl Session {
-    /// A session that starts at `now`.
+    /// A session that starts at `now`, without limits.
+    #[cfg(test)]
     pub(crate) fn new(cfg: PumpConfig, now: Instant) -> Session {
+        Session::with_limits(cfg, SessionLimits::default(), now)
+    }
+
+    /// A session that starts at `now`, bounded by `limits` (rates and the slow-consumer
+    /// timeout need frames mode; `max_age` applies in both modes).
+    pub(crate) fn with_limits(cfg: PumpConfig, limits: SessionLimits, now: Instant) -> Session {
+        let drain_at = limits
+            .max_age
+            .map(|age| (now + age, DrainReason::MaxSessionAge));
         Session {
             cfg,
             up: Half::default(),
             down: Half::default(),
             ping: Ping::default(),
-            phase: Phase::Running { drain_at: None },
+            phase: Phase::Running { drain_at },
             cause: None,
             first_close: None,
             tether_close: None,
             last_activity: now,
             last_client: now,
+            limits: limits.any().then(|| Box::new(Limits::new(limits, now))),
         }
     }
 
@@ -168,9 +187,11 @@ impl Session {
     }
 
     /// Whether the source of `dir` is to be read (it has not ended, and fewer than
-    /// [`PENDING_LIMIT`](super::PENDING_LIMIT) bytes wait for its destination).
+    /// [`PENDING_LIMIT`](super::PENDING_LIMIT) bytes wait for its destination), and, for the
+    /// client, its rate limit does not hold reads back.
     pub(crate) fn can_read(&self, dir: Dir) -> bool {
-        self.half(dir).can_read()
+        let paused = dir == Dir::Up && self.limits.as_ref().is_some_and(|l| l.paused());
+        self.half(dir).can_read() && !paused
     }
 
     /// Whether bytes wait for the destination of `dir`.
@@ -233,6 +254,10 @@ impl Session {
                 close: &mut half.close,
                 first_close: &mut self.first_close,
                 messages: 0,
+                limits: match dir {
+                    Dir::Up => self.limits.as_deref_mut(),
+                    Dir::Down => None,
+                },
             };
             let rejected = half.tracker.process(bytes, &mut watch, &mut out).is_err();
             messages = watch.messages;
@@ -249,7 +274,10 @@ impl Session {
             counter.set(counter.get() + messages);
         }
         if rejected {
-            self.message_too_big(dir, now);
+            match self.limits.as_mut().and_then(|l| l.violated.take()) {
+                Some(limit) => self.over_rate(limit, now),
+                None => self.message_too_big(dir, now),
+            }
         }
         if self.up.close.is_some()
             && self.down.close.is_some()
@@ -298,7 +326,9 @@ impl Session {
                 Ok(n) => {
                     half.pending.drain(..n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // Still full: what the destination took is noted below (the slow-consumer
+                // clock starts over once it drops under the limit).
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(_) => {
                     half.dest.fail();
                     break;
@@ -313,35 +343,27 @@ impl Session {
         self.service(now, wire);
     }
 
-    /// A drain order. Shutdown closes at once and gives the peers `grace` to answer; a drain
-    /// for an unhealthy member or a removed route lets the session run for `grace` first (so
-    /// in-flight messages finish), then closes it.
+    /// A drain order: close with `reason`'s close frame `close_in` from now (at once when
+    /// zero), and give the peers `answer_within` to answer a close sent at once. A close that
+    /// was scheduled gives them [`CLOSE_HANDSHAKE_TIMEOUT`] when it goes out. Of several
+    /// scheduled closes the earliest wins. (Who computes `close_in`, spread over a window:
+    /// `crate::drain_schedule`.)
     pub(crate) fn on_drain(
         &mut self,
         reason: DrainReason,
-        grace: Duration,
+        close_in: Duration,
+        answer_within: Duration,
         now: Instant,
         wire: &mut impl Wire,
     ) {
-        match reason {
-            DrainReason::Shutdown | DrainReason::Restart => self.begin_close(
-                EndCause::Drain,
-                Some(reason.close_frame()),
-                Some(reason.close_frame()),
-                grace,
-                now,
-            ),
-            DrainReason::BackendUnhealthy | DrainReason::RouteRemoved => {
-                let cause = if reason == DrainReason::BackendUnhealthy {
-                    EndCause::BackendUnhealthy
-                } else {
-                    EndCause::Drain
-                };
-                let at = now + grace;
-                if let Phase::Running { drain_at } = &mut self.phase {
-                    if drain_at.is_none_or(|(t, _)| at < t) {
-                        *drain_at = Some((at, cause));
-                    }
+        if close_in.is_zero() {
+            let frame = Some(reason.close_frame());
+            self.begin_close(drain_cause(reason), frame, frame, answer_within, now);
+        } else {
+            let at = now + close_in;
+            if let Phase::Running { drain_at } = &mut self.phase {
+                if drain_at.is_none_or(|(t, _)| at < t) {
+                    *drain_at = Some((at, reason));
                 }
             }
         }
@@ -361,12 +383,16 @@ impl Session {
     /// The earliest moment something is due: the driver's timer fires [`Session::on_timer`]
     /// then.
     pub(crate) fn next_deadline(&self) -> Instant {
+        let limit = self.limits.as_ref().and_then(|l| l.next_deadline());
         let drain_at = match self.phase {
-            Phase::Closing { deadline } => return deadline,
+            Phase::Closing { deadline } => return limit.map_or(deadline, |l| l.min(deadline)),
             Phase::Done { .. } => return self.last_activity,
             Phase::Running { drain_at } => drain_at,
         };
         let mut next = self.last_activity + self.cfg.idle_timeout;
+        if let Some(at) = limit {
+            next = next.min(at);
+        }
         if let Some((at, _)) = drain_at {
             next = next.min(at);
         }
@@ -396,15 +422,27 @@ impl Session {
     }
 
     fn timer(&mut self, now: Instant, wire: &mut impl Wire) {
+        if let Some(limits) = &mut self.limits {
+            limits.tick(now);
+        }
         let drain_at = match self.phase {
             Phase::Running { drain_at } => drain_at,
             _ => return,
         };
-        if let Some((at, cause)) = drain_at {
+        if let Some((at, reason)) = drain_at {
             if now >= at {
-                let close = Some(GOING_AWAY);
+                let close = Some(reason.close_frame());
+                let cause = drain_cause(reason);
                 self.begin_close(cause, close, close, CLOSE_HANDSHAKE_TIMEOUT, now);
                 return;
+            }
+        }
+        if let Some(limits) = &self.limits {
+            for dir in [Dir::Down, Dir::Up] {
+                if limits.slow_at(dir).is_some_and(|at| now >= at) {
+                    self.slow_consumer(dir, wire, now);
+                    return;
+                }
             }
         }
         let keepalive = self.cfg.keepalive.filter(|_| self.cfg.frames);
@@ -576,6 +614,51 @@ impl Session {
         }
     }
 
+    /// The client broke its message or byte rate (close action): `1008 policy violation`
+    /// naming the limit to it, `1001` to the backend.
+    fn over_rate(&mut self, limit: RateLimit, now: Instant) {
+        let (cause, reason) = match limit {
+            RateLimit::Messages => (EndCause::MessageRate, "message rate exceeded"),
+            RateLimit::Bytes => (EndCause::ByteRate, "byte rate exceeded"),
+        };
+        self.begin_close(
+            cause,
+            Some((1008, reason)),
+            Some(GOING_AWAY),
+            CLOSE_HANDSHAKE_TIMEOUT,
+            now,
+        );
+    }
+
+    /// The destination of `dir` held a full buffer for `slow_consumer_timeout`. No frame can
+    /// reach it before the backlog it does not read, so its socket is closed and what waits
+    /// for it is dropped; the other peer is told: a slow client is, to the backend, a client
+    /// that went away (`1001 client too slow`); a slow backend is, to the client, a temporary
+    /// condition worth retrying (`1013 backend too slow`, "try again later").
+    fn slow_consumer(&mut self, dir: Dir, wire: &mut impl Wire, now: Instant) {
+        match dir {
+            Dir::Down => wire.close_client(),
+            Dir::Up => wire.close_backend(),
+        }
+        // The slow peer's socket is closed both ways: nothing more is read from it either.
+        self.half_mut(dir.other()).source.end();
+        let half = self.half_mut(dir);
+        half.dest.close(false);
+        half.pending = Vec::new();
+        half.queued = None;
+        let (to_client, to_backend) = match dir {
+            Dir::Down => (None, Some((1001, "client too slow"))),
+            Dir::Up => (Some((1013, "backend too slow")), None),
+        };
+        self.begin_close(
+            EndCause::SlowConsumer,
+            to_client,
+            to_backend,
+            CLOSE_HANDSHAKE_TIMEOUT,
+            now,
+        );
+    }
+
     fn message_too_big(&mut self, dir: Dir, now: Instant) {
         let (to_sender, to_other) = (Some((1009, "message too big")), Some(GOING_AWAY));
         let (to_client, to_backend) = match dir {
@@ -669,8 +752,21 @@ impl Session {
                 wire.shutdown_write(dir);
                 half.dest.fin_sent();
             }
+            if let Some(limits) = &mut self.limits {
+                limits.observe(dir, half.pending.len(), !half.dest.done(), now);
+            }
             self.check_write(dir, now);
         }
+    }
+}
+
+/// The cause a drain for `reason` records.
+fn drain_cause(reason: DrainReason) -> EndCause {
+    match reason {
+        DrainReason::Shutdown | DrainReason::Restart | DrainReason::RouteRemoved => EndCause::Drain,
+        DrainReason::BackendUnhealthy => EndCause::BackendUnhealthy,
+        DrainReason::MaxSessionAge => EndCause::MaxSessionAge,
+        DrainReason::Rebalance => EndCause::Rebalance,
     }
 }
 

@@ -44,7 +44,11 @@
 //! | client socket ends without a close frame | 1001 `client lost` to backend | `client_lost` |
 //! | either socket hangs up while Tether is not reading it | as the two rows above, once its end is read | `client_lost` / `backend_lost` |
 //! | message over `max_message_size` | 1009 to the sender, 1001 to the other side | `message_too_big` |
-//! | drain order or shutdown | 1001 `going away` to both | `drain` / `backend_unhealthy` |
+//! | drain order or shutdown (at its slot of the drain's spread) | 1001 `going away` to both (1012 `service restart` with `shutdown_close_code = 1012`) | `drain` / `backend_unhealthy` |
+//! | client over its message or byte rate (action `close`) | 1008 naming the rate to the client, 1001 to the backend | `message_rate` / `byte_rate` |
+//! | a peer leaves a full buffer unread for `slow_consumer_timeout` | its socket closed; 1001 `client too slow` to the backend, or 1013 `backend too slow` to the client | `slow_consumer` |
+//! | the session reaches `max_session_age` | 1001 `max session age` to both | `max_session_age` |
+//! | an admin drain of a fraction of the member | 1001 `rebalance` to both | `rebalance` |
 //!
 //! After Tether sends a close frame to a peer, nothing more is forwarded to that peer; the
 //! session ends when every peer has answered (close frame or end of stream) or the close
@@ -73,11 +77,13 @@ use crate::transport::SessionStreams;
 use crate::transport::{ReadEnd, ReadReadiness, SessionIo};
 
 mod direction;
+mod limits;
 pub(crate) mod machine;
 mod watch;
 
-pub use machine::PumpConfig;
+pub use limits::{OverLimit, SessionLimits};
 use machine::{Dir, Session, Wire};
+pub use machine::{PumpConfig, CLOSE_HANDSHAKE_TIMEOUT};
 
 /// Size of the per-worker read buffer.
 pub const READ_BUFFER_SIZE: usize = 64 * 1024;
@@ -122,6 +128,9 @@ impl Wire for Sockets<'_> {
     fn close_client(&mut self) {
         self.client.shutdown_both();
     }
+    fn close_backend(&mut self) {
+        self.backend.shutdown_both();
+    }
     fn counters(&self) -> &Counters {
         self.counters
     }
@@ -159,8 +168,8 @@ pub struct Shared {
     /// Where the traffic is added up for `tether_websocket_bytes_total` and
     /// `tether_websocket_messages_total`.
     metrics: Arc<Metrics>,
-    /// A drain order the pump has not acted on yet.
-    drain: Cell<Option<(DrainReason, Duration)>>,
+    /// A drain order the pump has not acted on yet: why, close in, answer within.
+    drain: Cell<Option<(DrainReason, Duration, Duration)>>,
     /// The pump's task, woken when a drain order arrives.
     waker: Cell<Option<Waker>>,
 }
@@ -216,9 +225,11 @@ impl Shared {
         }
     }
 
-    /// Hands the pump a drain order (the latest wins) and wakes it.
-    pub fn drain(&self, reason: DrainReason, grace: Duration) {
-        self.drain.set(Some((reason, grace)));
+    /// Hands the pump a drain order (the latest wins) and wakes it: close for `reason` in
+    /// `close_in` (at once when zero), the peers answering within `answer_within` of a close
+    /// sent at once (see `machine::Session::on_drain`).
+    pub fn drain(&self, reason: DrainReason, close_in: Duration, answer_within: Duration) {
+        self.drain.set(Some((reason, close_in, answer_within)));
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
@@ -265,14 +276,19 @@ pin_project_lite::pin_project! {
 impl Pumping {
     /// A pump over `streams`; bytes the HTTP layer read past either handshake are forwarded
     /// at once.
-    pub fn new(streams: SessionStreams, cfg: PumpConfig, shared: Rc<Shared>) -> Pumping {
+    pub fn new(
+        streams: SessionStreams,
+        cfg: PumpConfig,
+        limits: SessionLimits,
+        shared: Rc<Shared>,
+    ) -> Pumping {
         let SessionStreams {
             client,
             client_prefix,
             backend,
             backend_prefix,
         } = streams;
-        let mut core = Session::new(cfg, now());
+        let mut core = Session::with_limits(cfg, limits, now());
         let mut wire = Sockets {
             client: &client,
             backend: &backend,
@@ -313,8 +329,8 @@ impl Future for Pumping {
         if !*this.flushing {
             shared.register(cx.waker());
             loop {
-                if let Some((reason, grace)) = shared.drain.take() {
-                    core.on_drain(reason, grace, now(), wire);
+                if let Some((reason, close_in, answer_within)) = shared.drain.take() {
+                    core.on_drain(reason, close_in, answer_within, now(), wire);
                 }
                 if core.poll_done(now()) {
                     break;

@@ -5,6 +5,7 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
+use super::limits::Limits;
 use crate::frame::{
     is_reserved_close_code, CloseInfo, ControlFrame, FrameHeader, Held, Inspector, OpCode, Verdict,
 };
@@ -32,6 +33,8 @@ pub(super) struct Watch<'a> {
     pub(super) close: &'a mut Option<CloseInfo>,
     pub(super) first_close: &'a mut Option<Initiator>,
     pub(super) messages: u64,
+    /// The client's rate limits (client-to-backend only; `None` when there are none).
+    pub(super) limits: Option<&'a mut Limits>,
 }
 
 impl Inspector for Watch<'_> {
@@ -42,6 +45,11 @@ impl Inspector for Watch<'_> {
         );
         if data && self.max_message.is_some_and(|max| h.message_len > max) {
             return Verdict::Reject;
+        }
+        if let Some(limits) = &mut self.limits {
+            if !limits.admit(h, self.now) {
+                return Verdict::Reject;
+            }
         }
         match h.opcode {
             OpCode::Close => Verdict::Hold,

@@ -41,16 +41,18 @@ use arc_swap::ArcSwap;
 use tether_config::{Config, OnBackendUnhealthy};
 
 pub use crate::balance::Pool;
+use crate::drain_schedule::DrainPlan;
 use crate::member::DnsMember;
 use crate::member::Health;
 /// `GET /backends`' answer, defined with its message ([`BackendsReport`]).
 pub use crate::messages::BackendsStatus;
 use crate::messages::{
-    AttachProber, BackendsReport, ConfigChange, ConfigReplaced, DrainAll, DrainReason,
-    DrainSession, LiveSessions, MemberFailing, MemberHealthChanged, MembersResolved, RecentEndings,
-    SessionsChanged, SessionsReport,
+    AttachProber, BackendsReport, ConfigChange, ConfigReplaced, DrainAll, DrainMemberSessions,
+    DrainReason, DrainSession, LiveSessions, MemberFailing, MemberHealthChanged, MembersResolved,
+    RecentEndings, SessionsChanged, SessionsReport,
 };
 use crate::metrics::Metrics;
+use crate::token_bucket::{Rate, SharedTokenBucket};
 use membership::{pool_entries, PoolState};
 pub use routes::{Matched, Route, RouteSnapshot, SharedRoutes};
 use sessions::Sessions;
@@ -72,6 +74,8 @@ pub struct RouteTableActor {
     route_sessions: BTreeMap<String, Arc<AtomicUsize>>,
     /// Where each rule's counters live (see [`Route::metrics`]).
     metrics: Arc<Metrics>,
+    /// Each rule's `max_new_sessions_per_second` bucket (see [`Route::new_sessions`]).
+    route_rates: BTreeMap<String, Arc<SharedTokenBucket>>,
 }
 
 impl RouteTableActor {
@@ -101,6 +105,7 @@ impl RouteTableActor {
             last_build: Duration::ZERO,
             route_sessions: BTreeMap::new(),
             metrics,
+            route_rates: BTreeMap::new(),
         };
         actor.publish();
         (actor, shared)
@@ -137,11 +142,29 @@ impl RouteTableActor {
         }
         self.metrics
             .keep_routes(self.config.routing_rules.keys().map(String::as_str));
+        let rules = &self.config.routing_rules;
+        self.route_rates.retain(|name, bucket| {
+            rules
+                .get(name)
+                .and_then(|r| r.websocket.max_new_sessions_per_second)
+                == Some(limit_of(bucket))
+        });
+        for (name, rule) in rules {
+            if let Some(limit) = rule.websocket.max_new_sessions_per_second {
+                self.route_rates.entry(name.clone()).or_insert_with(|| {
+                    Arc::new(SharedTokenBucket::new(Rate {
+                        per_second: limit.per_second,
+                        burst: limit.burst,
+                    }))
+                });
+            }
+        }
         let snapshot = RouteSnapshot::build(
             &self.config,
             &pools,
             &self.route_sessions,
             &self.metrics,
+            &self.route_rates,
             generation,
         );
         self.shared.store(Arc::new(snapshot));
@@ -155,15 +178,22 @@ impl RouteTableActor {
 
     /// Asks every session on `member` of `pool` whose rule says `on_backend_unhealthy =
     /// "drain"` to end.
-    fn drain_sessions_on(&self, pool: &str, member: SocketAddr) -> usize {
-        self.sessions
-            .drain_where(DrainReason::BackendUnhealthy, |live| {
-                let rule = self.config.routing_rules.get(&*live.route)?;
-                (live.member == member
-                    && rule.backend_pool == pool
-                    && rule.websocket.on_backend_unhealthy == OnBackendUnhealthy::Drain)
-                    .then_some(rule.websocket.drain_grace)
-            })
+    fn drain_sessions_on(&mut self, pool: &str, member: SocketAddr) -> usize {
+        let config = &self.config;
+        self.sessions.drain_where(|live| {
+            let rule = config.routing_rules.get(&*live.route)?;
+            let ws = &rule.websocket;
+            (live.member == member
+                && rule.backend_pool == pool
+                && ws.on_backend_unhealthy == OnBackendUnhealthy::Drain)
+                .then(|| {
+                    DrainPlan::after_grace(
+                        DrainReason::BackendUnhealthy,
+                        ws.drain_grace,
+                        ws.drain_spread,
+                    )
+                })
+        })
     }
 
     /// Ends an ejection (if `epoch` is still the current one).
@@ -210,13 +240,31 @@ impl Handler<SessionsChanged> for RouteTableActor {
     }
 }
 
+/// The configured limit a bucket was built for.
+fn limit_of(bucket: &SharedTokenBucket) -> tether_config::RateLimit {
+    let rate = bucket.rate();
+    tether_config::RateLimit {
+        per_second: rate.per_second,
+        burst: rate.burst,
+    }
+}
+
 impl Handler<DrainAll> for RouteTableActor {
     type Result = ();
 
     fn handle(&mut self, msg: DrainAll, _: &mut Context<Self>) {
-        self.sessions.drain_all(DrainSession {
+        let late = DrainSession {
             reason: msg.reason,
-            grace: msg.grace,
+            close_in: Duration::ZERO,
+            answer_within: msg.grace,
+        };
+        let config = &self.config;
+        self.sessions.drain_all(late, |live| {
+            let spread = config
+                .routing_rules
+                .get(&*live.route)
+                .map_or(Duration::ZERO, |r| r.websocket.drain_spread);
+            DrainPlan::shutdown(msg.reason, msg.grace, spread)
         });
         tracing::info!(sessions = self.sessions.len(), reason = ?msg.reason, "draining every session");
     }
@@ -235,6 +283,31 @@ impl Handler<LiveSessions> for RouteTableActor {
 
     fn handle(&mut self, _: LiveSessions, _: &mut Context<Self>) -> Self::Result {
         MessageResult(self.sessions.len())
+    }
+}
+
+impl Handler<DrainMemberSessions> for RouteTableActor {
+    type Result = Option<usize>;
+
+    fn handle(&mut self, msg: DrainMemberSessions, _: &mut Context<Self>) -> Option<usize> {
+        let known = self
+            .pools
+            .get(&msg.pool)
+            .is_some_and(|p| p.members.contains_key(&msg.member));
+        if !known {
+            return None;
+        }
+        let config = &self.config;
+        let plan = DrainPlan::over(DrainReason::Rebalance, msg.over);
+        let drained = self.sessions.drain_fraction(msg.fraction, plan, |live| {
+            live.member == msg.member
+                && config
+                    .routing_rules
+                    .get(&*live.route)
+                    .is_some_and(|r| r.backend_pool == msg.pool)
+        });
+        tracing::info!(pool = %msg.pool, member = %msg.member, fraction = msg.fraction, over = ?msg.over, sessions = drained, "draining a fraction of a member's sessions");
+        Some(drained)
     }
 }
 
@@ -410,18 +483,22 @@ impl Handler<ConfigReplaced> for RouteTableActor {
         change.pools_removed = self.pools.keys().cloned().collect();
         self.pools = pools;
         // Sessions run on, on their backend, unless their rule is gone.
-        change.sessions_drained = self
-            .sessions
-            .drain_where(DrainReason::RouteRemoved, |live| {
-                if config.routing_rules.contains_key(&*live.route) {
-                    return None;
-                }
-                Some(
-                    old.routing_rules
-                        .get(&*live.route)
-                        .map_or(config.shutdown_grace, |r| r.websocket.drain_grace),
-                )
-            });
+        change.sessions_drained = self.sessions.drain_where(|live| {
+            if config.routing_rules.contains_key(&*live.route) {
+                return None;
+            }
+            let (grace, spread) = old
+                .routing_rules
+                .get(&*live.route)
+                .map_or((config.shutdown_grace, Duration::ZERO), |r| {
+                    (r.websocket.drain_grace, r.websocket.drain_spread)
+                });
+            Some(DrainPlan::after_grace(
+                DrainReason::RouteRemoved,
+                grace,
+                spread,
+            ))
+        });
         self.publish();
         tracing::info!(
             generation = self.shared.load().generation,

@@ -20,6 +20,7 @@ use crate::admission::SessionSlot;
 use crate::balance::Pool;
 use crate::headers;
 use crate::metrics::{Metrics, RouteCounters};
+use crate::token_bucket::SharedTokenBucket;
 
 /// The shared handle through which the route table publishes snapshots and everyone else reads
 /// them.
@@ -42,6 +43,9 @@ pub struct Route {
     /// This rule's handshake, session and request counters (`route` label), the same block
     /// across republishes while the rule exists.
     pub metrics: Arc<RouteCounters>,
+    /// `websocket.max_new_sessions_per_second`, shared by every worker; carried across
+    /// republishes by rule name while the rate is unchanged (a reload does not refill it).
+    pub new_sessions: Option<Arc<SharedTokenBucket>>,
 }
 
 impl Route {
@@ -129,13 +133,15 @@ impl RouteSnapshot {
         pools: &BTreeMap<String, Arc<Pool>>,
         route_sessions: &BTreeMap<String, Arc<AtomicUsize>>,
         metrics: &Metrics,
+        route_rates: &BTreeMap<String, Arc<SharedTokenBucket>>,
         generation: u64,
     ) -> RouteSnapshot {
         let mut listeners: HashMap<String, ListenerRoutes> = HashMap::new();
         for rule in config.routing_rules.values() {
             let sessions = route_sessions.get(&rule.name).cloned().unwrap_or_default();
             let counters = metrics.route(&rule.name);
-            let Some(route) = resolve_rule(config, rule, pools, sessions, counters) else {
+            let rate = route_rates.get(&rule.name).cloned();
+            let Some(route) = resolve_rule(config, rule, pools, sessions, counters, rate) else {
                 continue; // validation guarantees references resolve; be defensive anyway
             };
             let routes = listeners.entry(rule.listener.clone()).or_default();
@@ -222,6 +228,7 @@ fn resolve_rule(
     pools: &BTreeMap<String, Arc<Pool>>,
     sessions: Arc<AtomicUsize>,
     metrics: Arc<RouteCounters>,
+    new_sessions: Option<Arc<SharedTokenBucket>>,
 ) -> Option<Arc<Route>> {
     Some(Arc::new(Route {
         name: rule.name.as_str().into(),
@@ -230,6 +237,7 @@ fn resolve_rule(
         websocket: Arc::new(rule.websocket.clone()),
         sessions,
         metrics,
+        new_sessions,
     }))
 }
 
@@ -284,7 +292,14 @@ mod tests {
                 (name.clone(), Arc::new(pool))
             })
             .collect();
-        RouteSnapshot::build(config, &pools, &BTreeMap::new(), &Metrics::default(), 1)
+        RouteSnapshot::build(
+            config,
+            &pools,
+            &BTreeMap::new(),
+            &Metrics::default(),
+            &BTreeMap::new(),
+            1,
+        )
     }
 
     #[test]

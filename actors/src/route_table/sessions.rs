@@ -1,5 +1,8 @@
 //! The live-session registry: which WebSocket sessions run, on which rule and member, the last
-//! [`RECENT_ENDINGS`] that ended, and drain selection (by member, by removed route, all).
+//! [`RECENT_ENDINGS`] that ended, and drain selection (by member, by removed route, all, a
+//! fraction of a member): which sessions a drain picks, and, through their
+//! [`DrainPlan`](crate::drain_schedule::DrainPlan), when each one's close goes out (recorded
+//! here for `GET /sessions`).
 //!
 //! Sessions report in batches ([`crate::messages::SessionsChanged`]); a session is only
 //! *known* here, never held: the registry keeps a weak address to send it drain orders and
@@ -13,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use actix::WeakAddr;
 
+use crate::drain_schedule::DrainPlan;
 use crate::messages::{
-    DrainReason, DrainSession, EndedSessionInfo, LiveSessionInfo, SessionEnded, SessionOpened,
-    SessionStatsQuery,
+    DrainSession, EndedSessionInfo, LiveSessionInfo, SessionEnded, SessionOpened, SessionStatsQuery,
 };
 use crate::outcome::{SessionId, SessionSummary};
 use crate::session::SessionActor;
@@ -38,6 +41,8 @@ pub(crate) struct LiveSession {
     port: u16,
     http_version: crate::http2::HttpProtocol,
     opened: Instant,
+    /// When a drain scheduled its close frames.
+    close_at: Option<Instant>,
     /// The session actor (weak: see [`SessionOpened::session`]).
     session: WeakAddr<SessionActor>,
 }
@@ -82,6 +87,7 @@ impl Sessions {
                 port: msg.port,
                 http_version: msg.http_version,
                 opened: Instant::now(),
+                close_at: self.draining.map(|_| Instant::now()),
                 session: msg.session,
             },
         );
@@ -105,29 +111,76 @@ impl Sessions {
             .push_back((Instant::now(), ended_info(msg.id, &msg.summary)));
     }
 
-    /// Drains every session, and every one that registers from now on.
-    pub(crate) fn drain_all(&mut self, order: DrainSession) {
-        self.draining = Some(order);
-        for live in self.live.values() {
-            drain(&live.session, order);
-        }
+    /// Drains every session as `plan` says for its rule, and every one that registers from
+    /// now on with `late` (at once: it started after the signal).
+    pub(crate) fn drain_all(
+        &mut self,
+        late: DrainSession,
+        plan: impl Fn(&LiveSession) -> DrainPlan,
+    ) -> usize {
+        self.draining = Some(late);
+        self.drain_where(|live| Some(plan(live)))
     }
 
-    /// Drains, for `reason`, every session for which `grace` answers a grace period; answers
-    /// how many.
+    /// Drains every session for which `plan` answers a plan; answers how many. The sessions of
+    /// one rule share its plan's window: each gets its own slot in it.
     pub(crate) fn drain_where(
-        &self,
-        reason: DrainReason,
-        grace: impl Fn(&LiveSession) -> Option<Duration>,
+        &mut self,
+        plan: impl Fn(&LiveSession) -> Option<DrainPlan>,
     ) -> usize {
-        let mut drained = 0;
-        for live in self.live.values() {
-            if let Some(grace) = grace(live) {
-                drain(&live.session, DrainSession { reason, grace });
-                drained += 1;
+        let picked: Vec<(SessionId, DrainPlan)> = self
+            .live
+            .iter()
+            .filter_map(|(id, live)| plan(live).map(|p| (*id, p)))
+            .collect();
+        self.schedule(picked)
+    }
+
+    /// Drains `fraction` (0 to 1, rounded up) of the sessions for which `pick` says yes, the
+    /// oldest first (they have had their share of the member the longest), with `plan`;
+    /// answers how many.
+    pub(crate) fn drain_fraction(
+        &mut self,
+        fraction: f64,
+        plan: DrainPlan,
+        pick: impl Fn(&LiveSession) -> bool,
+    ) -> usize {
+        let mut ids: Vec<SessionId> = self
+            .live
+            .iter()
+            .filter(|(_, live)| pick(live))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_by_key(|id| self.live[id].opened);
+        let n = (ids.len() as f64 * fraction.clamp(0.0, 1.0)).ceil() as usize;
+        ids.truncate(n);
+        self.schedule(ids.into_iter().map(|id| (id, plan)).collect())
+    }
+
+    /// Sends each picked session its order: per rule, slot `i` of that rule's `n` in its plan.
+    fn schedule(&mut self, mut picked: Vec<(SessionId, DrainPlan)>) -> usize {
+        picked.sort_by(|a, b| self.live[&a.0].route.cmp(&self.live[&b.0].route));
+        let now = Instant::now();
+        let total = picked.len();
+        let mut start = 0;
+        while start < total {
+            let route = self.live[&picked[start].0].route.clone();
+            let end = picked[start..]
+                .iter()
+                .position(|(id, _)| self.live[id].route != route)
+                .map_or(total, |k| start + k);
+            let n = end - start;
+            for (i, (id, plan)) in picked[start..end].iter().enumerate() {
+                let order = plan.order(i, n, crate::jitter::unit());
+                if let Some(live) = self.live.get_mut(id) {
+                    let at = now + order.close_in;
+                    live.close_at = Some(live.close_at.map_or(at, |t| t.min(at)));
+                    drain(&live.session, order);
+                }
             }
+            start = end;
         }
-        drained
+        total
     }
 
     /// The recent endings, newest first, aged as of `now`.
@@ -145,15 +198,24 @@ impl Sessions {
     /// Every live session by id; with `stats`, each asked for its counters (concurrently, off
     /// the actor, each within [`SESSION_STATS_TIMEOUT`]).
     pub(crate) fn report(&self, stats: bool) -> actix::ResponseFuture<Vec<LiveSessionInfo>> {
+        let now = Instant::now();
         let mut list: Vec<(LiveSessionInfo, WeakAddr<SessionActor>)> = self
             .live
             .iter()
             .map(|(id, live)| {
+                let close_in_ms = live.close_at.map(|at| {
+                    if at >= now {
+                        (at - now).as_millis() as i64
+                    } else {
+                        -((now - at).as_millis() as i64)
+                    }
+                });
                 let info = LiveSessionInfo {
                     id: id.0,
                     route: live.route.to_string(),
                     backend: live.backend(),
-                    age_ms: live.opened.elapsed().as_millis() as u64,
+                    age_ms: now.saturating_duration_since(live.opened).as_millis() as u64,
+                    close_in_ms,
                     http_version: live.http_version,
                     stats: None,
                 };

@@ -127,6 +127,26 @@ pub const DEFAULT_ON_BACKEND_UNHEALTHY: OnBackendUnhealthy = OnBackendUnhealthy:
 /// `routing_rules.NAME.websocket.drain_grace`: how long sessions get to close on their own
 /// when they are drained, before they are cut.
 pub const DEFAULT_DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// `routing_rules.NAME.websocket.drain_spread`: the window a drain's close frames are spread
+/// over. Off (`0s`, every close at once, as before) by default: the right window depends on
+/// how fast the backend takes reconnects and on the grace periods, which only the operator
+/// knows; a window that does not fit them is refused at load.
+pub const DEFAULT_DRAIN_SPREAD: Duration = Duration::ZERO;
+/// `routing_rules.NAME.websocket.on_rate_limit`: close the session (1008), the behaviour
+/// abusive clients should meet; `delay` is for rules whose clients are trusted but bursty.
+pub const DEFAULT_ON_RATE_LIMIT: OnRateLimit = OnRateLimit::Close;
+/// `routing_rules.NAME.websocket.slow_consumer_timeout`: a minute. Longer than any stall a
+/// healthy peer has (a GC pause, a mobile handover, a laptop lid), far shorter than TCP's own
+/// timeouts (minutes to hours) during which a stalled socket would hold a backend's send
+/// buffer and 64 KiB of Tether's memory.
+pub const DEFAULT_SLOW_CONSUMER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How far each session's `max_session_age` is moved, up or down, at random: ±10%, so
+/// sessions opened together (after a rollout) do not all end together either.
+pub const MAX_SESSION_AGE_JITTER: f64 = 0.1;
+/// The burst of a rate limit whose burst is not set: `max_new_sessions_per_second` takes a
+/// tenth of a second's worth at once (a storm meets the steady rate almost at once);
+/// message and byte rates take one second's worth (a client's normal bursts pass).
+pub const NEW_SESSIONS_BURST_DIVISOR: u64 = 10;
 
 /// `allow_empty`: off, so a reload that would remove every listener or every routing rule is
 /// refused (see [`Config::check_replaces`]).
@@ -643,6 +663,41 @@ pub struct WebSocketConfig {
     pub on_backend_unhealthy: OnBackendUnhealthy,
     /// Time sessions get to close when drained; default [`DEFAULT_DRAIN_GRACE`].
     pub drain_grace: Duration,
+    /// Window a drain's close frames are spread over; default [`DEFAULT_DRAIN_SPREAD`].
+    pub drain_spread: Duration,
+    /// New sessions admitted per second (token bucket); `None` = no limit.
+    pub max_new_sessions_per_second: Option<RateLimit>,
+    /// Messages per second a client may send on one session; `None` = no limit.
+    pub max_messages_per_second: Option<RateLimit>,
+    /// Payload bytes per second a client may send on one session; `None` = no limit.
+    pub max_bytes_per_second: Option<RateLimit>,
+    /// What a client over its message or byte rate gets; default [`DEFAULT_ON_RATE_LIMIT`].
+    pub on_rate_limit: OnRateLimit,
+    /// How long a peer may leave a full buffer unread; [`Duration::ZERO`] = never ends a
+    /// session; default [`DEFAULT_SLOW_CONSUMER_TIMEOUT`].
+    pub slow_consumer_timeout: Duration,
+    /// Sessions are closed (1001) after about this long (±[`MAX_SESSION_AGE_JITTER`]);
+    /// `None` = never.
+    pub max_session_age: Option<Duration>,
+}
+
+/// A token-bucket rate: `per_second` on average, up to `burst` at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// The sustained rate (at least 1).
+    pub per_second: u64,
+    /// The most taken at once (at least 1).
+    pub burst: u64,
+}
+
+/// What happens to a client over its message or byte rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRateLimit {
+    /// Close with `1008 Policy Violation` (the reason names the limit); `1001` to the backend.
+    Close,
+    /// Stop reading the client until its bucket refills (backpressure); nothing is closed.
+    Delay,
 }
 
 /// How much of a WebSocket session the sidecar looks at.

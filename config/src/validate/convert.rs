@@ -680,6 +680,49 @@ impl Checker<'_> {
             raw.and_then(|w| w.drain_grace.as_ref()),
             DEFAULT_DRAIN_GRACE,
         );
+        let drain_spread = self.duration(
+            &at("drain_spread"),
+            raw.and_then(|w| w.drain_spread.as_ref()),
+            DEFAULT_DRAIN_SPREAD,
+        );
+        let count = |n: &crate::lenient::Num<u32>| n.0.map(|v| Ok::<_, ParseError>(u64::from(v)));
+        let size = |t: &Option<String>| t.as_deref().map(parse_size);
+        let max_new_sessions_per_second = self.rate(
+            (
+                &at("max_new_sessions_per_second"),
+                &at("new_sessions_burst"),
+            ),
+            raw.and_then(|w| count(&w.max_new_sessions_per_second)),
+            raw.and_then(|w| count(&w.new_sessions_burst)),
+            NEW_SESSIONS_BURST_DIVISOR,
+        );
+        let max_messages_per_second = self.rate(
+            (&at("max_messages_per_second"), &at("messages_burst")),
+            raw.and_then(|w| count(&w.max_messages_per_second)),
+            raw.and_then(|w| count(&w.messages_burst)),
+            1,
+        );
+        let max_bytes_per_second = self.rate(
+            (&at("max_bytes_per_second"), &at("bytes_burst")),
+            raw.and_then(|w| size(&w.max_bytes_per_second.0)),
+            raw.and_then(|w| size(&w.bytes_burst.0)),
+            1,
+        );
+        let slow_consumer_timeout = self.duration(
+            &at("slow_consumer_timeout"),
+            raw.and_then(|w| w.slow_consumer_timeout.as_ref()),
+            DEFAULT_SLOW_CONSUMER_TIMEOUT,
+        );
+        let max_session_age = match raw.and_then(|w| w.max_session_age.as_ref()) {
+            None => Some(None),
+            Some(_) => self
+                .timeout(
+                    &at("max_session_age"),
+                    raw.and_then(|w| w.max_session_age.as_ref()),
+                    Duration::ZERO,
+                )
+                .map(Some),
+        };
         Some(WebSocketConfig {
             allowed_origins: allowed_origins?,
             require_origin: raw
@@ -694,7 +737,60 @@ impl Checker<'_> {
                 .and_then(|w| w.on_backend_unhealthy)
                 .unwrap_or(DEFAULT_ON_BACKEND_UNHEALTHY),
             drain_grace: drain_grace?,
+            drain_spread: drain_spread?,
+            max_new_sessions_per_second: max_new_sessions_per_second?,
+            max_messages_per_second: max_messages_per_second?,
+            max_bytes_per_second: max_bytes_per_second?,
+            on_rate_limit: raw
+                .and_then(|w| w.on_rate_limit)
+                .unwrap_or(DEFAULT_ON_RATE_LIMIT),
+            slow_consumer_timeout: slow_consumer_timeout?,
+            max_session_age: max_session_age?,
         })
+    }
+
+    /// A rate and its burst (`paths`: the rate's field, the burst's). The burst defaults to
+    /// the rate divided by `burst_divisor` (at least 1); a burst without a rate, or a zero, is
+    /// an error. `Some(None)`: no limit.
+    fn rate(
+        &mut self,
+        paths: (&str, &str),
+        rate: Option<Result<u64, ParseError>>,
+        burst: Option<Result<u64, ParseError>>,
+        burst_divisor: u64,
+    ) -> Option<Option<RateLimit>> {
+        let (rate_at, burst_at) = paths;
+        let rate = match rate {
+            None => None,
+            Some(r) => Some(self.ok(rate_at, r)?),
+        };
+        let burst = match burst {
+            None => None,
+            Some(b) => Some(self.ok(burst_at, b)?),
+        };
+        match (rate, burst) {
+            (None, None) => Some(None),
+            (None, Some(_)) => {
+                let rate_field = rate_at.rsplit('.').next().unwrap_or(rate_at);
+                self.error(
+                    burst_at,
+                    format!("is set without {rate_field}: set both, or neither"),
+                );
+                None
+            }
+            (Some(0), _) => {
+                self.error(rate_at, "must be at least 1 (leave it unset for no limit)");
+                None
+            }
+            (Some(_), Some(0)) => {
+                self.error(burst_at, "must be at least 1");
+                None
+            }
+            (Some(per_second), burst) => Some(Some(RateLimit {
+                per_second,
+                burst: burst.unwrap_or((per_second / burst_divisor.max(1)).max(1)),
+            })),
+        }
     }
 }
 

@@ -61,6 +61,58 @@ impl Checker<'_> {
         }
     }
 
+    /// Per-session limits that cannot work as written: rate limits need frame boundaries
+    /// (`inspect = "frames"`), and a drain's spread must fit in the grace periods it is spread
+    /// within (`drain_grace`, and `shutdown_grace` when known).
+    pub(super) fn session_limits(
+        &mut self,
+        rules: &BTreeMap<String, RoutingRuleConfig>,
+        shutdown_grace: Option<std::time::Duration>,
+    ) {
+        for (name, rule) in rules {
+            let ws = &rule.websocket;
+            let at = |field: &str| format!("routing_rules.{name}.websocket.{field}");
+            if ws.inspect == Inspect::Opaque {
+                for (field, set) in [
+                    (
+                        "max_messages_per_second",
+                        ws.max_messages_per_second.is_some(),
+                    ),
+                    ("max_bytes_per_second", ws.max_bytes_per_second.is_some()),
+                ] {
+                    if set {
+                        self.error(
+                            &at(field),
+                            "needs inspect = \"frames\": an opaque session has no frame boundaries to count at",
+                        );
+                    }
+                }
+            }
+            let spread = ws.drain_spread;
+            if spread.is_zero() {
+                continue;
+            }
+            if spread >= ws.drain_grace {
+                self.error(
+                    &at("drain_spread"),
+                    format!(
+                        "must be shorter than drain_grace ({}): the last close frame must go out within it",
+                        format_duration(ws.drain_grace)
+                    ),
+                );
+            }
+            if let Some(grace) = shutdown_grace.filter(|g| spread >= *g) {
+                self.error(
+                    &at("drain_spread"),
+                    format!(
+                        "must be shorter than shutdown_grace ({}): a shutdown drain spreads its close frames within it",
+                        format_duration(grace)
+                    ),
+                );
+            }
+        }
+    }
+
     /// Application Gateway's documented pitfall, turned into an error: the backend request
     /// timeout also bounds an idle WebSocket session, so it must outlast the ping interval.
     ///

@@ -66,6 +66,7 @@ pub(crate) fn validate(
 
     c.references(raw, declared);
     c.keepalive_trap(raw, &mut routing_rules, &backend_settings);
+    c.session_limits(&routing_rules, shutdown_grace);
     c.overlapping_rules(&routing_rules);
     c.clashing_binds(admin.as_ref(), &listeners);
     c.pool_probes(&routing_rules, &backend_settings, &probes);

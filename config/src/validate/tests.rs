@@ -743,3 +743,85 @@ fn http2_backends_and_grpc_probes() {
         errors(&bad)
     );
 }
+
+#[test]
+fn session_limits_take_their_defaults() {
+    let c = from_toml_str(BASE).unwrap();
+    let ws = &c.routing_rules["chat"].websocket;
+    assert_eq!(ws.drain_spread, DEFAULT_DRAIN_SPREAD);
+    assert_eq!(ws.max_new_sessions_per_second, None);
+    assert_eq!(ws.max_messages_per_second, None);
+    assert_eq!(ws.max_bytes_per_second, None);
+    assert_eq!(ws.on_rate_limit, DEFAULT_ON_RATE_LIMIT);
+    assert_eq!(ws.slow_consumer_timeout, DEFAULT_SLOW_CONSUMER_TIMEOUT);
+    assert_eq!(ws.max_session_age, None);
+}
+
+#[test]
+fn session_limits_are_read_with_their_bursts() {
+    let toml = BASE.replace(
+        r#"keepalive_interval = "20s""#,
+        "keepalive_interval = \"20s\"\ndrain_spread = \"5s\"\nmax_new_sessions_per_second = 500\nmax_messages_per_second = 100\nmessages_burst = 300\nmax_bytes_per_second = \"1MiB\"\non_rate_limit = \"delay\"\nslow_consumer_timeout = \"0s\"\nmax_session_age = \"1h\"",
+    );
+    let c = from_toml_str(&toml).unwrap();
+    let ws = &c.routing_rules["chat"].websocket;
+    assert_eq!(ws.drain_spread, Duration::from_secs(5));
+    let rate = |per_second, burst| Some(RateLimit { per_second, burst });
+    assert_eq!(ws.max_new_sessions_per_second, rate(500, 50), "a tenth");
+    assert_eq!(ws.max_messages_per_second, rate(100, 300));
+    assert_eq!(
+        ws.max_bytes_per_second,
+        rate(1 << 20, 1 << 20),
+        "a second's worth"
+    );
+    assert_eq!(ws.on_rate_limit, OnRateLimit::Delay);
+    assert_eq!(ws.slow_consumer_timeout, Duration::ZERO, "off");
+    assert_eq!(ws.max_session_age, Some(Duration::from_secs(3600)));
+    // Written back and read again, the same.
+    let again = from_toml_str(&c.to_toml_string()).unwrap();
+    assert_eq!(again.routing_rules["chat"].websocket, *ws);
+}
+
+#[test]
+fn session_limit_errors_name_their_field() {
+    let toml = BASE.replace(
+        r#"keepalive_interval = "20s""#,
+        "keepalive_interval = \"20s\"\nmax_messages_per_second = 0\nbytes_burst = \"1KiB\"\nnew_sessions_burst = 5\nmax_session_age = \"0s\"",
+    );
+    assert_eq!(
+        errors(&toml),
+        [
+            "routing_rules.chat.websocket.bytes_burst: is set without max_bytes_per_second: set both, or neither [inline]",
+            "routing_rules.chat.websocket.max_messages_per_second: must be at least 1 (leave it unset for no limit) [inline]",
+            "routing_rules.chat.websocket.max_session_age: must be more than 0s [inline]",
+            "routing_rules.chat.websocket.new_sessions_burst: is set without max_new_sessions_per_second: set both, or neither [inline]",
+        ]
+    );
+}
+
+#[test]
+fn rates_need_frames_and_the_drain_spread_must_fit_the_graces() {
+    let toml = BASE.replace(
+        r#"keepalive_interval = "20s""#,
+        "keepalive_interval = \"20s\"\ninspect = \"opaque\"\nmax_messages_per_second = 10\nmax_bytes_per_second = 1000\ndrain_spread = \"10s\"",
+    );
+    assert_eq!(
+        errors(&toml),
+        [
+            "routing_rules.chat.websocket.drain_spread: must be shorter than drain_grace (10s): the last close frame must go out within it [inline]",
+            "routing_rules.chat.websocket.max_bytes_per_second: needs inspect = \"frames\": an opaque session has no frame boundaries to count at [inline]",
+            "routing_rules.chat.websocket.max_messages_per_second: needs inspect = \"frames\": an opaque session has no frame boundaries to count at [inline]",
+        ]
+    );
+    let toml = format!(
+        "shutdown_grace = \"5s\"\n{}",
+        BASE.replace(
+            r#"keepalive_interval = "20s""#,
+            "keepalive_interval = \"20s\"\ndrain_spread = \"6s\"\ndrain_grace = \"20s\"",
+        )
+    );
+    assert_eq!(
+        one_error(&toml),
+        "routing_rules.chat.websocket.drain_spread: must be shorter than shutdown_grace (5s): a shutdown drain spreads its close frames within it [inline]"
+    );
+}

@@ -5,6 +5,7 @@ use super::*;
 use crate::frame::{is_reserved_close_code, parse_header, CloseInfo};
 use crate::outcome::Counters;
 use crate::pump::direction::PENDING_LIMIT;
+use crate::pump::limits::{OverLimit, SessionLimits};
 
 const T0_IDLE: Duration = Duration::from_secs(60);
 
@@ -26,6 +27,7 @@ struct Net {
     client: Peer,
     backend: Peer,
     client_closed: bool,
+    backend_closed: bool,
     counters: Counters,
 }
 
@@ -61,6 +63,10 @@ impl Wire for Net {
     fn close_client(&mut self) {
         self.client_closed = true;
         self.client.fin = true;
+    }
+    fn close_backend(&mut self) {
+        self.backend_closed = true;
+        self.backend.fin = true;
     }
     fn counters(&self) -> &Counters {
         &self.counters
@@ -104,8 +110,19 @@ impl Rig {
     fn ends(&mut self, dir: Dir, error: bool) {
         self.s.on_end(dir, error, self.now, &mut self.net);
     }
+    /// A drain order as the route table sends one without a spread: shutdown closes at once
+    /// and gives the peers `grace`; other drains let the session run for `grace` first.
     fn drain(&mut self, reason: DrainReason, grace: Duration) {
-        self.s.on_drain(reason, grace, self.now, &mut self.net);
+        match reason {
+            DrainReason::Shutdown | DrainReason::Restart => {
+                self.drain_in(reason, Duration::ZERO, grace)
+            }
+            _ => self.drain_in(reason, grace, CLOSE_HANDSHAKE_TIMEOUT),
+        }
+    }
+    fn drain_in(&mut self, reason: DrainReason, close_in: Duration, answer_within: Duration) {
+        self.s
+            .on_drain(reason, close_in, answer_within, self.now, &mut self.net);
     }
     /// Moves the clock on by `d` and fires the timer if anything is due.
     fn advance(&mut self, d: Duration) {
@@ -488,6 +505,221 @@ fn nothing_goes_to_a_peer_after_tethers_close() {
     assert_eq!((r.net.client.got.len(), r.net.backend.got.len()), sent);
     r.drain(DrainReason::Shutdown, Duration::from_secs(1));
     assert_eq!(closes(&r.to_client()).len(), 1, "no second close");
+}
+
+// ---- Scheduled drains and per-session limits ----
+
+#[test]
+fn a_drain_scheduled_later_closes_then_with_its_reasons_frame() {
+    let mut r = Rig::frames();
+    r.drain_in(
+        DrainReason::Restart,
+        Duration::from_secs(2),
+        Duration::from_secs(30),
+    );
+    assert!(r.to_client().is_empty(), "not before its slot");
+    assert_eq!(r.s.next_deadline(), r.now + Duration::from_secs(2));
+    r.advance(Duration::from_millis(1999));
+    assert!(r.to_client().is_empty());
+    r.advance(Duration::from_millis(1));
+    assert_eq!(closes(&r.to_client()), one_close(1012, "service restart"));
+    assert_eq!(closes(&r.to_backend()), one_close(1012, "service restart"));
+    assert_eq!(r.s.cause, Some(EndCause::Drain));
+}
+
+fn with_limits(limits: SessionLimits) -> Rig {
+    let now = Instant::now();
+    Rig {
+        s: Session::with_limits(frames_cfg(), limits, now),
+        net: Net::default(),
+        now,
+    }
+}
+
+fn rate(per_second: u64, burst: u64) -> crate::token_bucket::Rate {
+    crate::token_bucket::Rate { per_second, burst }
+}
+
+#[test]
+fn a_client_over_its_message_rate_gets_1008_and_the_backend_1001() {
+    let mut r = with_limits(SessionLimits {
+        messages: Some(rate(2, 2)),
+        ..SessionLimits::default()
+    });
+    r.client_sends(&client_binary(b"one"));
+    r.client_sends(&client_binary(b"two"));
+    // Fragments and control frames of a message do not count as messages.
+    r.client_sends(&frame(0x1, false, b"th", Some(KEY)));
+    assert_eq!(
+        closes(&r.to_client()),
+        one_close(1008, "message rate exceeded")
+    );
+    let to_backend = r.to_backend();
+    assert_eq!(
+        to_backend.len(),
+        3,
+        "the message over the rate was not forwarded"
+    );
+    assert_eq!(closes(&to_backend), one_close(1001, "going away"));
+    assert_eq!(r.s.cause, Some(EndCause::MessageRate));
+    // Nothing more is read from a stream whose frame was refused: the client's end is.
+    r.ends(Dir::Up, false);
+    r.backend_sends(&backend_close(1001, ""));
+    assert!(r.done());
+    assert_eq!(r.s.outcome().cause, EndCause::MessageRate);
+}
+
+#[test]
+fn a_client_within_its_rates_is_never_touched() {
+    let mut r = with_limits(SessionLimits {
+        messages: Some(rate(10, 2)),
+        bytes: Some(rate(1000, 200)),
+        ..SessionLimits::default()
+    });
+    for _ in 0..100 {
+        r.client_sends(&client_binary(&[1; 100]));
+        r.client_sends(&frame(0x9, true, b"ping", Some(KEY)));
+        r.advance(Duration::from_millis(100));
+    }
+    assert_eq!(r.to_backend().len(), 200);
+    assert!(r.to_client().is_empty());
+    assert_eq!(r.s.cause, None);
+}
+
+#[test]
+fn a_client_over_its_byte_rate_gets_1008_naming_the_byte_rate() {
+    let mut r = with_limits(SessionLimits {
+        bytes: Some(rate(100, 100)),
+        ..SessionLimits::default()
+    });
+    r.client_sends(&frame(0x2, false, &[1; 60], Some(KEY)));
+    r.client_sends(&frame(0x0, true, &[1; 60], Some(KEY)));
+    assert_eq!(
+        closes(&r.to_client()),
+        one_close(1008, "byte rate exceeded")
+    );
+    assert_eq!(r.to_backend().len(), 2, "first fragment and the 1001");
+    assert_eq!(r.s.cause, Some(EndCause::ByteRate));
+}
+
+#[test]
+fn with_the_delay_action_a_client_over_its_rate_is_paced_not_closed() {
+    let mut r = with_limits(SessionLimits {
+        messages: Some(rate(1, 1)),
+        over_limit: OverLimit::Delay,
+        ..SessionLimits::default()
+    });
+    let two = [client_binary(b"a"), client_binary(b"b")].concat();
+    r.client_sends(&two);
+    assert_eq!(
+        r.to_backend().len(),
+        2,
+        "what was read goes on: nothing is held"
+    );
+    assert!(!r.s.can_read(Dir::Up), "reads wait");
+    assert!(r.s.can_read(Dir::Down), "the backend is not paced");
+    assert_eq!(r.s.next_deadline(), r.now + Duration::from_secs(1));
+    r.advance(Duration::from_millis(999));
+    assert!(!r.s.can_read(Dir::Up));
+    r.advance(Duration::from_millis(1));
+    assert!(r.s.can_read(Dir::Up), "the bucket is back within its burst");
+    assert!(r.to_client().is_empty());
+    assert_eq!(r.s.cause, None);
+}
+
+fn slow(dir: Dir, timeout: Duration) -> Rig {
+    let mut r = with_limits(SessionLimits {
+        slow_consumer_timeout: Some(timeout),
+        ..SessionLimits::default()
+    });
+    r.net.peer(dir).room = Some(0);
+    let chunk = match dir {
+        Dir::Up => frame(0x2, true, &[0; 8192], Some(KEY)),
+        Dir::Down => backend_binary(&[0; 8192]),
+    };
+    while r.s.can_read(dir) {
+        r.s.on_bytes(dir, &chunk, r.now, &mut r.net);
+    }
+    r
+}
+
+#[test]
+fn a_client_that_reads_nothing_with_a_full_buffer_ends_as_slow_consumer() {
+    let timeout = Duration::from_secs(10);
+    let mut r = slow(Dir::Down, timeout);
+    assert_eq!(r.s.next_deadline(), r.now + timeout);
+    r.advance(timeout - Duration::from_millis(1));
+    assert!(!r.net.client_closed);
+    r.advance(Duration::from_millis(1));
+    assert!(r.net.client_closed, "its socket is closed");
+    assert_eq!(closes(&r.to_backend()), one_close(1001, "client too slow"));
+    assert_eq!(r.s.cause, Some(EndCause::SlowConsumer));
+    r.backend_sends(&backend_close(1001, ""));
+    assert!(
+        r.done(),
+        "the backend answered; nothing waits for the client"
+    );
+    let o = r.s.outcome();
+    assert_eq!(
+        (o.cause, o.tether_close),
+        (EndCause::SlowConsumer, Some(1001))
+    );
+}
+
+#[test]
+fn a_backend_that_reads_nothing_ends_as_slow_consumer_with_1013_to_the_client() {
+    let timeout = Duration::from_secs(10);
+    let mut r = slow(Dir::Up, timeout);
+    r.advance(timeout);
+    assert!(r.net.backend_closed);
+    assert_eq!(closes(&r.to_client()), one_close(1013, "backend too slow"));
+    r.client_sends(&client_close(1013, ""));
+    assert!(r.done());
+    assert_eq!(r.s.outcome().cause, EndCause::SlowConsumer);
+}
+
+#[test]
+fn a_consumer_that_reads_some_starts_the_slow_timeout_over() {
+    let timeout = Duration::from_secs(10);
+    let mut r = slow(Dir::Down, timeout);
+    r.advance(Duration::from_secs(9));
+    r.net.client.room = Some(8192);
+    r.writable(Dir::Down);
+    assert!(r.s.can_read(Dir::Down), "below the limit again");
+    r.backend_sends(&backend_binary(&[0; 16384]));
+    r.advance(Duration::from_secs(9));
+    assert_eq!(r.s.cause, None, "full again only since 9 s");
+    r.advance(Duration::from_secs(1));
+    assert_eq!(r.s.cause, Some(EndCause::SlowConsumer));
+}
+
+#[test]
+fn a_session_past_its_max_age_closes_with_1001_max_session_age() {
+    let mut r = with_limits(SessionLimits {
+        max_age: Some(Duration::from_secs(100)),
+        ..SessionLimits::default()
+    });
+    r.client_sends(&client_binary(b"hi"));
+    assert_eq!(
+        r.s.next_deadline(),
+        r.now + Duration::from_secs(60),
+        "idle first"
+    );
+    r.advance(Duration::from_secs(50));
+    r.client_sends(&client_binary(b"hi"));
+    r.advance(Duration::from_secs(49));
+    r.client_sends(&client_binary(b"hi"));
+    assert!(r.to_client().is_empty());
+    r.advance(Duration::from_secs(1));
+    assert_eq!(closes(&r.to_client()), one_close(1001, "max session age"));
+    assert_eq!(closes(&r.to_backend()), one_close(1001, "max session age"));
+    assert_eq!(r.s.cause, Some(EndCause::MaxSessionAge));
+}
+
+#[test]
+fn a_session_without_limits_carries_no_limit_state() {
+    let r = with_limits(SessionLimits::default());
+    assert!(r.s.limits.is_none());
 }
 
 // ---- Hang-up while a source is not read ----
