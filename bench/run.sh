@@ -24,6 +24,9 @@
 #   SCALE_SESSIONS [max]   idle sessions of the scale step; max as for IDLE_SESSIONS
 #   SCALE_GRACE [30s]      Tether's shutdown_grace in the scale step (TETHER_SHUTDOWN_GRACE)
 #   WORKERS2 [1]           0 skips the workers step (echo 64 B, workers = 1 against workers = 2)
+#   H2 [1]                 0 skips the HTTP/2 step at the end (bench/h2.sh: h2c requests through
+#                          the three proxies with h2load, and WebSocket echo over RFC 8441; its own
+#                          table, bench/out/h2-<date>.md)
 #   PROXIES ["nginx haproxy tether"]
 #   PROXY_CORE [1]         the core every proxy is pinned to
 #   LOAD_CORE [0]          the core of the load tool and the echo backend
@@ -308,3 +311,9 @@ load report --raw "$RAW" --md "$OUT/results-$STAMP.md" --json "$OUT/results-$STA
 cp "$OUT/results-$STAMP.md" "$OUT/latest.md"
 cp "$OUT/results-$STAMP.json" "$OUT/latest.json"
 printf '\nresults: bench/out/results-%s.md and .json (raw records and logs: %s)\n' "$STAMP" "${RUN#"$ROOT"/}"
+
+# --- 9. HTTP/2 step: bench/h2.sh, with a table of its own --------------------------------------
+if [ "${H2:-1}" = 1 ]; then
+    say "HTTP/2 step (bench/h2.sh)"
+    bash bench/h2.sh || echo "bench: the HTTP/2 step failed (see bench/out/h2-run-*)" >&2
+fi

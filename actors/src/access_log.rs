@@ -158,15 +158,33 @@ fn text(v: &Option<HeaderValue>) -> Option<&str> {
     v.as_ref().and_then(|v| v.to_str().ok())
 }
 
-/// `X-Request-Id`: the client's when it sent one, otherwise a new random id (32 hex digits,
-/// 128 bits) inserted into `headers`, so the backend receives it. Returns the value.
+/// `X-Request-Id`: the client's when it sent exactly one that looks like an id (see
+/// [`acceptable_request_id`]), otherwise a new random id (32 hex digits, 128 bits) that
+/// replaces whatever the client sent, so the backend and the log always get one well-formed id.
+/// Returns the value.
 pub fn ensure_request_id(headers: &mut http::HeaderMap) -> HeaderValue {
-    if let Some(id) = headers.get(X_REQUEST_ID).filter(|v| !v.is_empty()) {
-        return id.clone();
+    let mut sent = headers.get_all(X_REQUEST_ID).iter();
+    if let (Some(id), None) = (sent.next(), sent.next()) {
+        if acceptable_request_id(id.as_bytes()) {
+            return id.clone();
+        }
     }
     let id = new_request_id();
     headers.insert(X_REQUEST_ID, id.clone());
     id
+}
+
+/// The longest client-supplied request id kept (a UUID is 36, a W3C trace id 32).
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// A client's request id is kept when it is 1 to [`MAX_REQUEST_ID_LEN`] bytes of visible ASCII
+/// other than `"` and `\`: every id format in use (UUIDs, hex, base64, ULIDs) passes, while an
+/// id that could bloat every log line or break out of a quoted log field is replaced.
+fn acceptable_request_id(id: &[u8]) -> bool {
+    (1..=MAX_REQUEST_ID_LEN).contains(&id.len())
+        && id
+            .iter()
+            .all(|&b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
 }
 
 /// The `X-Request-Id` header.
@@ -198,6 +216,29 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         headers.insert(X_REQUEST_ID, HeaderValue::from_static("abc"));
         assert_eq!(ensure_request_id(&mut headers), "abc");
+    }
+
+    #[test]
+    fn a_hostile_request_id_is_replaced() {
+        let long = "a".repeat(MAX_REQUEST_ID_LEN + 1);
+        for bad in ["", "has space", "quote\"d", "back\\slash", long.as_str()] {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(X_REQUEST_ID, HeaderValue::from_str(bad).unwrap());
+            let id = ensure_request_id(&mut headers);
+            assert_eq!(id.len(), 32, "{bad:?} kept");
+            assert_eq!(headers.get_all(X_REQUEST_ID).iter().count(), 1);
+        }
+        // Two ids: neither is trusted, the backend gets one.
+        let mut headers = http::HeaderMap::new();
+        headers.append(X_REQUEST_ID, HeaderValue::from_static("one"));
+        headers.append(X_REQUEST_ID, HeaderValue::from_static("two"));
+        let id = ensure_request_id(&mut headers);
+        assert_eq!(id.len(), 32);
+        assert_eq!(headers.get_all(X_REQUEST_ID).iter().count(), 1);
+        let uuid = "123e4567-e89b-12d3-a456-426614174000";
+        let mut headers = http::HeaderMap::new();
+        headers.insert(X_REQUEST_ID, HeaderValue::from_static(uuid));
+        assert_eq!(ensure_request_id(&mut headers), uuid);
     }
 
     #[test]

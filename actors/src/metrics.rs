@@ -22,9 +22,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::http2::HttpProtocol;
 use crate::admission::ConnectionLimit;
 use crate::error::ProxyError;
+use crate::http2::HttpProtocol;
 use crate::outcome::{EndCause, Initiator, Outcome};
 use crate::tls::ListenerTls;
 use crate::trace::HandshakeOutcome;
