@@ -210,6 +210,9 @@ pub struct FrameTracker {
     message_len: u64,
     /// Set after a rejection: nothing more is parsed or forwarded.
     stopped: bool,
+    /// The stream ended inside a header and its withheld bytes went out as they were
+    /// ([`FrameTracker::release_truncated`]): it never reaches a boundary again.
+    truncated: bool,
 }
 
 impl Default for FrameTracker {
@@ -224,6 +227,7 @@ impl Default for FrameTracker {
             control_have: 0,
             message_len: 0,
             stopped: false,
+            truncated: false,
         }
     }
 }
@@ -232,7 +236,18 @@ impl FrameTracker {
     /// True when everything forwarded so far ends on a frame boundary, so a frame of Tether's
     /// own may be sent to the destination now.
     pub fn at_boundary(&self) -> bool {
-        self.current.is_none() || self.holding
+        !self.truncated && (self.current.is_none() || self.holding)
+    }
+
+    /// At the end of the stream: the bytes of an incomplete header that were withheld, now to be
+    /// forwarded as they are (so a truncated stream still passes unchanged). From then on the
+    /// stream is never at a boundary: a frame of Tether's after them would be read as part of
+    /// the broken header.
+    pub fn release_truncated(&mut self) -> &[u8] {
+        if self.header_have > 0 && !self.holding {
+            self.truncated = true;
+        }
+        self.withheld()
     }
 
     /// Bytes of an incomplete header withheld so far (and of a held frame's header). At end of

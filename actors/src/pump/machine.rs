@@ -575,8 +575,10 @@ impl Session {
         let after_hangup = half.source.hung_up();
         half.source.end();
         if !half.dest.done() && !half.tracker.withheld().is_empty() && !half.tracker.is_holding() {
-            // A truncated header at end of stream still goes through unchanged.
-            half.pending.extend_from_slice(half.tracker.withheld());
+            // A truncated header at end of stream still goes through unchanged; no frame of
+            // Tether's may follow it (a close queued for this direction becomes a FIN).
+            let truncated = half.tracker.release_truncated();
+            half.pending.extend_from_slice(truncated);
         }
         let closed_properly = half.close.is_some();
         if !frames {

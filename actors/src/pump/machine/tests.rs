@@ -1080,6 +1080,30 @@ fn counters_count_bytes_and_complete_messages() {
 // ---- Properties over arbitrary interleavings ----
 
 mod props {
+    /// Found by the interleaving property: the client sends one byte of a frame header, then
+    /// is lost. That byte still goes to the backend (a truncated stream passes unchanged), so
+    /// no close frame of Tether's may follow it — it would be read as the rest of the header.
+    /// The backend gets the byte and a FIN instead.
+    #[test]
+    fn no_close_frame_follows_a_truncated_header() {
+        let cfg = PumpConfig {
+            frames: true,
+            idle_timeout: Duration::from_secs(30),
+            keepalive: Some(Duration::from_secs(10)),
+            max_message_size: None,
+        };
+        let client = encode(&[Sent::Data { fin: false, len: 0 }], Some(KEY), 0);
+        let run = play(
+            cfg,
+            client.clone(),
+            Vec::new(),
+            &[Ev::Read(true, 1), Ev::Fail(false)],
+        );
+        assert_eq!(run.rig.net.backend.got, client[..1]);
+        assert_eq!(run.outcome.cause, EndCause::ClientLost);
+        check_frames_run(&run);
+    }
+
     use super::*;
     use proptest::prelude::*;
 
