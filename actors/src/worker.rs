@@ -96,6 +96,17 @@ impl Handler<Accepted> for WorkerActor {
     }
 }
 
+/// Resolves when shutdown should interrupt a connection's setup (preface, TLS handshake): for
+/// a connection accepted before the shutdown fired. One accepted during the drain (the listeners
+/// stay open until the drain is over) is served to its first answer instead — a WebSocket
+/// upgrade gets `503` with `Retry-After` — bounded by the head and handshake timeouts.
+async fn interrupted_by_shutdown(ctx: &WorkerContext, late: bool) {
+    if late {
+        return std::future::pending().await;
+    }
+    ctx.shutdown.clone().fired().await
+}
+
 /// Serves one client connection until it closes, upgrades, or shutdown ends it gracefully.
 async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
     let Accepted {
@@ -105,6 +116,7 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
         guard,
     } = accepted;
     let _ = stream.set_nodelay(true);
+    let late = ctx.shutdown.is_fired();
     // The guard goes with the connection: dropped with it, or moved into its session.
     let conn = Connection {
         peer,
@@ -118,10 +130,9 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
         None if conn.listener.config.http2 => {
             // Prior knowledge: the first bytes say HTTP/2 or not (bounded like a request head).
             let head_timeout = conn.listener.config.request_head_timeout;
-            let mut shutdown = ctx.shutdown.clone();
             let sniffed = tokio::select! {
                 r = tokio::time::timeout(head_timeout, http2::sniff(&stream)) => r,
-                _ = shutdown.fired() => return,
+                _ = interrupted_by_shutdown(&ctx, late) => return,
             };
             match sniffed {
                 Ok(Ok(Protocol::Http2)) => serve_h2(ctx, TokioIo::new(stream), conn).await,
@@ -135,10 +146,9 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
             // The handshake runs here, on the worker, bounded; a failure concerns this
             // connection only. Shutdown abandons handshakes still in progress.
             let accept = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
-            let mut shutdown = ctx.shutdown.clone();
             let handshake = tokio::select! {
                 r = accept => r,
-                _ = shutdown.fired() => return,
+                _ = interrupted_by_shutdown(&ctx, late) => return,
             };
             match handshake {
                 Ok(Ok(stream)) => {
@@ -165,6 +175,8 @@ where
 {
     ctx.metrics.http_connection(HttpProtocol::Http1);
     let mut shutdown = ctx.shutdown.clone();
+    // Accepted during the drain: one request, answered, then the connection closes.
+    let late = shutdown.is_fired();
     let peer = conn.peer;
     let conn_info = Rc::new(conn);
     let limits = &conn_info.listener.config;
@@ -174,7 +186,7 @@ where
         .header_read_timeout(limits.request_head_timeout)
         .max_headers(limits.max_headers)
         .max_header_size(limits.max_request_head_bytes)
-        .keep_alive(true);
+        .keep_alive(!late);
     let service = {
         let ctx = ctx.clone();
         let conn_info = conn_info.clone();
@@ -184,7 +196,7 @@ where
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        _ = shutdown.fired() => {
+        _ = shutdown.fired(), if !late => {
             // Finish the request in flight, then close.
             conn.as_mut().graceful_shutdown();
             conn.await

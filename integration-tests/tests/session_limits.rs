@@ -498,3 +498,48 @@ async fn an_admin_drain_moves_a_fraction_of_a_members_sessions_over_a_window() {
     assert_eq!(bad.status, 404);
     within("stop", sidecar.stop()).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_arriving_during_the_drain_is_told_when_to_come_back() {
+    let backend = backends::ws_echo().await;
+    // The drain spreads its close frames over 3 s: the sessions outlive the shutdown signal.
+    let sidecar = start(&config_toml(backend.addr, "", "drain_spread = \"3s\""));
+    let addr = sidecar.addr("public");
+    let mut sessions = Vec::new();
+    for _ in 0..10 {
+        sessions.push(connect(addr).await);
+    }
+    let late_client = async {
+        // Until the shutdown has fired, an upgrade may still be served (101): it is let go and
+        // tried again. Once it has, the answer is 503 with Retry-After, on a connection the
+        // listener still accepts.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "never answered 503 during the drain"
+            );
+            let mut stream = TcpStream::connect(addr)
+                .await
+                .expect("the listener still accepts during the drain");
+            stream.write_all(&raw::handshake("/ws", "")).await.unwrap();
+            let resp = within("answer", raw::read_head(&mut stream)).await;
+            if resp.status == 503 {
+                let retry: u64 = resp
+                    .header("retry-after")
+                    .expect("Retry-After")
+                    .parse()
+                    .unwrap();
+                assert!((1..=5).contains(&retry), "Retry-After {retry}");
+                return;
+            }
+            assert_eq!(resp.status, 101, "{}", resp.text());
+            tokio::task::yield_now().await;
+        }
+    };
+    let (stopped, ()) = tokio::join!(within("stop", sidecar.stop()), late_client);
+    stopped.unwrap();
+    for ws in &mut sessions {
+        assert_eq!(within("close", next_close(ws)).await.0, 1001);
+    }
+}

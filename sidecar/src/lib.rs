@@ -20,11 +20,12 @@
 //! worker arbiter → on every worker arbiter, start one listener actor per listener over its own
 //! duplicate of the socket, so each worker accepts its connections on its own thread (see
 //! `tether_actors::listener`). Shutdown: `/readyz` turns 503 → keep serving everything for
-//! `shutdown_delay` (load balancers stop sending new clients meanwhile) → stop accepting (every
-//! actor of every listener; the port closes with the last) → fire the shutdown signal (HTTP
-//! connections finish their request, sessions drain, probers and resolvers stop) → wait for
-//! every connection and session up to `shutdown_grace` → `/drained` turns 200 → stop the
-//! workers, closing what is left → stop the admin endpoint.
+//! `shutdown_delay` (load balancers stop sending new clients meanwhile) → fire the shutdown
+//! signal (HTTP connections finish their request, sessions drain, probers and resolvers stop; a
+//! connection accepted from now on gets one answer — an upgrade `503` with `Retry-After` — and
+//! closes) → wait for every connection and session up to `shutdown_grace` → stop accepting
+//! (every actor of every listener; the port closes with the last) → `/drained` turns 200 → stop
+//! the workers, closing what is left → stop the admin endpoint.
 //!
 //! Reload ([`run_reloadable`], [`Sidecar::reload`]; the binary's [`reloader::ConfigWatcher`] on
 //! SIGHUP or a changed `--config` file once it holds still): refuse a configuration that could

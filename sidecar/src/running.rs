@@ -321,14 +321,14 @@ impl Running {
             tokio::time::sleep(delay).await;
         }
         let grace = self.config.shutdown_grace;
-        tracing::info!(?grace, "shutting down: no longer accepting");
+        tracing::info!(
+            ?grace,
+            "shutting down: draining; new connections get one answer (an upgrade: 503 with Retry-After)"
+        );
         let mut report = RunReport {
             accepted: self.retired,
             ..RunReport::default()
         };
-        for (name, listener) in &self.listeners {
-            report.accepted += stop_accepting(name, &listener.actors).await;
-        }
         let mut background = self.background;
         background.stop_all();
         self.stop.fire();
@@ -336,6 +336,9 @@ impl Running {
             reason: self.stop.reason(),
             grace,
         });
+        // The listeners stay open while the sessions drain, so that a client reconnecting in
+        // that time is told when to come back (503 + Retry-After) instead of being refused; a
+        // connection accepted now is served to its first answer and closed.
         let tracker = self.stop.tracker().clone();
         if tokio::time::timeout(grace, tracker.wait_idle())
             .await
@@ -346,6 +349,10 @@ impl Running {
                 open = report.forced,
                 "grace period over; closing what is still open"
             );
+        }
+        tracing::info!("shutting down: no longer accepting");
+        for (name, listener) in &self.listeners {
+            report.accepted += stop_accepting(name, &listener.actors).await;
         }
         // What was still open is closed by stopping the workers, next: nothing the app behind
         // us serves is in use any more, which is what an app's preStop waits for.
