@@ -22,11 +22,13 @@
 //! | streams the client makes fail | [`MAX_LOCAL_ERROR_RESETS`] resets of ours close the connection |
 //! | PING and SETTINGS floods | each needs its answer written before more frames are read, so a client that does not read stops being read: TCP backpressure, no queue |
 //! | a silent connection | HTTP/2 PING every [`KEEPALIVE_INTERVAL`]; no answer within [`KEEPALIVE_TIMEOUT`] closes it |
+//! | an idle connection | no open stream (request or WebSocket, see [`OpenStreams`]) for `http2_idle_timeout`: GOAWAY |
 //!
 //! Connection-level errors are counted by their HTTP/2 error code (`Metrics::http2_error`).
 
 use std::cell::Cell;
 use std::future::Future;
+use std::rc::Rc;
 use std::time::Duration;
 
 use hyper::server::conn::http2;
@@ -179,6 +181,64 @@ impl ResetBudget {
         let cancelled = self.cancelled.get().saturating_add(1);
         self.cancelled.set(cancelled);
         cancelled > RESET_BUDGET.saturating_add(self.completed.get() / 2)
+    }
+}
+
+/// The streams open on one HTTP/2 connection: requests being answered, and WebSockets (RFC
+/// 8441) whose sessions outlive their request. Each holds a [`StreamGuard`]; the connection's
+/// idle timer runs only while there are none ([`idle`]).
+#[derive(Debug, Default)]
+pub struct OpenStreams {
+    count: Cell<usize>,
+    changed: tokio::sync::Notify,
+}
+
+/// One open stream of an [`OpenStreams`]; dropping it closes the stream's account.
+#[derive(Debug)]
+pub struct StreamGuard(Rc<OpenStreams>);
+
+impl OpenStreams {
+    /// Counts a stream as open until the guard is dropped.
+    pub fn open(self: &Rc<Self>) -> StreamGuard {
+        self.count.set(self.count.get() + 1);
+        StreamGuard(self.clone())
+    }
+
+    /// Streams open now.
+    pub fn count(&self) -> usize {
+        self.count.get()
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let count = self.0.count.get().saturating_sub(1);
+        self.0.count.set(count);
+        if count == 0 {
+            self.0.changed.notify_one();
+        }
+    }
+}
+
+/// Resolves once the connection has had no open stream for `timeout` (never when `timeout` is
+/// zero). Woken only when the last stream closes, so a busy connection costs nothing here.
+pub async fn idle(streams: &OpenStreams, timeout: std::time::Duration) {
+    if timeout.is_zero() {
+        return std::future::pending().await;
+    }
+    loop {
+        if streams.count() == 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(timeout) => {
+                    if streams.count() == 0 {
+                        return;
+                    }
+                }
+                _ = streams.changed.notified() => {}
+            }
+        } else {
+            streams.changed.notified().await;
+        }
     }
 }
 

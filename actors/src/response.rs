@@ -32,6 +32,9 @@ pub struct ProxyBody {
     sent: u64,
     /// The access-log line, written on drop.
     line: Option<Box<AccessLine>>,
+    /// HTTP/2: keeps the request's stream counted as open on its connection until the body is
+    /// done (no idle GOAWAY under a long streamed response).
+    stream: Option<crate::http2::StreamGuard>,
 }
 
 #[derive(Debug)]
@@ -55,6 +58,7 @@ impl ProxyBody {
             kind,
             sent: 0,
             line: None,
+            stream: None,
         }
     }
 
@@ -78,6 +82,12 @@ impl ProxyBody {
         let mut b = ProxyBody::of(BodyKind::Upstream { body, release });
         b.release_if_done();
         b
+    }
+
+    /// Counts the body's stream as open on its HTTP/2 connection until the body is dropped.
+    pub fn holding_stream(mut self, stream: Option<crate::http2::StreamGuard>) -> ProxyBody {
+        self.stream = stream;
+        self
     }
 
     /// Writes `line` to the access log when this body is dropped: once hyper has sent its last

@@ -125,6 +125,7 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
         protocol: Default::default(),
         resets: http2::ResetBudget::default(),
         goaway: tokio::sync::Notify::new(),
+        streams: None,
     };
     match conn.listener.tls.clone() {
         None if conn.listener.config.http2 => {
@@ -217,6 +218,8 @@ where
 {
     ctx.metrics.http_connection(HttpProtocol::Http2);
     conn.protocol = HttpProtocol::Http2;
+    let streams = Rc::new(http2::OpenStreams::default());
+    conn.streams = Some(streams.clone());
     let mut shutdown = ctx.shutdown.clone();
     let peer = conn.peer;
     let conn_info = Rc::new(conn);
@@ -224,10 +227,12 @@ where
     let service = {
         let ctx = ctx.clone();
         let conn_info = conn_info.clone();
+        let streams = streams.clone();
         service_fn(move |req| {
             // Made before the answer is first polled: a stream reset before hyper ever polled
             // its answer counts as cancelled too.
             let watch = CancelWatch {
+                open: Some(streams.open()),
                 conn: conn_info.clone(),
                 answered: false,
             };
@@ -237,7 +242,9 @@ where
                 let mut watch = watch;
                 let answer = answer.await;
                 watch.answered = true;
-                answer
+                // The stream stays open while its body is sent.
+                let open = watch.open.take();
+                answer.map(|resp| resp.map(|body| body.holding_stream(open)))
             }
         })
     };
@@ -255,6 +262,11 @@ where
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        _ = http2::idle(&streams, conn_info.listener.config.http2_idle_timeout) => {
+            tracing::debug!(%peer, "HTTP/2 connection idle: GOAWAY");
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     };
     if let Err(e) = result {
         let label = http2::error_label(&e);
@@ -266,6 +278,8 @@ where
 /// Counts how one HTTP/2 request ended against its connection's [`http2::ResetBudget`]: dropped
 /// before its answer was ready, the client reset the stream.
 struct CancelWatch {
+    /// The request's stream, open until its answer's body is done (or the client reset it).
+    open: Option<http2::StreamGuard>,
     conn: Rc<Connection>,
     answered: bool,
 }

@@ -112,6 +112,7 @@ pub(crate) struct RawListener {
     pub http2: Flag,
     pub http2_websockets: Flag,
     pub http2_max_concurrent_streams: Num<u32>,
+    pub http2_idle_timeout: Text,
 }
 
 /// `[[listeners.NAME.certificates]]`
@@ -462,6 +463,7 @@ impl From<&Config> for RawConfig {
                         http2: Lenient(Some(l.http2)),
                         http2_websockets: Lenient(Some(l.http2_websockets)),
                         http2_max_concurrent_streams: Lenient(Some(l.http2_max_concurrent_streams)),
+                        http2_idle_timeout: Lenient(Some(format_duration(l.http2_idle_timeout))),
                         certificates: (!l.certificates.is_empty()).then(|| {
                             l.certificates
                                 .iter()

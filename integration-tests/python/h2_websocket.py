@@ -17,6 +17,9 @@ Scenarios (each prints one JSON object on stdout, then exits):
                between): reports how many went before the GOAWAY and its code.
   continuation_flood  HEADERS without END_HEADERS, then CONTINUATION frames without end:
                reports whether the server closed the connection and how.
+  idle         a GET, then a WebSocket kept busy for 3 s, then closed: reports whether a GOAWAY
+               came while the session lived and how long after its end one came (the listener
+               is configured with http2_idle_timeout = "1s").
   many_gets    500 GETs one after the other on one connection: reports their statuses.
   ping_flood   PINGs written without reading the answers until the server stops reading:
                reports how many were written.
@@ -471,6 +474,35 @@ def many_gets(c):
     return {"statuses": statuses, "goaway": c.goaway}
 
 
+def idle(c):
+    import time
+
+    g = c.get("/plain")
+    out = {"get_status": c.headers.get(g, {}).get(":status")}
+    a = c.websocket("/ws")
+    start = time.monotonic()
+    while time.monotonic() - start < 3.0:
+        c.send(a, ws_frame(0x1, b"still here"))
+        c.next_frame(a)
+        time.sleep(0.25)  # the client's own pace: three idle timeouts pass while it talks
+    out["goaway_during_session"] = c.goaway
+    c.send(a, ws_frame(0x8, struct.pack("!H", 1000)))
+    c.next_frame(a)
+    try:
+        c.conn.end_stream(a)
+        c.flush()
+    except h2.exceptions.StreamClosedError:
+        pass
+    closed = time.monotonic()
+    try:
+        c.wait("goaway", lambda: c.goaway is not None)
+    except (EOFError, OSError, h2.exceptions.ProtocolError):
+        pass
+    out["goaway_after"] = c.goaway
+    out["seconds_after_close"] = round(time.monotonic() - closed, 2)
+    return out
+
+
 def main():
     host, port, scenario = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     ca = sys.argv[5] if len(sys.argv) > 5 and sys.argv[4] == "--tls" else None
@@ -487,6 +519,7 @@ def main():
         "continuation_flood": continuation_flood,
         "ping_flood": ping_flood,
         "many_gets": many_gets,
+        "idle": idle,
     }
     out = scenarios[scenario](c)
     print(json.dumps(out), flush=True)

@@ -443,3 +443,22 @@ async fn many_requests_on_one_connection_do_not_spend_the_reset_budget() {
     );
     within("stop", sidecar.stop()).await.unwrap();
 }
+
+#[tokio::test]
+async fn an_idle_connection_gets_goaway_but_never_under_a_session() {
+    let Some(python) = python_clients() else {
+        return;
+    };
+    let member = Member::start("a").await;
+    let sidecar = start(&config(member.addr, "http2_idle_timeout = \"1s\""));
+    let out = h2_client(&python, sidecar.addr("public"), "idle", None).await;
+    eprintln!("{out}");
+    assert_eq!(out["get_status"], "200", "{out}");
+    // Three idle timeouts passed while the WebSocket lived (its stream counts as open).
+    assert!(out["goaway_during_session"].is_null(), "{out}");
+    // Once it ended, the connection was idle and got GOAWAY NO_ERROR about a second later.
+    assert_eq!(out["goaway_after"], 0, "{out}");
+    let after = out["seconds_after_close"].as_f64().unwrap();
+    assert!((0.8..5.0).contains(&after), "{out}");
+    within("stop", sidecar.stop()).await.unwrap();
+}

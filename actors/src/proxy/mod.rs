@@ -101,6 +101,9 @@ pub struct Connection {
     pub resets: crate::http2::ResetBudget,
     /// HTTP/2: woken when the connection should go away (its reset budget is spent).
     pub goaway: tokio::sync::Notify,
+    /// HTTP/2: the streams open on the connection (its idle timer runs while there are none);
+    /// `None` on HTTP/1.1, which pays nothing for it.
+    pub streams: Option<Rc<crate::http2::OpenStreams>>,
 }
 
 /// What the access log and the span learn while a request is handled.

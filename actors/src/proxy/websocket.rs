@@ -124,6 +124,9 @@ pub(super) async fn forward_websocket(
     } else {
         conn.guard.borrow_mut().take()
     };
+    // Over HTTP/2 the session is a stream of the connection: it counts as open (no idle
+    // GOAWAY) for as long as the session lives, past the end of this request.
+    let open_stream = conn.streams.as_ref().map(|streams| streams.open());
     let pump = pump_config(&route);
     let limits = session_limits(&route);
     let token = ctx.tracker.token();
@@ -140,7 +143,10 @@ pub(super) async fn forward_websocket(
         };
         let (client, client_prefix) = if over_h2 {
             (
-                SessionIo::Stream(Box::new(StreamIo::new(client))),
+                SessionIo::Stream(Box::new(StreamIo::new(
+                    client,
+                    open_stream.expect("an HTTP/2 connection counts its streams"),
+                ))),
                 Bytes::new(),
             )
         } else {

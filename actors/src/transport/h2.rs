@@ -33,6 +33,8 @@ use super::ReadEnd;
 pub struct StreamIo {
     /// Same thread as the pump, borrowed only inside synchronous calls.
     io: RefCell<Upgraded>,
+    /// Keeps the stream counted as open on its connection (no idle GOAWAY under a session).
+    _open: crate::http2::StreamGuard,
 }
 
 impl std::fmt::Debug for StreamIo {
@@ -42,10 +44,12 @@ impl std::fmt::Debug for StreamIo {
 }
 
 impl StreamIo {
-    /// The upgraded stream of an extended CONNECT that was answered `200`.
-    pub fn new(io: Upgraded) -> StreamIo {
+    /// The upgraded stream of an extended CONNECT that was answered `200`, with its account in
+    /// the connection's open streams.
+    pub fn new(io: Upgraded, open: crate::http2::StreamGuard) -> StreamIo {
         StreamIo {
             io: RefCell::new(io),
+            _open: open,
         }
     }
 

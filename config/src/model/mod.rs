@@ -58,6 +58,11 @@ pub const MIN_MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
 /// (nginx uses 128): enough for a browser's page load, small enough that one connection cannot
 /// take a worker's attention from the others.
 pub const DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS: u32 = 100;
+/// `listeners.NAME.http2_idle_timeout`: an HTTP/2 connection with no open stream for this long
+/// gets GOAWAY and closes, as an idle HTTP/1.1 keep-alive connection would (nginx keeps idle
+/// connections 75 s, load balancers commonly 60 s): a browser keeps its connection across page
+/// loads, while thousands of abandoned ones do not hold descriptors and memory for ever.
+pub const DEFAULT_HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// `listeners.NAME.max_headers`.
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// `listeners.NAME.request_head_timeout`: how long a client may take to send its request
@@ -439,6 +444,9 @@ pub struct ListenerConfig {
     /// `SETTINGS_MAX_CONCURRENT_STREAMS` announced to HTTP/2 clients; default
     /// [`DEFAULT_HTTP2_MAX_CONCURRENT_STREAMS`].
     pub http2_max_concurrent_streams: u32,
+    /// How long an HTTP/2 connection may stay without an open stream (request or WebSocket)
+    /// before it is sent away with GOAWAY; default [`DEFAULT_HTTP2_IDLE_TIMEOUT`], `0s` = never.
+    pub http2_idle_timeout: Duration,
 }
 
 /// A listener's protocol.

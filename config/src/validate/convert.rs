@@ -244,6 +244,11 @@ impl Checker<'_> {
             }
             n => Some(n),
         };
+        let http2_idle_timeout = self.duration(
+            &at("http2_idle_timeout"),
+            raw.http2_idle_timeout.as_ref(),
+            DEFAULT_HTTP2_IDLE_TIMEOUT,
+        );
         Some(ListenerConfig {
             name: name.to_owned(),
             bind: bind?,
@@ -260,6 +265,7 @@ impl Checker<'_> {
             http2: raw.http2.unwrap_or(true),
             http2_websockets: raw.http2_websockets.unwrap_or(true),
             http2_max_concurrent_streams: http2_max_concurrent_streams?,
+            http2_idle_timeout: http2_idle_timeout?,
         })
     }
 

@@ -326,7 +326,7 @@ fn structural_errors_in_one_entry_do_not_hide_others() {
         [
             r#"admin.bnd: unknown field "bnd" (did you mean "bind"?) [inline]"#,
             r#"backend_pools.d.members: a pool needs at least one member (ip:port or host:port) [inline]"#,
-            r#"listeners.b.foo: unknown field "foo" (known fields: bind, protocol, max_request_head_bytes, max_headers, request_head_timeout, request_body_timeout, certificates, client_ca, redirect_to, max_connections, max_handshakes_per_ip, http2, http2_websockets, http2_max_concurrent_streams) [inline]"#,
+            r#"listeners.b.foo: unknown field "foo" (known fields: bind, protocol, max_request_head_bytes, max_headers, request_head_timeout, request_body_timeout, certificates, client_ca, redirect_to, max_connections, max_handshakes_per_ip, http2, http2_websockets, http2_max_concurrent_streams, http2_idle_timeout) [inline]"#,
             r#"listeners.c.bind: expected a string, found a list [inline]"#,
             r#"telemetry.log_format: expected one of: text, json, found integer `3` [inline]"#,
         ]
