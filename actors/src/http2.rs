@@ -184,6 +184,18 @@ impl ResetBudget {
     }
 }
 
+/// What an HTTP/2 client connection keeps that an HTTP/1.1 one does not need (an HTTP/1.1
+/// connection carries none of it).
+#[derive(Debug, Default)]
+pub struct Http2Conn {
+    /// The streams open on the connection (its idle timer runs while there are none).
+    pub streams: Rc<OpenStreams>,
+    /// Requests the client cancelled against those answered.
+    pub resets: ResetBudget,
+    /// Woken when the connection should go away (its reset budget is spent).
+    pub goaway: tokio::sync::Notify,
+}
+
 /// The streams open on one HTTP/2 connection: requests being answered, and WebSockets (RFC
 /// 8441) whose sessions outlive their request. Each holds a [`StreamGuard`]; the connection's
 /// idle timer runs only while there are none ([`idle`]).

@@ -122,10 +122,7 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
         peer,
         listener,
         guard: RefCell::new(Some(guard)),
-        protocol: Default::default(),
-        resets: http2::ResetBudget::default(),
-        goaway: tokio::sync::Notify::new(),
-        streams: None,
+        http2: None,
     };
     match conn.listener.tls.clone() {
         None if conn.listener.config.http2 => {
@@ -217,9 +214,8 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
     ctx.metrics.http_connection(HttpProtocol::Http2);
-    conn.protocol = HttpProtocol::Http2;
-    let streams = Rc::new(http2::OpenStreams::default());
-    conn.streams = Some(streams.clone());
+    let h2 = Rc::new(http2::Http2Conn::default());
+    conn.http2 = Some(h2.clone());
     let mut shutdown = ctx.shutdown.clone();
     let peer = conn.peer;
     let conn_info = Rc::new(conn);
@@ -227,13 +223,13 @@ where
     let service = {
         let ctx = ctx.clone();
         let conn_info = conn_info.clone();
-        let streams = streams.clone();
+        let h2 = h2.clone();
         service_fn(move |req| {
             // Made before the answer is first polled: a stream reset before hyper ever polled
             // its answer counts as cancelled too.
             let watch = CancelWatch {
-                open: Some(streams.open()),
-                conn: conn_info.clone(),
+                open: Some(h2.streams.open()),
+                h2: h2.clone(),
                 answered: false,
             };
             let answer = proxy::handle(ctx.clone(), conn_info.clone(), req);
@@ -256,13 +252,13 @@ where
             conn.as_mut().graceful_shutdown();
             conn.await
         }
-        _ = conn_info.goaway.notified() => {
+        _ = h2.goaway.notified() => {
             ctx.metrics.http2_reset_budget_exceeded();
             tracing::info!(%peer, "HTTP/2 client cancelled too many requests: GOAWAY");
             conn.as_mut().graceful_shutdown();
             conn.await
         }
-        _ = http2::idle(&streams, conn_info.listener.config.http2_idle_timeout) => {
+        _ = http2::idle(&h2.streams, conn_info.listener.config.http2_idle_timeout) => {
             tracing::debug!(%peer, "HTTP/2 connection idle: GOAWAY");
             conn.as_mut().graceful_shutdown();
             conn.await
@@ -280,16 +276,16 @@ where
 struct CancelWatch {
     /// The request's stream, open until its answer's body is done (or the client reset it).
     open: Option<http2::StreamGuard>,
-    conn: Rc<Connection>,
+    h2: Rc<http2::Http2Conn>,
     answered: bool,
 }
 
 impl Drop for CancelWatch {
     fn drop(&mut self) {
         if self.answered {
-            self.conn.resets.completed();
-        } else if self.conn.resets.cancelled() {
-            self.conn.goaway.notify_one();
+            self.h2.resets.completed();
+        } else if self.h2.resets.cancelled() {
+            self.h2.goaway.notify_one();
         }
     }
 }

@@ -2,16 +2,15 @@
 //! (`ulimit -n`), 300 slowloris connections on its admin port, and the data listener still
 //! answers; the slow admin connections are cut.
 
-use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 mod common;
-use common::{clean_env, free_port, within, write_app_config, STEP};
+use common::{clean_env, free_port, spawn_reading_stderr, within, write_app_config, STEP};
 
 /// The descriptor limit the sidecar runs under: its own needs (runtimes, listeners, a few
 /// dozen) plus the admin cap leave room for data connections, but 300 admin connections do not
@@ -79,27 +78,23 @@ async fn admin_slowloris_under_a_low_descriptor_limit_does_not_starve_the_data_p
     let backend = backend().await;
     let listen = free_port();
     let admin = free_port();
-    let path = write_app_config("admin-limits", "1s", &admin.to_string(), listen, backend);
+    let path = write_app_config(
+        "admin-limits",
+        "shutdown_grace = \"1s\"",
+        &admin.to_string(),
+        listen,
+        backend,
+    );
     // `ulimit -n` in a shell that then becomes tether: no unsafe pre-exec hook needed.
     let mut cmd = Command::new("sh");
-    clean_env(&mut cmd);
-    let mut child = cmd
+    clean_env(&mut cmd)
         .arg("-c")
         .arg(format!("ulimit -n {NOFILE} && exec \"$0\" \"$@\""))
         .arg(env!("CARGO_BIN_EXE_tether"))
         .arg("--config")
         .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = pipe.read_to_string(&mut out);
-        out
-    });
+        .env("RUST_LOG", "warn");
+    let (child, stderr) = spawn_reading_stderr(&mut cmd);
     let _sidecar = Sidecar {
         child,
         stderr: Some(stderr),

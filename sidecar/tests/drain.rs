@@ -1,8 +1,7 @@
 //! Drain on deploy, as the real binary does it: SIGTERM with 200 live WebSocket sessions.
 
-use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
@@ -10,7 +9,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
-use common::{clean_env, free_port, within, write_app_config, STEP};
+use common::{clean_env, free_port, spawn_reading_stderr, within, write_app_config, STEP};
 
 /// A tungstenite echo backend; counts the close frames it receives by code.
 async fn echo_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<u16>) {
@@ -50,23 +49,17 @@ async fn echo_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<u16
 async fn sigterm_drains_200_sessions_with_1001_and_exits_0_within_the_grace() {
     let (backend, mut backend_closes) = echo_backend().await;
     let listen = free_port();
-    let path = write_app_config("drain", "10s", "127.0.0.1:0", listen, backend);
+    let path = write_app_config(
+        "drain",
+        "shutdown_grace = \"10s\"",
+        "127.0.0.1:0",
+        listen,
+        backend,
+    );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
-    clean_env(&mut cmd);
-    let mut child = cmd
-        .arg("--config")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    clean_env(&mut cmd).arg("--config").arg(&path);
     // Drain stderr as it comes: 200 access-log lines would fill the pipe and block the child.
-    let mut stderr_pipe = child.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stderr_pipe.read_to_string(&mut out);
-        out
-    });
+    let (mut child, stderr) = spawn_reading_stderr(&mut cmd);
 
     // The first upgrade that succeeds proves the sidecar serves (the socket is bound before
     // the runtime starts, so a bare connect proves nothing).

@@ -10,7 +10,7 @@
 //!
 //! So the clients see 1012 from Tether's drain, never 1014 from an app killed under them.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,7 +21,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::Message;
 
 mod common;
-use common::{clean_env, free_port, within, STEP};
+use common::{clean_env, free_port, spawn_reading_stderr, within, write_app_config, STEP};
 
 /// How long Tether keeps serving after SIGTERM with `/readyz` at 503: long enough for the test
 /// to probe readiness, open a session and send a request inside it on a busy machine.
@@ -167,45 +167,18 @@ async fn pod_termination_drains_sessions_with_1012_before_the_app_stops() {
     let (mut app, app_addr) = start_app(&python);
     let listen = free_port();
     let admin = free_port();
-    let dir = std::env::temp_dir().join(format!("tether-kubernetes-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("tether.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"workers = 2
-shutdown_delay = "{DELAY}"
-shutdown_grace = "10s"
-shutdown_close_code = 1012
-admin = {{ bind = "{admin}" }}
-[listeners.public]
-bind = "{listen}"
-[backend_pools.app]
-members = ["{app_addr}"]
-[backend_settings.app]
-[routing_rules.app]
-listener = "public"
-backend_pool = "app"
-backend_settings = "app"
-"#
+    let config = write_app_config(
+        "kubernetes",
+        &format!(
+            "shutdown_delay = \"{DELAY}\"\nshutdown_grace = \"10s\"\nshutdown_close_code = 1012"
         ),
-    )
-    .unwrap();
+        &admin.to_string(),
+        listen,
+        app_addr,
+    );
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_tether"));
-    clean_env(&mut cmd);
-    let mut tether = cmd
-        .arg("--config")
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr_pipe = tether.stderr.take().unwrap();
-    let stderr = std::thread::spawn(move || {
-        let mut out = String::new();
-        let _ = stderr_pipe.read_to_string(&mut out);
-        out
-    });
+    clean_env(&mut cmd).arg("--config").arg(&config);
+    let (mut tether, stderr) = spawn_reading_stderr(&mut cmd);
 
     // Ready: /readyz says so, and sessions through Tether echo.
     let deadline = Instant::now() + STEP;

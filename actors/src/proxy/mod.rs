@@ -95,15 +95,19 @@ pub struct Connection {
     /// dropped with it, or taken into the session when the connection upgrades (a `101`). An
     /// HTTP/2 connection keeps it: its WebSockets are streams of it.
     pub guard: RefCell<Option<ConnectionGuard>>,
+    /// An HTTP/2 connection's own state; `None` on HTTP/1.1, which pays nothing for it.
+    pub http2: Option<Rc<crate::http2::Http2Conn>>,
+}
+
+impl Connection {
     /// HTTP/1.1 or HTTP/2.
-    pub protocol: HttpProtocol,
-    /// HTTP/2: requests the client cancelled against those answered.
-    pub resets: crate::http2::ResetBudget,
-    /// HTTP/2: woken when the connection should go away (its reset budget is spent).
-    pub goaway: tokio::sync::Notify,
-    /// HTTP/2: the streams open on the connection (its idle timer runs while there are none);
-    /// `None` on HTTP/1.1, which pays nothing for it.
-    pub streams: Option<Rc<crate::http2::OpenStreams>>,
+    pub fn protocol(&self) -> HttpProtocol {
+        if self.http2.is_some() {
+            HttpProtocol::Http2
+        } else {
+            HttpProtocol::Http1
+        }
+    }
 }
 
 /// What the access log and the span learn while a request is handled.
@@ -141,7 +145,7 @@ pub async fn handle(
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ClientGone> {
     let started = Instant::now();
-    let websocket = match conn.protocol {
+    let websocket = match conn.protocol() {
         HttpProtocol::Http1 => handshake::wants_websocket(req.headers()),
         HttpProtocol::Http2 => handshake::is_h2_websocket(&req),
     };

@@ -16,7 +16,7 @@ pub(super) async fn forward_websocket(
     span: &Span,
     facts: &mut RequestFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let over_h2 = conn.protocol == HttpProtocol::Http2;
+    let over_h2 = conn.http2.is_some();
     if over_h2 {
         // The stream stays open for the WebSocket: no END_STREAM to check for.
         handshake::validate_h2(&req)?;
@@ -115,7 +115,7 @@ pub(super) async fn forward_websocket(
         backend,
         client: conn.peer,
         lease: Some(lease.into_session()),
-        http_version: conn.protocol,
+        http_version: conn.protocol(),
     };
     // The connection's place in `max_connections` goes with its sockets into the session; an
     // HTTP/2 connection keeps it (the session is one of its streams).
@@ -126,7 +126,7 @@ pub(super) async fn forward_websocket(
     };
     // Over HTTP/2 the session is a stream of the connection: it counts as open (no idle
     // GOAWAY) for as long as the session lives, past the end of this request.
-    let open_stream = conn.streams.as_ref().map(|streams| streams.open());
+    let open_stream = conn.http2.as_ref().map(|h2| h2.streams.open());
     let pump = pump_config(&route);
     let limits = session_limits(&route);
     let token = ctx.tracker.token();

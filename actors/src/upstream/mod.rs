@@ -161,6 +161,30 @@ impl SendFailure {
             reset_before_response,
         }
     }
+
+    /// No response head within `request_timeout`.
+    fn timed_out(backend: SocketAddr, request_timeout: Duration) -> SendFailure {
+        let error = ProxyError::ResponseTimeout {
+            backend,
+            after: request_timeout,
+        };
+        SendFailure::sent(error, false)
+    }
+
+    /// The request was written and the exchange failed with `cause`: the client's fault when
+    /// its body failed, else the backend's; `safe_to_resend` says whether no response byte came
+    /// (HTTP/1.1) or the backend turned the stream away (HTTP/2).
+    fn after_sending(
+        backend: SocketAddr,
+        cause: hyper::Error,
+        safe_to_resend: impl FnOnce(&hyper::Error) -> bool,
+    ) -> SendFailure {
+        if let Some(client) = ClientBodyError::behind(&cause) {
+            return SendFailure::sent(client.clone().into(), false);
+        }
+        let resend = safe_to_resend(&cause);
+        SendFailure::sent(ProxyError::BackendFailed { backend, cause }, resend)
+    }
 }
 
 /// Where idle connections are kept apart: the member, and the TLS configuration (0 = plain).
@@ -379,13 +403,7 @@ impl UpstreamPool {
             let received = conn.received.0.get();
             let sent = tokio::time::timeout_at(deadline, conn.sender.try_send_request(req)).await;
             match sent {
-                Err(_) => {
-                    let error = ProxyError::ResponseTimeout {
-                        backend,
-                        after: request_timeout,
-                    };
-                    return Err(SendFailure::sent(error, false));
-                }
+                Err(_) => return Err(SendFailure::timed_out(backend, request_timeout)),
                 Ok(Ok(resp)) => {
                     let conn = PooledConnection {
                         conn: Checkout::Http1(conn),
@@ -407,14 +425,11 @@ impl UpstreamPool {
                         ));
                     }
                     None => {
-                        let cause = err.into_error();
-                        if let Some(client) = ClientBodyError::behind(&cause) {
-                            return Err(SendFailure::sent(client.clone().into(), false));
-                        }
                         let silent = conn.received.0.get() == received;
-                        return Err(SendFailure::sent(
-                            ProxyError::BackendFailed { backend, cause },
-                            silent,
+                        return Err(SendFailure::after_sending(
+                            backend,
+                            err.into_error(),
+                            |_| silent,
                         ));
                     }
                 },
@@ -462,13 +477,7 @@ impl UpstreamPool {
             }
             let sent = tokio::time::timeout_at(deadline, conn.sender.try_send_request(req)).await;
             match sent {
-                Err(_) => {
-                    let error = ProxyError::ResponseTimeout {
-                        backend,
-                        after: request_timeout,
-                    };
-                    return Err(SendFailure::sent(error, false));
-                }
+                Err(_) => return Err(SendFailure::timed_out(backend, request_timeout)),
                 Ok(Ok(resp)) => {
                     let conn = PooledConnection {
                         conn: Checkout::Http2 { _slot: slot },
@@ -489,17 +498,16 @@ impl UpstreamPool {
                         ));
                     }
                     None => {
-                        let cause = err.into_error();
-                        if let Some(client) = ClientBodyError::behind(&cause) {
-                            return Err(SendFailure::sent(client.clone().into(), false));
-                        }
-                        let turned_away = http2::turned_away(&cause);
-                        if turned_away {
-                            self.metrics.upstream_h2.stream_refused();
-                        }
-                        return Err(SendFailure::sent(
-                            ProxyError::BackendFailed { backend, cause },
-                            turned_away,
+                        return Err(SendFailure::after_sending(
+                            backend,
+                            err.into_error(),
+                            |cause| {
+                                let turned_away = http2::turned_away(cause);
+                                if turned_away {
+                                    self.metrics.upstream_h2.stream_refused();
+                                }
+                                turned_away
+                            },
                         ));
                     }
                 },

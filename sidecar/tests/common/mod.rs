@@ -1,9 +1,11 @@
 //! Helpers shared by the tests that run the real `tether` binary.
 #![allow(dead_code)] // each test binary uses its own subset
 
+use std::io::Read;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How long one step may take before a test counts it as a hang.
@@ -35,11 +37,12 @@ pub fn clean_env(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
-/// Writes `tether.toml` in a directory of its own (`tether-NAME-PID`): two workers, the admin
-/// endpoint on `admin`, listener `public` on `listen`, one rule to the pool `app` at `backend`.
+/// Writes `tether.toml` in a directory of its own (`tether-NAME-PID`): two workers, the
+/// top-level keys in `top` (e.g. `shutdown_grace = "10s"`), the admin endpoint on `admin`,
+/// listener `public` on `listen`, one rule to the pool `app` at `backend`.
 pub fn write_app_config(
     name: &str,
-    shutdown_grace: &str,
+    top: &str,
     admin: &str,
     listen: SocketAddr,
     backend: SocketAddr,
@@ -51,7 +54,7 @@ pub fn write_app_config(
         &path,
         format!(
             r#"workers = 2
-shutdown_grace = "{shutdown_grace}"
+{top}
 admin = {{ bind = "{admin}" }}
 [listeners.public]
 bind = "{listen}"
@@ -67,4 +70,21 @@ backend_settings = "app"
     )
     .unwrap();
     path
+}
+
+/// Starts `cmd` (the `tether` binary, or a shell around it) with stdout discarded and stderr
+/// read to its end on a thread of its own, so a chatty child never blocks on a full pipe.
+pub fn spawn_reading_stderr(cmd: &mut Command) -> (Child, JoinHandle<String>) {
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = pipe.read_to_string(&mut out);
+        out
+    });
+    (child, stderr)
 }
