@@ -1,6 +1,6 @@
 //! The request body going to a backend: [`RequestBody`], the client's body with
 //! `request_body_timeout` enforced, whose failures are tagged as the client's
-//! ([`ClientBodyError`]) before hyper's client sees them. (The response body is
+//! ([`ClientBodyError`]) before the backend client sees them. (The response body is
 //! [`crate::response::ProxyBody`].)
 
 use std::cell::Cell;
@@ -103,14 +103,14 @@ impl UploadProbe {
 ///
 /// Lifecycle of a client body (RFC 9112 §6 framing is hyper's; the timing is ours):
 ///
-/// 1. *Not started*: hyper's client has not asked for a frame yet (it is connecting or
+/// 1. *Not started*: the backend client has not asked for a frame yet (it is connecting or
 ///    writing the head). No clock runs; the client's bytes wait in the socket.
 /// 2. *Reading*: each poll that finds no data waits on the client, bounded by
 ///    `request_body_timeout` since the previous frame (or since the first poll). The timer is
 ///    one `Sleep` armed once and moved forward lazily when it fires after progress: a frame
 ///    costs a clock read, no allocation and no timer-wheel update.
 /// 3. *Done* (end of body: the timer is dropped) or *failed*: the error is a
-///    [`ClientBodyError`], so when hyper's client reports it as the request's error the
+///    [`ClientBodyError`], so when the backend client reports it as the request's error the
 ///    request path knows it was the client's doing ([`ClientBodyError::behind`]).
 #[derive(Debug)]
 pub struct RequestBody {

@@ -120,6 +120,16 @@ pub enum ProxyError {
         /// What went wrong.
         cause: AnswerError,
     },
+    /// The backend's answer to an ordinary HTTP/1.1 request could not be relayed (before its
+    /// head: 502; during its body: the client's connection is cut): the connection failed or
+    /// closed early, or the answer is malformed or ambiguous ([`crate::upstream`]'s client).
+    #[error("backend {backend} failed: {cause}")]
+    BackendHttp1 {
+        /// The member we tried.
+        backend: SocketAddr,
+        /// What went wrong.
+        cause: AnswerError,
+    },
     /// The TLS handshake with an https backend failed (certificate not trusted, wrong name,
     /// protocol error, timeout).
     #[error("TLS to backend {backend} failed: {reason}")]
@@ -214,6 +224,7 @@ impl ProxyError {
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::BackendFailed { .. }
             | ProxyError::BackendAnswer { .. }
+            | ProxyError::BackendHttp1 { .. }
             | ProxyError::TlsFailed { .. }
             | ProxyError::TlsConfig { .. }
             | ProxyError::UnrequestedUpgrade { .. } => StatusCode::BAD_GATEWAY,
@@ -286,7 +297,9 @@ impl ProxyError {
             ProxyError::UnrequestedUpgrade { .. } => "unrequested_upgrade",
             ProxyError::ClientBody(ClientBodyError::Gone(_)) => "client_closed",
             ProxyError::ClientBody(_) => "client_body",
-            ProxyError::BackendFailed { .. } | ProxyError::BackendAnswer { .. } => "backend_failed",
+            ProxyError::BackendFailed { .. }
+            | ProxyError::BackendAnswer { .. }
+            | ProxyError::BackendHttp1 { .. } => "backend_failed",
             _ => "_OTHER",
         }
     }
@@ -313,6 +326,7 @@ impl ProxyError {
             | ProxyError::ResponseTimeout { .. }
             | ProxyError::BackendFailed { .. }
             | ProxyError::BackendAnswer { .. }
+            | ProxyError::BackendHttp1 { .. }
             | ProxyError::TlsFailed { .. }
             | ProxyError::UnrequestedUpgrade { .. } => Side::Upstream,
         }
@@ -338,6 +352,7 @@ impl ProxyError {
             | ProxyError::ResponseTimeout { .. }
             | ProxyError::BackendFailed { .. }
             | ProxyError::BackendAnswer { .. }
+            | ProxyError::BackendHttp1 { .. }
             | ProxyError::TlsFailed { .. }
             | ProxyError::TlsConfig { .. }
             | ProxyError::UnrequestedUpgrade { .. } => HandshakeOutcome::BackendError,

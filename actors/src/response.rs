@@ -14,13 +14,13 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use crate::access_log::AccessLine;
 use crate::error::ProxyError;
 use crate::grpc;
 use crate::handshake::HandshakeError;
-use crate::upstream::PooledConnection;
+use crate::upstream::{BackendBody, PooledConnection};
 
 /// A response body going to the client: either the backend's body streamed through, or a
 /// complete body held in memory. It also carries the request's access-log line, if any, and
@@ -43,7 +43,7 @@ enum BodyKind {
     /// worker's pool once the body has been read to its end.
     Upstream {
         /// The backend's body.
-        body: Incoming,
+        body: BackendBody,
         /// The connection to return when the body is done.
         release: Option<PooledConnection>,
     },
@@ -78,7 +78,7 @@ impl ProxyBody {
     }
 
     /// Wraps a backend body; `release` goes back to its pool when the body ends.
-    pub fn upstream(body: Incoming, release: Option<PooledConnection>) -> ProxyBody {
+    pub fn upstream(body: BackendBody, release: Option<PooledConnection>) -> ProxyBody {
         let mut b = ProxyBody::of(BodyKind::Upstream { body, release });
         b.release_if_done();
         b
@@ -101,7 +101,7 @@ impl ProxyBody {
         if let BodyKind::Upstream { body, release } = &mut self.kind {
             if body.is_end_stream() {
                 if let Some(conn) = release.take() {
-                    conn.release();
+                    conn.release(body);
                 }
             }
         }
@@ -118,12 +118,12 @@ impl Drop for ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ProxyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
         let this = self.get_mut();
         let polled = match &mut this.kind {
             BodyKind::Upstream { body, release } => {
@@ -133,17 +133,21 @@ impl Body for ProxyBody {
                     // of a length-delimited body is where the connection is given back.
                     Poll::Ready(None) | Poll::Ready(Some(Ok(_))) if body.is_end_stream() => {
                         if let Some(conn) = release.take() {
-                            conn.release();
+                            conn.release(body);
                         }
                     }
                     Poll::Ready(None) => {
                         if let Some(conn) = release.take() {
-                            conn.release();
+                            conn.release(body);
                         }
                     }
-                    Poll::Ready(Some(Err(_))) => {
-                        // A broken body means a broken connection: never reuse it.
-                        release.take();
+                    Poll::Ready(Some(Err(e))) => {
+                        // A broken body means a broken connection: never reuse it. A backend
+                        // fault counts against the member.
+                        tracing::debug!(error = %e, "response body failed; client connection closed");
+                        if let Some(conn) = release.take() {
+                            conn.body_failed(e);
+                        }
                     }
                     _ => {}
                 }

@@ -23,6 +23,7 @@
 //! both into its `ProxyError`; this module knows nothing of it.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::time::Duration;
 
 use bytes::{BufMut as _, Bytes};
@@ -40,7 +41,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 const HEAD_START: usize = 1024;
 
 /// The most headers a response head may carry (hyper's default too).
-const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 
 /// The longest chunk-size line (size and extensions) of a chunked body.
 const MAX_CHUNK_LINE: usize = 4096;
@@ -64,7 +65,8 @@ pub enum ExchangeError {
     },
 }
 
-/// Why a backend's answer to a WebSocket handshake could not be relayed.
+/// Why a backend's HTTP/1.1 answer could not be relayed: a WebSocket handshake's (here), or an
+/// ordinary request's (`crate::upstream`'s HTTP/1.1 client, which shares this parsing).
 #[derive(Debug, thiserror::Error)]
 pub enum AnswerError {
     /// Reading or writing the connection failed (reset, broken pipe, TLS error).
@@ -101,6 +103,16 @@ pub enum AnswerError {
     /// The backend closed the connection before the body it announced was complete.
     #[error("closed the connection before the response body was complete")]
     ClosedInBody,
+    /// Both `Transfer-Encoding` and `Content-Length`: the framing is ambiguous, the mark of
+    /// request smuggling (RFC 9112 §6.3 item 3).
+    #[error("both Transfer-Encoding and Content-Length")]
+    BothLengths,
+    /// `Transfer-Encoding` on an HTTP/1.0 response, which has no transfer codings (RFC 9112 §6.1).
+    #[error("Transfer-Encoding on an HTTP/1.0 response")]
+    TransferEncodingOnHttp10,
+    /// More bytes after a complete response than it announced (nothing else was asked).
+    #[error("response longer than its framing announced")]
+    LongerThanAnnounced,
 }
 
 /// The backend's answer to a WebSocket handshake.
@@ -150,30 +162,45 @@ impl<Io> UpgradeAnswer<Io> {
 /// origin-form target, then every header — all values of a repeated one, in order — and the
 /// empty line, into one buffer of exactly the right size.
 pub fn request_head(parts: &http::request::Parts) -> Vec<u8> {
-    let method = parts.method.as_str().as_bytes();
-    let target = parts
-        .uri
+    let mut out = Vec::new();
+    write_request_head(&parts.method, &parts.uri, &parts.headers, &[], &mut out);
+    debug_assert_eq!(out.len(), out.capacity(), "sized exactly");
+    out
+}
+
+/// [`request_head`] appended to `out` (reserved once, to the exact size), with `extra` — whole
+/// header lines, each ending in CRLF, such as the body's framing — after the headers.
+pub(crate) fn write_request_head(
+    method: &http::Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    extra: &[u8],
+    out: &mut Vec<u8>,
+) {
+    let method = method.as_str().as_bytes();
+    let target = uri
         .path_and_query()
         .map_or("/", |pq| pq.as_str())
         .as_bytes();
-    let mut len = method.len() + 1 + target.len() + b" HTTP/1.1\r\n".len() + 2;
-    for (name, value) in &parts.headers {
+    let mut len = method.len() + 1 + target.len() + b" HTTP/1.1\r\n".len() + extra.len() + 2;
+    for (name, value) in headers {
         len += name.as_str().len() + 2 + value.len() + 2;
     }
-    let mut out = Vec::with_capacity(len);
+    out.reserve_exact(len);
+    let start = out.len();
     out.extend_from_slice(method);
     out.push(b' ');
     out.extend_from_slice(target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
+    for (name, value) in headers {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(extra);
     out.extend_from_slice(b"\r\n");
-    debug_assert_eq!(out.len(), len);
-    out
+    debug_assert_eq!(out.len() - start, len);
 }
 
 /// Writes `request` (a head from [`request_head`]) on `io` and reads the backend's answer, all
@@ -261,7 +288,7 @@ where
 }
 
 /// The length of the response head at the start of `buf` and its status, once complete.
-fn head_length(buf: &[u8]) -> Result<Option<(usize, u16)>, AnswerError> {
+pub(crate) fn head_length(buf: &[u8]) -> Result<Option<(usize, u16)>, AnswerError> {
     if buf.is_empty() {
         return Ok(None);
     }
@@ -277,7 +304,7 @@ fn head_length(buf: &[u8]) -> Result<Option<(usize, u16)>, AnswerError> {
 /// Builds the response from the complete head at the start of `buf` (`len` bytes long): headers
 /// in order, values sliced from `buf` (no copy). A reason phrase other than the status'
 /// canonical one is kept, as hyper does.
-fn build_head(buf: &Bytes, len: usize) -> Result<Response<()>, AnswerError> {
+pub(crate) fn build_head(buf: &Bytes, len: usize) -> Result<Response<()>, AnswerError> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut headers);
     if !parsed
@@ -369,7 +396,7 @@ fn framing(status: StatusCode, headers: &HeaderMap) -> Result<Framing, AnswerErr
 }
 
 /// A non-empty run of ASCII digits as a number (no sign, no overflow).
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
+pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
         return None;
     }
@@ -465,10 +492,12 @@ enum ChunkState {
     Done,
 }
 
-/// Decodes a chunked body as its bytes arrive, in any split: extensions and trailers are
-/// skipped, line ends must be CRLF, and the decoded body may not exceed [`MAX_BODY`].
-#[derive(Debug, Default)]
-struct ChunkedDecoder {
+/// Decodes a chunked body as its bytes arrive, in any split: extensions are skipped, line ends
+/// must be CRLF, and the decoded body may not exceed its limit ([`MAX_BODY`] for a refusal read
+/// in full). A refusal's trailers are skipped; a streamed body ([`ChunkedDecoder::streaming`])
+/// stops at its trailer section, which the caller parses and relays.
+#[derive(Debug)]
+pub(crate) struct ChunkedDecoder {
     state: ChunkState,
     /// The size being read, then the data bytes left in the current chunk.
     size: u64,
@@ -478,32 +507,87 @@ struct ChunkedDecoder {
     line: usize,
     /// Bytes of the trailer section so far.
     trailers: usize,
+    /// Data bytes announced so far, and the most allowed.
+    decoded: u64,
+    limit: u64,
+    /// Stop at the trailer section instead of skipping it.
+    stop_at_trailers: bool,
+}
+
+impl Default for ChunkedDecoder {
+    /// A refusal's body: at most [`MAX_BODY`] bytes, trailers skipped.
+    fn default() -> ChunkedDecoder {
+        ChunkedDecoder {
+            state: ChunkState::Size,
+            size: 0,
+            digits: 0,
+            line: 0,
+            trailers: 0,
+            decoded: 0,
+            limit: MAX_BODY as u64,
+            stop_at_trailers: false,
+        }
+    }
 }
 
 impl ChunkedDecoder {
+    /// A streamed body: no length limit, and it stops where the trailer section starts
+    /// ([`ChunkedDecoder::at_trailers`]).
+    pub(crate) fn streaming() -> ChunkedDecoder {
+        ChunkedDecoder {
+            limit: u64::MAX,
+            stop_at_trailers: true,
+            ..ChunkedDecoder::default()
+        }
+    }
+
     /// True once the last chunk and the trailer section have been read.
-    fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.state == ChunkState::Done
+    }
+
+    /// A streaming decoder that has read the last chunk: what follows is the trailer section
+    /// (field lines, then an empty line), for the caller to parse ([`ChunkedDecoder::finish`]).
+    pub(crate) fn at_trailers(&self) -> bool {
+        self.stop_at_trailers && self.state == ChunkState::TrailerStart
+    }
+
+    /// The caller has read the trailer section: the body is complete.
+    pub(crate) fn finish(&mut self) {
+        self.state = ChunkState::Done;
     }
 
     /// Decodes `input` into `out`; bytes after the end of the body are ignored.
     fn feed(&mut self, mut input: &[u8], out: &mut Vec<u8>) -> Result<(), AnswerError> {
+        loop {
+            let (used, data) = self.step(input)?;
+            out.extend_from_slice(&input[data]);
+            input = &input[used..];
+            if used == 0 || input.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads framing from the start of `input` up to and including the next run of chunk data:
+    /// returns how many bytes of `input` were used, and where among them the data is (an
+    /// empty range when `input` ended in framing, or the body is done, or at the trailers).
+    pub(crate) fn step(&mut self, input: &[u8]) -> Result<(usize, Range<usize>), AnswerError> {
         use ChunkState as S;
-        while self.state != S::Done {
-            let Some(&b) = input.first() else {
+        let mut at = 0;
+        while self.state != S::Done && !self.at_trailers() {
+            let Some(&b) = input.get(at) else {
                 break;
             };
             if self.state == S::Data {
-                let n = input.len().min(self.size as usize);
-                out.extend_from_slice(&input[..n]);
+                let n = (input.len() - at).min(usize::try_from(self.size).unwrap_or(usize::MAX));
                 self.size -= n as u64;
                 if self.size == 0 {
                     self.state = S::DataCr;
                 }
-                input = &input[n..];
-                continue;
+                return Ok((at + n, at..at + n));
             }
-            input = &input[1..];
+            at += 1;
             if matches!(self.state, S::Size | S::SizeWs | S::Ext) {
                 self.line += 1;
                 if self.line > MAX_CHUNK_LINE {
@@ -539,9 +623,10 @@ impl ChunkedDecoder {
                 (S::Ext, _) => S::Ext,
                 (S::SizeLf, b'\n') if self.size == 0 => S::TrailerStart,
                 (S::SizeLf, b'\n') => {
-                    if self.size > (MAX_BODY - out.len()) as u64 {
+                    if self.size > self.limit - self.decoded {
                         return Err(AnswerError::BodyTooLarge);
                     }
+                    self.decoded += self.size;
                     S::Data
                 }
                 (S::DataCr, b'\r') => S::DataLf,
@@ -564,11 +649,11 @@ impl ChunkedDecoder {
                 (S::SizeLf | S::TrailerLf | S::EndLf, _) => {
                     return Err(AnswerError::BadChunk("line not ended by CRLF"))
                 }
-                // Data is copied in bulk above, and the loop ends at Done.
+                // Data returns above, and the loop ends at Done.
                 (S::Data | S::Done, _) => self.state,
             };
         }
-        Ok(())
+        Ok((at, at..at))
     }
 }
 

@@ -325,7 +325,9 @@ async fn route_and_forward(
     facts.route = Some(route.name.clone());
     facts.counters = Some(route.metrics.clone());
     if websocket {
-        forward_websocket(ctx, conn, route, req, span, facts).await
+        // Boxed: the handshake's future (backend exchange, TLS, session start) is large, and
+        // every plain request's future would otherwise carry its size and be copied at it.
+        Box::pin(forward_websocket(ctx, conn, route, req, span, facts)).await
     } else {
         forward_http(ctx, conn, &route, req, span, facts).await
     }

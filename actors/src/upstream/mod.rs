@@ -4,10 +4,17 @@
 //! HTTP/1.1 connection to its member or opens a new one, and the connection comes back when the
 //! response body has been read to its end ([`crate::response::ProxyBody`]).
 //!
-//! WebSocket handshakes always use a fresh connection, since the upgrade consumes it, and no
-//! hyper client: [`send_upgrade`] connects, writes the request head and reads the answer by hand
-//! ([`crate::upgrade`]), and on a `101` the socket goes to the session as it is, with nothing
-//! (no connection task, no waker) left behind.
+//! HTTP/1.1 has no client task and no hyper client: the request drives its connection itself
+//! ([`http1`]). It writes the request head, streams the body, reads the response head, and hands
+//! hyper's server a body ([`ResponseBody`]) that reads the backend socket directly and puts the
+//! connection back in the pool when it ended cleanly. Nothing runs beside an idle connection; a
+//! backend that closed it while idle is noticed at checkout (one look at the socket).
+//!
+//! WebSocket handshakes always use a fresh connection, since the upgrade consumes it:
+//! [`send_upgrade`] connects, writes the request head and reads the answer by hand
+//! ([`crate::upgrade`], whose head serializer, head parser and chunked decoder [`http1`] shares),
+//! and on a `101` the socket goes to the session as it is, with nothing (no connection task, no
+//! waker) left behind.
 //!
 //! Backends with `protocol = "https"` are reached over TLS ([`UpstreamTls`]): the handshake runs
 //! right after the TCP connect, within the same `connect_timeout`, and a certificate that does
@@ -16,17 +23,17 @@
 //! member never mix.
 //!
 //! Backends with `protocol = "h2c"` or `"h2"` get ordinary requests over multiplexed HTTP/2
-//! connections instead ([`http2`]): many streams per connection, a stream slot per request
-//! held until its response body ends. Their WebSocket upgrades still go over a fresh HTTP/1.1
-//! connection (`h2`: TLS with ALPN `http/1.1`).
+//! connections instead ([`http2`], hyper's HTTP/2 client): many streams per connection, a stream
+//! slot per request held until its response body ends. Their WebSocket upgrades still go over a
+//! fresh HTTP/1.1 connection (`h2`: TLS with ALPN `http/1.1`).
 //!
 //! A failed [`UpstreamPool::send`] says what may happen next ([`SendFailure`]): a request that
-//! never left Tether comes back whole, so it can go to another member; one whose connection
-//! closed or reset before any response byte arrived is marked so (every backend connection
-//! counts the bytes it has received: one `Cell` add per read, no allocation), so an idempotent
-//! request without a body can be sent again. Anything else is final.
+//! never left Tether (connect failed, or not a byte of its head was written) comes back whole,
+//! so it can go to another member; one whose connection closed or reset before any response
+//! byte arrived is marked so, so an idempotent request without a body can be sent again.
+//! Anything else is final.
 
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,14 +43,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tether_config::{BackendProtocol, BackendSettingsConfig};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -56,7 +61,10 @@ use crate::tls;
 use crate::transport::{SessionIo, TlsIo};
 use crate::upgrade::{self, UpgradeAnswer};
 
+mod http1;
 mod http2;
+
+pub use http1::ResponseBody;
 
 /// The body of a request to a backend: the client's body streamed through, or empty.
 pub type UpstreamBody = RequestBody;
@@ -64,71 +72,54 @@ pub type UpstreamBody = RequestBody;
 /// How many idle connections a worker keeps per backend member.
 pub const MAX_IDLE_PER_BACKEND: usize = 64;
 
-type Sender = SendRequest<UpstreamBody>;
-
-/// Bytes a backend connection has received so far (shared by the connection's I/O, which adds
-/// to it, and the request path, which compares it before and after a request).
-#[derive(Debug, Clone, Default)]
-struct Received(Rc<Cell<u64>>);
-
-/// One HTTP/1.1 client connection to a backend.
+/// A backend's response body: read straight from an HTTP/1.1 connection ([`ResponseBody`]),
+/// or an HTTP/2 stream's. Its errors are [`ProxyError`]s, whose side says whose fault.
 #[derive(Debug)]
-struct Conn {
-    sender: Sender,
-    received: Received,
+pub enum BackendBody {
+    /// From an HTTP/1.1 connection this request drives itself.
+    Http1(ResponseBody),
+    /// From a stream of a shared HTTP/2 connection.
+    Http2 {
+        /// hyper's body of the stream.
+        body: Incoming,
+        /// The member, for the error.
+        backend: SocketAddr,
+    },
 }
 
-/// A backend connection's socket, counting what it receives.
-#[derive(Debug)]
-struct Counting<S> {
-    inner: S,
-    received: Received,
-}
+impl Body for BackendBody {
+    type Data = Bytes;
+    type Error = ProxyError;
 
-impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
+    fn poll_frame(
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = (buf.filled().len() - before) as u64;
-        if n > 0 {
-            let count = &self.received.0;
-            count.set(count.get() + n);
+    ) -> Poll<Option<Result<Frame<Bytes>, ProxyError>>> {
+        match self.get_mut() {
+            BackendBody::Http1(body) => Pin::new(body).poll_frame(cx),
+            BackendBody::Http2 { body, backend } => {
+                Pin::new(body)
+                    .poll_frame(cx)
+                    .map_err(|cause| ProxyError::BackendFailed {
+                        backend: *backend,
+                        cause,
+                    })
+            }
         }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    fn is_end_stream(&self) -> bool {
+        match self {
+            BackendBody::Http1(body) => body.is_end_stream(),
+            BackendBody::Http2 { body, .. } => body.is_end_stream(),
+        }
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            BackendBody::Http1(body) => body.size_hint(),
+            BackendBody::Http2 { body, .. } => body.size_hint(),
+        }
     }
 }
 
@@ -199,7 +190,7 @@ type TlsFiles = (Option<PathBuf>, Option<PathBuf>, Option<PathBuf>, bool);
 /// of files and ALPN, built on first use).
 #[derive(Debug, Default)]
 pub struct UpstreamPool {
-    idle: RefCell<HashMap<PoolKey, Vec<Conn>>>,
+    idle: RefCell<HashMap<PoolKey, Vec<http1::Conn>>>,
     h2: http2::Multiplexed,
     tls: RefCell<HashMap<TlsFiles, Arc<ClientConfig>>>,
     metrics: Arc<Metrics>,
@@ -223,8 +214,9 @@ impl UpstreamTls {
 /// What a request holds of a backend connection while its response streams.
 #[derive(Debug)]
 enum Checkout {
-    /// An HTTP/1.1 connection of its own, to put back when the response is done.
-    Http1(Conn),
+    /// An HTTP/1.1 connection of its own (inside the response body: [`ResponseBody`]), to put
+    /// back when the response is done.
+    Http1,
     /// A stream slot on a shared HTTP/2 connection, freed when dropped (held only for that).
     Http2 { _slot: http2::StreamSlot },
 }
@@ -257,19 +249,45 @@ impl PooledConnection {
         self.connected_in
     }
 
-    /// Returns the connection to the pool (dropped instead if closed or the pool is full); an
-    /// HTTP/2 stream frees its slot.
-    pub fn release(self) {
-        let Checkout::Http1(conn) = self.conn else {
+    /// The response `body` has been read to its end: its HTTP/1.1 connection goes back to the
+    /// pool when it may carry another request (else, or when the pool is full, it closes), and
+    /// a fault found at the end (bytes past the response) counts against the member. An HTTP/2
+    /// stream frees its slot.
+    pub fn release(self, body: &mut BackendBody) {
+        let BackendBody::Http1(body) = body else {
             return;
         };
-        if conn.sender.is_closed() {
+        if let Some(fault) = body.fault() {
+            tracing::debug!(error = %fault, "backend connection not reused");
+            self.blame(&fault);
+        }
+        let Some(conn) = body.take_reusable() else {
+            return;
+        };
+        if !matches!(self.conn, Checkout::Http1) {
             return;
         }
         let mut idle = self.pool.idle.borrow_mut();
         let list = idle.entry(self.backend).or_default();
         if list.len() < MAX_IDLE_PER_BACKEND {
             list.push(conn);
+        }
+    }
+
+    /// The response body failed with `error` after its head was relayed: a backend fault of an
+    /// HTTP/1.1 connection (closed early, malformed) counts against the member. (An HTTP/2
+    /// stream's failure may be the client's reset, so it does not.)
+    pub fn body_failed(self, error: &ProxyError) {
+        if matches!(self.conn, Checkout::Http1) {
+            self.blame(error);
+        }
+    }
+
+    fn blame(&self, error: &ProxyError) {
+        if let Some(lease) = &self.lease {
+            if error.counts_against_member() {
+                lease.member().passive_failure(error);
+            }
         }
     }
 }
@@ -344,23 +362,33 @@ impl UpstreamPool {
         }))
     }
 
-    /// Takes an idle connection to `backend`, skipping any the backend has closed.
-    fn checkout(&self, backend: PoolKey) -> Option<Conn> {
-        let mut idle = self.idle.borrow_mut();
-        let list = idle.get_mut(&backend)?;
-        while let Some(conn) = list.pop() {
-            if !conn.sender.is_closed() {
-                return Some(conn);
+    /// Takes an idle connection to `backend`, skipping (and closing) any the backend has
+    /// closed or broken meanwhile ([`http1::Conn::poll_still_open`]).
+    async fn checkout(&self, backend: PoolKey) -> Option<http1::Conn> {
+        std::future::poll_fn(|cx| {
+            let mut idle = self.idle.borrow_mut();
+            let Some(list) = idle.get_mut(&backend) else {
+                return Poll::Ready(None);
+            };
+            while let Some(mut conn) = list.pop() {
+                if conn.poll_still_open(cx) {
+                    return Poll::Ready(Some(conn));
+                }
             }
-        }
-        None
+            Poll::Ready(None)
+        })
+        .await
     }
 
     /// Sends an ordinary (non-upgrade) request to `backend` over a pooled or new connection and
     /// waits for the response head within `request_timeout`. A pooled connection that turns out
-    /// closed before the request went out is replaced once by a fresh one. A failure says
-    /// whether the request may go elsewhere ([`SendFailure`]); an error of the client's body is
+    /// closed before the request went out is replaced by a fresh one. A failure says whether
+    /// the request may go elsewhere ([`SendFailure`]); an error of the client's body is
     /// reported as [`ProxyError::ClientBody`], never as the backend's.
+    ///
+    /// HTTP/1.1 needs no client task: this request writes its head on the connection itself
+    /// and reads the answer ([`http1`]); the body it returns reads the rest, streams the
+    /// request body still going out, and puts the connection back when done.
     ///
     /// With `http2` (an `h2c` or `h2` backend) the request goes as a stream on a shared HTTP/2
     /// connection ([`UpstreamPool::send_h2`]).
@@ -370,71 +398,77 @@ impl UpstreamPool {
         backend: SocketAddr,
         tls: Option<&UpstreamTls>,
         http2: bool,
-        mut req: Request<UpstreamBody>,
+        req: Request<UpstreamBody>,
         connect_timeout: Duration,
         request_timeout: Duration,
-    ) -> Result<(Response<Incoming>, PooledConnection), SendFailure> {
+    ) -> Result<(Response<BackendBody>, PooledConnection), SendFailure> {
         if http2 {
-            return self
-                .send_h2(backend, tls, req, connect_timeout, request_timeout)
+            // Boxed: the HTTP/2 send (connecting and its handshake included) is a large
+            // future, and every request future holding it inline would be copied at its size.
+            return Box::pin(self.send_h2(backend, tls, req, connect_timeout, request_timeout))
                 .await;
         }
         let deadline = tokio::time::Instant::now() + request_timeout;
         let key = (backend, UpstreamTls::key(tls));
-        loop {
+        let head_request = req.method() == http::Method::HEAD;
+        let (conn, connected_in, upload) = loop {
             let opening = std::time::Instant::now();
-            let (mut conn, pooled) = match self.checkout(key) {
+            let (mut conn, pooled) = match self.checkout(key).await {
                 Some(conn) => (conn, true),
-                None => match open(backend, tls, connect_timeout).await {
+                // Boxed (only when connecting): the connect and TLS handshake futures are
+                // large, and the request's future is moved several times as it starts.
+                None => match Box::pin(open(backend, tls, connect_timeout)).await {
                     Ok(conn) => (conn, false),
                     Err(error) => return Err(SendFailure::unsent(error, req)),
                 },
             };
             let connected_in = (!pooled).then(|| opening.elapsed());
-            if let Err(cause) = conn.sender.ready().await {
-                if pooled {
-                    continue;
-                }
-                return Err(SendFailure::unsent(
-                    ProxyError::BackendFailed { backend, cause },
-                    req,
-                ));
-            }
-            let received = conn.received.0.get();
-            let sent = tokio::time::timeout_at(deadline, conn.sender.try_send_request(req)).await;
-            match sent {
+            let upload = conn.start(&req);
+            let written = tokio::time::timeout_at(deadline, conn.write_head()).await;
+            match written {
                 Err(_) => return Err(SendFailure::timed_out(backend, request_timeout)),
-                Ok(Ok(resp)) => {
-                    let conn = PooledConnection {
-                        conn: Checkout::Http1(conn),
-                        backend: key,
-                        pool: self.clone(),
-                        lease: None,
-                        connected_in,
-                    };
-                    return Ok((resp, conn));
+                Ok(Ok(())) => break (conn, connected_in, upload),
+                // Nothing left: a pooled connection the backend had closed. Retry fresh.
+                Ok(Err((_, false))) if pooled => continue,
+                Ok(Err((cause, false))) => {
+                    let cause = upgrade::AnswerError::Io(cause);
+                    return Err(SendFailure::unsent(
+                        ProxyError::BackendHttp1 { backend, cause },
+                        req,
+                    ));
                 }
-                Ok(Err(mut err)) => match err.take_message() {
-                    // Never written: the pooled connection was already closing. Retry fresh.
-                    Some(back) if pooled => req = back,
-                    Some(back) => {
-                        let cause = err.into_error();
-                        return Err(SendFailure::unsent(
-                            ProxyError::BackendFailed { backend, cause },
-                            back,
-                        ));
-                    }
-                    None => {
-                        let silent = conn.received.0.get() == received;
-                        return Err(SendFailure::after_sending(
-                            backend,
-                            err.into_error(),
-                            |_| silent,
-                        ));
-                    }
-                },
+                Ok(Err((cause, true))) => {
+                    let cause = upgrade::AnswerError::Io(cause);
+                    return Err(SendFailure::sent(
+                        ProxyError::BackendHttp1 { backend, cause },
+                        true,
+                    ));
+                }
             }
-        }
+        };
+        let (_, body) = req.into_parts();
+        let mut exchange = http1::Exchange::new(conn, backend, body, upload, head_request);
+        let head = std::future::poll_fn(|cx| exchange.poll_head(cx));
+        let head = match tokio::time::timeout_at(deadline, head).await {
+            Err(_) => return Err(SendFailure::timed_out(backend, request_timeout)),
+            Ok(Err(http1::HeadError::Client(e))) => return Err(SendFailure::sent(e.into(), false)),
+            Ok(Err(http1::HeadError::Backend { cause, silent })) => {
+                let error = ProxyError::BackendHttp1 { backend, cause };
+                return Err(SendFailure::sent(error, silent));
+            }
+            Ok(Ok(head)) => head,
+        };
+        let body = exchange.into_body(&head).map_err(|cause| {
+            SendFailure::sent(ProxyError::BackendHttp1 { backend, cause }, false)
+        })?;
+        let conn = PooledConnection {
+            conn: Checkout::Http1,
+            backend: key,
+            pool: self.clone(),
+            lease: None,
+            connected_in,
+        };
+        Ok((head.map(|()| BackendBody::Http1(body)), conn))
     }
 }
 
@@ -452,7 +486,7 @@ impl UpstreamPool {
         mut req: Request<UpstreamBody>,
         connect_timeout: Duration,
         request_timeout: Duration,
-    ) -> Result<(Response<Incoming>, PooledConnection), SendFailure> {
+    ) -> Result<(Response<BackendBody>, PooledConnection), SendFailure> {
         let deadline = tokio::time::Instant::now() + request_timeout;
         let key = (backend, UpstreamTls::key(tls));
         let mut again = true;
@@ -486,6 +520,7 @@ impl UpstreamPool {
                         lease: None,
                         connected_in,
                     };
+                    let resp = resp.map(|body| BackendBody::Http2 { body, backend });
                     return Ok((resp, conn));
                 }
                 Ok(Err(mut err)) => match err.take_message() {
@@ -543,34 +578,21 @@ pub async fn send_upgrade(
     }))
 }
 
-/// Connects (and, for https, completes the TLS handshake) within `connect_timeout`, then
-/// performs the HTTP/1.1 client handshake; the connection task runs on this worker.
+/// Connects (and, for https, completes the TLS handshake) within `connect_timeout`: a new
+/// HTTP/1.1 connection, with nothing running beside it.
 async fn open(
     backend: SocketAddr,
     tls: Option<&UpstreamTls>,
     connect_timeout: Duration,
-) -> Result<Conn, ProxyError> {
+) -> Result<http1::Conn, ProxyError> {
     let deadline = tokio::time::Instant::now() + connect_timeout;
     let stream = connect(backend, connect_timeout).await?;
-    let received = Received::default();
-    let sender = match tls {
-        None => {
-            let io = Counting {
-                inner: stream,
-                received: received.clone(),
-            };
-            handshake(backend, TokioIo::new(io)).await?
-        }
+    Ok(match tls {
+        None => http1::Conn::plain(stream),
         Some(tls) => {
-            let stream = connect_tls(backend, tls, stream, deadline, connect_timeout).await?;
-            let io = Counting {
-                inner: stream,
-                received: received.clone(),
-            };
-            handshake(backend, TokioIo::new(io)).await?
+            http1::Conn::tls(connect_tls(backend, tls, stream, deadline, connect_timeout).await?)
         }
-    };
-    Ok(Conn { sender, received })
+    })
 }
 
 /// The TLS handshake with an https backend over `stream`, done by `deadline` (the end of the
@@ -596,23 +618,6 @@ async fn connect_tls(
             reason: format!("TLS handshake not done within {connect_timeout:?}"),
         }),
     }
-}
-
-/// The HTTP/1.1 client handshake over `io`; the connection task runs on this worker.
-async fn handshake<I>(backend: SocketAddr, io: I) -> Result<Sender, ProxyError>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
-{
-    let (sender, conn) = http1::Builder::new()
-        .handshake(io)
-        .await
-        .map_err(|cause| ProxyError::BackendFailed { backend, cause })?;
-    tokio::task::spawn_local(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(%backend, error = %e, "backend connection ended with an error");
-        }
-    });
-    Ok(sender)
 }
 
 /// The client configuration of an https backend: its CA file (else the system roots) and its
