@@ -38,6 +38,7 @@ pub struct ProxyBody {
 }
 
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // the large variant is the common one; a box would cost an allocation per request
 enum BodyKind {
     /// The backend's body, streamed frame by frame. The backend connection goes back to the
     /// worker's pool once the body has been read to its end.

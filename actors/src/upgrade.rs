@@ -43,6 +43,9 @@ const HEAD_START: usize = 1024;
 /// The most headers a response head may carry (hyper's default too).
 pub(crate) const MAX_HEADERS: usize = 100;
 
+/// Headers the request path may add to a backend's response head (see [`build_head`]).
+const HEAD_EXTRA: usize = 4;
+
 /// The longest chunk-size line (size and extensions) of a chunked body.
 const MAX_CHUNK_LINE: usize = 4096;
 
@@ -334,7 +337,9 @@ pub(crate) fn build_head(buf: &Bytes, len: usize) -> Result<Response<()>, Answer
         }
     }
     let map = resp.headers_mut();
-    map.reserve(parsed.headers.len());
+    // Room for what the request path adds (`X-Request-Id`, `Trailer`): a map sized exactly
+    // would grow (reallocate) on the first insert.
+    map.reserve(parsed.headers.len() + HEAD_EXTRA);
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| AnswerError::BadHeader)?;
         let value = HeaderValue::from_maybe_shared(buf.slice_ref(h.value))

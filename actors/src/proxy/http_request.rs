@@ -60,18 +60,17 @@ pub(super) async fn forward_http(
             trace::http_client(span, &req, backend, tls.is_some(), facts.log.record_query);
         trace::inject(&client_span, req.headers_mut());
         let sent_at = Instant::now();
-        let sent = ctx
-            .upstream
-            .send(
-                backend,
-                tls.as_ref(),
-                http2,
-                req,
-                route.settings.connect_timeout,
-                request_timeout,
-            )
-            .instrument(client_span.clone())
-            .await;
+        // Boxed for the same reason as the whole request's future (`handle`).
+        let sent = Box::pin(ctx.upstream.send(
+            backend,
+            tls.as_ref(),
+            http2,
+            req,
+            route.settings.connect_timeout,
+            request_timeout,
+        ))
+        .instrument(client_span.clone())
+        .await;
         let SendFailure {
             error,
             unsent,

@@ -782,7 +782,13 @@ mod tests {
     /// error, and only HTTP/1.1 without `Connection: close` keeps the connection.
     #[test]
     fn response_framing_follows_rfc_9112_section_6_3() {
-        let cases: &[(bool, &str, Result<(&str, bool), &str>)] = &[
+        // (a HEAD request, the head, the framing and whether the connection is kept, or the error)
+        type Case = (
+            bool,
+            &'static str,
+            Result<(&'static str, bool), &'static str>,
+        );
+        let cases: &[Case] = &[
             (
                 true,
                 "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",

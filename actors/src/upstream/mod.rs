@@ -75,6 +75,7 @@ pub const MAX_IDLE_PER_BACKEND: usize = 64;
 /// A backend's response body: read straight from an HTTP/1.1 connection ([`ResponseBody`]),
 /// or an HTTP/2 stream's. Its errors are [`ProxyError`]s, whose side says whose fault.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // the large variant is the common one; a box would cost an allocation per request
 pub enum BackendBody {
     /// From an HTTP/1.1 connection this request drives itself.
     Http1(ResponseBody),
