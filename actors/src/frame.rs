@@ -432,8 +432,14 @@ impl FrameTracker {
             // Everything before the held frame went out already (flushed at its header).
             match verdict {
                 Held::Release => {
-                    out.send(&self.header_buf[..self.header_have as usize]);
-                    out.send(&self.control[..control_len]);
+                    // One write for the whole frame: a close or ping split in two would cost
+                    // a second system call (and, with TCP_NODELAY, a second segment).
+                    let header_len = self.header_have as usize;
+                    let mut frame = [0u8; MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD];
+                    frame[..header_len].copy_from_slice(&self.header_buf[..header_len]);
+                    frame[header_len..header_len + control_len]
+                        .copy_from_slice(&self.control[..control_len]);
+                    out.send(&frame[..header_len + control_len]);
                 }
                 Held::Swallow => {}
                 Held::Replace(frame) => out.send(frame.as_bytes()),

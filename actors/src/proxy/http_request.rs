@@ -7,7 +7,7 @@ pub(super) async fn forward_http(
     ctx: &Rc<WorkerContext>,
     conn: &Connection,
     route: &Route,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     span: &Span,
     facts: &mut RequestFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -34,11 +34,13 @@ pub(super) async fn forward_http(
         .flatten()
         .filter(|d| *d < route.settings.request_timeout);
     let request_timeout = deadline.unwrap_or(route.settings.request_timeout);
-    let (body, upload): (UpstreamBody, _) = if body.is_end_stream() {
-        (RequestBody::empty(), None)
-    } else {
-        let (body, probe) = RequestBody::client(body, conn.listener.config.request_body_timeout);
-        (body, Some(probe))
+    let (body, upload): (UpstreamBody, _) = match body {
+        ClientBody::Incoming(body) if !body.is_end_stream() => {
+            let (body, probe) =
+                RequestBody::client(body, conn.listener.config.request_body_timeout);
+            (body, Some(probe))
+        }
+        _ => (RequestBody::empty(), None),
     };
     facts.upload = upload.clone();
     let mut attempts = Attempts::new(ctx, route, conn);
