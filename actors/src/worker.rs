@@ -130,7 +130,7 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
         http2: None,
     };
     let config = &conn.listener.config;
-    let mut limits = first_request::Limits {
+    let limits = first_request::Limits {
         max_head_bytes: config.max_request_head_bytes,
         max_headers: config.max_headers,
         // Prior knowledge (h2c): the first bytes say HTTP/2 or not.
@@ -138,30 +138,43 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
     };
     match conn.listener.tls.clone() {
         None => serve_first(ctx, stream, conn, limits, late).await,
-        Some(tls) => {
-            // The handshake runs here, on the worker, bounded; a failure concerns this
-            // connection only. Shutdown abandons handshakes still in progress.
-            let accept = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
-            let handshake = tokio::select! {
-                r = accept => r,
-                _ = interrupted_by_shutdown(&ctx, late) => return,
-            };
-            match handshake {
-                Ok(Ok(stream)) => {
-                    tls.handshakes.fetch_add(1, Ordering::Relaxed);
-                    // ALPN (RFC 7301) offers h2 only when the listener has http2 on.
-                    if stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
-                        ctx.metrics.http_connection(HttpProtocol::Http2);
-                        Box::pin(serve_h2(ctx, TokioIo::new(stream), conn)).await
-                    } else {
-                        limits.http2_preface = false;
-                        Box::pin(serve_first(ctx, stream, conn, limits, late)).await
-                    }
-                }
-                Ok(Err(e)) => tls::handshake_failed(&tls, peer, &e),
-                Err(_) => tls::handshake_failed(&tls, peer, &"timed out"),
+        // Boxed: a TLS handshake's state is large, and a plain connection should not carry
+        // room for it while it waits for its first bytes.
+        Some(tls) => Box::pin(serve_tls(ctx, stream, conn, tls, limits, late)).await,
+    }
+}
+
+/// Serves a connection of an https listener: the TLS handshake here, on the worker, bounded (a
+/// failure concerns this connection only; shutdown abandons handshakes still in progress),
+/// then HTTP/2 or HTTP/1.1 as ALPN (RFC 7301) chose.
+async fn serve_tls(
+    ctx: Rc<WorkerContext>,
+    stream: TcpStream,
+    conn: Connection,
+    tls: Arc<tls::ListenerTls>,
+    mut limits: first_request::Limits,
+    late: bool,
+) {
+    let peer = conn.peer;
+    let accept = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
+    let handshake = tokio::select! {
+        r = accept => r,
+        _ = interrupted_by_shutdown(&ctx, late) => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => {
+            tls.handshakes.fetch_add(1, Ordering::Relaxed);
+            // ALPN offers h2 only when the listener has http2 on.
+            if stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
+                ctx.metrics.http_connection(HttpProtocol::Http2);
+                Box::pin(serve_h2(ctx, TokioIo::new(stream), conn)).await
+            } else {
+                limits.http2_preface = false;
+                Box::pin(serve_first(ctx, stream, conn, limits, late)).await
             }
         }
+        Ok(Err(e)) => tls::handshake_failed(&tls, peer, &e),
+        Err(_) => tls::handshake_failed(&tls, peer, &"timed out"),
     }
 }
 
