@@ -21,17 +21,16 @@
 //!
 //! The head is bounded by the listener's `request_head_timeout` (the caller's timeout) and
 //! `max_request_head_bytes`. An idle connection costs no buffer before its first byte: the
-//! buffer (starting at [`HEAD_START`] bytes) is allocated when the socket is readable.
+//! buffer (starting at [`HEAD_START`] bytes) is kept only once a read brought bytes.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use bytes::{Buf as _, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use crate::handshake;
 use crate::http2::{self, Match};
@@ -82,51 +81,39 @@ pub struct Limits {
     pub http2_preface: bool,
 }
 
-/// A client connection's transport, as far as the first read needs to know it.
-pub trait ClientTransport: AsyncRead + AsyncWrite + Unpin {
-    /// Resolves when the first bytes can be read, before a buffer is allocated for them (an
-    /// idle connection holds none). Errors are left for the read that follows.
-    fn first_bytes(&self) -> impl std::future::Future<Output = ()>;
-}
-
-impl ClientTransport for TcpStream {
-    async fn first_bytes(&self) {
-        let _ = self.readable().await;
-    }
-}
-
-impl ClientTransport for tokio_rustls::server::TlsStream<TcpStream> {
-    async fn first_bytes(&self) {
-        // The handshake just completed; records may already be decrypted in rustls' buffer.
-    }
-}
-
 /// Reads the first request head of a connection and says what it is (see the module doc).
 /// The caller bounds it with the listener's `request_head_timeout`.
-pub async fn read<S: ClientTransport>(io: &mut S, limits: Limits) -> First {
-    io.first_bytes().await;
-    let mut buf = BytesMut::with_capacity(HEAD_START.min(limits.max_head_bytes.max(64)));
+pub async fn read<S: AsyncRead + Unpin>(io: &mut S, limits: Limits) -> First {
+    let start = HEAD_START.min(limits.max_head_bytes.max(64));
+    let mut buf = match first_read(io, start).await {
+        Ok(buf) if !buf.is_empty() => buf,
+        _ => return First::Gone,
+    };
     let mut scanned: usize = 0;
     loop {
-        if !buf.has_remaining_mut() || buf.capacity() == buf.len() {
-            if buf.len() >= limits.max_head_bytes {
-                // Over the limit: hyper answers it as it always has (431).
-                return First::Http1(buf.freeze());
+        if scanned > 0 {
+            if buf.capacity() == buf.len() {
+                if buf.len() >= limits.max_head_bytes {
+                    // Over the limit: hyper answers it as it always has (431).
+                    return First::Http1(buf.freeze());
+                }
+                let more = buf.len().min(limits.max_head_bytes - buf.len()).max(64);
+                buf.reserve(more);
             }
-            let more = buf.len().min(limits.max_head_bytes - buf.len()).max(64);
-            buf.reserve(more);
-        }
-        match io.read_buf(&mut buf).await {
-            Ok(0) | Err(_) if buf.is_empty() => return First::Gone,
-            // A head cut short: hyper decides what that deserves, as before.
-            Ok(0) | Err(_) => return First::Http1(buf.freeze()),
-            Ok(_) => {}
+            match io.read_buf(&mut buf).await {
+                Ok(n) if n > 0 => {}
+                // A head cut short: hyper decides what that deserves, as before.
+                _ => return First::Http1(buf.freeze()),
+            }
         }
         if limits.http2_preface {
             match http2::preface_match(&buf) {
                 Match::Full => return First::Http2(buf.freeze()),
                 // A preface in pieces: more bytes decide.
-                Match::Partial => continue,
+                Match::Partial => {
+                    scanned = buf.len();
+                    continue;
+                }
                 Match::No => {}
             }
         }
@@ -137,6 +124,20 @@ pub async fn read<S: ClientTransport>(io: &mut S, limits: Limits) -> First {
             return classify(buf, from + end, limits);
         }
     }
+}
+
+/// The connection's first read, into a buffer of `capacity` allocated for each attempt: a
+/// connection that has sent nothing yet (its socket may look readable at first and is not)
+/// holds no buffer while it waits.
+async fn first_read<S: AsyncRead + Unpin>(io: &mut S, capacity: usize) -> io::Result<BytesMut> {
+    std::future::poll_fn(|cx| {
+        let mut buf = BytesMut::with_capacity(capacity);
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(result) => Poll::Ready(result.map(|_| buf)),
+        }
+    })
+    .await
 }
 
 /// Where the head ends (just past its empty line) in `bytes`, if it does.

@@ -25,10 +25,10 @@ use hyper::service::service_fn;
 use http::Response;
 use http_body_util::BodyExt as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::first_request::{self, ClientTransport, First, Prefixed};
+use crate::first_request::{self, First, Prefixed};
 use crate::http2::{self, HttpProtocol};
 use crate::messages::Accepted;
 use crate::metrics::Metrics;
@@ -180,7 +180,7 @@ async fn serve_tls(
 
 /// A client connection whose first request the worker reads itself: plain TCP, or TLS that
 /// negotiated HTTP/1.1.
-trait ClientConnection: ClientTransport + Send + 'static {
+trait ClientConnection: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// The connection as an upgraded session's client side.
     fn into_session_io(self) -> SessionIo;
 }
