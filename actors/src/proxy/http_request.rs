@@ -67,6 +67,7 @@ pub(super) async fn forward_http(
                 tls.as_ref(),
                 http2,
                 req,
+                &route.settings.source_addresses,
                 route.settings.connect_timeout,
                 request_timeout,
             )
