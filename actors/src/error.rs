@@ -497,4 +497,30 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn no_local_port_is_tethers_limit_and_may_go_to_another_member() {
+        for sources in [0, 1, 3] {
+            let err = ProxyError::NoLocalPort {
+                backend: backend(),
+                sources,
+            };
+            assert_eq!(err.side(), Side::Proxy, "{err}");
+            assert!(!err.counts_against_member(), "{err}");
+            // Another member is another destination, with 4-tuples of its own.
+            assert!(err.before_sending(), "{err}");
+            assert!(err.retry_later(), "{err}");
+            assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(err.handshake_outcome(), HandshakeOutcome::NoBackend);
+            assert_eq!(err.error_type(), "no_local_port");
+        }
+        let three = ProxyError::NoLocalPort {
+            backend: backend(),
+            sources: 3,
+        };
+        assert_eq!(
+            three.to_string(),
+            "no local port left to connect to backend 127.0.0.1:5000 from any of its 3 source addresses"
+        );
+    }
 }
