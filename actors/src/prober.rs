@@ -25,6 +25,9 @@
 //!   success in between starts the count over.
 //! * **Unhealthy** → **Healthy** after exactly `healthy_threshold` consecutive successes.
 //! * A member of a pool without a probe has no lifecycle: it is always in rotation.
+//! * A probe Tether could not send — no local port left toward the member from its source
+//!   addresses ([`crate::error::ProxyError::NoLocalPort`]) — is no event: the state and both
+//!   counts stay as they were (Tether's limit says nothing about the member).
 //!
 //! A probe is `GET path` (`kind = "http"`): healthy when the status is in `match_status` and,
 //! if set, the body contains `match_body`. Or a real WebSocket opening handshake
