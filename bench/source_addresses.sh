@@ -69,8 +69,67 @@ EOF
     cleanup
 }
 
+# start_pair SOURCE_ADDRESSES: a fresh namespace (default port range) with fast_echo on core 0
+# and Tether on core 1; sets PID to Tether's.
+start_pair() {
+    ip netns add "$NS"
+    ip netns exec "$NS" ip link set lo up
+    ip netns exec "$NS" bash -c "ulimit -n 20000; exec taskset -c 0 $BIN/fast_echo --listen 127.0.0.1:18180" \
+        >/dev/null 2>&1 &
+    ip netns exec "$NS" "$BIN/load" wait --url http://127.0.0.1:18180/ --timeout 15s
+    ip netns exec "$NS" env TETHER_BACKEND_SETTINGS__ECHO__SOURCE_ADDRESSES="$1" \
+        TETHER_ADMIN__BIND=127.0.0.1:18184 \
+        bash -c "ulimit -n 20000; exec taskset -c 1 $BIN/tether --config bench/tether.toml" \
+        >/dev/null 2>&1 &
+    ip netns exec "$NS" "$BIN/load" wait --url http://127.0.0.1:18183/ --timeout 15s
+    PID=$(ip netns pids "$NS" | while read -r p; do
+        [[ $(cat "/proc/$p/comm") == tether ]] && echo "$p"; done)
+}
+
+# handshakes LABEL DURATION: `load handshake` against the running pair; its record to $OUT.
+handshakes() {
+    ip netns exec "$NS" taskset -c 0 "$BIN/load" handshake --url ws://127.0.0.1:18183/ws \
+        --pid "$PID" --workers 8 --duration "$2" --label "$1" >"$OUT/$1.handshake.json" 2>/dev/null
+}
+
+# syscalls LABEL SOURCE_ADDRESSES: system calls per handshake, under strace.
+syscalls() {
+    start_pair "$2"
+    strace -f -c -o "$OUT/$1.strace" -p "$PID" 2>/dev/null &
+    local tracer=$!
+    handshakes "$1" 2s
+    kill -INT "$tracer"
+    wait "$tracer" || true
+    python3 bench/per_handshake.py syscalls "$OUT/$1.strace" "$1"
+    cleanup
+}
+
+# cpu LABEL SOURCE_ADDRESSES: CPU µs per handshake, no tracer.
+cpu() {
+    start_pair "$2"
+    handshakes "$1" 3s
+    python3 bench/per_handshake.py cpu "$OUT/$1.handshake.json" "$1"
+    cleanup
+}
+
 echo "ip_local_port_range=\"$PORTS\" in each case's own network namespace; $SESSIONS sessions asked"
 one_case kernel ""
 one_case one "${SOURCES%%,*}"
 one_case three "$SOURCES"
+if [[ ${COST:-0} == 1 ]]; then
+    echo "cost of a connect (default port range), the kernel's address vs [$SOURCES];" \
+        "load average $(cut -d' ' -f1-3 /proc/loadavg)"
+    syscalls kernel ""
+    syscalls three "$SOURCES"
+    for pair in $(seq 1 "${PAIRS:-4}"); do
+        if ((pair % 2)); then
+            cpu kernel ""
+            cpu three "$SOURCES"
+        else
+            cpu three "$SOURCES"
+            cpu kernel ""
+        fi
+    done
+    echo "load average $(cut -d' ' -f1-3 /proc/loadavg)"
+fi
 echo "logs and records: $OUT"
