@@ -33,16 +33,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# one_case LABEL SOURCE_ADDRESSES: prints "LABEL opened=N errors=M" and the 503 reasons seen.
+# one_case LABEL SOURCE_ADDRESSES [MEMBERS]: prints the sessions opened and the no_local_port
+# failures counted. MEMBERS (1) backends, on ports 18180, 18190, ...
 one_case() {
-    local label=$1 sources=$2
+    local label=$1 sources=$2 members=${3:-1} list="" port
     ip netns add "$NS"
     ip netns exec "$NS" ip link set lo up
     ip netns exec "$NS" sysctl -qw net.ipv4.ip_local_port_range="$PORTS"
-    ip netns exec "$NS" bash -c "ulimit -n 20000; exec $BIN/fast_echo --listen 127.0.0.1:18180" \
-        >"$OUT/$label.fast_echo.log" 2>&1 &
-    ip netns exec "$NS" "$BIN/load" wait --url http://127.0.0.1:18180/ --timeout 15s
+    for ((i = 0; i < members; i++)); do
+        port=$((18180 + 10 * i))
+        list+="${list:+,}127.0.0.1:$port"
+        ip netns exec "$NS" bash -c "ulimit -n 20000; exec $BIN/fast_echo --listen 127.0.0.1:$port" \
+            >"$OUT/$label.fast_echo$i.log" 2>&1 &
+        ip netns exec "$NS" "$BIN/load" wait --url "http://127.0.0.1:$port/" --timeout 15s
+    done
     ip netns exec "$NS" env TETHER_BACKEND_SETTINGS__ECHO__SOURCE_ADDRESSES="$sources" \
+        TETHER_BACKEND_POOLS__ECHO__MEMBERS="$list" \
         TETHER_ADMIN__BIND=127.0.0.1:18184 \
         bash -c "ulimit -n 20000; exec $BIN/tether --config bench/tether.toml" \
         >"$OUT/$label.tether.log" 2>&1 &
@@ -58,13 +64,14 @@ one_case() {
         --timeout 5s >/dev/null 2>&1; ip netns exec "$NS" bash -c \
         "exec 3<>/dev/tcp/127.0.0.1/18184; printf 'GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n' >&3; cat <&3" \
         | grep 'reason="no_local_port"' || true)
-    python3 - "$OUT/$label.json" "$label" "$sources" "$failures" <<'EOF'
+    python3 - "$OUT/$label.json" "$label" "$sources" "$list" "$failures" <<'EOF'
 import json, sys
-path, label, sources, failures = sys.argv[1:]
+path, label, sources, members, failures = sys.argv[1:]
 record = json.loads(open(path).read().strip().splitlines()[-1])
 m = record["metrics"]
-print(f"{label}: source_addresses=[{sources}] opened={int(m['opened'])} of {int(m['sessions'])}"
-      f" errors={int(m['errors'])} | {failures.strip()}")
+failed = " ".join(line.split()[-1] for line in failures.splitlines())
+print(f"{label}: source_addresses=[{sources}] members=[{members}] opened={int(m['opened'])}"
+      f" of {int(m['sessions'])}; no_local_port by member: {failed}")
 EOF
     cleanup
 }
@@ -116,6 +123,8 @@ echo "ip_local_port_range=\"$PORTS\" in each case's own network namespace; $SESS
 one_case kernel ""
 one_case one "${SOURCES%%,*}"
 one_case three "$SOURCES"
+# One address, two members: ports are per 4-tuple (IP_BIND_ADDRESS_NO_PORT), so ~1,000 each.
+one_case one_two_members "${SOURCES%%,*}" 2
 if [[ ${COST:-0} == 1 ]]; then
     echo "cost of a connect (default port range), the kernel's address vs [$SOURCES];" \
         "load average $(cut -d' ' -f1-3 /proc/loadavg)"
