@@ -155,6 +155,21 @@ mod tests {
         assert_eq!(next_start(a, 2), 1);
     }
 
+    /// A member of the other family than every source address (a DNS name that resolved to
+    /// IPv6, say) is left to the kernel, and a list with both families uses its own family's.
+    #[tokio::test]
+    async fn only_addresses_of_the_members_family_are_used() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = listener.local_addr().unwrap();
+        let v6_only: [IpAddr; 1] = [std::net::Ipv6Addr::LOCALHOST.into()];
+        assert!(connect_from(backend, &v6_only).await.is_none());
+        let both: [IpAddr; 2] = [v6_only[0], [127, 0, 0, 2].into()];
+        let stream = connect_from(backend, &both).await.unwrap().unwrap();
+        assert_eq!(stream.local_addr().unwrap().ip(), both[1]);
+        let (_, peer) = listener.accept().await.unwrap();
+        assert_eq!(peer, stream.local_addr().unwrap());
+    }
+
     #[test]
     fn only_port_and_address_errors_pass_to_the_next_address() {
         for kind in [io::ErrorKind::AddrNotAvailable, io::ErrorKind::AddrInUse] {
