@@ -48,14 +48,18 @@ pub enum ConnectFailure {
     Timeout,
     /// The TLS handshake with the backend failed (certificate, protocol).
     Tls,
+    /// No local port was left toward the member from any source address
+    /// ([`ProxyError::NoLocalPort`]): Tether's limit, never counted against the member's health.
+    NoLocalPort,
 }
 
 impl ConnectFailure {
     /// Every reason, in a fixed order (metrics index by it).
-    pub const ALL: [ConnectFailure; 3] = [
+    pub const ALL: [ConnectFailure; 4] = [
         ConnectFailure::Error,
         ConnectFailure::Timeout,
         ConnectFailure::Tls,
+        ConnectFailure::NoLocalPort,
     ];
 
     /// As the `reason` label says it.
@@ -64,6 +68,7 @@ impl ConnectFailure {
             ConnectFailure::Error => "error",
             ConnectFailure::Timeout => "timeout",
             ConnectFailure::Tls => "tls",
+            ConnectFailure::NoLocalPort => "no_local_port",
         }
     }
 
@@ -73,6 +78,7 @@ impl ConnectFailure {
             ProxyError::ConnectFailed { .. } => Some(ConnectFailure::Error),
             ProxyError::ConnectTimeout { .. } => Some(ConnectFailure::Timeout),
             ProxyError::TlsFailed { .. } => Some(ConnectFailure::Tls),
+            ProxyError::NoLocalPort { .. } => Some(ConnectFailure::NoLocalPort),
             _ => None,
         }
     }

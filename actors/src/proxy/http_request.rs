@@ -69,6 +69,7 @@ pub(super) async fn forward_http(
                 tls.as_ref(),
                 http2,
                 req,
+                &route.settings.source_addresses,
                 route.settings.connect_timeout,
                 request_timeout,
             )
@@ -95,9 +96,11 @@ pub(super) async fn forward_http(
         };
         report_failure(&lease, &error);
         trace::record_error(&client_span, error.error_type());
+        // Unsent after the backend's failure, or before anything could reach it (no local port
+        // toward this member: another member's IP:port has ports of its own).
         let again = match unsent {
             Some(unsent)
-                if error.counts_against_member()
+                if (error.counts_against_member() || error.before_sending())
                     && attempts.allows(facts, RetryReason::Connect) =>
             {
                 Some((unsent, RetryReason::Connect))

@@ -67,6 +67,7 @@ pub(super) async fn forward_websocket(
             backend,
             tls.as_ref(),
             &parts,
+            &route.settings.source_addresses,
             route.settings.connect_timeout,
             route.settings.request_timeout,
         )

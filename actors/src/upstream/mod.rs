@@ -28,7 +28,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -57,6 +57,7 @@ use crate::transport::{SessionIo, TlsIo};
 use crate::upgrade::{self, UpgradeAnswer};
 
 mod http2;
+mod source;
 
 /// The body of a request to a backend: the client's body streamed through, or empty.
 pub type UpstreamBody = RequestBody;
@@ -274,15 +275,37 @@ impl PooledConnection {
     }
 }
 
-/// Opens a TCP connection to `backend` within `timeout`, with `TCP_NODELAY` set.
-pub async fn connect(backend: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
-    match tokio::time::timeout(timeout, TcpStream::connect(backend)).await {
+/// Opens a TCP connection to `backend` within `timeout`, with `TCP_NODELAY` set: from one of
+/// `sources` of its family in turn when there are any (`backend_settings.NAME.source_addresses`,
+/// see [`source`]), else from the address and port the kernel picks. No local port left toward
+/// `backend` is [`ProxyError::NoLocalPort`] (Tether's limit), never the backend's failure.
+pub async fn connect(
+    backend: SocketAddr,
+    sources: &[IpAddr],
+    timeout: Duration,
+) -> Result<TcpStream, ProxyError> {
+    let connecting = async {
+        if let Some(connected) = source::connect_from(backend, sources).await {
+            return connected;
+        }
+        TcpStream::connect(backend).await.map_err(|cause| {
+            if source::is_local_exhaustion(&cause) {
+                ProxyError::NoLocalPort {
+                    backend,
+                    sources: 0,
+                }
+            } else {
+                ProxyError::ConnectFailed { backend, cause }
+            }
+        })
+    };
+    match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(stream)) => {
             // Small frames must not wait for Nagle; failure here only costs latency.
             let _ = stream.set_nodelay(true);
             Ok(stream)
         }
-        Ok(Err(cause)) => Err(ProxyError::ConnectFailed { backend, cause }),
+        Ok(Err(error)) => Err(error),
         Err(_) => Err(ProxyError::ConnectTimeout {
             backend,
             after: timeout,
@@ -371,12 +394,13 @@ impl UpstreamPool {
         tls: Option<&UpstreamTls>,
         http2: bool,
         mut req: Request<UpstreamBody>,
+        sources: &[IpAddr],
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<(Response<Incoming>, PooledConnection), SendFailure> {
         if http2 {
             return self
-                .send_h2(backend, tls, req, connect_timeout, request_timeout)
+                .send_h2(backend, tls, req, sources, connect_timeout, request_timeout)
                 .await;
         }
         let deadline = tokio::time::Instant::now() + request_timeout;
@@ -385,7 +409,7 @@ impl UpstreamPool {
             let opening = std::time::Instant::now();
             let (mut conn, pooled) = match self.checkout(key) {
                 Some(conn) => (conn, true),
-                None => match open(backend, tls, connect_timeout).await {
+                None => match open(backend, tls, sources, connect_timeout).await {
                     Ok(conn) => (conn, false),
                     Err(error) => return Err(SendFailure::unsent(error, req)),
                 },
@@ -450,6 +474,7 @@ impl UpstreamPool {
         backend: SocketAddr,
         tls: Option<&UpstreamTls>,
         mut req: Request<UpstreamBody>,
+        sources: &[IpAddr],
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<(Response<Incoming>, PooledConnection), SendFailure> {
@@ -458,7 +483,7 @@ impl UpstreamPool {
         let mut again = true;
         loop {
             let opening = std::time::Instant::now();
-            let checkout = self.h2.checkout(key, tls, connect_timeout, || {
+            let checkout = self.h2.checkout(key, tls, sources, connect_timeout, || {
                 self.metrics.upstream_h2.connection_opened();
             });
             let (mut conn, slot, fresh) = match checkout.await {
@@ -524,12 +549,13 @@ pub async fn send_upgrade(
     backend: SocketAddr,
     tls: Option<&UpstreamTls>,
     head: &http::request::Parts,
+    sources: &[IpAddr],
     connect_timeout: Duration,
     request_timeout: Duration,
 ) -> Result<UpgradeAnswer<SessionIo>, ProxyError> {
     let request = upgrade::request_head(head);
     let deadline = tokio::time::Instant::now() + connect_timeout;
-    let stream = connect(backend, connect_timeout).await?;
+    let stream = connect(backend, sources, connect_timeout).await?;
     let Some(tls) = tls else {
         let answer = upgrade::exchange(stream, &request, backend, request_timeout).await?;
         return Ok(answer.map_io(SessionIo::Plain));
@@ -548,10 +574,11 @@ pub async fn send_upgrade(
 async fn open(
     backend: SocketAddr,
     tls: Option<&UpstreamTls>,
+    sources: &[IpAddr],
     connect_timeout: Duration,
 ) -> Result<Conn, ProxyError> {
     let deadline = tokio::time::Instant::now() + connect_timeout;
-    let stream = connect(backend, connect_timeout).await?;
+    let stream = connect(backend, sources, connect_timeout).await?;
     let received = Received::default();
     let sender = match tls {
         None => {
