@@ -744,6 +744,51 @@ mod tests {
         }
     }
 
+    /// Counts the runs a tracker hands on (each is one write to the destination).
+    #[derive(Default)]
+    struct Runs(Vec<Vec<u8>>);
+
+    impl Sink for Runs {
+        fn send(&mut self, bytes: &[u8]) {
+            self.0.push(bytes.to_vec());
+        }
+    }
+
+    #[test]
+    fn a_control_frame_read_whole_is_inspected_in_place_and_one_split_is_boxed_while_split() {
+        let mut input = encode(true, 0, 2, Some([9, 8, 7, 6]), b"before");
+        input.extend(encode(true, 0, 0xA, Some([5, 5, 5, 5]), b"theirs"));
+        input.extend(encode(true, 0, 2, Some([0, 0, 0, 1]), b"after"));
+        // Read whole: nothing is kept, the held pong is released where it lies, and the chunk
+        // leaves as one run (one write).
+        let mut tracker = FrameTracker::default();
+        let mut inspector = Recorder {
+            hold_pongs: true,
+            ..Recorder::default()
+        };
+        let mut runs = Runs::default();
+        tracker.process(&input, &mut inspector, &mut runs).unwrap();
+        assert_eq!(runs.0, vec![input.clone()]);
+        assert!(tracker.partial.is_none());
+        assert_eq!(inspector.ends[1], (OpCode::Pong, Some(b"theirs".to_vec())));
+        // Split inside the pong's payload: boxed until the pong is complete, then freed.
+        let cut = input.len() - 14;
+        let mut tracker = FrameTracker::default();
+        let mut out = Vec::new();
+        tracker
+            .process(&input[..cut], &mut inspector, &mut out)
+            .unwrap();
+        assert!(
+            tracker.partial.is_some(),
+            "a pong split across reads is kept"
+        );
+        tracker
+            .process(&input[cut..], &mut inspector, &mut out)
+            .unwrap();
+        assert!(tracker.partial.is_none(), "and freed once complete");
+        assert_eq!(out, input);
+    }
+
     #[test]
     fn rejects_a_message_over_the_limit_before_forwarding_any_of_it() {
         let first = encode(false, 0, 2, None, &[1; 60]);

@@ -55,12 +55,14 @@ impl Ping {
 
     /// The last round trip, if a ping was answered.
     pub(super) fn rtt_last(&self) -> Option<Duration> {
-        self.rtt_last_us.map(|us| Duration::from_micros(u64::from(us)))
+        self.rtt_last_us
+            .map(|us| Duration::from_micros(u64::from(us)))
     }
 
     /// The largest round trip, if a ping was answered.
     pub(super) fn rtt_max(&self) -> Option<Duration> {
-        self.rtt_max_us.map(|us| Duration::from_micros(u64::from(us)))
+        self.rtt_max_us
+            .map(|us| Duration::from_micros(u64::from(us)))
     }
 }
 
@@ -134,8 +136,7 @@ impl Inspector for Watch<'_> {
             OpCode::Pong if self.from_client => {
                 if let (true, Some(sent)) = (self.ping.outstanding, self.ping.last_sent) {
                     if control == Some(&Ping::payload(self.ping.seq)[..]) {
-                        self.ping
-                            .answered(self.now.saturating_duration_since(sent));
+                        self.ping.answered(self.now.saturating_duration_since(sent));
                         return Held::Swallow;
                     }
                 }
