@@ -7,7 +7,7 @@
 //! pays a few uncontended-in-practice increments and never a lock or an allocation. WebSocket
 //! traffic is not counted per frame here: each session keeps its own plain counters and adds what
 //! moved since its last report on its keep-alive tick, every 64 KiB and when it ends (four atomic
-//! adds per report; see `pump::Shared::report_traffic`). The listeners' table is written only
+//! adds per report; see `pump::Reported`). The listeners' table is written only
 //! when listeners start or stop and read only by a scrape.
 //!
 //! The registry renders the Prometheus text format (names and units per the Prometheus naming
