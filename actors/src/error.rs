@@ -87,6 +87,16 @@ pub enum ProxyError {
         /// What the OS said.
         cause: std::io::Error,
     },
+    /// No local port is left toward the backend's IP:port from any source address Tether may
+    /// use (`backend_settings.NAME.source_addresses`, else the one the kernel picks): every
+    /// 4-tuple is taken. Tether's limit on this host, not the backend's failure.
+    #[error("no local port left to connect to backend {backend} from {}", from_sources(*sources))]
+    NoLocalPort {
+        /// The member we tried.
+        backend: SocketAddr,
+        /// How many configured source addresses were tried (0: the kernel's choice).
+        sources: usize,
+    },
     /// Connecting to the backend took longer than `connect_timeout`.
     #[error("backend {backend} did not accept the connection within {after:?}")]
     ConnectTimeout {
@@ -176,6 +186,16 @@ pub enum ProxyError {
     },
 }
 
+/// How [`ProxyError::NoLocalPort`] names the addresses it tried.
+fn from_sources(sources: usize) -> String {
+    match sources {
+        0 => "the source address the kernel picks (backend_settings source_addresses adds more)"
+            .to_owned(),
+        1 => "its one source address".to_owned(),
+        n => format!("any of its {n} source addresses"),
+    }
+}
+
 /// The status logged for a client that closed its connection before its request was complete
 /// (nothing is sent; nginx's convention).
 const CLIENT_CLOSED_REQUEST: u16 = 499;
@@ -219,6 +239,7 @@ impl ProxyError {
             ProxyError::NoHealthyBackend { .. }
             | ProxyError::SessionLimit { .. }
             | ProxyError::UpgradeRateLimited { .. }
+            | ProxyError::NoLocalPort { .. }
             | ProxyError::Draining => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
@@ -254,11 +275,13 @@ impl ProxyError {
     }
 
     /// Whether the failure happened before anything reached the backend (the connection or its
-    /// TLS handshake failed), so the request can safely go to another member.
+    /// TLS handshake failed, or no local port was left toward it), so the request can safely
+    /// go to another member (whose IP:port has 4-tuples of its own).
     pub fn before_sending(&self) -> bool {
         matches!(
             self,
             ProxyError::ConnectFailed { .. }
+                | ProxyError::NoLocalPort { .. }
                 | ProxyError::ConnectTimeout { .. }
                 | ProxyError::TlsFailed { .. }
         )
@@ -269,7 +292,9 @@ impl ProxyError {
     pub fn retry_later(&self) -> bool {
         matches!(
             self,
-            ProxyError::UpgradeRateLimited { .. } | ProxyError::Draining
+            ProxyError::UpgradeRateLimited { .. }
+                | ProxyError::Draining
+                | ProxyError::NoLocalPort { .. }
         )
     }
 
@@ -291,6 +316,7 @@ impl ProxyError {
         match self {
             ProxyError::ConnectFailed { .. } => "connect_failed",
             ProxyError::ConnectTimeout { .. } => "connect_timeout",
+            ProxyError::NoLocalPort { .. } => "no_local_port",
             ProxyError::ResponseTimeout { .. } => "timeout",
             ProxyError::DeadlineExceeded { .. } => "deadline_exceeded",
             ProxyError::TlsFailed { .. } | ProxyError::TlsConfig { .. } => "tls",
@@ -320,6 +346,7 @@ impl ProxyError {
             | ProxyError::SessionLimit { .. }
             | ProxyError::UpgradeRateLimited { .. }
             | ProxyError::Draining
+            | ProxyError::NoLocalPort { .. }
             | ProxyError::TlsConfig { .. } => Side::Proxy,
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
@@ -346,7 +373,11 @@ impl ProxyError {
             ProxyError::UpgradeRateLimited { .. } => HandshakeOutcome::RateLimited,
             ProxyError::Draining => HandshakeOutcome::Draining,
             ProxyError::InsecureWebSocket { .. } => HandshakeOutcome::RejectedInsecure,
-            ProxyError::NoHealthyBackend { .. } => HandshakeOutcome::NoBackend,
+            // No member could be reached from here: recorded as no backend (503), not as the
+            // backend's error.
+            ProxyError::NoHealthyBackend { .. } | ProxyError::NoLocalPort { .. } => {
+                HandshakeOutcome::NoBackend
+            }
             ProxyError::ConnectFailed { .. }
             | ProxyError::ConnectTimeout { .. }
             | ProxyError::ResponseTimeout { .. }
@@ -480,5 +511,31 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn no_local_port_is_tethers_limit_and_may_go_to_another_member() {
+        for sources in [0, 1, 3] {
+            let err = ProxyError::NoLocalPort {
+                backend: backend(),
+                sources,
+            };
+            assert_eq!(err.side(), Side::Proxy, "{err}");
+            assert!(!err.counts_against_member(), "{err}");
+            // Another member is another destination, with 4-tuples of its own.
+            assert!(err.before_sending(), "{err}");
+            assert!(err.retry_later(), "{err}");
+            assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(err.handshake_outcome(), HandshakeOutcome::NoBackend);
+            assert_eq!(err.error_type(), "no_local_port");
+        }
+        let three = ProxyError::NoLocalPort {
+            backend: backend(),
+            sources: 3,
+        };
+        assert_eq!(
+            three.to_string(),
+            "no local port left to connect to backend 127.0.0.1:5000 from any of its 3 source addresses"
+        );
     }
 }

@@ -7,12 +7,13 @@
 //!
 //! * **forward** (almost every frame): the bytes stay part of the chunk written straight through;
 //! * **hold**: a control frame the session must look at before deciding (a pong that may answer
-//!   Tether's own ping, a close frame whose code must be checked). Control payloads are at most
-//!   125 bytes, so the frame is kept in a fixed inline buffer, never on the heap;
+//!   Tether's own ping, a close frame whose code must be checked). A frame that arrived whole
+//!   in one read is inspected where it lies; one split across reads (its payload is at most 125
+//!   bytes) is kept in a small box that exists only until the frame is complete;
 //! * **reject**: the frame would make a message exceed `max_message_size`; nothing of it is
 //!   forwarded, and processing stops.
 //!
-//! A header split across two reads is withheld (≤ 14 bytes, inline) until it is complete, so the
+//! A header split across two reads is withheld (≤ 14 bytes, in the same box) until it is complete, so the
 //! destination only ever receives whole headers and the tracker always knows whether the bytes
 //! delivered so far end on a frame boundary — the only place Tether may inject a frame of its own.
 //! Payload bytes are never copied (except the ≤ 125 bytes of a held control frame) or modified;
@@ -191,21 +192,46 @@ impl Inspector for PassThrough {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rejected(pub FrameHeader);
 
-/// Follows the frames of one direction. About 300 bytes, no heap.
-#[derive(Debug)]
-pub struct FrameTracker {
-    /// Bytes of a header not yet complete (withheld from the destination).
-    header_buf: [u8; MAX_HEADER_LEN],
+/// Bytes a [`FrameTracker`] keeps across reads: a header split between two reads (withheld from
+/// the destination until complete), and the payload of a control frame split between reads.
+/// Boxed, and present only while something is split: a frame that arrives in one read is
+/// inspected in place.
+struct Partial {
+    /// Bytes of a header not yet complete, or of a held frame's header.
+    header: [u8; MAX_HEADER_LEN],
     header_have: u8,
+    /// The raw (still masked) payload of the current control frame so far.
+    control: [u8; MAX_CONTROL_PAYLOAD],
+    control_have: u8,
+}
+
+impl Partial {
+    fn boxed() -> Box<Partial> {
+        Box::new(Partial {
+            header: [0; MAX_HEADER_LEN],
+            header_have: 0,
+            control: [0; MAX_CONTROL_PAYLOAD],
+            control_have: 0,
+        })
+    }
+
+    fn header(&self) -> &[u8] {
+        &self.header[..self.header_have as usize]
+    }
+}
+
+/// Follows the frames of one direction. About 64 bytes; the ≤ 140 bytes of a header or control
+/// frame split across reads are boxed while they are split.
+#[derive(Default)]
+pub struct FrameTracker {
+    /// What is kept across reads, while a header or a control frame is split between them.
+    partial: Option<Box<Partial>>,
     /// The frame whose payload is passing, if any.
     current: Option<FrameHeader>,
     /// Payload bytes of `current` still to come.
     remaining: u64,
     /// Whether `current` is held rather than forwarded.
     holding: bool,
-    /// The raw (still masked) payload of the current control frame, when it fits.
-    control: [u8; MAX_CONTROL_PAYLOAD],
-    control_have: u8,
     /// Size of the data message in progress (for `max_message_size`).
     message_len: u64,
     /// Set after a rejection: nothing more is parsed or forwarded.
@@ -215,21 +241,21 @@ pub struct FrameTracker {
     truncated: bool,
 }
 
-impl Default for FrameTracker {
-    fn default() -> Self {
-        FrameTracker {
-            header_buf: [0; MAX_HEADER_LEN],
-            header_have: 0,
-            current: None,
-            remaining: 0,
-            holding: false,
-            control: [0; MAX_CONTROL_PAYLOAD],
-            control_have: 0,
-            message_len: 0,
-            stopped: false,
-            truncated: false,
-        }
+impl std::fmt::Debug for FrameTracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameTracker")
+            .field("withheld", &self.withheld())
+            .field("current", &self.current)
+            .field("remaining", &self.remaining)
+            .field("holding", &self.holding)
+            .field("stopped", &self.stopped)
+            .finish_non_exhaustive()
     }
+}
+
+/// Whether frames with `header` are control frames small enough to be inspected whole.
+fn small_control(header: &FrameHeader) -> bool {
+    header.opcode.is_control() && header.len <= MAX_CONTROL_PAYLOAD as u64
 }
 
 impl FrameTracker {
@@ -244,7 +270,7 @@ impl FrameTracker {
     /// stream is never at a boundary: a frame of Tether's after them would be read as part of
     /// the broken header.
     pub fn release_truncated(&mut self) -> &[u8] {
-        if self.header_have > 0 && !self.holding {
+        if !self.withheld().is_empty() && !self.holding {
             self.truncated = true;
         }
         self.withheld()
@@ -253,7 +279,7 @@ impl FrameTracker {
     /// Bytes of an incomplete header withheld so far (and of a held frame's header). At end of
     /// stream they are delivered as they are, so even a truncated stream passes unchanged.
     pub fn withheld(&self) -> &[u8] {
-        &self.header_buf[..self.header_have as usize]
+        self.partial.as_deref().map_or(&[], Partial::header)
     }
 
     /// True while a held control frame is being collected.
@@ -283,95 +309,113 @@ impl FrameTracker {
         while pos < chunk.len() {
             if let Some(header) = self.current {
                 self.consume_payload(header, chunk, &mut pos, &mut fwd);
-            } else {
-                // Between frames: parse the next header.
-                let header_start = pos;
-                let header = if self.header_have == 0 {
-                    match parse_header(&chunk[pos..]) {
-                        Some(h) => {
-                            pos += h.header_len as usize;
-                            h
-                        }
-                        None => {
-                            // Split header: forward what precedes it, withhold the rest.
-                            flush(out, chunk, fwd, pos);
-                            let rest = &chunk[pos..];
-                            self.header_buf[..rest.len()].copy_from_slice(rest);
-                            self.header_have = rest.len() as u8;
-                            return Ok(());
-                        }
-                    }
-                } else {
-                    // Complete a withheld header, one byte at a time (at most 13).
-                    let mut parsed = None;
-                    while pos < chunk.len() && (self.header_have as usize) < MAX_HEADER_LEN {
-                        self.header_buf[self.header_have as usize] = chunk[pos];
-                        self.header_have += 1;
-                        pos += 1;
-                        if let Some(h) = parse_header(&self.header_buf[..self.header_have as usize])
-                        {
-                            parsed = Some(h);
-                            break;
-                        }
-                    }
-                    match parsed {
-                        Some(h) => h,
-                        None => return Ok(()), // still incomplete; the chunk is all withheld
-                    }
-                };
-                let header = self.account(header);
-                let from_buffer = self.header_have > 0;
-                match inspector.header(&header) {
-                    Verdict::Reject => {
-                        if !from_buffer {
-                            flush(out, chunk, fwd, header_start);
-                        }
-                        self.header_have = 0;
-                        self.stopped = true;
-                        return Err(Rejected(header));
-                    }
-                    Verdict::Forward => {
-                        if from_buffer {
-                            out.send(&self.header_buf[..self.header_have as usize]);
-                            fwd = pos;
-                        }
-                        self.holding = false;
-                    }
-                    Verdict::Hold if header.len <= MAX_CONTROL_PAYLOAD as u64 => {
-                        if !from_buffer {
-                            flush(out, chunk, fwd, header_start);
-                            let raw = &chunk[header_start..pos];
-                            self.header_buf[..raw.len()].copy_from_slice(raw);
-                            self.header_have = raw.len() as u8;
-                        }
-                        fwd = pos;
-                        self.holding = true;
-                    }
-                    Verdict::Hold => {
-                        // Too large to hold: pass it through (a control frame this large is a
-                        // protocol error the endpoints will answer).
-                        if from_buffer {
-                            out.send(&self.header_buf[..self.header_have as usize]);
-                            fwd = pos;
-                        }
-                        self.holding = false;
-                    }
+                if self.remaining == 0 {
+                    self.finish_split_frame(header, inspector, out, &mut fwd, pos);
                 }
-                if !self.holding {
-                    self.header_have = 0;
-                }
-                self.current = Some(header);
-                self.remaining = header.len;
-                self.control_have = 0;
+                continue;
             }
-            if self.remaining == 0 {
-                if let Some(header) = self.current {
-                    self.finish_frame(header, inspector, out, &mut fwd, pos);
+            // Between frames: parse the next header.
+            let header_start = pos;
+            let from_buffer = !self.withheld().is_empty();
+            let header = if from_buffer {
+                match self.complete_header(chunk, &mut pos) {
+                    Some(h) => h,
+                    None => return Ok(()), // still incomplete; the chunk is all withheld
                 }
+            } else {
+                match parse_header(&chunk[pos..]) {
+                    Some(h) => {
+                        pos += h.header_len as usize;
+                        h
+                    }
+                    None => {
+                        // Split header: forward what precedes it, withhold the rest.
+                        flush(out, chunk, fwd, pos);
+                        let rest = &chunk[pos..];
+                        let partial = self.partial.get_or_insert_with(Partial::boxed);
+                        partial.header[..rest.len()].copy_from_slice(rest);
+                        partial.header_have = rest.len() as u8;
+                        return Ok(());
+                    }
+                }
+            };
+            let header = self.account(header);
+            match inspector.header(&header) {
+                Verdict::Reject => {
+                    if !from_buffer {
+                        flush(out, chunk, fwd, header_start);
+                    }
+                    self.partial = None;
+                    self.stopped = true;
+                    return Err(Rejected(header));
+                }
+                Verdict::Hold if small_control(&header) => self.holding = true,
+                // Forward, or too large to hold: pass it through (a control frame this large
+                // is a protocol error the endpoints will answer).
+                Verdict::Forward | Verdict::Hold => {
+                    if from_buffer {
+                        out.send(self.withheld());
+                        fwd = pos;
+                    }
+                    self.holding = false;
+                }
+            }
+            if small_control(&header) && (chunk.len() - pos) as u64 >= header.len {
+                // The whole control frame is in this chunk: inspected in place.
+                let payload = pos..pos + header.len as usize;
+                pos = payload.end;
+                self.finish_whole_control(
+                    header,
+                    (header_start, payload, from_buffer),
+                    chunk,
+                    inspector,
+                    out,
+                    &mut fwd,
+                );
+                continue;
+            }
+            // The frame goes on past this chunk (or has no payload to keep).
+            if self.holding {
+                if !from_buffer {
+                    flush(out, chunk, fwd, header_start);
+                    let raw = &chunk[header_start..pos];
+                    let partial = self.partial.get_or_insert_with(Partial::boxed);
+                    partial.header[..raw.len()].copy_from_slice(raw);
+                    partial.header_have = raw.len() as u8;
+                }
+                fwd = pos;
+            } else if small_control(&header) {
+                // Forwarded, but its payload is collected for the inspector.
+                self.partial.get_or_insert_with(Partial::boxed).header_have = 0;
+            } else {
+                self.partial = None;
+            }
+            if let Some(partial) = &mut self.partial {
+                partial.control_have = 0;
+            }
+            self.current = Some(header);
+            self.remaining = header.len;
+            if self.remaining == 0 {
+                self.finish_split_frame(header, inspector, out, &mut fwd, pos);
             }
         }
         flush(out, chunk, fwd, chunk.len());
         Ok(())
+    }
+
+    /// Completes a withheld header from `chunk`, one byte at a time (at most 13): the header
+    /// once complete, `None` while the whole chunk went into it.
+    fn complete_header(&mut self, chunk: &[u8], pos: &mut usize) -> Option<FrameHeader> {
+        let partial = self.partial.as_mut()?;
+        while *pos < chunk.len() && (partial.header_have as usize) < MAX_HEADER_LEN {
+            partial.header[partial.header_have as usize] = chunk[*pos];
+            partial.header_have += 1;
+            *pos += 1;
+            if let Some(h) = parse_header(partial.header()) {
+                return Some(h);
+            }
+        }
+        None
     }
 
     /// Passes (or, for a held frame, keeps) payload bytes of the current frame.
@@ -383,10 +427,12 @@ impl FrameTracker {
         fwd: &mut usize,
     ) {
         let take = (chunk.len() - *pos).min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-        if header.opcode.is_control() && header.len <= MAX_CONTROL_PAYLOAD as u64 {
-            let at = self.control_have as usize;
-            self.control[at..at + take].copy_from_slice(&chunk[*pos..*pos + take]);
-            self.control_have += take as u8;
+        if small_control(&header) {
+            if let Some(partial) = &mut self.partial {
+                let at = partial.control_have as usize;
+                partial.control[at..at + take].copy_from_slice(&chunk[*pos..*pos + take]);
+                partial.control_have += take as u8;
+            }
         }
         *pos += take;
         self.remaining -= take as u64;
@@ -406,7 +452,48 @@ impl FrameTracker {
         header
     }
 
-    fn finish_frame(
+    /// A control frame read whole in this chunk (`at`: where its header starts, its payload,
+    /// and whether its header was withheld from an earlier read): asks the inspector, and for a
+    /// held frame forwards, drops or replaces it, copying nothing.
+    fn finish_whole_control(
+        &mut self,
+        header: FrameHeader,
+        at: (usize, std::ops::Range<usize>, bool),
+        chunk: &[u8],
+        inspector: &mut impl Inspector,
+        out: &mut impl Sink,
+        fwd: &mut usize,
+    ) {
+        let (header_start, payload, from_buffer) = at;
+        let mut plain = [0u8; MAX_CONTROL_PAYLOAD];
+        let plain = unmask(&mut plain, &chunk[payload.clone()], header.mask);
+        let verdict = inspector.frame_end(&header, Some(plain));
+        if self.holding {
+            match verdict {
+                // Its bytes stay in the run forwarded unchanged (a withheld header first).
+                Held::Release if from_buffer => {
+                    out.send(self.withheld());
+                    *fwd = payload.start;
+                }
+                Held::Release => {}
+                Held::Swallow | Held::Replace(_) => {
+                    if !from_buffer {
+                        flush(out, chunk, *fwd, header_start);
+                    }
+                    if let Held::Replace(frame) = verdict {
+                        out.send(frame.as_bytes());
+                    }
+                    *fwd = payload.end;
+                }
+            }
+        }
+        self.holding = false;
+        self.partial = None;
+    }
+
+    /// The current frame ended: tells the inspector (with a control frame's payload collected
+    /// across reads) and, for a held frame, forwards, drops or replaces it.
+    fn finish_split_frame(
         &mut self,
         header: FrameHeader,
         inspector: &mut impl Inspector,
@@ -414,26 +501,26 @@ impl FrameTracker {
         fwd: &mut usize,
         pos: usize,
     ) {
-        let control_len = self.control_have as usize;
-        let mut plain = [0u8; MAX_CONTROL_PAYLOAD];
-        let control = if header.opcode.is_control() && header.len <= MAX_CONTROL_PAYLOAD as u64 {
-            plain[..control_len].copy_from_slice(&self.control[..control_len]);
-            if let Some(key) = header.mask {
-                for (i, b) in plain[..control_len].iter_mut().enumerate() {
-                    *b ^= key[i % 4];
-                }
-            }
-            Some(&plain[..control_len])
-        } else {
-            None
+        let partial = self.partial.take();
+        let collected = match (&partial, small_control(&header)) {
+            (Some(p), true) => &p.control[..p.control_have as usize],
+            _ => &[][..],
         };
+        let mut plain = [0u8; MAX_CONTROL_PAYLOAD];
+        let control = small_control(&header).then(|| unmask(&mut plain, collected, header.mask));
         let verdict = inspector.frame_end(&header, control);
         if self.holding {
             // Everything before the held frame went out already (flushed at its header).
             match verdict {
                 Held::Release => {
-                    out.send(&self.header_buf[..self.header_have as usize]);
-                    out.send(&self.control[..control_len]);
+                    // One write for the whole frame: a close or ping split in two would cost
+                    // a second system call (and, with TCP_NODELAY, a second segment).
+                    let header = partial.as_ref().map_or(&[][..], |p| p.header());
+                    let mut frame = [0u8; MAX_HEADER_LEN + MAX_CONTROL_PAYLOAD];
+                    let len = header.len() + collected.len();
+                    frame[..header.len()].copy_from_slice(header);
+                    frame[header.len()..len].copy_from_slice(collected);
+                    out.send(&frame[..len]);
                 }
                 Held::Swallow => {}
                 Held::Replace(frame) => out.send(frame.as_bytes()),
@@ -442,9 +529,23 @@ impl FrameTracker {
         }
         self.current = None;
         self.holding = false;
-        self.header_have = 0;
-        self.control_have = 0;
     }
+}
+
+/// `raw` unmasked with `mask` into `buf` (raw is at most [`MAX_CONTROL_PAYLOAD`] bytes).
+fn unmask<'a>(
+    buf: &'a mut [u8; MAX_CONTROL_PAYLOAD],
+    raw: &[u8],
+    mask: Option<[u8; 4]>,
+) -> &'a [u8] {
+    let plain = &mut buf[..raw.len()];
+    plain.copy_from_slice(raw);
+    if let Some(key) = mask {
+        for (i, b) in plain.iter_mut().enumerate() {
+            *b ^= key[i % 4];
+        }
+    }
+    plain
 }
 
 fn flush(out: &mut impl Sink, chunk: &[u8], from: usize, to: usize) {
@@ -645,6 +746,51 @@ mod tests {
             assert!(tracker.at_boundary());
             assert_eq!(inspector.ends[1], (OpCode::Pong, Some(b"mine".to_vec())));
         }
+    }
+
+    /// Counts the runs a tracker hands on (each is one write to the destination).
+    #[derive(Default)]
+    struct Runs(Vec<Vec<u8>>);
+
+    impl Sink for Runs {
+        fn send(&mut self, bytes: &[u8]) {
+            self.0.push(bytes.to_vec());
+        }
+    }
+
+    #[test]
+    fn a_control_frame_read_whole_is_inspected_in_place_and_one_split_is_boxed_while_split() {
+        let mut input = encode(true, 0, 2, Some([9, 8, 7, 6]), b"before");
+        input.extend(encode(true, 0, 0xA, Some([5, 5, 5, 5]), b"theirs"));
+        input.extend(encode(true, 0, 2, Some([0, 0, 0, 1]), b"after"));
+        // Read whole: nothing is kept, the held pong is released where it lies, and the chunk
+        // leaves as one run (one write).
+        let mut tracker = FrameTracker::default();
+        let mut inspector = Recorder {
+            hold_pongs: true,
+            ..Recorder::default()
+        };
+        let mut runs = Runs::default();
+        tracker.process(&input, &mut inspector, &mut runs).unwrap();
+        assert_eq!(runs.0, vec![input.clone()]);
+        assert!(tracker.partial.is_none());
+        assert_eq!(inspector.ends[1], (OpCode::Pong, Some(b"theirs".to_vec())));
+        // Split inside the pong's payload: boxed until the pong is complete, then freed.
+        let cut = input.len() - 14;
+        let mut tracker = FrameTracker::default();
+        let mut out = Vec::new();
+        tracker
+            .process(&input[..cut], &mut inspector, &mut out)
+            .unwrap();
+        assert!(
+            tracker.partial.is_some(),
+            "a pong split across reads is kept"
+        );
+        tracker
+            .process(&input[cut..], &mut inspector, &mut out)
+            .unwrap();
+        assert!(tracker.partial.is_none(), "and freed once complete");
+        assert_eq!(out, input);
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //! * **HTTPS**: ALPN decides (RFC 9113 §3.2): `h2` when the client offered it and the listener
 //!   has `http2` on, HTTP/1.1 otherwise.
 //! * **HTTP**: "prior knowledge" (RFC 9113 §3.3): a connection whose first bytes are the
-//!   client connection preface is HTTP/2, any other is HTTP/1.1. [`sniff`] peeks at the first
-//!   bytes without consuming them, so either server reads the connection from its start. The
+//!   client connection preface is HTTP/2, any other is HTTP/1.1 ([`preface_match`]). The worker
+//!   reads the first bytes itself ([`crate::first_request`]) and hands them to whichever server
+//!   serves the connection, ahead of the socket, so either reads the connection from its start. The
 //!   HTTP/1.1 `Upgrade: h2c` dance (removed from HTTP/2 by RFC 9113 §3.1) is not offered: such
 //!   a request is served as HTTP/1.1 and its `Upgrade: h2c` is dropped like any other hop-by-hop
 //!   header.
@@ -34,7 +35,6 @@ use std::time::Duration;
 use hyper::server::conn::http2;
 use hyper_util::rt::TokioTimer;
 use tether_config::ListenerConfig;
-use tokio::net::TcpStream;
 
 /// The client connection preface (RFC 9113 §3.4).
 pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -72,18 +72,9 @@ impl HttpProtocol {
     }
 }
 
-/// What a new plain connection speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    /// Anything that is not the HTTP/2 preface.
-    Http1,
-    /// HTTP/2 with prior knowledge.
-    Http2,
-}
-
 /// How far the bytes seen so far match the preface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Match {
+pub enum Match {
     /// Cannot be the preface.
     No,
     /// The whole preface.
@@ -92,7 +83,8 @@ enum Match {
     Partial,
 }
 
-fn preface_match(seen: &[u8]) -> Match {
+/// How far `seen`, a connection's first bytes, match the client connection preface.
+pub fn preface_match(seen: &[u8]) -> Match {
     let n = seen.len().min(PREFACE.len());
     if seen[..n] != PREFACE[..n] {
         Match::No
@@ -100,30 +92,6 @@ fn preface_match(seen: &[u8]) -> Match {
         Match::Full
     } else {
         Match::Partial
-    }
-}
-
-/// How long [`sniff`] waits before looking again at a preface that arrived in pieces.
-const PARTIAL_PREFACE_RETRY: Duration = Duration::from_millis(5);
-
-/// Decides what a plain connection speaks from its first bytes, without consuming them. The
-/// first byte alone settles every HTTP/1.1 method but those starting with `P` (one `recv` with
-/// `MSG_PEEK`, answered from the bytes already queued). A preface split over several segments
-/// (no real client does it) is looked at again every few milliseconds until it is complete or
-/// diverges; the caller bounds the whole wait with the listener's `request_head_timeout`.
-/// `Err` when the client left or the socket failed before sending anything.
-pub async fn sniff(stream: &TcpStream) -> std::io::Result<Protocol> {
-    let mut buf = [0u8; PREFACE.len()];
-    loop {
-        let n = stream.peek(&mut buf).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        match preface_match(&buf[..n]) {
-            Match::No => return Ok(Protocol::Http1),
-            Match::Full => return Ok(Protocol::Http2),
-            Match::Partial => tokio::time::sleep(PARTIAL_PREFACE_RETRY).await,
-        }
     }
 }
 

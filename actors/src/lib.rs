@@ -9,10 +9,11 @@
 //!                      └──────────────────────┘── DrainSession/All ─┐   │  │ no mailbox
 //!   worker arbiter × N (one thread each)                            │   │  ▼
 //!  ┌──────────────────────────────────────────────────────────────────────────────────────┐
-//!  │ ListenerActor ── Accepted ──▶ WorkerActor ──▶ proxy::handle (hyper HTTP/1.1)          │
-//!  │ (one per listener,  (same thread)                 │                                  │
-//!  │  on a dup of its socket)                          └─ on 101 ─▶ SessionActor (one per  │
-//!  │                                                                 WebSocket)           │
+//!  │ ListenerActor ── Accepted ──▶ WorkerActor ──▶ first request: a WebSocket handshake   │
+//!  │ (one per listener,  (same thread)  │          is answered by the worker, anything     │
+//!  │  on a dup of its socket)           │          else by hyper (HTTP/1.1, HTTP/2); both  │
+//!  │                                    │          through proxy::answer                   │
+//!  │                                    └─ on 101 ─▶ SessionActor (one per WebSocket)     │
 //!  └──────────────────────────────────────────────────────────────────────────────────────┘
 //! ```
 //!
@@ -53,7 +54,7 @@
 //! data path   response ─▶ upstream ─▶ error ─▶ body   balance   admission   pump ─▶ outcome ◀─ metrics
 //!             response ─▶ access_log ─▶ body
 //!                │
-//! wire        frame   handshake   headers   upgrade   transport   tls
+//! wire        first_request ─▶ handshake   frame   headers   upgrade   transport   tls
 //!                │
 //! vocabulary  shutdown (drain reasons)   member (backend health, probes, DNS)   trace
 //! ```
@@ -69,7 +70,7 @@
 //! [`worker`], [`route_table`], [`prober`], [`resolver`], [`session`]'s registry), the
 //! [`messages`] it sends them and the values they carry ([`admission`], [`member`],
 //! [`balance`], [`shutdown`], [`metrics`], [`tls`], [`trace`]), and the parsers the fuzz targets
-//! drive ([`frame`], [`handshake`], [`headers`], [`upgrade`]). The request path (`proxy`,
+//! drive ([`frame`], [`first_request`], [`handshake`], [`headers`], [`upgrade`]). The request path (`proxy`,
 //! `upstream`, `body`, `response`, `error`), the session pump and the socket transports are
 //! crate-private, so the compiler reports what nothing uses.
 
@@ -79,6 +80,7 @@ pub mod balance;
 mod body;
 pub mod drain_schedule;
 mod error;
+pub mod first_request;
 pub mod frame;
 pub mod grpc;
 pub mod handshake;

@@ -30,6 +30,10 @@ pub enum Health {
 pub struct ProbeOutcome {
     /// Whether the member passed.
     pub ok: bool,
+    /// Whether the result says anything about the member: `false` when Tether could not send
+    /// the probe for a limit of its own (no local port toward the member), and the member's
+    /// probe health stays as it was.
+    pub counts: bool,
     /// What happened, for logs and `GET /backends`.
     pub detail: String,
 }

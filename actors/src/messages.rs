@@ -328,6 +328,8 @@ pub struct ConnectFailures {
     pub timeout: u64,
     /// The TLS handshake with it failed.
     pub tls: u64,
+    /// No local port was left toward it (Tether's limit, not the member's failure).
+    pub no_local_port: u64,
 }
 
 /// The latest probe of a member.

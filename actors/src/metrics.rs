@@ -7,7 +7,7 @@
 //! pays a few uncontended-in-practice increments and never a lock or an allocation. WebSocket
 //! traffic is not counted per frame here: each session keeps its own plain counters and adds what
 //! moved since its last report on its keep-alive tick, every 64 KiB and when it ends (four atomic
-//! adds per report; see `pump::Shared::report_traffic`). The listeners' table is written only
+//! adds per report; see `pump::Reported`). The listeners' table is written only
 //! when listeners start or stop and read only by a scrape.
 //!
 //! The registry renders the Prometheus text format (names and units per the Prometheus naming
@@ -48,14 +48,18 @@ pub enum ConnectFailure {
     Timeout,
     /// The TLS handshake with the backend failed (certificate, protocol).
     Tls,
+    /// No local port was left toward the member from any source address
+    /// ([`ProxyError::NoLocalPort`]): Tether's limit, never counted against the member's health.
+    NoLocalPort,
 }
 
 impl ConnectFailure {
     /// Every reason, in a fixed order (metrics index by it).
-    pub const ALL: [ConnectFailure; 3] = [
+    pub const ALL: [ConnectFailure; 4] = [
         ConnectFailure::Error,
         ConnectFailure::Timeout,
         ConnectFailure::Tls,
+        ConnectFailure::NoLocalPort,
     ];
 
     /// As the `reason` label says it.
@@ -64,6 +68,7 @@ impl ConnectFailure {
             ConnectFailure::Error => "error",
             ConnectFailure::Timeout => "timeout",
             ConnectFailure::Tls => "tls",
+            ConnectFailure::NoLocalPort => "no_local_port",
         }
     }
 
@@ -73,6 +78,7 @@ impl ConnectFailure {
             ProxyError::ConnectFailed { .. } => Some(ConnectFailure::Error),
             ProxyError::ConnectTimeout { .. } => Some(ConnectFailure::Timeout),
             ProxyError::TlsFailed { .. } => Some(ConnectFailure::Tls),
+            ProxyError::NoLocalPort { .. } => Some(ConnectFailure::NoLocalPort),
             _ => None,
         }
     }

@@ -25,6 +25,9 @@
 //!   success in between starts the count over.
 //! * **Unhealthy** → **Healthy** after exactly `healthy_threshold` consecutive successes.
 //! * A member of a pool without a probe has no lifecycle: it is always in rotation.
+//! * A probe Tether could not send — no local port left toward the member from its source
+//!   addresses ([`crate::error::ProxyError::NoLocalPort`]) — is no event: the state and both
+//!   counts stay as they were (Tether's limit says nothing about the member).
 //!
 //! A probe is `GET path` (`kind = "http"`): healthy when the status is in `match_status` and,
 //! if set, the body contains `match_body`. Or a real WebSocket opening handshake
@@ -40,7 +43,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,6 +65,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::balance::Member;
+use crate::error::ProxyError;
 use crate::member::{Health, ProbeOutcome, ProbeReport};
 use crate::messages::{MemberHealthChanged, ProbeCompleted, ProbeTargets};
 use crate::shutdown::ShutdownSignal;
@@ -152,6 +156,8 @@ pub struct ProbePlan {
     /// `protocol = "https"`: the client configuration (or why it could not be built), and the
     /// name verified when it is not the member's IP address.
     pub tls: Option<ProbeTls>,
+    /// The settings' `source_addresses`: probes leave from the addresses the traffic does.
+    pub sources: Vec<IpAddr>,
 }
 
 impl ProbePlan {
@@ -186,6 +192,7 @@ impl ProbePlan {
             probe: probe.clone(),
             port: probe.port.or(settings.port),
             tls,
+            sources: settings.source_addresses.clone(),
         }
     }
 
@@ -205,27 +212,62 @@ impl ProbePlan {
     }
 }
 
-/// Probes `member` once under `plan`, within the probe's timeout.
+/// Probes `member` once under `plan`, within the probe's timeout. The connection is opened as
+/// the data path opens its own ([`crate::upstream::connect`], from the settings' source
+/// addresses); a probe that found no local port toward the member is not counted
+/// ([`ProbeOutcome::counts`]): that is Tether's limit, not the member's health.
 pub async fn probe_once(plan: &ProbePlan, member: SocketAddr) -> ProbeOutcome {
     let target = plan.target(member);
     let deadline = tokio::time::Instant::now() + plan.probe.timeout;
+    let timed_out = || ProbeOutcome {
+        ok: false,
+        counts: true,
+        detail: format!("timed out after {:?}", plan.probe.timeout),
+    };
+    let stream = match crate::upstream::connect(target, &plan.sources, plan.probe.timeout).await {
+        Ok(stream) => stream,
+        Err(ProxyError::ConnectTimeout { .. }) => return timed_out(),
+        Err(ProxyError::ConnectFailed { cause, .. }) => {
+            return ProbeOutcome {
+                ok: false,
+                counts: true,
+                detail: format!("connect to {target} failed: {cause}"),
+            }
+        }
+        Err(other) => {
+            return ProbeOutcome {
+                ok: false,
+                counts: other.counts_against_member(),
+                detail: format!("not probed: {other}"),
+            }
+        }
+    };
     let verdict = match plan.probe.kind {
         ProbeKind::Http if plan.speaks_h2() => {
-            tokio::time::timeout_at(deadline, h2_http_probe(plan, target)).await
+            tokio::time::timeout_at(deadline, h2_http_probe(plan, target, stream)).await
         }
-        ProbeKind::Http => tokio::time::timeout_at(deadline, http_probe(plan, target)).await,
-        ProbeKind::Grpc => tokio::time::timeout_at(deadline, grpc_probe(plan, target)).await,
+        ProbeKind::Http => {
+            tokio::time::timeout_at(deadline, http_probe(plan, target, stream)).await
+        }
+        ProbeKind::Grpc => {
+            tokio::time::timeout_at(deadline, grpc_probe(plan, target, stream)).await
+        }
         ProbeKind::WebSocket => {
-            tokio::time::timeout_at(deadline, websocket_probe(plan, target, deadline)).await
+            tokio::time::timeout_at(deadline, websocket_probe(plan, target, stream, deadline)).await
         }
     };
     match verdict {
-        Ok(Ok(detail)) => ProbeOutcome { ok: true, detail },
-        Ok(Err(detail)) => ProbeOutcome { ok: false, detail },
-        Err(_) => ProbeOutcome {
-            ok: false,
-            detail: format!("timed out after {:?}", plan.probe.timeout),
+        Ok(Ok(detail)) => ProbeOutcome {
+            ok: true,
+            counts: true,
+            detail,
         },
+        Ok(Err(detail)) => ProbeOutcome {
+            ok: false,
+            counts: true,
+            detail,
+        },
+        Err(_) => timed_out(),
     }
 }
 
@@ -244,15 +286,12 @@ type ProbeSender = http1::SendRequest<Empty<Bytes>>;
 trait ProbeStream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> ProbeStream for T {}
 
-/// Opens the probe's connection: TCP, then TLS when the probe is https.
-async fn connect_tcp(
+/// The probe's connection over `stream` (connected): as it is, or TLS when the probe is https.
+async fn probe_io(
     plan: &ProbePlan,
     target: SocketAddr,
+    stream: TcpStream,
 ) -> Result<TokioIo<Box<dyn ProbeStream>>, String> {
-    let stream = TcpStream::connect(target)
-        .await
-        .map_err(|e| format!("connect to {target} failed: {e}"))?;
-    let _ = stream.set_nodelay(true);
     let Some(ProbeTls {
         config,
         server_name: name,
@@ -286,8 +325,9 @@ async fn connect_tcp(
 async fn connect_for_upgrade(
     plan: &ProbePlan,
     target: SocketAddr,
+    stream: TcpStream,
 ) -> Result<(ProbeSender, AbortOnDrop), String> {
-    let (sender, conn) = http1::handshake(connect_tcp(plan, target).await?)
+    let (sender, conn) = http1::handshake(probe_io(plan, target, stream).await?)
         .await
         .map_err(|e| format!("HTTP handshake with {target} failed: {e}"))?;
     let task = tokio::spawn(async move {
@@ -325,8 +365,13 @@ fn ranges(probe: &ProbeConfig) -> String {
 /// The largest body a `match_body` check reads.
 const MAX_PROBE_BODY: usize = 64 * 1024;
 
-async fn http_probe(plan: &ProbePlan, target: SocketAddr) -> Result<String, String> {
-    let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(connect_tcp(plan, target).await?)
+async fn http_probe(
+    plan: &ProbePlan,
+    target: SocketAddr,
+    stream: TcpStream,
+) -> Result<String, String> {
+    let io = probe_io(plan, target, stream).await?;
+    let (mut sender, conn) = http1::handshake::<_, Empty<Bytes>>(io)
         .await
         .map_err(|e| format!("HTTP handshake with {target} failed: {e}"))?;
     let req = request(plan, target)
@@ -352,10 +397,11 @@ async fn http_probe(plan: &ProbePlan, target: SocketAddr) -> Result<String, Stri
 async fn h2_send(
     plan: &ProbePlan,
     target: SocketAddr,
+    stream: TcpStream,
     req: Request<Full<Bytes>>,
 ) -> Result<(http::Response<hyper::body::Incoming>, AbortOnDrop), String> {
     let (mut sender, conn) =
-        http2::handshake(TokioExecutor::new(), connect_tcp(plan, target).await?)
+        http2::handshake(TokioExecutor::new(), probe_io(plan, target, stream).await?)
             .await
             .map_err(|e| format!("HTTP/2 handshake with {target} failed: {e}"))?;
     let task = AbortOnDrop(tokio::spawn(async move {
@@ -386,24 +432,32 @@ fn h2_request(plan: &ProbePlan, target: SocketAddr, path: &str) -> http::request
         .header(header::USER_AGENT, "tether-probe")
 }
 
-async fn h2_http_probe(plan: &ProbePlan, target: SocketAddr) -> Result<String, String> {
+async fn h2_http_probe(
+    plan: &ProbePlan,
+    target: SocketAddr,
+    stream: TcpStream,
+) -> Result<String, String> {
     let req = h2_request(plan, target, &plan.probe.path)
         .body(Full::default())
         .map_err(|e| format!("bad probe request: {e}"))?;
-    let (resp, _conn) = h2_send(plan, target, req).await?;
+    let (resp, _conn) = h2_send(plan, target, stream, req).await?;
     check_response(plan, resp).await
 }
 
 /// The gRPC health check (`grpc.health.v1.Health/Check`, service `""`): healthy when the call
 /// ends with `grpc-status: 0` and the answer is `SERVING`.
-async fn grpc_probe(plan: &ProbePlan, target: SocketAddr) -> Result<String, String> {
+async fn grpc_probe(
+    plan: &ProbePlan,
+    target: SocketAddr,
+    stream: TcpStream,
+) -> Result<String, String> {
     let req = h2_request(plan, target, crate::grpc::HEALTH_CHECK_PATH)
         .method(http::Method::POST)
         .header(header::CONTENT_TYPE, "application/grpc")
         .header(header::TE, "trailers")
         .body(Full::new(crate::grpc::HEALTH_CHECK_REQUEST))
         .map_err(|e| format!("bad probe request: {e}"))?;
-    let (resp, _conn) = h2_send(plan, target, req).await?;
+    let (resp, _conn) = h2_send(plan, target, stream, req).await?;
     if resp.status() != StatusCode::OK {
         return Err(format!(
             "health check answered HTTP {}",
@@ -514,9 +568,10 @@ fn close_frame() -> [u8; 8] {
 async fn websocket_probe(
     plan: &ProbePlan,
     target: SocketAddr,
+    stream: TcpStream,
     deadline: tokio::time::Instant,
 ) -> Result<String, String> {
-    let (mut sender, _conn) = connect_for_upgrade(plan, target).await?;
+    let (mut sender, _conn) = connect_for_upgrade(plan, target, stream).await?;
     let mut nonce = [0u8; 16];
     fastrand::fill(&mut nonce);
     let key = base64::engine::general_purpose::STANDARD.encode(nonce);
@@ -714,7 +769,12 @@ impl Handler<ProbeCompleted> for ProberActor {
         let Some(target) = self.targets.get_mut(&addr).filter(|t| t.id == id) else {
             return; // removed (or replaced) while the probe ran
         };
-        let flipped = target.health.record(outcome.ok);
+        // A probe Tether could not send (no local port) leaves the member's health as it was.
+        let flipped = if outcome.counts {
+            target.health.record(outcome.ok)
+        } else {
+            None
+        };
         target.member.set_probe_report(ProbeReport {
             ok: outcome.ok,
             detail: outcome.detail.clone(),

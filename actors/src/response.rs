@@ -242,6 +242,10 @@ mod tests {
             for err in [
                 ProxyError::Draining,
                 ProxyError::UpgradeRateLimited { route: "r".into() },
+                ProxyError::NoLocalPort {
+                    backend: ([127, 0, 0, 1], 5000).into(),
+                    sources: 3,
+                },
             ] {
                 let resp = err.into_response();
                 assert_eq!(resp.status(), http::StatusCode::SERVICE_UNAVAILABLE);

@@ -4,20 +4,20 @@
 //! Lifecycle: `started` (registers with the route table, starts the pump) → `pumping` → `ended`
 //! (see `crate::pump` for every way a session ends and the close codes Tether sends) → reports
 //! [`SessionEnded`] with a [`SessionSummary`] and stops. While pumping, the bytes and messages
-//! moved are added to the process's counters as they go ([`Shared::report_traffic`]), and once
-//! more when it ends.
+//! moved are added to the process's counters as they go (see [`Pumping`]), and once more when
+//! it ends.
 //! The actor runs on the worker that accepted the client, so the pump never crosses threads, and
 //! no message is exchanged per frame.
 
 use std::cell::{Cell, RefCell};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use actix::{
-    Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Recipient, WrapFuture,
-};
+use actix::{Actor, ActorContext, ActorFuture, AsyncContext, Context, Handler, Recipient};
 use tracing::Span;
 
 use crate::admission::{SessionPlace, SessionSlot};
@@ -106,19 +106,48 @@ pub struct SessionInfo {
 }
 
 /// Owns one upgraded WebSocket.
+///
+/// # Memory
+/// An idle session is this actor in its actix context (one tokio task of 768 bytes: the task
+/// is rounded up to 128-byte steps, so the actor keeps under 304 bytes), its pump (one boxed
+/// [`Pumping`], polled by the context with this actor at hand, so counters and drain orders
+/// are plain fields here, with no `Rc` or waker between them), its mailbox, and tokio's two
+/// socket registrations.
 pub struct SessionActor {
     id: SessionId,
     info: SessionInfo,
     started: Instant,
     /// What the pump starts from, until it starts (boxed: the actor lives as long as the
     /// session, and these would be dead weight in it).
-    start: Option<Box<(SessionStreams, PumpConfig, SessionLimits)>>,
-    /// Counters and drain orders, shared with the pump (same thread).
-    shared: Rc<Shared>,
-    env: SessionEnv,
+    start: Option<Box<Start>>,
+    /// Counters and drain orders, read and written by the pump whenever it is polled.
+    shared: Shared,
+    env: Env,
     /// Total bytes at the last [`SessionStatsQuery`] and when they were first seen at that
     /// total: how `idle_ms` is sampled without touching the pump.
     last_look: Cell<(u64, Instant)>,
+}
+
+/// What the pump starts from, and what only the start needs.
+struct Start {
+    streams: SessionStreams,
+    cfg: PumpConfig,
+    limits: SessionLimits,
+    shutdown: ShutdownSignal,
+    shutdown_grace: Duration,
+}
+
+/// The parts of [`SessionEnv`] the actor keeps for its whole life.
+struct Env {
+    registry: Rc<SessionRegistry>,
+    metrics: Arc<Metrics>,
+    route_metrics: Arc<RouteCounters>,
+    span: Span,
+    // Held for their drop: the shutdown tracker's count, the rule's `max_sessions` place and
+    // the listener's `max_connections` place are given back when the session ends.
+    _token: TrackToken,
+    _slot: SessionSlot,
+    _connection: Option<SessionPlace>,
 }
 
 /// What a session needs from the worker that starts it.
@@ -153,13 +182,38 @@ impl SessionActor {
         limits: SessionLimits,
         env: SessionEnv,
     ) -> SessionActor {
+        let SessionEnv {
+            registry,
+            shutdown,
+            shutdown_grace,
+            metrics,
+            route_metrics,
+            span,
+            token,
+            slot,
+            connection,
+        } = env;
         SessionActor {
             id: SessionId::next(),
             info,
             started: Instant::now(),
-            start: Some(Box::new((streams, pump, limits))),
-            shared: Rc::new(Shared::new(env.metrics.clone())),
-            env,
+            start: Some(Box::new(Start {
+                streams,
+                cfg: pump,
+                limits,
+                shutdown,
+                shutdown_grace,
+            })),
+            shared: Shared::default(),
+            env: Env {
+                registry,
+                metrics,
+                route_metrics,
+                span,
+                _token: token,
+                _slot: slot,
+                _connection: connection,
+            },
             last_look: Cell::new((0, Instant::now())),
         }
     }
@@ -177,7 +231,6 @@ impl SessionActor {
             backend_messages: counters.backend_messages.get(),
             outcome,
         };
-        self.shared.report_traffic();
         let o = &summary.outcome;
         self.env.route_metrics.session_ended(o);
         record_on_span(&self.env.span, &summary);
@@ -229,19 +282,54 @@ impl Actor for SessionActor {
         let Some(start) = self.start.take() else {
             return;
         };
-        let (streams, cfg, limits) = *start;
+        let Start {
+            streams,
+            cfg,
+            limits,
+            shutdown,
+            shutdown_grace,
+        } = *start;
         // Shutdown drains every registered session through the route table; one that started
         // after the signal fired learns it here.
-        if self.env.shutdown.is_fired() {
-            let grace = self.env.shutdown_grace;
+        if shutdown.is_fired() {
             self.shared
-                .drain(self.env.shutdown.reason(), Duration::ZERO, grace);
+                .drain(shutdown.reason(), Duration::ZERO, shutdown_grace);
         }
-        let pump = Pumping::new(streams, cfg, limits, self.shared.clone());
-        ctx.spawn(pump.into_actor(self).map(|outcome, act, ctx| {
-            act.finish(outcome);
-            ctx.stop();
-        }));
+        let pump = Pumping::new(streams, cfg, limits, &self.shared);
+        // A boxed item of this context (not a task of its own: a tokio task is a 128-byte
+        // aligned allocation with a header, a box is just the pump).
+        ctx.spawn(PumpTask { pump });
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The pump as an item of the actor's context: polled with the actor at hand (after the
+    /// mailbox, in the same poll, so a drain order handled there is seen at once), and the
+    /// end of the session once it resolves.
+    struct PumpTask {
+        #[pin]
+        pump: Pumping,
+    }
+}
+
+impl ActorFuture<SessionActor> for PumpTask {
+    type Output = ();
+
+    fn poll(
+        self: Pin<&mut Self>,
+        act: &mut SessionActor,
+        ctx: &mut Context<SessionActor>,
+        task: &mut std::task::Context<'_>,
+    ) -> Poll<()> {
+        let pump = self.project().pump;
+        match pump.poll_pump(&act.shared, &act.env.metrics, task) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(outcome) => {
+                act.finish(outcome);
+                ctx.stop();
+                Poll::Ready(())
+            }
+        }
     }
 }
 

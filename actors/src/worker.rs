@@ -20,19 +20,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::{Actor, Context, Handler};
+use http::Response;
+use http_body_util::BodyExt as _;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpStream;
 
-use crate::http2::HttpProtocol;
-use crate::http2::{self, Protocol};
+use crate::first_request::{self, First, Prefixed};
+use crate::http2::{self, HttpProtocol};
 use crate::messages::Accepted;
 use crate::metrics::Metrics;
-use crate::proxy::{self, Connection, WorkerContext};
+use crate::proxy::{self, ClientBody, Connection, WorkerContext};
 use crate::route_table::SharedRoutes;
 use crate::session::SessionRegistry;
 use crate::shutdown::{ShutdownSignal, TrackToken, Tracker};
 use crate::tls::{self, TLS_HANDSHAKE_TIMEOUT};
+use crate::transport::SessionIo;
 use crate::upstream::UpstreamPool;
 
 /// The parts of a `WorkerContext` that can be sent to the worker's thread.
@@ -124,59 +129,163 @@ async fn serve(ctx: Rc<WorkerContext>, accepted: Accepted, _token: TrackToken) {
         guard: RefCell::new(Some(guard)),
         http2: None,
     };
+    let config = &conn.listener.config;
+    let limits = first_request::Limits {
+        max_head_bytes: config.max_request_head_bytes,
+        max_headers: config.max_headers,
+        // Prior knowledge (h2c): the first bytes say HTTP/2 or not.
+        http2_preface: config.http2,
+    };
     match conn.listener.tls.clone() {
-        None if conn.listener.config.http2 => {
-            // Prior knowledge: the first bytes say HTTP/2 or not (bounded like a request head).
-            let head_timeout = conn.listener.config.request_head_timeout;
-            let sniffed = tokio::select! {
-                r = tokio::time::timeout(head_timeout, http2::sniff(&stream)) => r,
-                _ = interrupted_by_shutdown(&ctx, late) => return,
-            };
-            match sniffed {
-                Ok(Ok(Protocol::Http2)) => serve_h2(ctx, TokioIo::new(stream), conn).await,
-                Ok(Ok(Protocol::Http1)) => serve_http(ctx, TokioIo::new(stream), conn).await,
-                // Left, failed or silent before a first byte: nothing to answer.
-                Ok(Err(_)) | Err(_) => {}
+        None => serve_first(ctx, stream, conn, limits, late).await,
+        // Boxed: a TLS handshake's state is large, and a plain connection should not carry
+        // room for it while it waits for its first bytes.
+        Some(tls) => Box::pin(serve_tls(ctx, stream, conn, tls, limits, late)).await,
+    }
+}
+
+/// Serves a connection of an https listener: the TLS handshake here, on the worker, bounded (a
+/// failure concerns this connection only; shutdown abandons handshakes still in progress),
+/// then HTTP/2 or HTTP/1.1 as ALPN (RFC 7301) chose.
+async fn serve_tls(
+    ctx: Rc<WorkerContext>,
+    stream: TcpStream,
+    conn: Connection,
+    tls: Arc<tls::ListenerTls>,
+    mut limits: first_request::Limits,
+    late: bool,
+) {
+    let peer = conn.peer;
+    let accept = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
+    let handshake = tokio::select! {
+        r = accept => r,
+        _ = interrupted_by_shutdown(&ctx, late) => return,
+    };
+    match handshake {
+        Ok(Ok(stream)) => {
+            tls.handshakes.fetch_add(1, Ordering::Relaxed);
+            // ALPN offers h2 only when the listener has http2 on.
+            if stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
+                ctx.metrics.http_connection(HttpProtocol::Http2);
+                Box::pin(serve_h2(ctx, TokioIo::new(stream), conn)).await
+            } else {
+                limits.http2_preface = false;
+                Box::pin(serve_first(ctx, stream, conn, limits, late)).await
             }
         }
-        None => serve_http(ctx, TokioIo::new(stream), conn).await,
-        Some(tls) => {
-            // The handshake runs here, on the worker, bounded; a failure concerns this
-            // connection only. Shutdown abandons handshakes still in progress.
-            let accept = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream));
-            let handshake = tokio::select! {
-                r = accept => r,
-                _ = interrupted_by_shutdown(&ctx, late) => return,
-            };
-            match handshake {
-                Ok(Ok(stream)) => {
-                    tls.handshakes.fetch_add(1, Ordering::Relaxed);
-                    // ALPN (RFC 7301) offers h2 only when the listener has http2 on.
-                    if stream.get_ref().1.alpn_protocol() == Some(tls::ALPN_H2) {
-                        serve_h2(ctx, TokioIo::new(stream), conn).await
-                    } else {
-                        serve_http(ctx, TokioIo::new(stream), conn).await
-                    }
-                }
-                Ok(Err(e)) => tls::handshake_failed(&tls, peer, &e),
-                Err(_) => tls::handshake_failed(&tls, peer, &"timed out"),
-            }
+        Ok(Err(e)) => tls::handshake_failed(&tls, peer, &e),
+        Err(_) => tls::handshake_failed(&tls, peer, &"timed out"),
+    }
+}
+
+/// A client connection whose first request the worker reads itself: plain TCP, or TLS that
+/// negotiated HTTP/1.1.
+trait ClientConnection: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The connection as an upgraded session's client side.
+    fn into_session_io(self) -> SessionIo;
+}
+
+impl ClientConnection for TcpStream {
+    fn into_session_io(self) -> SessionIo {
+        SessionIo::Plain(self)
+    }
+}
+
+impl ClientConnection for tokio_rustls::server::TlsStream<TcpStream> {
+    fn into_session_io(self) -> SessionIo {
+        proxy::tls_session(self)
+    }
+}
+
+/// Reads a connection's first request head ([`first_request`]) and serves the connection by
+/// what it is: a WebSocket handshake is answered here, anything else goes to hyper's HTTP/1.1
+/// or HTTP/2 server with the bytes already read in front. Bounded like a request head; a client
+/// silent or too slow until then is closed without an answer, as hyper does.
+async fn serve_first<S: ClientConnection>(
+    ctx: Rc<WorkerContext>,
+    mut io: S,
+    conn: Connection,
+    limits: first_request::Limits,
+    late: bool,
+) {
+    let head_timeout = conn.listener.config.request_head_timeout;
+    let first = tokio::select! {
+        r = tokio::time::timeout(head_timeout, first_request::read(&mut io, limits)) => r,
+        _ = interrupted_by_shutdown(&ctx, late) => return,
+    };
+    // What serves the connection from here is boxed: a connection waiting for its first bytes
+    // then holds only this small future, not the largest of the servers' states.
+    match first {
+        Err(_) | Ok(First::Gone) => {}
+        Ok(First::Http2(read)) => {
+            ctx.metrics.http_connection(HttpProtocol::Http2);
+            Box::pin(serve_h2(ctx, TokioIo::new(Prefixed::new(read, io)), conn)).await
         }
+        Ok(First::Http1(read)) => {
+            ctx.metrics.http_connection(HttpProtocol::Http1);
+            let io = TokioIo::new(Prefixed::new(read, io));
+            Box::pin(serve_http(ctx, io, Rc::new(conn))).await
+        }
+        Ok(First::WebSocket(handshake)) => {
+            ctx.metrics.http_connection(HttpProtocol::Http1);
+            Box::pin(serve_handshake(ctx, io, Rc::new(conn), handshake, late)).await
+        }
+    }
+}
+
+/// Answers a WebSocket handshake the worker read itself ([`First::WebSocket`]) through the same
+/// request path as any other request ([`proxy::answer`]), and writes the answer. On a `101` the
+/// connection goes straight to the session (no HTTP server to hand it over); after any other
+/// answer the connection goes on as an ordinary HTTP/1.1 connection, unless the client asked
+/// to close it or the sidecar is draining.
+async fn serve_handshake<S: ClientConnection>(
+    ctx: Rc<WorkerContext>,
+    mut io: S,
+    conn: Rc<Connection>,
+    handshake: first_request::Handshake,
+    late: bool,
+) {
+    let first_request::Handshake {
+        request,
+        rest,
+        close,
+    } = handshake;
+    let (answer, session) = proxy::answer(&ctx, &conn, request.map(|()| ClientBody::Empty)).await;
+    // A client that left gets no answer.
+    let Ok(answer) = answer else { return };
+    let (head, body) = answer.into_parts();
+    // Tether's own answers and a refusal read in full: small, and complete. Collecting the body
+    // also writes the access line, as sending it would.
+    let Ok(body) = body.collect().await.map(|b| b.to_bytes()) else {
+        return;
+    };
+    let closing = session.is_none() && (close || late);
+    let bytes = first_request::response_bytes(&Response::from_parts(head, ()), &body, closing);
+    // The answer must leave within the head timeout (a client that reads nothing is dropped).
+    let timeout = conn.listener.config.request_head_timeout;
+    match tokio::time::timeout(timeout, io.write_all(&bytes)).await {
+        Ok(Ok(())) => {}
+        _ => return,
+    }
+    match session {
+        Some(session) => session.start(io.into_session_io(), rest),
+        None if closing => {
+            let _ = tokio::time::timeout(timeout, io.shutdown()).await;
+        }
+        None => serve_http(ctx, TokioIo::new(Prefixed::new(rest, io)), conn).await,
     }
 }
 
 /// Serves HTTP/1.1 on a connection (plain or TLS) until it closes, upgrades, or shutdown ends it
 /// gracefully.
-async fn serve_http<I>(ctx: Rc<WorkerContext>, io: I, conn: Connection)
+async fn serve_http<I>(ctx: Rc<WorkerContext>, io: I, conn_info: Rc<Connection>)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    ctx.metrics.http_connection(HttpProtocol::Http1);
     let mut shutdown = ctx.shutdown.clone();
     // Accepted during the drain: one request, answered, then the connection closes.
     let late = shutdown.is_fired();
-    let peer = conn.peer;
-    let conn_info = Rc::new(conn);
+    let peer = conn_info.peer;
     let limits = &conn_info.listener.config;
     let mut builder = http1::Builder::new();
     builder
@@ -213,7 +322,6 @@ async fn serve_h2<I>(ctx: Rc<WorkerContext>, io: I, mut conn: Connection)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
 {
-    ctx.metrics.http_connection(HttpProtocol::Http2);
     let h2 = Rc::new(http2::Http2Conn::default());
     conn.http2 = Some(h2.clone());
     let mut shutdown = ctx.shutdown.clone();

@@ -98,7 +98,11 @@ pub fn load(sources: &Sources) -> Result<Loaded, ConfigErrors> {
     let layered = sources::layer(sources).map_err(ConfigErrors)?;
     let mut validated = build(&layered.root)?;
     // TLS files are read here, where they will be used, not by `from_toml_str`.
-    let (errors, warnings) = validate::check_tls_files(&layered.root, &validated.config);
+    let (mut errors, warnings) = validate::check_tls_files(&layered.root, &validated.config);
+    errors.extend(validate::check_source_addresses(
+        &layered.root,
+        &validated.config,
+    ));
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }

@@ -174,6 +174,7 @@ pub(crate) struct RawBackendSettings {
     pub server_name: Text,
     pub client_cert_file: Text,
     pub client_key_file: Text,
+    pub source_addresses: List,
 }
 
 /// `[probes.NAME]`
@@ -519,6 +520,7 @@ impl From<&Config> for RawConfig {
                         client_key_file: Lenient(
                             s.client_key_file.as_ref().map(|p| p.display().to_string()),
                         ),
+                        source_addresses: Lenient(written(&s.source_addresses)),
                     };
                     (name.clone(), raw)
                 })

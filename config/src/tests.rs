@@ -552,3 +552,37 @@ fn shutdown_delay_defaults_to_zero_and_is_bounded() {
         assert!(errors[0].to_string().contains(expect), "{}", errors[0]);
     }
 }
+
+#[test]
+fn source_addresses_come_from_the_environment_and_must_be_on_this_host() {
+    let file = TempFile::new("toml", CHAT);
+    let env = [(
+        "TETHER_BACKEND_SETTINGS__CHAT__SOURCE_ADDRESSES",
+        "127.0.0.2, 127.0.0.3",
+    )];
+    let loaded = load(&sources(&[&file], &env)).unwrap();
+    let want: Vec<std::net::IpAddr> = vec![[127, 0, 0, 2].into(), [127, 0, 0, 3].into()];
+    assert_eq!(
+        loaded.config.backend_settings["chat"].source_addresses,
+        want
+    );
+
+    // 192.0.2.1 (TEST-NET-1) is on no host: refused at load, with the layer that set it.
+    let env = [(
+        "TETHER_BACKEND_SETTINGS__CHAT__SOURCE_ADDRESSES",
+        "127.0.0.2,192.0.2.1",
+    )];
+    let errors = load_err(&sources(&[&file], &env));
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    let line = errors[0].to_string();
+    assert!(
+        line.starts_with(
+            "backend_settings.chat.source_addresses[1]: 192.0.2.1 is not an address this host can send from"
+        ),
+        "{line}"
+    );
+    assert!(
+        line.ends_with("[env TETHER_BACKEND_SETTINGS__CHAT__SOURCE_ADDRESSES]"),
+        "{line}"
+    );
+}

@@ -1,7 +1,7 @@
 //! Real backends for the tests, each on its own 127.0.0.1 port, each recording what reached it.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -37,6 +37,8 @@ pub struct Seen {
 pub struct Record {
     /// TCP connections accepted.
     pub connections: Arc<AtomicUsize>,
+    /// The source IP address of each accepted connection, in order.
+    pub peers: Arc<Mutex<Vec<IpAddr>>>,
     /// Request heads seen, in order.
     pub heads: Arc<Mutex<Vec<Seen>>>,
     /// Close frames received (code, reason), in order.
@@ -53,6 +55,17 @@ impl Record {
     /// How many TCP connections reached the backend.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// The source IP addresses of the connections accepted so far, in order.
+    pub fn peer_ips(&self) -> Vec<IpAddr> {
+        self.peers.lock().unwrap().clone()
+    }
+
+    /// Counts an accepted connection from `peer`.
+    pub fn accepted(&self, peer: SocketAddr) {
+        self.peers.lock().unwrap().push(peer.ip());
+        self.connections.fetch_add(1, Ordering::SeqCst);
     }
 
     /// The request heads seen so far.
@@ -119,10 +132,10 @@ pub async fn ws_echo() -> Backend {
         // Connections live in this set, so aborting the backend closes them all.
         let mut connections = tokio::task::JoinSet::new();
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 return;
             };
-            rec.connections.fetch_add(1, Ordering::SeqCst);
+            rec.accepted(peer);
             connections.spawn(ws_echo_connection(stream, rec.clone()));
             while connections.try_join_next().is_some() {}
         }
@@ -268,10 +281,10 @@ pub async fn http_backend() -> Backend {
     let rec = record.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 return;
             };
-            rec.connections.fetch_add(1, Ordering::SeqCst);
+            rec.accepted(peer);
             let rec = rec.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| http_service(rec.clone(), req));
@@ -292,10 +305,10 @@ pub async fn silent_backend() -> Backend {
     let task = tokio::spawn(async move {
         let mut held = Vec::new();
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 return;
             };
-            rec.connections.fetch_add(1, Ordering::SeqCst);
+            rec.accepted(peer);
             held.push(stream);
         }
     });
@@ -315,10 +328,10 @@ pub async fn raw_ws_backend() -> Backend {
     let rec = record.clone();
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 return;
             };
-            rec.connections.fetch_add(1, Ordering::SeqCst);
+            rec.accepted(peer);
             tokio::spawn(raw_ws_session(stream));
         }
     });

@@ -275,6 +275,17 @@ async fn malformed_handshakes_get_4xx_and_never_reach_the_backend() {
             426,
             "version 13",
         ),
+        // A body (which the worker leaves to hyper's framing rules) is refused too.
+        (
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 5\r\n\r\nhello".to_vec(),
+            400,
+            "body",
+        ),
+        (
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec(),
+            400,
+            "body",
+        ),
     ];
     for (request, status, reason) in cases {
         let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -331,6 +342,60 @@ async fn disallowed_origin_is_403_and_never_reaches_the_backend() {
         .await
         .unwrap();
     within("close", ws.close(None)).await.unwrap();
+    within("stop", sidecar.stop()).await.unwrap();
+}
+
+/// A refused handshake (the worker answers the first request of a connection itself) leaves
+/// the connection open for the next request, served as usual, until one says
+/// `Connection: close`.
+#[tokio::test]
+async fn a_refused_handshake_leaves_the_connection_open_until_close_is_asked() {
+    let backend = backends::ws_echo().await;
+    let sidecar = start(&config_toml(
+        backend.addr,
+        "",
+        r#"allowed_origins = ["https://good.example.com"]"#,
+    ));
+    let mut stream = TcpStream::connect(sidecar.addr("public")).await.unwrap();
+    let evil = "Origin: https://evil.example.com\r\n";
+    for extra in [evil.to_owned(), format!("{evil}Connection: close\r\n")] {
+        // `raw::handshake` already says `Connection: Upgrade`; a second field adds `close`.
+        stream
+            .write_all(&raw::handshake("/ws", &extra))
+            .await
+            .unwrap();
+        let resp = within("403", raw::read_head(&mut stream)).await;
+        assert_eq!(resp.status, 403);
+        let len: usize = resp.header("content-length").unwrap().parse().unwrap();
+        let mut body = vec![0u8; len];
+        within("body", stream.read_exact(&mut body)).await.unwrap();
+    }
+    // The second answer said close, and the connection ends.
+    let mut rest = Vec::new();
+    within("close", stream.read_to_end(&mut rest))
+        .await
+        .unwrap();
+    assert!(rest.is_empty(), "nothing after the last answer: {rest:?}");
+    assert_eq!(backend.record.connections(), 0);
+    within("stop", sidecar.stop()).await.unwrap();
+}
+
+/// A frame written in the same segment as the handshake (before the `101` could arrive) is
+/// not lost: it reaches the backend once the session starts, and its echo comes back.
+#[tokio::test]
+async fn a_frame_sent_with_the_handshake_reaches_the_backend() {
+    let backend = backends::ws_echo().await;
+    let sidecar = start(&config_toml(backend.addr, "", ""));
+    let mut stream = TcpStream::connect(sidecar.addr("public")).await.unwrap();
+    let mut bytes = raw::handshake("/ws", "");
+    bytes.extend_from_slice(&raw::client_frame(0x1, b"early bird"));
+    stream.write_all(&bytes).await.unwrap();
+    let head = within("101", raw::read_head(&mut stream)).await;
+    assert_eq!(head.status, 101);
+    let (first, payload) = within("echo", raw::read_frame(&mut stream)).await;
+    assert_eq!((first, payload.as_slice()), (0x81, &b"early bird"[..]));
+    // Leaving ends the session at once (no close handshake to wait for at stop).
+    drop(stream);
     within("stop", sidecar.stop()).await.unwrap();
 }
 

@@ -858,7 +858,13 @@ async fn render_control_plane(state: &AdminState, out: &mut String) {
         for pool in &status.pools {
             for m in &pool.members {
                 let f = &m.connect_failures;
-                for (reason, n) in [("error", f.error), ("timeout", f.timeout), ("tls", f.tls)] {
+                let reasons = [
+                    ("error", f.error),
+                    ("timeout", f.timeout),
+                    ("tls", f.tls),
+                    ("no_local_port", f.no_local_port),
+                ];
+                for (reason, n) in reasons {
                     let _ = writeln!(
                         out,
                         "tether_backend_connect_failures_total{{pool=\"{}\",member=\"{}\",reason=\"{reason}\"}} {n}",

@@ -7,7 +7,7 @@ pub(super) async fn forward_http(
     ctx: &Rc<WorkerContext>,
     conn: &Connection,
     route: &Route,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     span: &Span,
     facts: &mut RequestFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -34,11 +34,13 @@ pub(super) async fn forward_http(
         .flatten()
         .filter(|d| *d < route.settings.request_timeout);
     let request_timeout = deadline.unwrap_or(route.settings.request_timeout);
-    let (body, upload): (UpstreamBody, _) = if body.is_end_stream() {
-        (RequestBody::empty(), None)
-    } else {
-        let (body, probe) = RequestBody::client(body, conn.listener.config.request_body_timeout);
-        (body, Some(probe))
+    let (body, upload): (UpstreamBody, _) = match body {
+        ClientBody::Incoming(body) if !body.is_end_stream() => {
+            let (body, probe) =
+                RequestBody::client(body, conn.listener.config.request_body_timeout);
+            (body, Some(probe))
+        }
+        _ => (RequestBody::empty(), None),
     };
     facts.upload = upload.clone();
     let mut attempts = Attempts::new(ctx, route, conn);
@@ -66,6 +68,7 @@ pub(super) async fn forward_http(
             tls.as_ref(),
             http2,
             req,
+            &route.settings.source_addresses,
             route.settings.connect_timeout,
             request_timeout,
         ))
@@ -92,9 +95,11 @@ pub(super) async fn forward_http(
         };
         report_failure(&lease, &error);
         trace::record_error(&client_span, error.error_type());
+        // Unsent after the backend's failure, or before anything could reach it (no local port
+        // toward this member: another member's IP:port has ports of its own).
         let again = match unsent {
             Some(unsent)
-                if error.counts_against_member()
+                if (error.counts_against_member() || error.before_sending())
                     && attempts.allows(facts, RetryReason::Connect) =>
             {
                 Some((unsent, RetryReason::Connect))

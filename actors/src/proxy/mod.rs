@@ -36,10 +36,11 @@ use tokio::net::TcpStream;
 use tracing::{Instrument as _, Span};
 
 use crate::access_log::{self, AccessLine, LogSettings};
-use crate::admission::{ConnectionGuard, ListenerInfo};
+use crate::admission::{ConnectionGuard, ListenerInfo, SessionSlot};
 use crate::balance::MemberLease;
 use crate::body::{ClientBodyError, RequestBody, UploadProbe};
 use crate::error::ProxyError;
+use crate::first_request::Prefixed;
 use crate::grpc;
 use crate::handshake;
 use crate::headers;
@@ -50,7 +51,7 @@ use crate::pump::{OverLimit, PumpConfig, SessionLimits};
 use crate::response::ProxyBody;
 use crate::route_table::{Route, SharedRoutes};
 use crate::session::{SessionActor, SessionEnv, SessionInfo, SessionRegistry};
-use crate::shutdown::{ShutdownSignal, Tracker};
+use crate::shutdown::{ShutdownSignal, TrackToken, Tracker};
 use crate::token_bucket::Rate;
 use crate::trace::{self, HandshakeOutcome};
 use crate::transport::{SessionIo, SessionStreams, StreamIo, TlsIo};
@@ -63,6 +64,8 @@ mod websocket;
 
 use http_request::forward_http;
 use websocket::forward_websocket;
+pub(crate) use websocket::tls_session;
+pub use websocket::SessionStart;
 
 /// What every connection on one worker shares.
 pub struct WorkerContext {
@@ -129,6 +132,28 @@ struct RequestFacts {
     connect: Option<Duration>,
     /// From sending the answered attempt to the backend's response head.
     ttfb: Option<Duration>,
+    /// A WebSocket the backend accepted: the session to start.
+    session: Option<SessionStart>,
+}
+
+/// A client request's body as the request path sees it.
+#[derive(Debug)]
+pub enum ClientBody {
+    /// The body as hyper's server reads it (possibly empty).
+    Incoming(Incoming),
+    /// No body: a request whose head the worker read itself (a WebSocket handshake, which has
+    /// none: see [`crate::first_request`]).
+    Empty,
+}
+
+impl ClientBody {
+    /// Nothing (more) comes: an empty body.
+    pub fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Incoming(body) => body.is_end_stream(),
+            ClientBody::Empty => true,
+        }
+    }
 }
 
 /// The service's only error: the client left before its request was complete, so its
@@ -137,13 +162,34 @@ struct RequestFacts {
 #[error("client closed the connection before its request was complete")]
 pub struct ClientGone;
 
-/// Handles one request: the service function of every client connection. Every error becomes
-/// a response here, except a client that left ([`ClientGone`]): its connection is closed.
+/// Handles one request: the service function of every hyper-served client connection. Every
+/// error becomes a response here, except a client that left ([`ClientGone`]): its connection is
+/// closed. A WebSocket whose backend answered `101` starts once hyper hands the connection over.
 pub async fn handle(
     ctx: Rc<WorkerContext>,
     conn: Rc<Connection>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ClientGone> {
+    // Present only on a request that asked to upgrade (HTTP/1.1) or an extended CONNECT.
+    let upgrade = hyper::upgrade::on(&mut req);
+    let (resp, session) = answer(&ctx, &conn, req.map(ClientBody::Incoming)).await;
+    if let Some(session) = session {
+        tokio::task::spawn_local(session.start_upgraded(upgrade));
+    }
+    resp
+}
+
+/// Answers one request, on any connection: routes, validates, forwards, logs and counts it.
+/// On a WebSocket handshake the backend accepted, the answer is the `101` (over HTTP/2 a
+/// `200`) to send, and the session to start once it is on its way ([`SessionStart`]).
+pub async fn answer(
+    ctx: &Rc<WorkerContext>,
+    conn: &Rc<Connection>,
+    mut req: Request<ClientBody>,
+) -> (
+    Result<Response<ProxyBody>, ClientGone>,
+    Option<SessionStart>,
+) {
     let started = Instant::now();
     let websocket = match conn.protocol() {
         HttpProtocol::Http1 => handshake::wants_websocket(req.headers()),
@@ -189,7 +235,7 @@ pub async fn handle(
     // Boxed: the request's future is a few KiB, and instrumenting and awaiting it inline copies
     // it three times; one allocation costs less.
     let result = Box::pin(route_and_forward(
-        &ctx, &conn, req, websocket, &span, &mut facts,
+        ctx, conn, req, websocket, &span, &mut facts,
     ))
     .instrument(span.clone())
     .await;
@@ -286,13 +332,13 @@ pub async fn handle(
             Err(_) => line.write(0),
         }
     }
-    resp.map_err(|_| ClientGone)
+    (resp.map_err(|_| ClientGone), facts.session.take())
 }
 
 async fn route_and_forward(
     ctx: &Rc<WorkerContext>,
     conn: &Rc<Connection>,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody>,
     websocket: bool,
     span: &Span,
     facts: &mut RequestFacts,

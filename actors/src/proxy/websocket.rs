@@ -12,7 +12,7 @@ pub(super) async fn forward_websocket(
     ctx: &Rc<WorkerContext>,
     conn: &Connection,
     route: Arc<Route>,
-    mut req: Request<Incoming>,
+    req: Request<ClientBody>,
     span: &Span,
     facts: &mut RequestFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
@@ -44,7 +44,6 @@ pub(super) async fn forward_websocket(
         })?;
     let (mut backend, mut lease) = pick_backend(&route, conn, req.headers())?;
     facts.backend = Some(backend);
-    let client_upgrade = hyper::upgrade::on(&mut req);
     let (mut parts, _) = req.into_parts();
     prepare_head(&mut parts, conn, &route);
     headers::set_websocket_upgrade(&mut parts.headers);
@@ -68,6 +67,7 @@ pub(super) async fn forward_websocket(
             backend,
             tls.as_ref(),
             &parts,
+            &route.settings.source_addresses,
             route.settings.connect_timeout,
             route.settings.request_timeout,
         )
@@ -127,55 +127,19 @@ pub(super) async fn forward_websocket(
     // Over HTTP/2 the session is a stream of the connection: it counts as open (no idle
     // GOAWAY) for as long as the session lives, past the end of this request.
     let open_stream = conn.http2.as_ref().map(|h2| h2.streams.open());
-    let pump = pump_config(&route);
-    let limits = session_limits(&route);
-    let token = ctx.tracker.token();
-    let ctx = ctx.clone();
-    let handshake_span = span.clone();
-    tokio::task::spawn_local(async move {
-        // Only the client side goes through hyper's upgrade; the backend socket is ready.
-        let client = match client_upgrade.await {
-            Ok(client) => client,
-            Err(e) => {
-                tracing::debug!(client = %info.client, error = %e, "upgrade did not complete");
-                return;
-            }
-        };
-        let (client, client_prefix) = if over_h2 {
-            (
-                SessionIo::Stream(Box::new(StreamIo::new(
-                    client,
-                    open_stream.expect("an HTTP/2 connection counts its streams"),
-                ))),
-                Bytes::new(),
-            )
-        } else {
-            let Some(tcp) = into_tcp(client) else {
-                tracing::error!("upgraded client connection is not a TCP stream");
-                return;
-            };
-            tcp
-        };
-        let connection = connection.and_then(ConnectionGuard::into_session);
-        let span = trace::session(&handshake_span, &info.route, info.backend);
-        let env = SessionEnv {
-            registry: ctx.registry.clone(),
-            shutdown: ctx.shutdown.clone(),
-            shutdown_grace: ctx.shutdown_grace,
-            metrics: ctx.metrics.clone(),
-            route_metrics: route.metrics.clone(),
-            span,
-            token,
-            slot,
-            connection,
-        };
-        let streams = SessionStreams {
-            client,
-            client_prefix,
-            backend: backend_io,
-            backend_prefix,
-        };
-        SessionActor::new(info, streams, pump, limits, env).start();
+    facts.session = Some(SessionStart {
+        ctx: ctx.clone(),
+        info,
+        route_metrics: route.metrics.clone(),
+        pump: pump_config(&route),
+        limits: session_limits(&route),
+        token: ctx.tracker.token(),
+        slot,
+        connection,
+        open_stream,
+        handshake_span: span.clone(),
+        backend: backend_io,
+        backend_prefix,
     });
     let (mut parts, ()) = head.into_parts();
     if over_h2 {
@@ -190,23 +154,141 @@ pub(super) async fn forward_websocket(
     Ok(Response::from_parts(parts, ProxyBody::empty()))
 }
 
+/// Everything a session needs but its client connection, made when the backend answered `101`.
+/// The connection joins it once the `101` is on its way to the client: at once when the worker
+/// wrote the answer itself ([`SessionStart::start`]), or when hyper hands the connection over
+/// ([`SessionStart::start_upgraded`]).
+pub struct SessionStart {
+    ctx: Rc<WorkerContext>,
+    info: SessionInfo,
+    route_metrics: Arc<RouteCounters>,
+    pump: PumpConfig,
+    limits: SessionLimits,
+    token: TrackToken,
+    slot: SessionSlot,
+    /// The connection's place in `max_connections` (HTTP/1.1: it moves into the session).
+    connection: Option<ConnectionGuard>,
+    /// Over HTTP/2: the session's stream, counted open (no idle GOAWAY) while the session lives.
+    open_stream: Option<crate::http2::StreamGuard>,
+    handshake_span: Span,
+    backend: SessionIo,
+    backend_prefix: Bytes,
+}
+
+impl std::fmt::Debug for SessionStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionStart")
+            .field("info", &self.info)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionStart {
+    /// Starts the session actor on this worker over `client`, with the bytes the client sent
+    /// after its handshake (`client_prefix`).
+    pub fn start(self, client: SessionIo, client_prefix: Bytes) {
+        let SessionStart {
+            ctx,
+            info,
+            route_metrics,
+            pump,
+            limits,
+            token,
+            slot,
+            connection,
+            open_stream: _,
+            handshake_span,
+            backend,
+            backend_prefix,
+        } = self;
+        let connection = connection.and_then(ConnectionGuard::into_session);
+        let span = trace::session(&handshake_span, &info.route, info.backend);
+        let env = SessionEnv {
+            registry: ctx.registry.clone(),
+            shutdown: ctx.shutdown.clone(),
+            shutdown_grace: ctx.shutdown_grace,
+            metrics: ctx.metrics.clone(),
+            route_metrics,
+            span,
+            token,
+            slot,
+            connection,
+        };
+        let streams = SessionStreams {
+            client,
+            client_prefix,
+            backend,
+            backend_prefix,
+        };
+        SessionActor::new(info, streams, pump, limits, env).start();
+    }
+
+    /// Waits for hyper to hand over the client's connection (HTTP/1.1: once the `101` is
+    /// written; HTTP/2: the stream), then starts the session over it.
+    pub async fn start_upgraded(mut self, upgrade: hyper::upgrade::OnUpgrade) {
+        let client = match upgrade.await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::debug!(client = %self.info.client, error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        let (client, client_prefix) = match self.open_stream.take() {
+            Some(open) => (
+                SessionIo::Stream(Box::new(StreamIo::new(client, open))),
+                Bytes::new(),
+            ),
+            None => {
+                let Some(tcp) = into_tcp(client) else {
+                    tracing::error!("upgraded client connection is not a TCP stream");
+                    return;
+                };
+                tcp
+            }
+        };
+        self.start(client, client_prefix);
+    }
+}
+
 /// Recovers the client's connection under its upgraded one (TCP, or TCP + the rustls state of
 /// an https listener's connection), with the bytes hyper had read past the handshake. hyper's
 /// own read buffer and tokio-rustls' wrapper are dropped here, so they do not live as long as
 /// the session.
 fn into_tcp(upgraded: Upgraded) -> Option<(SessionIo, Bytes)> {
-    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(parts) => return Some((SessionIo::Plain(parts.io.into_inner()), parts.read_buf)),
+    let upgraded = match upgraded.downcast::<TokioIo<Prefixed<TcpStream>>>() {
+        Ok(parts) => {
+            let (tcp, unread) = parts.io.into_inner().into_parts();
+            return Some((SessionIo::Plain(tcp), joined(unread, parts.read_buf)));
+        }
         Err(upgraded) => upgraded,
     };
     let parts = upgraded
-        .downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>()
+        .downcast::<TokioIo<Prefixed<tokio_rustls::server::TlsStream<TcpStream>>>>()
         .ok()?;
-    let (tcp, conn) = parts.io.into_inner().into_inner();
-    Some((
-        SessionIo::Tls(Box::new(TlsIo::new(tcp, conn))),
-        parts.read_buf,
-    ))
+    let (tls, unread) = parts.io.into_inner().into_parts();
+    Some((tls_session(tls), joined(unread, parts.read_buf)))
+}
+
+/// An https listener's client connection as a session's: TCP plus its rustls state (the
+/// tokio-rustls wrapper is dropped, so it does not live as long as the session).
+pub(crate) fn tls_session(tls: tokio_rustls::server::TlsStream<TcpStream>) -> SessionIo {
+    let (tcp, conn) = tls.into_inner();
+    SessionIo::Tls(Box::new(TlsIo::new(tcp, conn)))
+}
+
+/// What hyper had read past the handshake, then what it had not yet read of the bytes the
+/// worker read before it (in practice one of the two is empty).
+fn joined(unread: Bytes, read_buf: Bytes) -> Bytes {
+    match (read_buf.is_empty(), unread.is_empty()) {
+        (_, true) => read_buf,
+        (true, false) => unread,
+        (false, false) => {
+            let mut all = Vec::with_capacity(read_buf.len() + unread.len());
+            all.extend_from_slice(&read_buf);
+            all.extend_from_slice(&unread);
+            Bytes::from(all)
+        }
+    }
 }
 
 /// How a session on `route` is pumped: its inspection mode and bounds.

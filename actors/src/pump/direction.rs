@@ -167,8 +167,9 @@ pub(super) struct Half {
     /// A frame of Tether's waiting for a frame boundary towards `dst` (boxed: rare, and an
     /// idle session should not carry 130 bytes for it).
     pub(super) queued: Option<Box<Queued>>,
-    /// The close frame `src` sent, if any.
-    pub(super) close: Option<CloseInfo>,
+    /// The close frame `src` sent, if any (boxed: an idle session has none, and should not
+    /// carry 32 bytes for it).
+    pub(super) close: Option<Box<CloseInfo>>,
 }
 
 impl Half {

@@ -2,8 +2,9 @@
 //! (token buckets, checked at each frame header so no payload is ever held back), how long a
 //! destination may sit with a full buffer (slow consumer), and how old a session may grow.
 //!
-//! A session with none of these configured carries no state for them (the core keeps an
-//! `Option<Box<Limits>>`, so an idle unlimited session pays one word).
+//! The slow-consumer clock is kept inline (56 bytes with the rest; it is on by default); the
+//! rates' state is boxed and absent unless the rule sets a rate, so a session without rates
+//! pays one word for them.
 //!
 //! Lifecycle of the rate limits, per session:
 //!
@@ -61,45 +62,65 @@ pub struct SessionLimits {
     pub max_age: Option<Duration>,
 }
 
-impl SessionLimits {
-    /// Whether any limit is set (otherwise the session carries no limit state).
-    pub fn any(&self) -> bool {
-        self.messages.is_some()
-            || self.bytes.is_some()
-            || self.slow_consumer_timeout.is_some()
-            || self.max_age.is_some()
-    }
+/// The limits' live state in one session (see the module's lifecycle note): the slow-consumer
+/// clock inline (on by default, so nearly every session has it), the client's rates boxed and
+/// absent unless the rule sets one.
+#[derive(Default)]
+pub(super) struct Limits {
+    /// How long a destination may hold a full buffer.
+    slow_consumer_timeout: Option<Duration>,
+    /// Since when each direction's destination holds a full buffer (`[up, down]`).
+    full_since: [Option<Instant>; 2],
+    /// The client's rates and their state.
+    rates: Option<Box<Rates>>,
 }
 
-/// The limits' live state in one session (see the module's lifecycle note).
-pub(super) struct Limits {
-    pub(super) cfg: SessionLimits,
+/// The client's message and byte rates and what they decided.
+struct Rates {
+    over_limit: OverLimit,
     messages: Option<TokenBucket>,
     bytes: Option<TokenBucket>,
     /// The rate a frame header broke (close action), for the core to act on.
-    pub(super) violated: Option<RateLimit>,
+    violated: Option<RateLimit>,
     /// Reads from the client wait until then (delay action).
-    pub(super) paused_until: Option<Instant>,
-    /// Since when each direction's destination holds a full buffer (`[up, down]`).
-    full_since: [Option<Instant>; 2],
+    paused_until: Option<Instant>,
 }
 
 impl Limits {
     pub(super) fn new(cfg: SessionLimits, now: Instant) -> Limits {
+        let rates = (cfg.messages.is_some() || cfg.bytes.is_some()).then(|| {
+            Box::new(Rates {
+                over_limit: cfg.over_limit,
+                messages: cfg.messages.map(|r| TokenBucket::new(r, now)),
+                bytes: cfg.bytes.map(|r| TokenBucket::new(r, now)),
+                violated: None,
+                paused_until: None,
+            })
+        });
         Limits {
-            cfg,
-            messages: cfg.messages.map(|r| TokenBucket::new(r, now)),
-            bytes: cfg.bytes.map(|r| TokenBucket::new(r, now)),
-            violated: None,
-            paused_until: None,
+            slow_consumer_timeout: cfg.slow_consumer_timeout,
             full_since: [None, None],
+            rates,
         }
     }
 
+    /// Whether the client has a message or byte rate (frame headers are then checked).
+    pub(super) fn has_rates(&self) -> bool {
+        self.rates.is_some()
+    }
+
+    /// The rate a frame header broke (close action), once.
+    pub(super) fn take_violated(&mut self) -> Option<RateLimit> {
+        self.rates.as_mut().and_then(|r| r.violated.take())
+    }
+
     /// A frame header from the client: charges the buckets. `false` when it broke a rate and
-    /// the action is to close (the frame must not be forwarded; [`Limits::violated`] says
+    /// the action is to close (the frame must not be forwarded; [`Limits::take_violated`] says
     /// which).
     pub(super) fn admit(&mut self, h: &FrameHeader, now: Instant) -> bool {
+        let Some(rates) = &mut self.rates else {
+            return true;
+        };
         let (first, data) = match h.opcode {
             OpCode::Text | OpCode::Binary => (true, true),
             OpCode::Continuation => (false, true),
@@ -109,15 +130,15 @@ impl Limits {
             return true;
         }
         let charges = [
-            (RateLimit::Messages, &mut self.messages, u64::from(first)),
-            (RateLimit::Bytes, &mut self.bytes, h.len),
+            (RateLimit::Messages, &mut rates.messages, u64::from(first)),
+            (RateLimit::Bytes, &mut rates.bytes, h.len),
         ];
-        match self.cfg.over_limit {
+        match rates.over_limit {
             OverLimit::Close => {
                 for (limit, bucket, n) in charges {
                     if let (Some(b), true) = (bucket, n > 0) {
                         if !b.take(n, now) {
-                            self.violated = Some(limit);
+                            rates.violated = Some(limit);
                             return false;
                         }
                     }
@@ -127,8 +148,8 @@ impl Limits {
                 for (_, bucket, n) in charges {
                     if let (Some(b), true) = (bucket, n > 0) {
                         if let Some(ready) = b.charge(n, now) {
-                            self.paused_until =
-                                Some(self.paused_until.map_or(ready, |p| p.max(ready)));
+                            rates.paused_until =
+                                Some(rates.paused_until.map_or(ready, |p| p.max(ready)));
                         }
                     }
                 }
@@ -137,21 +158,28 @@ impl Limits {
         true
     }
 
+    /// When reads from the client resume (delay action), if they wait.
+    fn paused_until(&self) -> Option<Instant> {
+        self.rates.as_ref().and_then(|r| r.paused_until)
+    }
+
     /// Whether reads from the client wait (delay action).
     pub(super) fn paused(&self) -> bool {
-        self.paused_until.is_some()
+        self.paused_until().is_some()
     }
 
     /// Time passed: ends a pause that is over.
     pub(super) fn tick(&mut self, now: Instant) {
-        if self.paused_until.is_some_and(|t| now >= t) {
-            self.paused_until = None;
+        if let Some(rates) = &mut self.rates {
+            if rates.paused_until.is_some_and(|t| now >= t) {
+                rates.paused_until = None;
+            }
         }
     }
 
     /// Notes how full the destination of `dir` is after an event.
     pub(super) fn observe(&mut self, dir: Dir, pending: usize, open: bool, now: Instant) {
-        if self.cfg.slow_consumer_timeout.is_none() {
+        if self.slow_consumer_timeout.is_none() {
             return;
         }
         let slot = &mut self.full_since[idx(dir)];
@@ -160,14 +188,14 @@ impl Limits {
 
     /// When the destination of `dir` becomes a slow consumer, if it is full now.
     pub(super) fn slow_at(&self, dir: Dir) -> Option<Instant> {
-        let timeout = self.cfg.slow_consumer_timeout?;
+        let timeout = self.slow_consumer_timeout?;
         self.full_since[idx(dir)].map(|since| since + timeout)
     }
 
     /// The earliest moment a limit needs the timer.
     pub(super) fn next_deadline(&self) -> Option<Instant> {
         [
-            self.paused_until,
+            self.paused_until(),
             self.slow_at(Dir::Up),
             self.slow_at(Dir::Down),
         ]

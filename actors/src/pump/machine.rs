@@ -84,7 +84,7 @@ use std::time::{Duration, Instant};
 
 use super::direction::{Dest, Half, Outbox, Queued};
 use super::limits::{Limits, RateLimit, SessionLimits};
-use super::watch::{mask_key, Ping, Watch, PING_PAYLOAD_LEN};
+use super::watch::{mask_key, Ping, Watch};
 use crate::frame::{ControlFrame, OpCode, Sink};
 use crate::outcome::{EndCause, Initiator, Outcome};
 use crate::shutdown::DrainReason;
@@ -140,8 +140,8 @@ pub(crate) struct Session {
     tether_close: Option<u16>,
     last_activity: Instant,
     last_client: Instant,
-    /// Per-session limits and their state; `None` (one word) when the rule sets none.
-    limits: Option<Box<Limits>>,
+    /// Per-session limits and their state (the rates boxed, absent when the rule sets none).
+    limits: Limits,
 }
 
 impl Session {
@@ -168,7 +168,7 @@ impl Session {
             tether_close: None,
             last_activity: now,
             last_client: now,
-            limits: limits.any().then(|| Box::new(Limits::new(limits, now))),
+            limits: Limits::new(limits, now),
         }
     }
 
@@ -190,7 +190,7 @@ impl Session {
     /// [`PENDING_LIMIT`](super::PENDING_LIMIT) bytes wait for its destination), and, for the
     /// client, its rate limit does not hold reads back.
     pub(crate) fn can_read(&self, dir: Dir) -> bool {
-        let paused = dir == Dir::Up && self.limits.as_ref().is_some_and(|l| l.paused());
+        let paused = dir == Dir::Up && self.limits.paused();
         self.half(dir).can_read() && !paused
     }
 
@@ -255,8 +255,8 @@ impl Session {
                 first_close: &mut self.first_close,
                 messages: 0,
                 limits: match dir {
-                    Dir::Up => self.limits.as_deref_mut(),
-                    Dir::Down => None,
+                    Dir::Up if self.limits.has_rates() => Some(&mut self.limits),
+                    _ => None,
                 },
             };
             let rejected = half.tracker.process(bytes, &mut watch, &mut out).is_err();
@@ -274,7 +274,7 @@ impl Session {
             counter.set(counter.get() + messages);
         }
         if rejected {
-            match self.limits.as_mut().and_then(|l| l.violated.take()) {
+            match self.limits.take_violated() {
                 Some(limit) => self.over_rate(limit, now),
                 None => self.message_too_big(dir, now),
             }
@@ -383,7 +383,7 @@ impl Session {
     /// The earliest moment something is due: the driver's timer fires [`Session::on_timer`]
     /// then.
     pub(crate) fn next_deadline(&self) -> Instant {
-        let limit = self.limits.as_ref().and_then(|l| l.next_deadline());
+        let limit = self.limits.next_deadline();
         let drain_at = match self.phase {
             Phase::Closing { deadline } => return limit.map_or(deadline, |l| l.min(deadline)),
             Phase::Done { .. } => return self.last_activity,
@@ -422,9 +422,7 @@ impl Session {
     }
 
     fn timer(&mut self, now: Instant, wire: &mut impl Wire) {
-        if let Some(limits) = &mut self.limits {
-            limits.tick(now);
-        }
+        self.limits.tick(now);
         let drain_at = match self.phase {
             Phase::Running { drain_at } => drain_at,
             _ => return,
@@ -437,12 +435,10 @@ impl Session {
                 return;
             }
         }
-        if let Some(limits) = &self.limits {
-            for dir in [Dir::Down, Dir::Up] {
-                if limits.slow_at(dir).is_some_and(|at| now >= at) {
-                    self.slow_consumer(dir, wire, now);
-                    return;
-                }
+        for dir in [Dir::Down, Dir::Up] {
+            if self.limits.slow_at(dir).is_some_and(|at| now >= at) {
+                self.slow_consumer(dir, wire, now);
+                return;
             }
         }
         let keepalive = self.cfg.keepalive.filter(|_| self.cfg.frames);
@@ -476,12 +472,7 @@ impl Session {
         }
         if let Some(interval) = keepalive {
             if now >= self.ping_due(interval) && self.can_queue_ping() {
-                self.ping.seq = self.ping.seq.wrapping_add(1);
-                let mut payload = [0u8; PING_PAYLOAD_LEN];
-                payload[..4].copy_from_slice(b"tthr");
-                payload[4..].copy_from_slice(&self.ping.seq.to_be_bytes());
-                self.ping.outstanding = Some((payload, now));
-                self.ping.last_sent = Some(now);
+                let payload = self.ping.send(now);
                 self.down.queued = Some(Box::new(Queued::Ping(ControlFrame::new(
                     OpCode::Ping,
                     &payload,
@@ -544,12 +535,12 @@ impl Session {
         };
         Outcome {
             cause,
-            client_close: self.up.close.take(),
-            backend_close: self.down.close.take(),
+            client_close: self.up.close.take().map(|c| *c),
+            backend_close: self.down.close.take().map(|c| *c),
             tether_close: self.tether_close,
             initiator: self.first_close,
-            ping_rtt_last: self.ping.rtt_last,
-            ping_rtt_max: self.ping.rtt_max,
+            ping_rtt_last: self.ping.rtt_last(),
+            ping_rtt_max: self.ping.rtt_max(),
         }
     }
 
@@ -754,9 +745,8 @@ impl Session {
                 wire.shutdown_write(dir);
                 half.dest.fin_sent();
             }
-            if let Some(limits) = &mut self.limits {
-                limits.observe(dir, half.pending.len(), !half.dest.done(), now);
-            }
+            self.limits
+                .observe(dir, half.pending.len(), !half.dest.done(), now);
             self.check_write(dir, now);
         }
     }

@@ -14,14 +14,56 @@ use crate::outcome::Initiator;
 /// Length of the payload of Tether's keep-alive pings (`tthr` + a sequence number).
 pub const PING_PAYLOAD_LEN: usize = 8;
 
-/// Keep-alive state.
+/// Keep-alive state (40 bytes: the payload of the ping in flight is derived from `seq`, and
+/// round trips are kept in microseconds).
 #[derive(Default)]
 pub(super) struct Ping {
+    /// The sequence number of the last ping sent.
     pub(super) seq: u32,
-    pub(super) outstanding: Option<([u8; PING_PAYLOAD_LEN], Instant)>,
+    /// The last ping sent (at `last_sent`) is not answered yet.
+    pub(super) outstanding: bool,
     pub(super) last_sent: Option<Instant>,
-    pub(super) rtt_last: Option<Duration>,
-    pub(super) rtt_max: Option<Duration>,
+    /// The last and the largest round trip, in microseconds (saturating at `u32::MAX`, 71 min).
+    rtt_last_us: Option<u32>,
+    rtt_max_us: Option<u32>,
+}
+
+impl Ping {
+    /// The payload of ping number `seq`: `tthr` and the number.
+    pub(super) fn payload(seq: u32) -> [u8; PING_PAYLOAD_LEN] {
+        let mut payload = [0u8; PING_PAYLOAD_LEN];
+        payload[..4].copy_from_slice(b"tthr");
+        payload[4..].copy_from_slice(&seq.to_be_bytes());
+        payload
+    }
+
+    /// Sends ping number `seq + 1` at `now`: its payload.
+    pub(super) fn send(&mut self, now: Instant) -> [u8; PING_PAYLOAD_LEN] {
+        self.seq = self.seq.wrapping_add(1);
+        self.outstanding = true;
+        self.last_sent = Some(now);
+        Ping::payload(self.seq)
+    }
+
+    /// The ping in flight was answered after `rtt`.
+    fn answered(&mut self, rtt: Duration) {
+        let us = u32::try_from(rtt.as_micros()).unwrap_or(u32::MAX);
+        self.rtt_last_us = Some(us);
+        self.rtt_max_us = Some(self.rtt_max_us.map_or(us, |m| m.max(us)));
+        self.outstanding = false;
+    }
+
+    /// The last round trip, if a ping was answered.
+    pub(super) fn rtt_last(&self) -> Option<Duration> {
+        self.rtt_last_us
+            .map(|us| Duration::from_micros(u64::from(us)))
+    }
+
+    /// The largest round trip, if a ping was answered.
+    pub(super) fn rtt_max(&self) -> Option<Duration> {
+        self.rtt_max_us
+            .map(|us| Duration::from_micros(u64::from(us)))
+    }
 }
 
 /// Watches one direction's frames on behalf of the session.
@@ -30,7 +72,7 @@ pub(super) struct Watch<'a> {
     pub(super) max_message: Option<u64>,
     pub(super) now: Instant,
     pub(super) ping: &'a mut Ping,
-    pub(super) close: &'a mut Option<CloseInfo>,
+    pub(super) close: &'a mut Option<Box<CloseInfo>>,
     pub(super) first_close: &'a mut Option<Initiator>,
     pub(super) messages: u64,
     /// The client's rate limits (client-to-backend only; `None` when there are none).
@@ -55,7 +97,7 @@ impl Inspector for Watch<'_> {
             OpCode::Close => Verdict::Hold,
             OpCode::Pong
                 if self.from_client
-                    && self.ping.outstanding.is_some()
+                    && self.ping.outstanding
                     && h.len == PING_PAYLOAD_LEN as u64 =>
             {
                 Verdict::Hold
@@ -74,7 +116,7 @@ impl Inspector for Watch<'_> {
                 let info = CloseInfo::parse(control.unwrap_or_default());
                 let reserved = info.code.is_some_and(is_reserved_close_code);
                 if self.close.is_none() {
-                    *self.close = Some(info);
+                    *self.close = Some(Box::new(info));
                 }
                 if self.first_close.is_none() {
                     *self.first_close = Some(if self.from_client {
@@ -92,12 +134,9 @@ impl Inspector for Watch<'_> {
                 }
             }
             OpCode::Pong if self.from_client => {
-                if let Some((payload, sent)) = self.ping.outstanding {
-                    if control == Some(&payload[..]) {
-                        let rtt = self.now.saturating_duration_since(sent);
-                        self.ping.rtt_last = Some(rtt);
-                        self.ping.rtt_max = Some(self.ping.rtt_max.map_or(rtt, |m| m.max(rtt)));
-                        self.ping.outstanding = None;
+                if let (true, Some(sent)) = (self.ping.outstanding, self.ping.last_sent) {
+                    if control == Some(&Ping::payload(self.ping.seq)[..]) {
+                        self.ping.answered(self.now.saturating_duration_since(sent));
                         return Held::Swallow;
                     }
                 }

@@ -75,11 +75,12 @@ fn member_status(pool: &PoolState, m: &MemberState, now: Instant) -> MemberStatu
             last_error: m.ejection.last_error.clone(),
         },
         connect_failures: {
-            let [error, timeout, tls] = m.shared.connect_failures();
+            let [error, timeout, tls, no_local_port] = m.shared.connect_failures();
             ConnectFailures {
                 error,
                 timeout,
                 tls,
+                no_local_port,
             }
         },
     }

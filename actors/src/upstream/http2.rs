@@ -27,7 +27,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -160,6 +160,7 @@ impl Multiplexed {
         &self,
         key: PoolKey,
         tls: Option<&UpstreamTls>,
+        sources: &[IpAddr],
         connect_timeout: Duration,
         opened: impl Fn(),
     ) -> Result<(H2Conn, StreamSlot, bool), ProxyError> {
@@ -182,7 +183,7 @@ impl Multiplexed {
                         )),
                     });
                 }
-                let conn = open(key.0, tls, connect_timeout).await?;
+                let conn = open(key.0, tls, sources, connect_timeout).await?;
                 opened();
                 return Ok(self.add(key, conn));
             }
@@ -194,7 +195,7 @@ impl Multiplexed {
                 opening,
                 succeeded: false,
             };
-            let conn = match open(key.0, tls, connect_timeout).await {
+            let conn = match open(key.0, tls, sources, connect_timeout).await {
                 Ok(conn) => conn,
                 Err(e) => {
                     *guard.opening.reason.borrow_mut() = Some(e.to_string());
@@ -243,10 +244,11 @@ impl Multiplexed {
 async fn open(
     backend: SocketAddr,
     tls: Option<&UpstreamTls>,
+    sources: &[IpAddr],
     connect_timeout: Duration,
 ) -> Result<H2Conn, ProxyError> {
     let deadline = tokio::time::Instant::now() + connect_timeout;
-    let stream = super::connect(backend, connect_timeout).await?;
+    let stream = super::connect(backend, sources, connect_timeout).await?;
     let peer_limit = Rc::new(Cell::new(MAX_STREAMS_PER_CONNECTION));
     let sender = match tls {
         None => handshake(backend, TokioIo::new(stream), peer_limit.clone()).await?,
@@ -346,7 +348,7 @@ mod tests {
                 let mut slots = Vec::new();
                 for _ in 0..MAX_STREAMS_PER_CONNECTION {
                     let (_, slot, _) = pool
-                        .checkout(key, None, Duration::from_secs(5), || {
+                        .checkout(key, None, &[], Duration::from_secs(5), || {
                             opened.set(opened.get() + 1)
                         })
                         .await
@@ -355,7 +357,7 @@ mod tests {
                 }
                 assert_eq!((opened.get(), pool.open_count(key)), (1, 1));
                 let (_, extra, fresh) = pool
-                    .checkout(key, None, Duration::from_secs(5), || {
+                    .checkout(key, None, &[], Duration::from_secs(5), || {
                         opened.set(opened.get() + 1)
                     })
                     .await
@@ -365,7 +367,7 @@ mod tests {
                 drop(extra);
                 slots.pop();
                 let (_, _, fresh) = pool
-                    .checkout(key, None, Duration::from_secs(5), || {})
+                    .checkout(key, None, &[], Duration::from_secs(5), || {})
                     .await
                     .unwrap();
                 assert!(!fresh, "a freed slot is reused");
@@ -397,7 +399,7 @@ mod tests {
                         tokio::task::spawn_local(async move {
                             let key = (addr, 0);
                             let count = || opened.set(opened.get() + 1);
-                            pool.checkout(key, None, Duration::from_secs(5), count)
+                            pool.checkout(key, None, &[], Duration::from_secs(5), count)
                                 .await
                                 .map(|(_, slot, _)| slot)
                         })
@@ -428,7 +430,7 @@ mod tests {
                         let (pool, tls) = (pool.clone(), tls.clone());
                         tokio::task::spawn_local(async move {
                             let key = (silent_addr, 1);
-                            pool.checkout(key, Some(&tls), Duration::from_secs(3), || {})
+                            pool.checkout(key, Some(&tls), &[], Duration::from_secs(3), || {})
                                 .await
                                 .map(|_| ())
                         })

@@ -35,7 +35,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -63,6 +63,7 @@ use crate::upgrade::{self, UpgradeAnswer};
 
 mod http1;
 mod http2;
+mod source;
 
 pub use http1::ResponseBody;
 
@@ -293,15 +294,37 @@ impl PooledConnection {
     }
 }
 
-/// Opens a TCP connection to `backend` within `timeout`, with `TCP_NODELAY` set.
-pub async fn connect(backend: SocketAddr, timeout: Duration) -> Result<TcpStream, ProxyError> {
-    match tokio::time::timeout(timeout, TcpStream::connect(backend)).await {
+/// Opens a TCP connection to `backend` within `timeout`, with `TCP_NODELAY` set: from one of
+/// `sources` of its family in turn when there are any (`backend_settings.NAME.source_addresses`,
+/// see [`source`]), else from the address and port the kernel picks. No local port left toward
+/// `backend` is [`ProxyError::NoLocalPort`] (Tether's limit), never the backend's failure.
+pub async fn connect(
+    backend: SocketAddr,
+    sources: &[IpAddr],
+    timeout: Duration,
+) -> Result<TcpStream, ProxyError> {
+    let connecting = async {
+        if let Some(connected) = source::connect_from(backend, sources).await {
+            return connected;
+        }
+        TcpStream::connect(backend).await.map_err(|cause| {
+            if source::is_local_exhaustion(&cause) {
+                ProxyError::NoLocalPort {
+                    backend,
+                    sources: 0,
+                }
+            } else {
+                ProxyError::ConnectFailed { backend, cause }
+            }
+        })
+    };
+    match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(stream)) => {
             // Small frames must not wait for Nagle; failure here only costs latency.
             let _ = stream.set_nodelay(true);
             Ok(stream)
         }
-        Ok(Err(cause)) => Err(ProxyError::ConnectFailed { backend, cause }),
+        Ok(Err(error)) => Err(error),
         Err(_) => Err(ProxyError::ConnectTimeout {
             backend,
             after: timeout,
@@ -400,14 +423,22 @@ impl UpstreamPool {
         tls: Option<&UpstreamTls>,
         http2: bool,
         req: Request<UpstreamBody>,
+        sources: &[IpAddr],
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<(Response<BackendBody>, PooledConnection), SendFailure> {
         if http2 {
             // Boxed: the HTTP/2 send (connecting and its handshake included) is a large
             // future, and every request future holding it inline would be copied at its size.
-            return Box::pin(self.send_h2(backend, tls, req, connect_timeout, request_timeout))
-                .await;
+            return Box::pin(self.send_h2(
+                backend,
+                tls,
+                req,
+                sources,
+                connect_timeout,
+                request_timeout,
+            ))
+            .await;
         }
         let deadline = tokio::time::Instant::now() + request_timeout;
         let key = (backend, UpstreamTls::key(tls));
@@ -418,7 +449,7 @@ impl UpstreamPool {
                 Some(conn) => (conn, true),
                 // Boxed (only when connecting): the connect and TLS handshake futures are
                 // large, and the request's future is moved several times as it starts.
-                None => match Box::pin(open(backend, tls, connect_timeout)).await {
+                None => match Box::pin(open(backend, tls, sources, connect_timeout)).await {
                     Ok(conn) => (conn, false),
                     Err(error) => return Err(SendFailure::unsent(error, req)),
                 },
@@ -485,6 +516,7 @@ impl UpstreamPool {
         backend: SocketAddr,
         tls: Option<&UpstreamTls>,
         mut req: Request<UpstreamBody>,
+        sources: &[IpAddr],
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> Result<(Response<BackendBody>, PooledConnection), SendFailure> {
@@ -493,7 +525,7 @@ impl UpstreamPool {
         let mut again = true;
         loop {
             let opening = std::time::Instant::now();
-            let checkout = self.h2.checkout(key, tls, connect_timeout, || {
+            let checkout = self.h2.checkout(key, tls, sources, connect_timeout, || {
                 self.metrics.upstream_h2.connection_opened();
             });
             let (mut conn, slot, fresh) = match checkout.await {
@@ -560,12 +592,13 @@ pub async fn send_upgrade(
     backend: SocketAddr,
     tls: Option<&UpstreamTls>,
     head: &http::request::Parts,
+    sources: &[IpAddr],
     connect_timeout: Duration,
     request_timeout: Duration,
 ) -> Result<UpgradeAnswer<SessionIo>, ProxyError> {
     let request = upgrade::request_head(head);
     let deadline = tokio::time::Instant::now() + connect_timeout;
-    let stream = connect(backend, connect_timeout).await?;
+    let stream = connect(backend, sources, connect_timeout).await?;
     let Some(tls) = tls else {
         let answer = upgrade::exchange(stream, &request, backend, request_timeout).await?;
         return Ok(answer.map_io(SessionIo::Plain));
@@ -584,10 +617,11 @@ pub async fn send_upgrade(
 async fn open(
     backend: SocketAddr,
     tls: Option<&UpstreamTls>,
+    sources: &[IpAddr],
     connect_timeout: Duration,
 ) -> Result<http1::Conn, ProxyError> {
     let deadline = tokio::time::Instant::now() + connect_timeout;
-    let stream = connect(backend, connect_timeout).await?;
+    let stream = connect(backend, sources, connect_timeout).await?;
     Ok(match tls {
         None => http1::Conn::plain(stream),
         Some(tls) => {

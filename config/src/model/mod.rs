@@ -3,7 +3,7 @@
 //! path patterns, hash keys, status ranges) and their parsers are in `values`.
 
 use std::collections::BTreeMap;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::num::NonZeroU32;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -99,6 +99,12 @@ pub const DEFAULT_BACKEND_PROTOCOL: BackendProtocol = BackendProtocol::Http;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// `backend_settings.NAME.connect_timeout`.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// `backend_settings.NAME.source_addresses`: none, so the kernel picks the source address (and
+/// port) of each backend connection, as for any client socket. One source address reaches one
+/// member IP:port over at most the ephemeral port range (`net.ipv4.ip_local_port_range`,
+/// 28,232 ports by default); only a sidecar that holds more connections than that to one member
+/// needs more, and only the operator knows which local addresses the host has.
+pub const DEFAULT_SOURCE_ADDRESSES: &[IpAddr] = &[];
 /// `backend_settings.NAME.retries`: how many *other* members a request or WebSocket upgrade may
 /// go to after a failed attempt (see the README's retry rules); `0` turns retries off.
 pub const DEFAULT_RETRIES: u32 = 1;
@@ -554,6 +560,10 @@ pub struct BackendSettingsConfig {
     pub client_cert_file: Option<PathBuf>,
     /// HTTPS only: the key of `client_cert_file`.
     pub client_key_file: Option<PathBuf>,
+    /// Local addresses backend connections start from, taken in turn; empty (the default,
+    /// [`DEFAULT_SOURCE_ADDRESSES`]) = the kernel picks, as for any client socket. Each address
+    /// adds one ephemeral port range's worth of connections to every member IP:port.
+    pub source_addresses: Vec<IpAddr>,
 }
 
 /// The protocol spoken to a backend or a probe target.

@@ -452,6 +452,7 @@ impl Checker<'_> {
             n => Some(n),
         };
         let protocol = raw.protocol.unwrap_or(DEFAULT_BACKEND_PROTOCOL);
+        let source_addresses = self.source_addresses(&at("source_addresses"), raw);
         let tls = self.backend_tls(name, protocol, raw);
         let tls = tls?;
         Some(BackendSettingsConfig {
@@ -467,7 +468,36 @@ impl Checker<'_> {
             server_name: tls.server_name,
             client_cert_file: tls.client_cert_file,
             client_key_file: tls.client_key_file,
+            source_addresses: source_addresses?,
         })
+    }
+
+    /// `source_addresses`: IP addresses a connection can start from — not the unspecified
+    /// address (that is the kernel's choice, the default) nor a multicast or broadcast one —
+    /// each listed once. Whether the host has them is checked at load
+    /// ([`super::check_source_addresses`]); their family against the members in `cross`.
+    pub(super) fn source_addresses(
+        &mut self,
+        path: &str,
+        raw: &RawBackendSettings,
+    ) -> Option<Vec<IpAddr>> {
+        let parsed = self.list(path, raw.source_addresses.as_ref(), |s| {
+            let ip = s.trim().parse::<IpAddr>().map_err(|_| {
+                ParseError::new(format!(
+                    "invalid source address \"{s}\": expected an IP address without a port, \
+                     e.g. \"10.0.0.12\" or \"fd00::12\""
+                ))
+            })?;
+            let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+            if ip.is_unspecified() || ip.is_multicast() || broadcast {
+                return Err(ParseError::new(format!(
+                    "{ip} cannot be a connection's source address: give addresses of this host \
+                     (leave the list empty to let the kernel choose)"
+                )));
+            }
+            Ok(ip)
+        })?;
+        self.no_duplicates(path, &parsed).then_some(parsed)
     }
 
     /// An optional port: 0 is never a usable destination.

@@ -252,6 +252,51 @@ impl Checker<'_> {
         }
     }
 
+    /// A source address reaches only members of its own family (an IPv4 socket cannot connect
+    /// to an IPv6 member): every `source_addresses` entry must match each IP member of every
+    /// pool a rule pairs with those settings. Members given by DNS name are matched at connect
+    /// time (entries of the other family are skipped for them).
+    pub(super) fn source_families(
+        &mut self,
+        rules: &BTreeMap<String, RoutingRuleConfig>,
+        settings: &BTreeMap<String, BackendSettingsConfig>,
+        pools: &BTreeMap<String, BackendPoolConfig>,
+    ) {
+        let mut reported: BTreeSet<(&str, usize)> = BTreeSet::new();
+        for rule in rules.values() {
+            let (Some(s), Some(pool)) = (
+                settings.get(&rule.backend_settings),
+                pools.get(&rule.backend_pool),
+            ) else {
+                continue;
+            };
+            for (i, source) in s.source_addresses.iter().enumerate() {
+                let other_family = pool.members.iter().find_map(|m| match m.address {
+                    Member::Addr(addr) if addr.is_ipv4() != source.is_ipv4() => Some(addr),
+                    _ => None,
+                });
+                let Some(member) = other_family else {
+                    continue;
+                };
+                if reported.insert((s.name.as_str(), i)) {
+                    let family = |v4: bool| if v4 { "IPv4" } else { "IPv6" };
+                    self.error(
+                        &format!("backend_settings.{}.source_addresses[{i}]", s.name),
+                        format!(
+                            "{source} is an {} address but member {member} of backend pool \"{}\" \
+                             (routing rule \"{}\") is {}: a connection's source and destination \
+                             are of one family",
+                            family(source.is_ipv4()),
+                            pool.name,
+                            rule.name,
+                            family(member.is_ipv4()),
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
     /// A probe that speaks HTTP/1.1 to members that the settings reach over HTTP/2 fails on
     /// every member that speaks only HTTP/2 (most gRPC servers): a warning, since some servers
     /// speak both on one port.

@@ -71,6 +71,7 @@ pub(crate) fn validate(
     c.clashing_binds(admin.as_ref(), &listeners);
     c.pool_probes(&routing_rules, &backend_settings, &probes);
     c.probe_protocols(&backend_settings, &probes);
+    c.source_families(&routing_rules, &backend_settings, &backend_pools);
     c.redirects(&listeners);
     c.unused(raw, declared);
 
@@ -263,6 +264,29 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// Checks that this host has every `backend_settings.NAME.source_addresses` entry, by binding
+/// a UDP socket to it (port 0, closed at once): an address the host does not have would fail
+/// every connection from it. Run by [`crate::load`] (start-up, reload and `tether check`), not by
+/// [`crate::from_toml_str`], so that configurations can be built on any machine. An address
+/// removed from the host later is skipped at connect time instead.
+pub(crate) fn check_source_addresses(root: &Node, config: &Config) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for (name, s) in &config.backend_settings {
+        for (i, ip) in s.source_addresses.iter().enumerate() {
+            if let Err(e) = std::net::UdpSocket::bind(SocketAddr::new(*ip, 0)) {
+                let path = format!("backend_settings.{name}.source_addresses[{i}]");
+                let message = format!(
+                    "{ip} is not an address this host can send from ({e}): list addresses \
+                     of this host's interfaces (`ip -brief address`)"
+                );
+                let source = root.source_of(&path).to_owned();
+                errors.push(ConfigError::new(path, message, source));
+            }
+        }
+    }
+    errors
 }
 
 #[cfg(test)]

@@ -825,3 +825,90 @@ fn rates_need_frames_and_the_drain_spread_must_fit_the_graces() {
         "routing_rules.chat.websocket.drain_spread: must be shorter than shutdown_grace (5s): a shutdown drain spreads its close frames within it [inline]"
     );
 }
+
+#[test]
+fn source_addresses_default_to_none_and_parse_both_families() {
+    let c = from_toml_str(BASE).unwrap();
+    assert!(c.backend_settings["chat"].source_addresses.is_empty());
+    assert_eq!(DEFAULT_SOURCE_ADDRESSES, &[] as &[std::net::IpAddr]);
+    let c = from_toml_str(&BASE.replace(
+        "request_timeout = \"40s\"",
+        "request_timeout = \"40s\"\nsource_addresses = [\"127.0.0.2\", \" 127.0.0.3 \"]",
+    ))
+    .unwrap();
+    let want: Vec<std::net::IpAddr> = vec![[127, 0, 0, 2].into(), [127, 0, 0, 3].into()];
+    assert_eq!(c.backend_settings["chat"].source_addresses, want);
+    // IPv6 sources with an IPv6 member.
+    let c = from_toml_str(
+        &BASE
+            .replace("127.0.0.1:5000", "[::1]:5000")
+            .replace("request_timeout = \"40s\"", "source_addresses = [\"::1\"]"),
+    )
+    .unwrap();
+    let want: Vec<std::net::IpAddr> = vec![std::net::Ipv6Addr::LOCALHOST.into()];
+    assert_eq!(c.backend_settings["chat"].source_addresses, want);
+}
+
+#[test]
+fn every_bad_source_address_is_named_with_its_index() {
+    let toml = BASE.replace(
+        "request_timeout = \"40s\"",
+        "source_addresses = [\"127.0.0.2\", \"nope\", \"0.0.0.0\", \"224.0.0.1\", \"127.0.0.3:80\", \"255.255.255.255\"]",
+    );
+    let all = errors(&toml);
+    let paths: Vec<&str> = all
+        .iter()
+        .map(|e| e.split(':').next().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        paths,
+        [1, 2, 3, 4, 5].map(|i| format!("backend_settings.chat.source_addresses[{i}]")),
+        "{all:#?}"
+    );
+    assert!(
+        all[0].contains("invalid source address \"nope\""),
+        "{all:#?}"
+    );
+    assert!(
+        all[1].contains("0.0.0.0 cannot be a connection's source address"),
+        "{all:#?}"
+    );
+    assert!(
+        all[3].contains("expected an IP address without a port"),
+        "{all:#?}"
+    );
+}
+
+#[test]
+fn a_source_address_listed_twice_is_refused() {
+    let toml = BASE.replace(
+        "request_timeout = \"40s\"",
+        "source_addresses = [\"127.0.0.2\", \"127.0.0.3\", \"127.0.0.2\"]",
+    );
+    assert_eq!(
+        one_error(&toml),
+        r#"backend_settings.chat.source_addresses[2]: "127.0.0.2" is listed twice [inline]"#
+    );
+}
+
+#[test]
+fn a_source_address_of_the_other_family_than_a_member_is_refused() {
+    let toml = BASE
+        .replace(
+            "members = [\"127.0.0.1:5000\"]",
+            "members = [\"chat.internal:5000\", \"127.0.0.1:5000\"]",
+        )
+        .replace(
+            "request_timeout = \"40s\"",
+            "source_addresses = [\"127.0.0.2\", \"::1\"]",
+        );
+    assert_eq!(
+        one_error(&toml),
+        "backend_settings.chat.source_addresses[1]: ::1 is an IPv6 address but member \
+         127.0.0.1:5000 of backend pool \"chat\" (routing rule \"chat\") is IPv4: a connection's \
+         source and destination are of one family [inline]"
+    );
+    // Only DNS members: their family is known at connect time, nothing to refuse here.
+    let dns_only = toml.replace(", \"127.0.0.1:5000\"", "");
+    assert!(from_toml_str(&dns_only).is_ok());
+}

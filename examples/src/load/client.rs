@@ -82,9 +82,18 @@ impl SourceAddrs {
     }
 }
 
-/// Opens a TCP connection to `target` from `source` (any port), with `TCP_NODELAY`.
+/// Opens a TCP connection to `target` from `source` (any port), with `TCP_NODELAY`. The port is
+/// picked at `connect`, per 4-tuple (`IP_BIND_ADDRESS_NO_PORT`): a port picked at `bind` would be
+/// taken from the ephemeral range for every destination, and the proxy's own connections to its
+/// backend, which share the range, would run out of ports early.
 pub async fn connect(target: &Target, source: Ipv4Addr) -> io::Result<TcpStream> {
     let socket = TcpSocket::new_v4()?;
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    nix::sys::socket::setsockopt(
+        &socket,
+        nix::sys::socket::sockopt::IpBindAddressNoPort,
+        &true,
+    )?;
     socket.bind(SocketAddr::new(source.into(), 0))?;
     let stream = socket.connect(SocketAddr::V4(target.addr)).await?;
     stream.set_nodelay(true)?;

@@ -336,7 +336,7 @@ fn an_answered_ping_is_swallowed_and_keeps_a_quiet_session_alive() {
     }
     assert!(r.net.backend.got.is_empty(), "the pongs are Tether's");
     assert!(!r.net.client_closed);
-    assert_eq!(r.s.ping.rtt_last, Some(Duration::from_millis(7)));
+    assert_eq!(r.s.ping.rtt_last(), Some(Duration::from_millis(7)));
     // Another pong passes through.
     r.client_sends(&frame(0xA, true, b"other", Some(KEY)));
     assert_eq!(r.to_backend().len(), 1);
@@ -717,9 +717,15 @@ fn a_session_past_its_max_age_closes_with_1001_max_session_age() {
 }
 
 #[test]
-fn a_session_without_limits_carries_no_limit_state() {
+fn a_session_without_rates_carries_no_rate_state() {
     let r = with_limits(SessionLimits::default());
-    assert!(r.s.limits.is_none());
+    assert!(!r.s.limits.has_rates());
+    // The slow-consumer clock (on by default) keeps the rates' box away too.
+    let r = with_limits(SessionLimits {
+        slow_consumer_timeout: Some(Duration::from_secs(30)),
+        ..SessionLimits::default()
+    });
+    assert!(!r.s.limits.has_rates());
 }
 
 // ---- Hang-up while a source is not read ----
@@ -747,7 +753,7 @@ fn only_a_direction_stopped_by_a_full_destination_watches_for_a_hang_up() {
     assert!(r2.s.up.pending.len() >= PENDING_LIMIT);
     r2.s.on_hangup(Dir::Up, r2.now);
     assert!(!r2.s.watches_hangup(Dir::Up), "already noticed");
-    r.s.up.close = Some(CloseInfo::parse(&[0x03, 0xe8]));
+    r.s.up.close = Some(Box::new(CloseInfo::parse(&[0x03, 0xe8])));
     r.s.up.pending = vec![0; PENDING_LIMIT];
     assert!(
         !r.s.watches_hangup(Dir::Up),
