@@ -196,7 +196,10 @@ pub fn issue_measures(records: &[Record]) -> Vec<Measure> {
         )
         .target(0.5, ""),
         Measure::new(
-            format!("KiB per idle WebSocket session{}", held_note(records, "idle")),
+            format!(
+                "KiB per idle WebSocket session{}",
+                held_note(records, "idle")
+            ),
             "idle",
             "kib_per_session",
             Lower,
@@ -668,7 +671,12 @@ fn compute(records: &[Record], measures: Vec<Measure>) -> Vec<Row> {
                 .collect();
             let values: BTreeMap<String, Figures> = by_round
                 .iter()
-                .map(|(label, v)| ((*label).clone(), Figures::new(v.values().copied().collect())))
+                .map(|(label, v)| {
+                    (
+                        (*label).clone(),
+                        Figures::new(v.values().copied().collect()),
+                    )
+                })
                 .collect();
             let pick = |a: f64, b: f64| match measure.better {
                 Better::Higher => f64::max(a, b),
@@ -729,7 +737,10 @@ fn compute(records: &[Record], measures: Vec<Measure>) -> Vec<Row> {
             let met = if checks.is_empty() {
                 None
             } else {
-                checks.into_iter().collect::<Option<Vec<bool>>>().map(|c| c.iter().all(|m| *m))
+                checks
+                    .into_iter()
+                    .collect::<Option<Vec<bool>>>()
+                    .map(|c| c.iter().all(|m| *m))
             };
             Row {
                 measure,
@@ -741,6 +752,8 @@ fn compute(records: &[Record], measures: Vec<Measure>) -> Vec<Row> {
                 met,
             }
         })
+        // A scenario that ran without producing this metric (a failed run) leaves no row.
+        .filter(|row| !row.values.is_empty())
         .collect()
 }
 
@@ -1173,7 +1186,11 @@ fn syscall_tables(out: &mut String, records: &[Record]) {
         let decimals = if table.unit == "message" { 3 } else { 2 };
         let shown = |v: f64| format!("{v:.decimals$}");
         for name in &names {
-            let _ = write!(out, "| {} |", if name == "total" { "**all**" } else { name });
+            let _ = write!(
+                out,
+                "| {} |",
+                if name == "total" { "**all**" } else { name }
+            );
             for label in &labels {
                 let text = match per_op(label, name) {
                     Some((calls, errors)) if shown(errors) != shown(0.0) => {
@@ -1465,8 +1482,11 @@ mod tests {
     #[test]
     fn idle_rows_have_both_goals() {
         let mut records = Vec::new();
-        for (label, ws, http) in [("nginx", 17.7, 2.0), ("haproxy", 4.8, 5.0), (TETHER, 2.2, 0.9)]
-        {
+        for (label, ws, http) in [
+            ("nginx", 17.7, 2.0),
+            ("haproxy", 4.8, 5.0),
+            (TETHER, 2.2, 0.9),
+        ] {
             records.push(record(
                 "idle",
                 label,
@@ -1482,9 +1502,9 @@ mod tests {
         }
         let text = markdown(&records, &[]);
         for line in [
-            "| KiB per idle WebSocket session (9,900 held) | 17.70 | 4.80 | 2.20 | 0.46 | \
+            "| KiB per idle WebSocket session (9900 held) | 17.70 | 4.80 | 2.20 | 0.46 | \
              ≤ 0.5, Tether ≤ 2.30 (KiB) | met |",
-            "| KiB per idle HTTP connection before its first request (9,900 held) | 2.00 | \
+            "| KiB per idle HTTP connection before its first request (9900 held) | 2.00 | \
              5.00 | 0.90 | 0.45 | ≤ 0.5 | met |",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
@@ -1504,8 +1524,18 @@ mod tests {
         let mut records = Vec::new();
         for round in 1..=4 {
             let r = f64::from(round);
-            records.push(record("handshake", BASE, round, &[("cpu_us_per_handshake", 100.0 + r)]));
-            records.push(record("handshake", TETHER, round, &[("cpu_us_per_handshake", 80.0 + r)]));
+            records.push(record(
+                "handshake",
+                BASE,
+                round,
+                &[("cpu_us_per_handshake", 100.0 + r)],
+            ));
+            records.push(record(
+                "handshake",
+                TETHER,
+                round,
+                &[("cpu_us_per_handshake", 80.0 + r)],
+            ));
             records.push(record("idle", TETHER, round, &[("alive", 10.0)]));
         }
         let ab = ab_rows(&records);
@@ -1514,10 +1544,13 @@ mod tests {
         assert_eq!(ab[0].after.range, Some((81.0, 84.0)));
         let text = markdown(&records, &[]);
         assert!(!text.contains("Issue 17"), "no rival ran:\n{text}");
-        assert!(text.contains(
-            "| CPU µs per WebSocket handshake (connect, upgrade, echo, close) | \
+        assert!(
+            text.contains(
+                "| CPU µs per WebSocket handshake (connect, upgrade, echo, close) | \
              102.5 (101.0–104.0) | 82.5 (81.0–84.0) | 0.80 (0.80–0.81) |"
-        ), "{text}");
+            ),
+            "{text}"
+        );
         let json = json_summary(&records, &[]);
         assert_eq!(json["ab_rows"][0]["before"]["min"], 101.0);
     }

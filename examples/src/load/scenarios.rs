@@ -181,7 +181,8 @@ pub async fn echo(
                 echoed: &echoed,
                 reads: &reads,
             };
-            let result = echo_connection(conn, &batch, frame_len, window, size, counters, end).await;
+            let result =
+                echo_connection(conn, &batch, frame_len, window, size, counters, end).await;
             if let Err(error) = result {
                 failures.record(error);
             }
@@ -201,10 +202,7 @@ pub async fn echo(
     failures.report("echo");
     let mut metrics = Metrics::new();
     rate_and_cost(&mut metrics, ("msgs", "msg"), seconds, msgs, cpu, watched);
-    metrics.insert(
-        "msgs_total".into(),
-        echoed.load(Ordering::Relaxed) as f64,
-    );
+    metrics.insert("msgs_total".into(), echoed.load(Ordering::Relaxed) as f64);
     // What tells a fast run from a slow one (bench/README.md, "4 KiB bistability"): how many
     // echoes each read of the load tool brought back, and whether the hypervisor stole time.
     if msgs > 0 {
@@ -1407,10 +1405,13 @@ mod tests {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             tokio::spawn(async move {
-                let mut held = Vec::new();
-                while let Ok((stream, _)) = listener.accept().await {
+                while let Ok((mut stream, _)) = listener.accept().await {
                     if !close {
-                        held.push(stream);
+                        // Held until the client closes it, as a proxy waiting for a request.
+                        tokio::spawn(async move {
+                            let mut buf = [0u8; 64];
+                            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                        });
                     }
                 }
             });
