@@ -4,7 +4,7 @@
 #   bash bench/run.sh
 #
 # From a fresh clone: installs nginx, HAProxy, wrk and strace from Debian packages if they are
-# missing, builds release binaries, fixes the TCP settings of the run (SYSCTLS, restored on
+# missing, builds release binaries, applies any kernel settings asked for (SYSCTLS, restored on
 # exit), starts the fast echo backend and the three proxies (one worker each, all pinned to the
 # same core), runs every scenario interleaved (the proxies' order rotates every round) for
 # several rounds, then the system-call step (strace -c per operation), two Tether-only steps
@@ -20,8 +20,9 @@
 #                          the backend are built)
 #   BASE_BIN               a second Tether binary, measured as the proxy `base` when PROXIES
 #                          names it (bench/ab.sh: PROXIES="base tether", a before/after table)
-#   SYSCTLS ["net.ipv4.tcp_congestion_control=cubic"]  kernel settings for the run, restored on
-#                          exit (bench/README.md, "4 KiB bistability"); empty keeps the machine's
+#   SYSCTLS [empty]        kernel settings for the run ("key=value ..."), each restored on exit;
+#                          empty keeps the machine's (bench/README.md, "4 KiB bistability": fixing
+#                          the congestion control did not steady the 4 KiB rates)
 #   IDLE_HTTP [1]          0 skips the idle HTTP scenario (plain connections, no request)
 #   IDLE_HTTP_CONNS [max]  its connections; max = as many as IDLE_SESSIONS
 #   SYSCALLS [1]           0 skips the system-call step (strace -f -c on each proxy during a
@@ -74,7 +75,7 @@ IDLE_HTTP_CONNS=${IDLE_HTTP_CONNS:-max}
 SYSCALLS=${SYSCALLS:-1}
 SYSCALL_DURATION=${SYSCALL_DURATION:-2s}
 H2=${H2:-1}
-SYSCTLS=${SYSCTLS-net.ipv4.tcp_congestion_control=cubic}
+SYSCTLS=${SYSCTLS:-}
 PROXIES=${PROXIES:-"nginx haproxy tether"}
 SCENARIOS=${SCENARIOS:-"idle_http idle echo latency handshake http"}
 ECHO_SIZES=${ECHO_SIZES:-"64 4096"}
@@ -336,7 +337,6 @@ count_syscalls() { # count_syscalls PROXY SCENARIO ID [load args...]
     local p=$1 scenario=$2 id=$3
     shift 3
     local trace=$RUN/strace-$p-$id.txt rec=$RUN/strace-$p-$id.jsonl pid args=() t total
-    read -ra measured <<<"${MEASURED[$p]}"
     for pid in $(sed 's/--pid//g' <<<"${MEASURED[$p]}"); do args+=(-p "$pid"); done
     # -f with -p attaches every thread of each process. Bounded by `timeout` in any case.
     timeout 120 strace -f -c -o "$trace" "${args[@]}" 2>"$RUN/strace-$p-$id.log" &

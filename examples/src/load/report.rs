@@ -757,9 +757,10 @@ fn compute(records: &[Record], measures: Vec<Measure>) -> Vec<Row> {
         .collect()
 }
 
-/// The labels present, in table order: direct, nginx, HAProxy, Tether, then any others.
+/// The labels present, in table order: direct, nginx, HAProxy, base (the "before" Tether of an
+/// A/B run), Tether, then any others.
 pub fn labels(records: &[Record]) -> Vec<String> {
-    let mut known: Vec<String> = [DIRECT, RIVALS[0], RIVALS[1], TETHER]
+    let mut known: Vec<String> = [DIRECT, RIVALS[0], RIVALS[1], BASE, TETHER]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -1073,6 +1074,9 @@ fn measures_for_ab(records: &[Record]) -> Vec<Measure> {
         .collect()
 }
 
+/// System calls per operation by name: (name, calls, error returns), the total first.
+pub type PerOperation = Vec<(String, f64, f64)>;
+
 /// The system-call figures of one scenario: per label, the operations done under `strace` and
 /// the calls (and error returns: `EAGAIN`, `EINPROGRESS`, …) per operation, by system call name.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -1081,7 +1085,7 @@ pub struct Syscalls {
     pub unit: String,
     /// Per label: operations, then (name, calls per operation, error returns per operation),
     /// the total first, then by calls per operation, highest first.
-    pub labels: BTreeMap<String, (f64, Vec<(String, f64, f64)>)>,
+    pub labels: BTreeMap<String, (f64, PerOperation)>,
 }
 
 /// The system-call figures of every `syscalls_*` scenario, by scenario (the first round of
@@ -1108,7 +1112,7 @@ pub fn syscalls(records: &[Record]) -> BTreeMap<String, Syscalls> {
         if entry.labels.contains_key(&r.label) {
             continue;
         }
-        let mut calls: Vec<(String, f64, f64)> = r
+        let mut calls: PerOperation = r
             .metrics
             .iter()
             .filter_map(|(k, v)| {
