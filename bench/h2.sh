@@ -11,7 +11,9 @@
 #
 # Knobs: ROUNDS [5], REQUESTS [100000] per h2load run, CLIENTS [8] connections, STREAMS [10]
 # concurrent streams per connection, MESSAGES [50000] per echo run, SIZE [64] bytes per message,
-# WINDOW [16] messages in flight, PROXY_CORE [1], LOAD_CORE [0], BASE_PORT [18280].
+# WINDOW [16] messages in flight, PROXY_CORE [1], LOAD_CORE [0], BASE_PORT [18280],
+# TETHER_BIN [target/release/tether] the Tether binary to measure, H2_RAW (set by bench/run.sh):
+# also append every run as a JSON record to this file, so the figures join run.sh's table.
 # CPU is the proxy's user + system time (/proc/PID/stat of every process of it) over the run.
 # Only 127.0.0.1 is contacted, apart from apt and pip.
 
@@ -30,6 +32,8 @@ LOAD_CORE=${LOAD_CORE:-0}
 BASE_PORT=${BASE_PORT:-18280}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 BIN=$TARGET_DIR/release
+TETHER=${TETHER_BIN:-$BIN/tether}
+H2_RAW=${H2_RAW:-}
 export PATH=$PATH:/usr/sbin:/sbin
 BACKEND_PORT=$BASE_PORT
 declare -A PORT=([nginx]=$((BASE_PORT + 1)) [haproxy]=$((BASE_PORT + 2)) [tether]=$((BASE_PORT + 3)))
@@ -52,7 +56,11 @@ if [ ! -x .venv-clients/bin/python ]; then
     python3 -m venv .venv-clients
     .venv-clients/bin/pip install --quiet -r integration-tests/python/requirements.txt
 fi
-cargo build --release -p tether --bin tether -p tether-examples --bin fast_echo
+if [ -n "${TETHER_BIN:-}" ]; then
+    cargo build --release -p tether-examples --bin fast_echo
+else
+    cargo build --release -p tether --bin tether -p tether-examples --bin fast_echo
+fi
 
 cat >"$RUN/nginx.conf" <<EOF
 worker_processes 1;
@@ -107,9 +115,10 @@ taskset -c "$PROXY_CORE" nginx -p "$RUN/" -c "$RUN/nginx.conf" -e "$RUN/nginx-er
 PID[nginx]=$!
 taskset -c "$PROXY_CORE" haproxy -db -f "$RUN/haproxy.cfg" >"$RUN/haproxy.log" 2>&1 &
 PID[haproxy]=$!
-env TETHER_LISTENERS__BENCH__BIND="127.0.0.1:${PORT[tether]}" TETHER_ADMIN__BIND="127.0.0.1:$((BASE_PORT + 4))" \
+# `-u TETHER_BIN`: Tether reads every TETHER_* variable as configuration.
+env -u TETHER_BIN TETHER_LISTENERS__BENCH__BIND="127.0.0.1:${PORT[tether]}" TETHER_ADMIN__BIND="127.0.0.1:$((BASE_PORT + 4))" \
     TETHER_BACKEND_POOLS__ECHO__MEMBERS="127.0.0.1:$BACKEND_PORT" \
-    taskset -c "$PROXY_CORE" "$BIN/tether" --config bench/tether.toml >"$RUN/tether.log" 2>&1 &
+    taskset -c "$PROXY_CORE" "$TETHER" --config bench/tether.toml >"$RUN/tether.log" 2>&1 &
 PID[tether]=$!
 
 # Every port answers before anything is measured (bounded: 150 tries, 100 ms apart).
@@ -132,6 +141,20 @@ ticks() {
 }
 HZ=$(getconf CLK_TCK)
 
+# record SCENARIO LABEL ROUND NAME VALUE NAME VALUE PARAMS: one JSON line in bench/run.sh's
+# record format, appended to H2_RAW when it is set (a figure that is not a number is left out).
+record() {
+    [ -n "$H2_RAW" ] || return 0
+    local metrics="" name value
+    for name in "$4" "$6"; do
+        [ "$name" = "$4" ] && value=$5 || value=$7
+        [[ $value =~ ^[0-9]+(\.[0-9]+)?$ ]] || continue
+        metrics+="${metrics:+,}\"$name\":$value"
+    done
+    printf '{"scenario":"%s","label":"%s","round":%s,"pids":[],"params":{%s},"metrics":{%s}}\n' \
+        "$1" "$2" "$3" "$8" "$metrics" >>"$H2_RAW"
+}
+
 results=$RUN/results.tsv
 : >"$results"
 for round in $(seq 1 "$ROUNDS"); do
@@ -144,6 +167,8 @@ for round in $(seq 1 "$ROUNDS"); do
         ok=$(sed -n 's/^status codes: \([0-9]*\) 2xx.*/\1/p' <<<"$out")
         cpu_us=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="${ok:-0}" 'BEGIN { if (n > 0) printf "%.2f", t * 1e6 / hz / n; else print "nan" }')
         printf 'h2_requests\t%s\t%s\t%s\t%s\n' "$p" "$round" "$rps" "$cpu_us" >>"$results"
+        record h2_requests "$p" "$round" reqs_per_s "${rps:-nan}" cpu_us_per_req "$cpu_us" \
+            "\"clients\":$CLIENTS,\"streams\":$STREAMS,\"requests\":$REQUESTS"
         echo "round $round $p: ${rps} req/s, ${ok} 2xx, ${cpu_us} µs CPU/request"
     done
     for mode in http1 h2; do
@@ -156,6 +181,8 @@ for round in $(seq 1 "$ROUNDS"); do
         cpu_us=$(awk -v t=$((after - before)) -v hz="$HZ" -v n="$n" 'BEGIN { printf "%.2f", t * 1e6 / hz / n }')
         rate=$(awk -v n="$n" -v s="$secs" 'BEGIN { printf "%.0f", n / s }')
         printf 'ws_echo_%s\ttether\t%s\t%s\t%s\n' "$mode" "$round" "$rate" "$cpu_us" >>"$results"
+        record "ws_echo_$mode" tether "$round" msgs_per_s "$rate" cpu_us_per_msg "$cpu_us" \
+            "\"messages\":$MESSAGES,\"size\":$SIZE,\"window\":$WINDOW"
         echo "round $round tether ws over $mode: $rate msg/s, $cpu_us µs CPU/message"
     done
 done

@@ -7,6 +7,7 @@
 //! load latency   --url ws://127.0.0.1:18183/ws [--rate 5000] [--connections 64]
 //! load handshake --url ws://127.0.0.1:18183/ws --pid PID [--workers 32]
 //! load idle      --url ws://127.0.0.1:18183/ws --pid PID [--sessions 1000]
+//! load idle_http --url http://127.0.0.1:18183/ --pid PID [--connections 1000]
 //! load drain     --url ws://127.0.0.1:18183/ws --pid PID [--sessions 1000] [--grace 30s]
 //! load http      --url http://127.0.0.1:18183/ --pid PID [--connections 64]
 //! load wait      --url http://127.0.0.1:18183/ [--timeout 10s]
@@ -20,7 +21,8 @@ use std::time::Duration;
 use tether_examples::load::client::{wait_ready, Target, Upgrader};
 use tether_examples::load::procstat::{machine_cores, Watched};
 use tether_examples::load::scenarios::{
-    self, DrainParams, EchoParams, HandshakeParams, HttpParams, IdleParams, LatencyParams, Metrics,
+    self, DrainParams, EchoParams, HandshakeParams, HttpParams, IdleHttpParams, IdleParams,
+    LatencyParams, Metrics,
 };
 use tether_examples::load::{parse_duration, report, BoxError, Record};
 
@@ -36,6 +38,8 @@ scenarios (each appends one JSON line to --out, or prints it):
              connect + upgrade + one echo + close: handshakes/s and CPU µs per handshake
   idle       --url WS [--sessions 1000] [--concurrency 64]
              proxy RSS growth per idle session, then one echo on every session
+  idle_http  --url HTTP [--connections 1000] [--concurrency 64]
+             proxy RSS growth per plain connection that has not sent a request yet
   drain      --url WS --pid PID [--sessions 1000] [--concurrency 64] [--grace 30s]
              hold N idle sessions, SIGTERM the first --pid: close frames and their codes,
              time to the last close frame and to the proxy's exit, RSS growth per session
@@ -138,6 +142,7 @@ fn allowed(scenario: &str) -> Option<Vec<&'static str>> {
         "latency" => &["rate", "connections", "size", "warmup", "duration"],
         "handshake" => &["workers", "size", "warmup", "duration"],
         "idle" => &["sessions", "concurrency"],
+        "idle_http" => &["connections", "concurrency"],
         "drain" => &["sessions", "concurrency", "grace"],
         "http" => &["connections", "threads", "duration"],
         "wait" => return Some(vec!["url", "timeout"]),
@@ -220,6 +225,20 @@ async fn measure(
                 scenarios::idle(&upgrader, &watched, &p).await?,
             )
         }
+        "idle_http" => {
+            let p = IdleHttpParams {
+                connections: opts.number("connections", 1000)?,
+                concurrency: opts.number("concurrency", 64)?,
+                accept_wait: scenarios::ACCEPT_WAIT,
+            };
+            let params =
+                serde_json::json!({ "connections": p.connections, "concurrency": p.concurrency });
+            (
+                "idle_http".into(),
+                params,
+                scenarios::idle_http(&target, &watched, &p).await?,
+            )
+        }
         "drain" => {
             let p = DrainParams {
                 sessions: opts.number("sessions", 1000)?,
@@ -270,6 +289,8 @@ fn summary(record: &Record) -> String {
         "alive",
         "kib_per_session",
         "kib_per_session_after_echo",
+        "accepted",
+        "kib_per_conn",
         "drained",
         "close_1001",
         "no_close",
@@ -278,6 +299,8 @@ fn summary(record: &Record) -> String {
         "reqs_per_s",
         "cpu_us_per_req",
         "proxy_cpu_share",
+        "client_msgs_per_read",
+        "steal_share",
         "errors",
     ];
     let figures: Vec<String> = wanted

@@ -9,6 +9,7 @@
 //! | [`scenarios::latency`] | a fixed total message rate spread over N connections | RTT p50/p99/p99.9 |
 //! | [`scenarios::handshake`] | W workers: connect, upgrade, one echo, close | handshakes/s, proxy CPU µs per handshake |
 //! | [`scenarios::idle`] | N idle sessions, then one echo on each | proxy RSS growth per session, sessions alive |
+//! | [`scenarios::idle_http`] | N plain connections that send nothing | proxy RSS growth per connection before its first request |
 //! | [`scenarios::drain`] | N idle sessions, then SIGTERM to the proxy | close frames and codes, time to the last close and to exit, RSS growth per session |
 //! | [`scenarios::http`] | `wrk` with keep-alive | requests/s, proxy CPU µs per request |
 //!

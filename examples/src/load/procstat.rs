@@ -120,6 +120,30 @@ pub fn machine_cores() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
 }
 
+/// The machine's CPU time so far, from the `cpu` line of `/proc/stat`, in clock ticks:
+/// `(all, steal)` where `all` sums every column and `steal` is the time the hypervisor ran
+/// something else while a virtual CPU wanted to run.
+pub fn machine_ticks() -> io::Result<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    parse_machine_ticks(&stat)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "cannot parse /proc/stat"))
+}
+
+/// Extracts `(all, steal)` ticks from the text of `/proc/stat` (see [`machine_ticks`]).
+/// `guest` and `guest_nice` are already counted in `user` and `nice`, so they are left out.
+pub fn parse_machine_ticks(stat: &str) -> Option<(u64, u64)> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    // user nice system idle iowait irq softirq steal
+    let steal = *fields.get(7)?;
+    Some((fields.iter().sum(), steal))
+}
+
 /// `VmRSS` of `pid`, in KiB.
 pub fn rss_kib(pid: u32) -> io::Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -178,6 +202,14 @@ mod tests {
         // Beyond the kernel's pid_max (at most 2^22).
         assert!(process_gone(u32::MAX));
         assert!(machine_cores() >= 1);
+    }
+
+    #[test]
+    fn parses_machine_ticks() {
+        let stat = "cpu  100 5 50 800 10 1 4 30 7 0\ncpu0 50 2 25 400 5 0 2 15 3 0\n";
+        assert_eq!(parse_machine_ticks(stat), Some((1000, 30)));
+        assert_eq!(parse_machine_ticks("cpu0 1 2\n"), None);
+        assert!(machine_ticks().unwrap().0 > 0);
     }
 
     #[test]

@@ -138,7 +138,109 @@ impl Measure {
     }
 }
 
-/// The rows for the scenarios present in `records`, in a fixed order.
+/// The scenario id of the idle HTTP run (plain connections before their first request).
+pub const IDLE_HTTP: &str = "idle_http";
+
+/// The scenario id of the h2c request runs of `bench/h2.sh`.
+pub const H2_REQUESTS: &str = "h2_requests";
+
+/// The prefix of the system-call counting runs: `syscalls_handshake`, `syscalls_echo_64B`.
+pub const SYSCALLS: &str = "syscalls_";
+
+/// The label of the "before" Tether in an A/B run (`bench/ab.sh`); the "after" one is
+/// [`TETHER`].
+pub const BASE: &str = "base";
+
+/// The median of the metric `opened` over every run of `scenario`, rounded, for a title.
+fn held(records: &[Record], scenario: &str) -> Option<u64> {
+    let opened: Vec<f64> = records
+        .iter()
+        .filter(|r| r.scenario == scenario)
+        .filter_map(|r| r.metrics.get("opened").copied())
+        .collect();
+    median(&opened).map(|v| v.round() as u64)
+}
+
+/// "9,900 held" or nothing, for a title.
+fn held_note(records: &[Record], scenario: &str) -> String {
+    held(records, scenario).map_or_else(String::new, |n| format!(" ({} held)", number(n as f64, 0)))
+}
+
+/// The rows of issue 17's table, for the scenarios present in `records`: what the issue
+/// measures, with its targets (Tether ÷ the better of nginx and HAProxy, and one absolute bound).
+pub fn issue_measures(records: &[Record]) -> Vec<Measure> {
+    use Better::Lower;
+    let mut rows = vec![
+        Measure::new(
+            "CPU µs per WebSocket handshake (connect, upgrade, echo, close)",
+            "handshake",
+            "cpu_us_per_handshake",
+            Lower,
+            1,
+        )
+        .target(0.8, ""),
+        Measure::new(
+            "CPU µs per echoed 64 B message",
+            "echo_64B",
+            "cpu_us_per_msg",
+            Lower,
+            2,
+        )
+        .target(0.8, ""),
+        Measure::new(
+            "CPU µs per echoed 4 KiB message",
+            "echo_4096B",
+            "cpu_us_per_msg",
+            Lower,
+            2,
+        )
+        .target(0.5, ""),
+        Measure::new(
+            format!(
+                "KiB per idle WebSocket session{}",
+                held_note(records, "idle")
+            ),
+            "idle",
+            "kib_per_session",
+            Lower,
+            2,
+        )
+        .target(0.5, "")
+        .limit(Bound::Value(SCALE_KIB_PER_SESSION), "KiB"),
+        Measure::new(
+            format!(
+                "KiB per idle HTTP connection before its first request{}",
+                held_note(records, IDLE_HTTP)
+            ),
+            IDLE_HTTP,
+            "kib_per_conn",
+            Lower,
+            2,
+        )
+        .target(0.5, ""),
+        Measure::new(
+            "HTTP/1.1 keep-alive: CPU µs per request (wrk)",
+            "http",
+            "cpu_us_per_req",
+            Lower,
+            2,
+        )
+        .target(0.8, ""),
+        Measure::new(
+            "HTTP/2 h2c GET: CPU µs per request (h2load, bench/h2.sh)",
+            H2_REQUESTS,
+            "cpu_us_per_req",
+            Lower,
+            2,
+        ),
+    ];
+    rows.retain(|m| records.iter().any(|r| r.scenario == m.scenario));
+    rows
+}
+
+/// The other rows (rates, latency, the state of idle runs, the Tether-only steps) for the
+/// scenarios present in `records`, in a fixed order. Rows of [`issue_measures`] are not
+/// repeated; issue 8's targets stay on the rows issue 17 does not restate.
 pub fn measures(records: &[Record]) -> Vec<Measure> {
     use Better::{Higher, Lower, Neither};
     let mut echo_sizes: Vec<(u64, String)> = records
@@ -166,16 +268,15 @@ pub fn measures(records: &[Record]) -> Vec<Measure> {
             Higher,
             0,
         ));
-        rows.push(
-            Measure::new(
+        if size != 64 && size != 4096 {
+            rows.push(Measure::new(
                 format!("echo {name}: proxy CPU µs/message"),
                 &scenario,
                 "cpu_us_per_msg",
                 Lower,
                 2,
-            )
-            .target(0.8, ""),
-        );
+            ));
+        }
         rows.push(
             Measure::new(
                 format!("echo {name}: proxy core busy %"),
@@ -183,6 +284,23 @@ pub fn measures(records: &[Record]) -> Vec<Measure> {
                 "proxy_cpu_share",
                 Neither,
                 0,
+            )
+            .scaled(100.0),
+        );
+        rows.push(Measure::new(
+            format!("echo {name}: echoes per read of the load tool"),
+            &scenario,
+            "client_msgs_per_read",
+            Neither,
+            1,
+        ));
+        rows.push(
+            Measure::new(
+                format!("echo {name}: machine CPU stolen by the hypervisor %"),
+                &scenario,
+                "steal_share",
+                Neither,
+                1,
             )
             .scaled(100.0),
         );
@@ -205,30 +323,14 @@ pub fn measures(records: &[Record]) -> Vec<Measure> {
     rows.push(
         Measure::new("latency: added p99 µs", "latency", "p99_us", Lower, 1)
             .minus_direct()
-            .target(1.0, ""),
+            .target(1.0, "issue 8"),
     );
     rows.push(
         Measure::new("latency: added p99.9 µs", "latency", "p999_us", Lower, 1).minus_direct(),
     );
     rows.push(
-        Measure::new("handshakes/s", "handshake", "handshakes_per_s", Higher, 0).target(1.2, ""),
-    );
-    rows.push(Measure::new(
-        "proxy CPU µs/handshake",
-        "handshake",
-        "cpu_us_per_handshake",
-        Lower,
-        1,
-    ));
-    rows.push(
-        Measure::new(
-            "idle: proxy KiB/session",
-            "idle",
-            "kib_per_session",
-            Lower,
-            2,
-        )
-        .target(0.5, "aim < 2 KiB"),
+        Measure::new("handshakes/s", "handshake", "handshakes_per_s", Higher, 0)
+            .target(1.2, "issue 8"),
     );
     rows.push(Measure::new(
         "idle: proxy KiB/session after one echo",
@@ -244,11 +346,35 @@ pub fn measures(records: &[Record]) -> Vec<Measure> {
         Neither,
         0,
     ));
-    rows.push(Measure::new("HTTP: requests/s", "http", "reqs_per_s", Higher, 0).target(1.0, ""));
     rows.push(Measure::new(
-        "HTTP: proxy CPU µs/request",
-        "http",
-        "cpu_us_per_req",
+        "idle HTTP: connections still open after the reading",
+        IDLE_HTTP,
+        "alive",
+        Neither,
+        0,
+    ));
+    rows.push(
+        Measure::new("HTTP/1.1: requests/s", "http", "reqs_per_s", Higher, 0)
+            .target(1.0, "issue 8"),
+    );
+    rows.push(Measure::new(
+        "HTTP/2 h2c GET: requests/s",
+        H2_REQUESTS,
+        "reqs_per_s",
+        Higher,
+        0,
+    ));
+    rows.push(Measure::new(
+        "WebSocket echo 64 B over HTTP/1.1 (Python client): CPU µs/message",
+        "ws_echo_http1",
+        "cpu_us_per_msg",
+        Lower,
+        2,
+    ));
+    rows.push(Measure::new(
+        "WebSocket echo 64 B over HTTP/2, RFC 8441 (Python client): CPU µs/message",
+        "ws_echo_h2",
+        "cpu_us_per_msg",
         Lower,
         2,
     ));
@@ -435,8 +561,8 @@ fn workers_measures(records: &[Record]) -> Vec<Measure> {
     rows
 }
 
-/// The per-round values of one row for one label, in round order.
-fn round_values(records: &[Record], measure: &Measure, label: &str) -> Vec<f64> {
+/// The per-round values of one row for one label, by round.
+fn round_values(records: &[Record], measure: &Measure, label: &str) -> BTreeMap<u32, f64> {
     let value_of = |scenario: &str, label: &str, round: u32| {
         records
             .iter()
@@ -462,9 +588,43 @@ fn round_values(records: &[Record], measure: &Measure, label: &str) -> Vec<f64> 
             } else {
                 own
             };
-            Some(v * measure.scale)
+            Some((round, v * measure.scale))
         })
         .collect()
+}
+
+/// One label's figures in a row: the per-round values, their median and their range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Figures {
+    /// The value of each round, in round order.
+    pub rounds: Vec<f64>,
+    /// Their median.
+    pub median: Option<f64>,
+    /// Their minimum and maximum.
+    pub range: Option<(f64, f64)>,
+}
+
+impl Figures {
+    fn new(rounds: Vec<f64>) -> Self {
+        let median = median(&rounds);
+        Self {
+            range: range(&rounds),
+            rounds,
+            median,
+        }
+    }
+}
+
+/// The smallest and largest of `values` (NaNs ignored), or `None` when there are none.
+fn range(values: &[f64]) -> Option<(f64, f64)> {
+    values
+        .iter()
+        .copied()
+        .filter(|v| !v.is_nan())
+        .fold(None, |acc, v| match acc {
+            None => Some((v, v)),
+            Some((lo, hi)) => Some((f64::min(lo, v), f64::max(hi, v))),
+        })
 }
 
 /// One computed row.
@@ -472,48 +632,82 @@ fn round_values(records: &[Record], measure: &Measure, label: &str) -> Vec<f64> 
 pub struct Row {
     /// The row's definition.
     pub measure: Measure,
-    /// Per label: the per-round values and their median.
-    pub values: BTreeMap<String, (Vec<f64>, Option<f64>)>,
+    /// Per label: the per-round values, their median and range.
+    pub values: BTreeMap<String, Figures>,
     /// The better of the rivals' medians.
     pub best_rival: Option<f64>,
-    /// Tether ÷ the better rival.
+    /// Tether ÷ the better rival (medians).
     pub ratio: Option<f64>,
+    /// The range of the per-round ratios: Tether's value of a round ÷ the better rival's value
+    /// of the same round.
+    pub ratio_range: Option<(f64, f64)>,
     /// The bound of the row's [`Limit`], resolved (`None`: no limit, or its metric is missing).
     pub limit: Option<f64>,
-    /// Whether the target (or the limit) is met (`None`: none set, or a figure is missing).
+    /// Whether the target and the limit are met (`None`: none set, or a figure is missing).
     pub met: Option<bool>,
 }
 
-/// Computes every row.
+/// Computes the rows of the detail table ([`measures`]).
 pub fn rows(records: &[Record]) -> Vec<Row> {
+    compute(records, measures(records))
+}
+
+/// Computes the rows of issue 17's table ([`issue_measures`]).
+pub fn issue_rows(records: &[Record]) -> Vec<Row> {
+    compute(records, issue_measures(records))
+}
+
+/// Computes `measures` over `records`.
+fn compute(records: &[Record], measures: Vec<Measure>) -> Vec<Row> {
     let labels = labels(records);
-    measures(records)
+    measures
         .into_iter()
         .map(|measure| {
-            let values: BTreeMap<String, (Vec<f64>, Option<f64>)> = labels
+            let by_round: BTreeMap<&String, BTreeMap<u32, f64>> = labels
                 .iter()
                 .filter(|label| !(measure.minus_direct && label.as_str() == DIRECT))
-                .map(|label| {
-                    let v = round_values(records, &measure, label);
-                    let m = median(&v);
-                    (label.clone(), (v, m))
-                })
-                .filter(|(_, (v, _))| !v.is_empty())
+                .map(|label| (label, round_values(records, &measure, label)))
+                .filter(|(_, v)| !v.is_empty())
                 .collect();
+            let values: BTreeMap<String, Figures> = by_round
+                .iter()
+                .map(|(label, v)| {
+                    (
+                        (*label).clone(),
+                        Figures::new(v.values().copied().collect()),
+                    )
+                })
+                .collect();
+            let pick = |a: f64, b: f64| match measure.better {
+                Better::Higher => f64::max(a, b),
+                _ => f64::min(a, b),
+            };
             let rival_medians = RIVALS
                 .iter()
-                .filter_map(|r| values.get(*r).and_then(|(_, m)| *m));
+                .filter_map(|r| values.get(*r).and_then(|f| f.median));
             let best_rival = match measure.better {
-                Better::Lower => rival_medians.reduce(f64::min),
-                Better::Higher => rival_medians.reduce(f64::max),
                 Better::Neither => None,
+                _ => rival_medians.reduce(pick),
             };
-            let tether = values.get(TETHER).and_then(|(_, m)| *m);
+            let tether = values.get(TETHER).and_then(|f| f.median);
             let ratio = match (tether, best_rival) {
                 // A ratio over a non-positive figure (an added latency lost in the noise) says
                 // nothing.
                 (Some(t), Some(b)) if b > 0.0 => Some(t / b),
                 _ => None,
+            };
+            let round_ratios: Vec<f64> = match (best_rival, by_round.get(&TETHER.to_owned())) {
+                (Some(_), Some(own)) => own
+                    .iter()
+                    .filter_map(|(round, t)| {
+                        let best = RIVALS
+                            .iter()
+                            .filter_map(|r| by_round.get(&(*r).to_owned())?.get(round).copied())
+                            .reduce(pick)?;
+                        (best > 0.0).then(|| t / best)
+                    })
+                    .collect(),
+                _ => Vec::new(),
             };
             let limit = measure.limit.as_ref().and_then(|limit| match limit.bound {
                 Bound::Value(v) => Some(v),
@@ -531,26 +725,42 @@ pub fn rows(records: &[Record]) -> Vec<Row> {
                 Better::Higher => value >= bound,
                 _ => value <= bound,
             };
-            let met = match (measure.target, ratio, limit, tether) {
-                (Some(target), Some(ratio), _, _) => Some(meets(ratio, target.ratio)),
-                (None, _, Some(bound), Some(tether)) => Some(meets(tether, bound)),
-                _ => None,
+            // Every goal the row sets must be met; one that cannot be judged (a figure is
+            // missing) leaves the row undecided.
+            let mut checks = Vec::new();
+            if let Some(target) = measure.target {
+                checks.push(ratio.map(|r| meets(r, target.ratio)));
+            }
+            if measure.limit.is_some() {
+                checks.push(limit.zip(tether).map(|(bound, t)| meets(t, bound)));
+            }
+            let met = if checks.is_empty() {
+                None
+            } else {
+                checks
+                    .into_iter()
+                    .collect::<Option<Vec<bool>>>()
+                    .map(|c| c.iter().all(|m| *m))
             };
             Row {
                 measure,
                 values,
                 best_rival,
                 ratio,
+                ratio_range: range(&round_ratios),
                 limit,
                 met,
             }
         })
+        // A scenario that ran without producing this metric (a failed run) leaves no row.
+        .filter(|row| !row.values.is_empty())
         .collect()
 }
 
-/// The labels present, in table order: direct, nginx, HAProxy, Tether, then any others.
+/// The labels present, in table order: direct, nginx, HAProxy, base (the "before" Tether of an
+/// A/B run), Tether, then any others.
 pub fn labels(records: &[Record]) -> Vec<String> {
-    let mut known: Vec<String> = [DIRECT, RIVALS[0], RIVALS[1], TETHER]
+    let mut known: Vec<String> = [DIRECT, RIVALS[0], RIVALS[1], BASE, TETHER]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -616,6 +826,20 @@ pub fn warnings(records: &[Record]) -> Vec<String> {
                 get("alive")
             ));
         }
+        if r.scenario == IDLE_HTTP
+            && (get("opened") < get("connections")
+                || get("accepted") < get("opened")
+                || get("alive") < get("opened"))
+        {
+            problems.push(format!(
+                "{} of {} connections opened, {} accepted when the RSS was read, {} still open \
+                 after it",
+                get("opened"),
+                get("connections"),
+                get("accepted"),
+                get("alive")
+            ));
+        }
         if r.scenario == DRAIN {
             if get("opened") < get("sessions") {
                 problems.push(format!(
@@ -669,83 +893,386 @@ pub fn warnings(records: &[Record]) -> Vec<String> {
     out
 }
 
-/// The markdown report: `meta` lines as a list, then the table, then warnings.
+/// A figure as the tables show it: the median, then the min–max over the rounds when there
+/// was more than one (`1.43 (1.31–1.52)`).
+fn cell(figures: &Figures, decimals: usize) -> String {
+    let Some(median) = figures.median else {
+        return String::new();
+    };
+    match figures.range {
+        Some((lo, hi)) if figures.rounds.len() > 1 => format!(
+            "{} ({}–{})",
+            number(median, decimals),
+            number(lo, decimals),
+            number(hi, decimals)
+        ),
+        _ => number(median, decimals),
+    }
+}
+
+/// A ratio with the range of its per-round ratios, when they differ.
+fn ratio_cell(ratio: f64, range: Option<(f64, f64)>) -> String {
+    match range {
+        Some((lo, hi)) if hi > lo => format!("{ratio:.2} ({lo:.2}–{hi:.2})"),
+        _ => format!("{ratio:.2}"),
+    }
+}
+
+/// The target column of a row: the ratio target, the limit on Tether's own figure, or both.
+fn target_text(row: &Row) -> String {
+    let m = &row.measure;
+    let op = if m.better == Better::Higher {
+        "≥"
+    } else {
+        "≤"
+    };
+    let mut parts = Vec::new();
+    if let Some(t) = m.target {
+        parts.push(if t.note.is_empty() {
+            format!("{op} {:.1}", t.ratio)
+        } else {
+            format!("{op} {:.1} ({})", t.ratio, t.note)
+        });
+    }
+    if let Some(limit) = &m.limit {
+        let bound = match (row.limit, &limit.bound) {
+            (Some(v), _) => number(v, m.decimals),
+            (None, Bound::Metric(metric)) => (*metric).to_owned(),
+            (None, Bound::Value(v)) => number(*v, m.decimals),
+        };
+        let text = if limit.note.is_empty() {
+            format!("{op} {bound}")
+        } else {
+            format!("{op} {bound} ({})", limit.note)
+        };
+        parts.push(if m.target.is_some() {
+            format!("Tether {text}")
+        } else {
+            text
+        });
+    }
+    parts.join(", ")
+}
+
+/// The met? column of a row.
+fn met_text(row: &Row) -> &'static str {
+    let m = &row.measure;
+    match (m.target.is_some() || m.limit.is_some(), row.met) {
+        (false, _) => "",
+        (true, Some(true)) => "met",
+        (true, Some(false)) => "**not met**",
+        (true, None) => "—",
+    }
+}
+
+/// The ratio column of a row.
+fn ratio_text(row: &Row) -> String {
+    match (row.ratio, row.measure.better) {
+        (Some(r), _) => ratio_cell(r, row.ratio_range),
+        (None, Better::Neither) => String::new(),
+        // Tether-only rows (scale check, workers step): nothing to compare with.
+        (None, _) if !RIVALS.iter().any(|r| row.values.contains_key(*r)) => String::new(),
+        (None, _) if row.best_rival.is_some_and(|b| b <= 0.0) => "n/a (best ≤ 0)".into(),
+        (None, _) => "—".into(),
+    }
+}
+
+/// A table of `rows` with a column per label of `labels`, the ratio, target and met? columns.
+fn table(out: &mut String, rows: &[Row], labels: &[String], first: &str, ratio: &str) {
+    let _ = write!(out, "| {first} |");
+    for label in labels {
+        let _ = write!(out, " {} |", display_label(label));
+    }
+    let _ = write!(out, " {ratio} | target | met? |\n|---|");
+    for _ in labels {
+        out.push_str("---:|");
+    }
+    out.push_str("---:|---|---|\n");
+    for row in rows {
+        let _ = write!(out, "| {} |", row.measure.title);
+        for label in labels {
+            let text = row
+                .values
+                .get(label)
+                .map(|f| cell(f, row.measure.decimals))
+                .unwrap_or_default();
+            let _ = write!(out, " {text} |");
+        }
+        let _ = writeln!(
+            out,
+            " {} | {} | {} |",
+            ratio_text(row),
+            target_text(row),
+            met_text(row)
+        );
+    }
+}
+
+/// One row of the A/B table: a figure of the "before" Tether ([`BASE`]) and of the "after"
+/// one ([`TETHER`]), and after ÷ before.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AbRow {
+    /// What the row shows.
+    pub title: String,
+    /// Decimals to show.
+    pub decimals: usize,
+    /// Which way is better.
+    pub better: Better,
+    /// The "before" figures.
+    pub before: Figures,
+    /// The "after" figures.
+    pub after: Figures,
+    /// After ÷ before (medians).
+    pub ratio: Option<f64>,
+    /// The range of the per-round ratios (after ÷ before of the same round).
+    pub ratio_range: Option<(f64, f64)>,
+}
+
+/// The A/B rows: every row of both tables that has figures for [`BASE`] and [`TETHER`].
+pub fn ab_rows(records: &[Record]) -> Vec<AbRow> {
+    let mut measures = issue_measures(records);
+    measures.extend(measures_for_ab(records));
+    measures
+        .into_iter()
+        .filter_map(|m| {
+            let before = round_values(records, &m, BASE);
+            let after = round_values(records, &m, TETHER);
+            if before.is_empty() || after.is_empty() {
+                return None;
+            }
+            let per_round: Vec<f64> = after
+                .iter()
+                .filter_map(|(round, a)| {
+                    let b = before.get(round)?;
+                    (*b > 0.0).then(|| a / b)
+                })
+                .collect();
+            let before = Figures::new(before.into_values().collect());
+            let after = Figures::new(after.into_values().collect());
+            let ratio = match (before.median, after.median) {
+                (Some(b), Some(a)) if b > 0.0 => Some(a / b),
+                _ => None,
+            };
+            Some(AbRow {
+                title: m.title,
+                decimals: m.decimals,
+                better: m.better,
+                before,
+                after,
+                ratio,
+                ratio_range: range(&per_round),
+            })
+        })
+        .collect()
+}
+
+/// The detail rows worth an A/B comparison: costs and rates, not the state counters.
+fn measures_for_ab(records: &[Record]) -> Vec<Measure> {
+    measures(records)
+        .into_iter()
+        .filter(|m| m.better != Better::Neither && !m.minus_direct)
+        .collect()
+}
+
+/// System calls per operation by name: (name, calls, error returns), the total first.
+pub type PerOperation = Vec<(String, f64, f64)>;
+
+/// The system-call figures of one scenario: per label, the operations done under `strace` and
+/// the calls (and error returns: `EAGAIN`, `EINPROGRESS`, …) per operation, by system call name.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Syscalls {
+    /// The operation the counts are divided by (`handshake`, `message`).
+    pub unit: String,
+    /// Per label: operations, then (name, calls per operation, error returns per operation),
+    /// the total first, then by calls per operation, highest first.
+    pub labels: BTreeMap<String, (f64, PerOperation)>,
+}
+
+/// The system-call figures of every `syscalls_*` scenario, by scenario (the first round of
+/// each label: the step runs once).
+///
+/// A record's metrics are `ops` (operations completed while `strace` was attached), and for
+/// each system call `calls:NAME` and `errors:NAME`, with `NAME` = `total` for the sum.
+pub fn syscalls(records: &[Record]) -> BTreeMap<String, Syscalls> {
+    let mut out: BTreeMap<String, Syscalls> = BTreeMap::new();
+    for r in records {
+        let Some(what) = r.scenario.strip_prefix(SYSCALLS) else {
+            continue;
+        };
+        let ops = r.metrics.get("ops").copied().unwrap_or(0.0);
+        if ops <= 0.0 {
+            continue;
+        }
+        let entry = out.entry(r.scenario.clone()).or_default();
+        entry.unit = if what.starts_with("echo") {
+            "message".into()
+        } else {
+            what.to_owned()
+        };
+        if entry.labels.contains_key(&r.label) {
+            continue;
+        }
+        let mut calls: PerOperation = r
+            .metrics
+            .iter()
+            .filter_map(|(k, v)| {
+                let name = k.strip_prefix("calls:")?;
+                let errors = r.metrics.get(&format!("errors:{name}")).copied();
+                Some((name.to_owned(), v / ops, errors.unwrap_or(0.0) / ops))
+            })
+            .collect();
+        calls.sort_by(|a, b| {
+            (b.0 == "total")
+                .cmp(&(a.0 == "total"))
+                .then(b.1.total_cmp(&a.1))
+        });
+        entry.labels.insert(r.label.clone(), (ops, calls));
+    }
+    out
+}
+
+/// How many system calls by name each syscall table shows (the union of each label's top
+/// entries, so a call one proxy makes often and another never still shows).
+const SYSCALL_TOP: usize = 6;
+
+/// The markdown of the system-call tables.
+fn syscall_tables(out: &mut String, records: &[Record]) {
+    for (scenario, table) in syscalls(records) {
+        let labels: Vec<String> = labels(records)
+            .into_iter()
+            .filter(|l| table.labels.contains_key(l))
+            .collect();
+        let mut names: Vec<String> = vec!["total".into()];
+        for label in &labels {
+            for (name, _, _) in table.labels[label].1.iter().take(SYSCALL_TOP + 1) {
+                if !names.contains(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
+        let per_op = |label: &String, name: &str| {
+            table.labels[label]
+                .1
+                .iter()
+                .find(|(n, _, _)| n == name)
+                .map(|(_, c, e)| (*c, *e))
+        };
+        // Order by the highest count of any label, after the total.
+        names[1..].sort_by(|a, b| {
+            let most = |name: &str| {
+                labels
+                    .iter()
+                    .filter_map(|l| per_op(l, name).map(|(c, _)| c))
+                    .fold(0.0, f64::max)
+            };
+            most(b).total_cmp(&most(a))
+        });
+        let _ = write!(
+            out,
+            "\n#### System calls per {} (`{scenario}`)\n\n| system call |",
+            table.unit
+        );
+        for label in &labels {
+            let _ = write!(out, " {} |", display_label(label));
+        }
+        out.push_str("\n|---|");
+        for _ in &labels {
+            out.push_str("---:|");
+        }
+        out.push('\n');
+        let _ = write!(out, "| {} counted under strace |", table.unit);
+        for label in &labels {
+            let _ = write!(out, " {} |", number(table.labels[label].0, 0));
+        }
+        out.push('\n');
+        // A message costs a fraction of a system call (a read brings back many): one more
+        // decimal there.
+        let decimals = if table.unit == "message" { 3 } else { 2 };
+        let shown = |v: f64| format!("{v:.decimals$}");
+        for name in &names {
+            let _ = write!(
+                out,
+                "| {} |",
+                if name == "total" { "**all**" } else { name }
+            );
+            for label in &labels {
+                let text = match per_op(label, name) {
+                    Some((calls, errors)) if shown(errors) != shown(0.0) => {
+                        format!("{} ({} err)", shown(calls), shown(errors))
+                    }
+                    Some((calls, _)) => shown(calls),
+                    None => "0".into(),
+                };
+                let _ = write!(out, " {text} |");
+            }
+            out.push('\n');
+        }
+    }
+}
+
+/// The markdown report: `meta` lines as a list; issue 17's table (when nginx or HAProxy ran);
+/// the A/B table (when a "before" Tether ran); every other figure; the system calls per
+/// operation; then warnings. Every figure is the median over rounds with its min–max.
 pub fn markdown(records: &[Record], meta: &[(String, String)]) -> String {
     let labels = labels(records);
-    let rows = rows(records);
     let mut out = String::new();
     for (key, value) in meta {
         let _ = writeln!(out, "- **{key}**: {value}");
     }
-    out.push('\n');
-    let _ = write!(out, "| measure |");
-    for label in &labels {
-        let _ = write!(out, " {} |", display_label(label));
+    out.push_str(
+        "\nEvery figure is the median over the rounds, with the min–max over the rounds in \
+         brackets; a ratio's brackets are the range of the per-round ratios.\n",
+    );
+    let rivals_ran = RIVALS.iter().any(|r| labels.iter().any(|l| l == r));
+    let issue = issue_rows(records);
+    if rivals_ran && !issue.is_empty() {
+        out.push_str("\n### Issue 17: Tether against nginx and HAProxy\n\n");
+        let issue_labels: Vec<String> = labels
+            .iter()
+            .filter(|l| RIVALS.contains(&l.as_str()) || l.as_str() == TETHER)
+            .cloned()
+            .collect();
+        table(&mut out, &issue, &issue_labels, "figure", "Tether ÷ best");
     }
-    out.push_str(" Tether ÷ best of nginx, HAProxy | target | met? |\n|---|");
-    for _ in &labels {
-        out.push_str("---:|");
-    }
-    out.push_str("---:|---|---|\n");
-    for row in &rows {
-        let m = &row.measure;
-        let _ = write!(out, "| {} |", m.title);
-        for label in &labels {
-            let cell = match row.values.get(label) {
-                Some((_, Some(v))) => number(*v, m.decimals),
-                _ => String::new(),
-            };
-            let _ = write!(out, " {cell} |");
+    let ab = ab_rows(records);
+    if !ab.is_empty() {
+        out.push_str(
+            "\n### A/B: two Tether builds, interleaved\n\n| measure | before (base) | after \
+             (Tether) | after ÷ before |\n|---|---:|---:|---:|\n",
+        );
+        for row in &ab {
+            let ratio = row
+                .ratio
+                .map(|r| ratio_cell(r, row.ratio_range))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {ratio} |",
+                row.title,
+                cell(&row.before, row.decimals),
+                cell(&row.after, row.decimals)
+            );
         }
-        let ratio = match (row.ratio, m.better) {
-            (Some(r), _) => format!("{r:.2}"),
-            (None, Better::Neither) => String::new(),
-            // Tether-only rows (scale check, workers step): nothing to compare with.
-            (None, _) if !RIVALS.iter().any(|r| row.values.contains_key(*r)) => String::new(),
-            (None, _) if row.best_rival.is_some_and(|b| b <= 0.0) => "n/a (best ≤ 0)".into(),
-            (None, _) => "—".into(),
-        };
-        let target = match m.target {
-            Some(t) => {
-                let op = if m.better == Better::Higher {
-                    "≥"
-                } else {
-                    "≤"
-                };
-                if t.note.is_empty() {
-                    format!("{op} {:.1}", t.ratio)
-                } else {
-                    format!("{op} {:.1} ({})", t.ratio, t.note)
-                }
-            }
-            None => match &m.limit {
-                Some(limit) => {
-                    let op = if m.better == Better::Higher {
-                        "≥"
-                    } else {
-                        "≤"
-                    };
-                    let bound = match (row.limit, &limit.bound) {
-                        (Some(v), _) => number(v, m.decimals),
-                        (None, Bound::Metric(metric)) => (*metric).to_owned(),
-                        (None, Bound::Value(v)) => number(*v, m.decimals),
-                    };
-                    if limit.note.is_empty() {
-                        format!("{op} {bound}")
-                    } else {
-                        format!("{op} {bound} ({})", limit.note)
-                    }
-                }
-                None => String::new(),
-            },
-        };
-        let met = match (m.target.is_some() || m.limit.is_some(), row.met) {
-            (false, _) => "",
-            (true, Some(true)) => "met",
-            (true, Some(false)) => "**not met**",
-            (true, None) => "—",
-        };
-        let _ = writeln!(out, " {ratio} | {target} | {met} |");
+    }
+    let rest = rows(records);
+    if !rest.is_empty() {
+        out.push_str("\n### Every other figure\n\n");
+        table(
+            &mut out,
+            &rest,
+            &labels,
+            "measure",
+            "Tether ÷ best of nginx, HAProxy",
+        );
+    }
+    if records.iter().any(|r| r.scenario.starts_with(SYSCALLS)) {
+        out.push_str(
+            "\n### System calls per operation (`strace -f -c`, one short run each)\n\nstrace \
+             slows the proxy down; the counts per operation stay valid, its times do not (and \
+             are not used). `err`: calls that returned an error, mostly `EAGAIN` (nothing to \
+             read) and `EINPROGRESS` (a non-blocking connect).\n",
+        );
+        syscall_tables(&mut out, records);
     }
     let warnings = warnings(records);
     if !warnings.is_empty() {
@@ -757,17 +1284,24 @@ pub fn markdown(records: &[Record], meta: &[(String, String)]) -> String {
     out
 }
 
-/// The JSON summary: meta, every row with its per-round values, warnings and the raw records.
-pub fn json_summary(records: &[Record], meta: &[(String, String)]) -> Value {
-    let rows: Vec<Value> = rows(records)
-        .into_iter()
+/// The JSON of one figure: median, min, max and the per-round values.
+fn figures_json(f: &Figures) -> Value {
+    json!({
+        "median": f.median,
+        "min": f.range.map(|r| r.0),
+        "max": f.range.map(|r| r.1),
+        "rounds": f.rounds,
+    })
+}
+
+/// The JSON of computed rows.
+fn rows_json(rows: Vec<Row>) -> Vec<Value> {
+    rows.into_iter()
         .map(|row| {
             let values: serde_json::Map<String, Value> = row
                 .values
                 .iter()
-                .map(|(label, (rounds, median))| {
-                    (label.clone(), json!({ "median": median, "rounds": rounds }))
-                })
+                .map(|(label, f)| (label.clone(), figures_json(f)))
                 .collect();
             json!({
                 "measure": row.measure.title,
@@ -777,6 +1311,8 @@ pub fn json_summary(records: &[Record], meta: &[(String, String)]) -> Value {
                 "values": values,
                 "best_rival": row.best_rival,
                 "tether_over_best": row.ratio,
+                "tether_over_best_min": row.ratio_range.map(|r| r.0),
+                "tether_over_best_max": row.ratio_range.map(|r| r.1),
                 "target": row.measure.target.map(|t| json!({
                     "ratio": t.ratio,
                     "higher_is_better": row.measure.better == Better::Higher,
@@ -795,6 +1331,42 @@ pub fn json_summary(records: &[Record], meta: &[(String, String)]) -> Value {
                 "met": row.met,
             })
         })
+        .collect()
+}
+
+/// The JSON summary: meta, issue 17's rows, the A/B rows, every other row (each with its
+/// median, min–max and per-round values), system calls per operation, warnings and the raw
+/// records.
+pub fn json_summary(records: &[Record], meta: &[(String, String)]) -> Value {
+    let ab: Vec<Value> = ab_rows(records)
+        .iter()
+        .map(|row| {
+            json!({
+                "measure": row.title,
+                "before": figures_json(&row.before),
+                "after": figures_json(&row.after),
+                "after_over_before": row.ratio,
+                "after_over_before_min": row.ratio_range.map(|r| r.0),
+                "after_over_before_max": row.ratio_range.map(|r| r.1),
+            })
+        })
+        .collect();
+    let syscalls: serde_json::Map<String, Value> = syscalls(records)
+        .into_iter()
+        .map(|(scenario, table)| {
+            let labels: serde_json::Map<String, Value> = table
+                .labels
+                .into_iter()
+                .map(|(label, (ops, calls))| {
+                    let per_op: serde_json::Map<String, Value> = calls
+                        .into_iter()
+                        .map(|(name, c, e)| (name, json!({ "calls": c, "errors": e })))
+                        .collect();
+                    (label, json!({ "ops": ops, "per_op": per_op }))
+                })
+                .collect();
+            (scenario, json!({ "unit": table.unit, "labels": labels }))
+        })
         .collect();
     let meta: serde_json::Map<String, Value> = meta
         .iter()
@@ -802,7 +1374,10 @@ pub fn json_summary(records: &[Record], meta: &[(String, String)]) -> Value {
         .collect();
     json!({
         "meta": meta,
-        "rows": rows,
+        "issue17_rows": rows_json(issue_rows(records)),
+        "ab_rows": ab,
+        "rows": rows_json(rows(records)),
+        "syscalls_per_op": syscalls,
         "warnings": warnings(records),
         "records": records,
     })
@@ -855,15 +1430,21 @@ mod tests {
 
     #[test]
     fn medians_ratios_and_targets() {
-        let rows = rows(&sample());
-        let cpu = rows
-            .iter()
-            .find(|r| r.measure.metric == "cpu_us_per_msg")
-            .unwrap();
+        let issue = issue_rows(&sample());
+        assert_eq!(issue.len(), 1);
+        let cpu = &issue[0];
+        assert_eq!(cpu.measure.metric, "cpu_us_per_msg");
         // Medians: nginx 4, HAProxy 3, Tether 2 → 2 ÷ 3.
         assert_eq!(cpu.best_rival, Some(3.0));
         assert!((cpu.ratio.unwrap() - 2.0 / 3.0).abs() < 1e-9);
         assert_eq!(cpu.met, Some(true));
+        assert_eq!(cpu.values[TETHER].range, Some((1.5, 2.5)));
+        // Per round: 1.5 ÷ 2, 2 ÷ 3, 2.5 ÷ 4.
+        let (lo, hi) = cpu.ratio_range.unwrap();
+        assert!((lo - 0.625).abs() < 1e-9 && (hi - 0.75).abs() < 1e-9);
+
+        let rows = rows(&sample());
+        assert!(!rows.iter().any(|r| r.measure.metric == "cpu_us_per_msg"));
 
         let rate = rows
             .iter()
@@ -878,7 +1459,7 @@ mod tests {
             .find(|r| r.measure.metric == "p99_us" && r.measure.minus_direct)
             .unwrap();
         assert!(!added.values.contains_key(DIRECT));
-        assert_eq!(added.values[TETHER].0, vec![15.0, 15.0, 15.0]);
+        assert_eq!(added.values[TETHER].rounds, vec![15.0, 15.0, 15.0]);
         assert_eq!(added.ratio, Some(1.5));
         assert_eq!(added.met, Some(false));
     }
@@ -887,15 +1468,146 @@ mod tests {
     fn markdown_has_every_label_and_target() {
         let text = markdown(&sample(), &[("date".into(), "today".into())]);
         assert!(text.contains("- **date**: today"));
-        assert!(text.contains("| measure | direct | nginx | HAProxy | Tether |"));
-        assert!(text.contains(
-            "| echo 64 B: proxy CPU µs/message |  | 4.00 | 3.00 | 2.00 | 0.67 | ≤ 0.8 | met |"
-        ));
-        assert!(text.contains(
-            "| latency: added p99 µs |  | 20.0 | 10.0 | 15.0 | 1.50 | ≤ 1.0 | **not met** |"
-        ));
+        for line in [
+            "| figure | nginx | HAProxy | Tether | Tether ÷ best | target | met? |",
+            "| CPU µs per echoed 64 B message | 4.00 (3.00–5.00) | 3.00 (2.00–4.00) | \
+             2.00 (1.50–2.50) | 0.67 (0.62–0.75) | ≤ 0.8 | met |",
+            "| measure | direct | nginx | HAProxy | Tether |",
+            "| latency: added p99 µs |  | 20.0 (20.0–20.0) | 10.0 (10.0–10.0) | \
+             15.0 (15.0–15.0) | 1.50 | ≤ 1.0 (issue 8) | **not met** |",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        assert!(!text.contains("A/B"));
         let summary = json_summary(&sample(), &[]);
         assert_eq!(summary["records"].as_array().unwrap().len(), 21);
+    }
+
+    #[test]
+    fn idle_rows_have_both_goals() {
+        let mut records = Vec::new();
+        for (label, ws, http) in [
+            ("nginx", 17.7, 2.0),
+            ("haproxy", 4.8, 5.0),
+            (TETHER, 2.2, 0.9),
+        ] {
+            records.push(record(
+                "idle",
+                label,
+                1,
+                &[("kib_per_session", ws), ("opened", 9900.0)],
+            ));
+            records.push(record(
+                IDLE_HTTP,
+                label,
+                1,
+                &[("kib_per_conn", http), ("opened", 9900.0)],
+            ));
+        }
+        let text = markdown(&records, &[]);
+        for line in [
+            "| KiB per idle WebSocket session (9900 held) | 17.70 | 4.80 | 2.20 | 0.46 | \
+             ≤ 0.5, Tether ≤ 2.30 (KiB) | met |",
+            "| KiB per idle HTTP connection before its first request (9900 held) | 2.00 | \
+             5.00 | 0.90 | 0.45 | ≤ 0.5 | met |",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        // The ratio is met (2.4 ÷ 4.8 = 0.5) but the absolute bound is not.
+        records[4].metrics.insert("kib_per_session".into(), 2.4);
+        let idle = &issue_rows(&records)[0];
+        assert_eq!(idle.ratio, Some(0.5));
+        assert_eq!(idle.met, Some(false));
+        // A missing rival leaves the ratio, and so the row, undecided.
+        records.retain(|r| r.label == TETHER);
+        assert_eq!(issue_rows(&records)[0].met, None);
+    }
+
+    #[test]
+    fn ab_table_pairs_rounds() {
+        let mut records = Vec::new();
+        for round in 1..=4 {
+            let r = f64::from(round);
+            records.push(record(
+                "handshake",
+                BASE,
+                round,
+                &[("cpu_us_per_handshake", 100.0 + r)],
+            ));
+            records.push(record(
+                "handshake",
+                TETHER,
+                round,
+                &[("cpu_us_per_handshake", 80.0 + r)],
+            ));
+            records.push(record("idle", TETHER, round, &[("alive", 10.0)]));
+        }
+        let ab = ab_rows(&records);
+        assert_eq!(ab.len(), 1);
+        assert_eq!(ab[0].before.median, Some(102.5));
+        assert_eq!(ab[0].after.range, Some((81.0, 84.0)));
+        let text = markdown(&records, &[]);
+        assert!(!text.contains("Issue 17"), "no rival ran:\n{text}");
+        assert!(
+            text.contains(
+                "| CPU µs per WebSocket handshake (connect, upgrade, echo, close) | \
+             102.5 (101.0–104.0) | 82.5 (81.0–84.0) | 0.80 (0.80–0.81) |"
+            ),
+            "{text}"
+        );
+        let json = json_summary(&records, &[]);
+        assert_eq!(json["ab_rows"][0]["before"]["min"], 101.0);
+    }
+
+    #[test]
+    fn syscalls_per_operation() {
+        let records = vec![
+            record(
+                "syscalls_handshake",
+                "nginx",
+                1,
+                &[
+                    ("ops", 100.0),
+                    ("calls:total", 2000.0),
+                    ("errors:total", 100.0),
+                    ("calls:recvfrom", 600.0),
+                    ("errors:recvfrom", 100.0),
+                    ("calls:epoll_wait", 500.0),
+                ],
+            ),
+            record(
+                "syscalls_handshake",
+                TETHER,
+                1,
+                &[
+                    ("ops", 50.0),
+                    ("calls:total", 1100.0),
+                    ("calls:epoll_ctl", 200.0),
+                    ("calls:recvfrom", 300.0),
+                ],
+            ),
+        ];
+        let table = &syscalls(&records)["syscalls_handshake"];
+        assert_eq!(table.unit, "handshake");
+        assert_eq!(table.labels[TETHER].1[0], ("total".into(), 22.0, 0.0));
+        assert_eq!(table.labels[TETHER].1[1], ("recvfrom".into(), 6.0, 0.0));
+        let text = markdown(&records, &[]);
+        for line in [
+            "| system call | nginx | Tether |",
+            "| handshake counted under strace | 100 | 50 |",
+            "| **all** | 20.00 (1.00 err) | 22.00 |",
+            "| recvfrom | 6.00 (1.00 err) | 6.00 |",
+            "| epoll_wait | 5.00 | 0 |",
+            "| epoll_ctl | 0 | 4.00 |",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in\n{text}");
+        }
+        let json = json_summary(&records, &[]);
+        assert_eq!(
+            json["syscalls_per_op"]["syscalls_handshake"]["labels"]["tether"]["per_op"]
+                ["epoll_ctl"]["calls"],
+            4.0
+        );
     }
 
     #[test]
@@ -912,6 +1624,24 @@ mod tests {
         let w = warnings(&records);
         assert_eq!(w.len(), 2);
         assert!(w[1].contains("9"));
+        let closed = record(
+            IDLE_HTTP,
+            "haproxy",
+            1,
+            &[
+                ("connections", 10.0),
+                ("opened", 10.0),
+                ("accepted", 10.0),
+                ("alive", 0.0),
+            ],
+        );
+        assert_eq!(
+            warnings(&[closed]),
+            vec![
+                "HAProxy idle_http round 1: 10 of 10 connections opened, 10 accepted when the \
+                 RSS was read, 0 still open after it"
+            ]
+        );
     }
 
     fn scale_sample(cores: u64) -> Vec<Record> {
@@ -967,11 +1697,11 @@ mod tests {
             "| drain: sessions ended without a close frame |  | 1 |  | ≤ 0 | **not met** |",
             "| drain: s from SIGTERM to the last close frame |  | 0.75 |  | ≤ 30.00 (s, shutdown_grace) | met |",
             "| drain: s from SIGTERM to the proxy's exit |  | 1.25 |  |  |  |",
-            "| workers = 1: echo 64 B messages/s |  | 102 |  |  |  |",
-            "| workers = 1: proxy CPU % (100 = one core) |  | 95 |  |  |  |",
-            "| workers = 2: echo 64 B messages/s |  | 122 |  |  |  |",
-            "| workers = 2: proxy CPU % (100 = one core) |  | 140 |  |  |  |",
-            "| workers = 2 ÷ workers = 1: echo 64 B messages/s |  | 1.20 |  | ≥ 1.70 (2 cores: the \
+            "| workers = 1: echo 64 B messages/s |  | 102 (101–103) |  |  |  |",
+            "| workers = 1: proxy CPU % (100 = one core) |  | 95 (95–95) |  |  |  |",
+            "| workers = 2: echo 64 B messages/s |  | 122 (121–123) |  |  |  |",
+            "| workers = 2: proxy CPU % (100 = one core) |  | 140 (140–140) |  |  |  |",
+            "| workers = 2 ÷ workers = 1: echo 64 B messages/s |  | 1.20 (1.19–1.20) |  | ≥ 1.70 (2 cores: the \
              load generator and backend share them with the proxy, so the ratio is bounded by \
              them, not by Tether) | **not met** |",
         ];
@@ -990,7 +1720,7 @@ mod tests {
             .into_iter()
             .find(|r| r.measure.over.is_some())
             .unwrap();
-        assert!((ratio.values[TETHER].1.unwrap() - 122.0 / 102.0).abs() < 1e-9);
+        assert!((ratio.values[TETHER].median.unwrap() - 122.0 / 102.0).abs() < 1e-9);
         assert_eq!(ratio.limit, Some(1.7));
         assert_eq!(
             ratio.measure.limit.unwrap().note,

@@ -1,4 +1,4 @@
-//! The six scenarios. Each returns its figures as a name → value map (the names are listed on
+//! The seven scenarios. Each returns its figures as a name → value map (the names are listed on
 //! each function); the caller wraps them in a [`Record`](super::Record).
 //!
 //! All of them run on the load tool's single-threaded runtime: on the benchmark machine the tool
@@ -14,12 +14,12 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, timeout, timeout_at, Instant};
 
-use super::client::{read_frame, SourceAddrs, Target, Upgrader, WsConn};
+use super::client::{connect, read_frame, SourceAddrs, Target, Upgrader, WsConn};
 use super::frame::{
     client_close_frame, client_frame, CloseFinder, FrameScanner, NO_STATUS_CODE, OP_BINARY,
     OP_CLOSE,
 };
-use super::procstat::{process_gone, Watched};
+use super::procstat::{machine_ticks, process_gone, Watched};
 use super::stats::quantile;
 use super::BoxError;
 
@@ -150,8 +150,11 @@ pub struct EchoParams {
 /// Echo throughput: `connections` connections each keep `window` binary messages of `size`
 /// bytes in flight, sending one more for each echo that comes back.
 ///
-/// Figures: `msgs_per_s`, `msgs`, `seconds`, `errors`, and with a watched proxy `cpu_us_per_msg`
-/// (proxy CPU µs per echoed message), `proxy_cpu_us`, `proxy_cpu_share`.
+/// Figures: `msgs_per_s`, `msgs`, `seconds`, `errors`, `msgs_total` (echoes over the whole run,
+/// warm-up included: what a tracer attached for the whole run saw), `client_msgs_per_read`
+/// (echoes per read of the load tool in the window), `steal_share` (the machine's stolen CPU
+/// time over all its CPU time in the window), and with a watched proxy
+/// `cpu_us_per_msg` (proxy CPU µs per echoed message), `proxy_cpu_us`, `proxy_cpu_share`.
 pub async fn echo(
     upgrader: &Upgrader,
     watched: &Watched,
@@ -164,15 +167,22 @@ pub async fn echo(
     let frame_len = frame.len();
 
     let echoed = Arc::new(AtomicU64::new(0));
+    let reads = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(Failures::default());
     let measure_from = Instant::now() + params.warmup;
     let end = measure_from + params.duration;
     let mut tasks = JoinSet::new();
     for conn in conns {
         let (batch, echoed, failures) = (batch.clone(), echoed.clone(), failures.clone());
+        let reads = reads.clone();
         let (size, window) = (params.size as u64, params.window);
         tasks.spawn(async move {
-            let result = echo_connection(conn, &batch, frame_len, window, size, &echoed, end).await;
+            let counters = EchoCounters {
+                echoed: &echoed,
+                reads: &reads,
+            };
+            let result =
+                echo_connection(conn, &batch, frame_len, window, size, counters, end).await;
             if let Err(error) = result {
                 failures.record(error);
             }
@@ -180,26 +190,55 @@ pub async fn echo(
     }
 
     sleep_until(measure_from).await;
+    let reads_before = reads.load(Ordering::Relaxed);
+    let ticks_before = machine_ticks()?;
     let window = Window::open(watched, &echoed)?;
     sleep_until(end).await;
     let (seconds, msgs, cpu) = window.close(watched, &echoed)?;
+    let ticks_after = machine_ticks()?;
+    let window_reads = reads.load(Ordering::Relaxed) - reads_before;
     while tasks.join_next().await.is_some() {}
 
     failures.report("echo");
     let mut metrics = Metrics::new();
     rate_and_cost(&mut metrics, ("msgs", "msg"), seconds, msgs, cpu, watched);
+    metrics.insert("msgs_total".into(), echoed.load(Ordering::Relaxed) as f64);
+    // What tells a fast run from a slow one (bench/README.md, "4 KiB bistability"): how many
+    // echoes each read of the load tool brought back, and whether the hypervisor stole time.
+    if msgs > 0 {
+        metrics.insert(
+            "client_msgs_per_read".into(),
+            msgs as f64 / window_reads.max(1) as f64,
+        );
+    }
+    let all = ticks_after.0.saturating_sub(ticks_before.0);
+    if all > 0 {
+        metrics.insert(
+            "steal_share".into(),
+            ticks_after.1.saturating_sub(ticks_before.1) as f64 / all as f64,
+        );
+    }
     metrics.insert("errors".into(), failures.count() as f64);
     Ok(metrics)
 }
 
 /// One connection of [`echo`]: sends a window, then one message per echo, until `end`.
+/// The counters every connection of [`echo`] adds to.
+#[derive(Clone, Copy)]
+struct EchoCounters<'a> {
+    /// Echoes received.
+    echoed: &'a AtomicU64,
+    /// Reads that returned bytes.
+    reads: &'a AtomicU64,
+}
+
 async fn echo_connection(
     conn: WsConn,
     batch: &[u8],
     frame_len: usize,
     window: usize,
     size: u64,
-    echoed: &AtomicU64,
+    counters: EchoCounters<'_>,
     end: Instant,
 ) -> Result<(), BoxError> {
     let WsConn { mut stream, early } = conn;
@@ -231,7 +270,8 @@ async fn echo_connection(
         if wrong_size {
             return Err("an echo came back with the wrong size".into());
         }
-        echoed.fetch_add(k as u64, Ordering::Relaxed);
+        counters.echoed.fetch_add(k as u64, Ordering::Relaxed);
+        counters.reads.fetch_add(1, Ordering::Relaxed);
         // At most `window` messages are in flight, so at most that many can come back.
         let resend = k.min(window);
         if resend > 0 {
@@ -430,8 +470,9 @@ pub struct HandshakeParams {
 /// close handshake (client close 1000, wait for the server's close frame), and closing the
 /// socket. Every connection comes from a different source address in `127.0.0.0/8`.
 ///
-/// Figures: `handshakes_per_s`, `handshakes`, `seconds`, `errors`, and with a watched proxy
-/// `cpu_us_per_handshake`, `proxy_cpu_us`, `proxy_cpu_share`.
+/// Figures: `handshakes_per_s`, `handshakes`, `seconds`, `errors`, `handshakes_total` (cycles
+/// completed over the whole run, warm-up and the last cycles after the window included), and
+/// with a watched proxy `cpu_us_per_handshake`, `proxy_cpu_us`, `proxy_cpu_share`.
 pub async fn handshake(
     upgrader: &Upgrader,
     watched: &Watched,
@@ -478,6 +519,10 @@ pub async fn handshake(
         handshakes,
         cpu,
         watched,
+    );
+    metrics.insert(
+        "handshakes_total".into(),
+        done.load(Ordering::Relaxed) as f64,
     );
     metrics.insert("errors".into(), failures.count() as f64);
     Ok(metrics)
@@ -683,6 +728,142 @@ pub async fn idle(
     metrics.insert("kib_per_session_after_echo".into(), per_session(rss_after));
     metrics.insert("open_seconds".into(), open_seconds);
     metrics.insert("close_seconds".into(), close_seconds);
+    metrics.insert("errors".into(), failures.count() as f64);
+    Ok(metrics)
+}
+
+/// Parameters of [`idle_http`].
+#[derive(Debug, Clone)]
+pub struct IdleHttpParams {
+    /// Plain connections to open.
+    pub connections: usize,
+    /// Connects in flight while opening.
+    pub concurrency: usize,
+    /// How long to wait, from the first connect, for the proxy to accept every connection
+    /// ([`ACCEPT_WAIT`] in the load tool).
+    pub accept_wait: Duration,
+}
+
+/// How long [`idle_http`] waits for the proxy to accept every connection it opened. Below the
+/// 10 s request-head timeouts of HAProxy and Tether, so connections are measured before a proxy
+/// may close them for sending nothing.
+pub const ACCEPT_WAIT: Duration = Duration::from_secs(8);
+
+/// Idle HTTP memory: opens `connections` plain TCP connections to the proxy (each from its own
+/// source address in `127.0.0.0/8`, `concurrency` connects in flight), sends nothing on them,
+/// waits until the proxy holds a descriptor for every one (it has accepted them), and reads the
+/// proxy's RSS growth per connection. This is what a client that opened a keep-alive connection
+/// and has not sent its first request yet costs the proxy.
+///
+/// The connections must be read before the proxy's request-head timeout closes them (10 s for
+/// HAProxy's `timeout http-request` and Tether's `request_head_timeout`, 60 s for nginx's
+/// `client_header_timeout`): accepting is bounded by 8 s, and afterwards every connection is
+/// checked to be still open (a non-blocking read that would block), so a proxy that closed
+/// some shows fewer `alive`.
+///
+/// Figures: `connections` (requested), `opened`, `accepted` (the proxy's descriptor growth when
+/// the RSS was read), `alive` (still open after the reading), `rss_base_kib`, `rss_idle_kib`,
+/// `kib_per_conn` (RSS growth per opened connection), `open_seconds`, `errors`.
+pub async fn idle_http(
+    target: &Target,
+    watched: &Watched,
+    params: &IdleHttpParams,
+) -> Result<Metrics, BoxError> {
+    let fds_base = watched.open_fds()?;
+    let rss_base = watched.rss_kib()?;
+    let sources = Arc::new(SourceAddrs::new());
+    let failures = Failures::default();
+    let opening = Instant::now();
+    let mut conns = Vec::with_capacity(params.connections);
+    let mut in_flight = JoinSet::new();
+    let (mut launched, mut consecutive_failures) = (0, 0);
+    while launched < params.connections || !in_flight.is_empty() {
+        while launched < params.connections && in_flight.len() < params.concurrency.max(1) {
+            let (sources, target) = (sources.clone(), target.clone());
+            in_flight.spawn(async move {
+                match timeout(STEP_TIMEOUT, connect(&target, sources.next())).await {
+                    Ok(result) => result.map_err(BoxError::from),
+                    Err(_) => Err("connect timed out".into()),
+                }
+            });
+            launched += 1;
+        }
+        let Some(joined) = in_flight.join_next().await else {
+            break;
+        };
+        match joined? {
+            Ok(conn) => {
+                conns.push(conn);
+                consecutive_failures = 0;
+            }
+            Err(error) => {
+                failures.record(error);
+                consecutive_failures += 1;
+                if consecutive_failures >= 50 {
+                    launched = params.connections;
+                }
+            }
+        }
+    }
+    let open_seconds = opening.elapsed().as_secs_f64();
+    let opened = conns.len() as u64;
+
+    // A connect completes once the kernel has queued the connection; the proxy holds it once it
+    // has accepted it. Wait (bounded) until its descriptor count shows every one.
+    let mut poll = tokio::time::interval(Duration::from_millis(10));
+    let accepted = loop {
+        poll.tick().await;
+        let held = watched.open_fds()?.saturating_sub(fds_base);
+        if held >= opened {
+            break held;
+        }
+        if opening.elapsed() > params.accept_wait {
+            failures.record(format!(
+                "the proxy had accepted {held} of {opened} connections after {:?}",
+                params.accept_wait
+            ));
+            break held;
+        }
+    };
+    let rss_idle = watched.rss_kib()?;
+    let mut alive = 0u64;
+    let mut probe = [0u8; 1];
+    for conn in &conns {
+        match conn.try_read(&mut probe) {
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => alive += 1,
+            Ok(0) => failures.record("the proxy closed an idle connection"),
+            Ok(_) => failures.record("the proxy sent bytes on a connection without a request"),
+            Err(error) => failures.record(error),
+        }
+    }
+
+    // Close them, and wait until the proxy has let go (bounded), so that closing them does not
+    // spill into the next run.
+    drop(conns);
+    let closing = Instant::now();
+    while watched.open_fds()? > fds_base + 16 {
+        if closing.elapsed() > Duration::from_secs(10) {
+            failures.record("the proxy still held the connections 10 s after they closed");
+            break;
+        }
+        poll.tick().await;
+    }
+
+    failures.report("idle_http");
+    let mut metrics = Metrics::new();
+    metrics.insert("connections".into(), params.connections as f64);
+    metrics.insert("opened".into(), opened as f64);
+    metrics.insert("accepted".into(), accepted as f64);
+    metrics.insert("alive".into(), alive as f64);
+    metrics.insert("rss_base_kib".into(), rss_base as f64);
+    metrics.insert("rss_idle_kib".into(), rss_idle as f64);
+    if opened > 0 {
+        metrics.insert(
+            "kib_per_conn".into(),
+            (rss_idle as f64 - rss_base as f64) / opened as f64,
+        );
+    }
+    metrics.insert("open_seconds".into(), open_seconds);
     metrics.insert("errors".into(), failures.count() as f64);
     Ok(metrics)
 }
@@ -1213,6 +1394,50 @@ mod tests {
         assert!(drain(&upgrader, &Watched::new(vec![pid]), &params)
             .await
             .is_err());
+    }
+
+    /// The idle HTTP scenario end to end against a listener in this process (which also is
+    /// the watched "proxy"): every connection is accepted and held, so every one counts as
+    /// accepted and alive; against a server that closes what it accepts, every connection is
+    /// still open or reported as closed.
+    #[tokio::test]
+    async fn idle_http_counts_held_connections() {
+        async fn serve(close: bool) -> Target {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    if !close {
+                        // Held until the client closes it, as a proxy waiting for a request.
+                        tokio::spawn(async move {
+                            let mut buf = [0u8; 64];
+                            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                        });
+                    }
+                }
+            });
+            Target::parse(&format!("http://{addr}/")).unwrap()
+        }
+        let me = Watched::new(vec![std::process::id()]);
+        let params = IdleHttpParams {
+            connections: 50,
+            concurrency: 8,
+            accept_wait: Duration::from_secs(1),
+        };
+        let m = idle_http(&serve(false).await, &me, &params).await.unwrap();
+        for (name, value) in [("opened", 50.0), ("alive", 50.0), ("errors", 0.0)] {
+            assert_eq!(m[name], value, "{name}: {m:?}");
+        }
+        // This process holds both ends of each connection.
+        assert!(m["accepted"] >= 50.0, "{m:?}");
+        assert!(m.contains_key("kib_per_conn"), "{m:?}");
+
+        // Whether the server has closed a connection yet when it is probed depends on
+        // scheduling (the clients' own descriptors already satisfy the accept wait here), but
+        // each one is either still open or reported.
+        let m = idle_http(&serve(true).await, &me, &params).await.unwrap();
+        assert_eq!(m["opened"], 50.0, "{m:?}");
+        assert_eq!(m["alive"] + m["errors"], 50.0, "{m:?}");
     }
 
     #[test]
