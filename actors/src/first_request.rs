@@ -47,8 +47,6 @@ const MAX_PARSED_HEADERS: usize = 128;
 #[derive(Debug)]
 #[allow(clippy::large_enum_variant)] // matched at once by the caller; a box would cost an allocation per handshake
 pub enum First {
-    /// The client left (or the read failed) before sending a byte.
-    Gone,
     /// The HTTP/2 connection preface: these bytes (the preface and whatever followed it) go to
     /// the HTTP/2 server first.
     Http2(Bytes),
@@ -58,7 +56,7 @@ pub enum First {
     WebSocket(Handshake),
 }
 
-/// A WebSocket opening handshake read by [`read`].
+/// A WebSocket opening handshake read by [`read_head`].
 #[derive(Debug)]
 pub struct Handshake {
     /// The request head (its header values share one buffer with the head as read).
@@ -70,7 +68,7 @@ pub struct Handshake {
     pub close: bool,
 }
 
-/// The limits [`read`] applies: the listener's.
+/// The limits [`first_bytes`] and [`read_head`] apply: the listener's.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Largest request head, in bytes.
@@ -81,14 +79,24 @@ pub struct Limits {
     pub http2_preface: bool,
 }
 
-/// Reads the first request head of a connection and says what it is (see the module doc).
-/// The caller bounds it with the listener's `request_head_timeout`.
-pub async fn read<S: AsyncRead + Unpin>(io: &mut S, limits: Limits) -> First {
+/// Waits for a connection's first bytes and reads them (see [`read_head`] for the rest); `None`
+/// when the client left, or the read failed, before sending a byte.
+pub async fn first_bytes<S: AsyncRead + Unpin>(io: &mut S, limits: Limits) -> Option<BytesMut> {
     let start = HEAD_START.min(limits.max_head_bytes.max(64));
-    let mut buf = match first_read(io, start).await {
-        Ok(buf) if !buf.is_empty() => buf,
-        _ => return First::Gone,
-    };
+    match first_read(io, start).await {
+        Ok(buf) if !buf.is_empty() => Some(buf),
+        _ => None,
+    }
+}
+
+/// Reads the rest of the first request head after its first bytes (`buf`, from
+/// [`first_bytes`]) and says what the connection is (see the module doc). The caller bounds
+/// both with the listener's `request_head_timeout`.
+pub async fn read_head<S: AsyncRead + Unpin>(
+    io: &mut S,
+    mut buf: BytesMut,
+    limits: Limits,
+) -> First {
     let mut scanned: usize = 0;
     loop {
         if scanned > 0 {
@@ -284,7 +292,7 @@ fn itoa_buf(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
 
 /// A connection with bytes already read from it in front: reads return `prefix` first, then
 /// the connection's own bytes; writes go straight to the connection. This is how bytes
-/// [`read`] took from a socket reach the server that serves the rest of the connection.
+/// [`read_head`] took from a socket reach the server that serves the rest of the connection.
 #[derive(Debug)]
 pub struct Prefixed<S> {
     prefix: Bytes,

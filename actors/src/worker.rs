@@ -209,14 +209,24 @@ async fn serve_first<S: ClientConnection>(
     late: bool,
 ) {
     let head_timeout = conn.listener.config.request_head_timeout;
-    let first = tokio::select! {
-        r = tokio::time::timeout(head_timeout, first_request::read(&mut io, limits)) => r,
+    let deadline = tokio::time::Instant::now() + head_timeout;
+    // A connection that has sent nothing when shutdown fires is closed; one whose request is
+    // arriving is read to its end and answered (a handshake gets 503 with Retry-After).
+    let started = tokio::select! {
+        // Bytes already there win over a shutdown that fired meanwhile.
+        biased;
+        r = tokio::time::timeout_at(deadline, first_request::first_bytes(&mut io, limits)) => r,
         _ = interrupted_by_shutdown(&ctx, late) => return,
     };
+    let Ok(Some(read)) = started else { return };
+    let first =
+        tokio::time::timeout_at(deadline, first_request::read_head(&mut io, read, limits)).await;
+    let late = late || ctx.shutdown.is_fired();
     // What serves the connection from here is boxed: a connection waiting for its first bytes
     // then holds only this small future, not the largest of the servers' states.
     match first {
-        Err(_) | Ok(First::Gone) => {}
+        // Silent or too slow: closed without an answer, as hyper does.
+        Err(_) => {}
         Ok(First::Http2(read)) => {
             ctx.metrics.http_connection(HttpProtocol::Http2);
             Box::pin(serve_h2(ctx, TokioIo::new(Prefixed::new(read, io)), conn)).await
