@@ -360,3 +360,179 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::VecDeque;
+
+    /// A client that sends `chunks`, one read each, then ends the stream.
+    struct Chunks(VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if let Some(mut chunk) = self.0.pop_front() {
+                let n = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..n]);
+                if n < chunk.len() {
+                    self.0.push_front(chunk.split_off(n));
+                }
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        max_head_bytes: 8192,
+        max_headers: 100,
+        http2_preface: true,
+    };
+
+    const HANDSHAKE: &[u8] = b"GET /chat?room=1 HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Dup: a\r\nX-Dup: b\r\n\r\n";
+
+    async fn first(chunks: &[&[u8]], limits: Limits) -> Option<First> {
+        let mut io = Chunks(chunks.iter().map(|c| c.to_vec()).collect());
+        let bytes = first_bytes(&mut io, limits).await?;
+        Some(read_head(&mut io, bytes, limits).await)
+    }
+
+    #[tokio::test]
+    async fn a_plain_handshake_is_taken_with_its_headers_in_order_and_what_followed_it() {
+        let mut sent = HANDSHAKE.to_vec();
+        sent.extend_from_slice(b"\x81\x80early");
+        // Split inside the empty line that ends the head, as a slow client may.
+        let (a, b) = sent.split_at(HANDSHAKE.len() - 3);
+        let Some(First::WebSocket(h)) = first(&[a, b], LIMITS).await else {
+            panic!("not taken as a handshake");
+        };
+        assert_eq!(h.request.method(), Method::GET);
+        assert_eq!(h.request.uri(), "/chat?room=1");
+        assert_eq!(h.request.version(), Version::HTTP_11);
+        let dup: Vec<_> = h.request.headers().get_all("x-dup").iter().collect();
+        assert_eq!(dup, ["a", "b"]);
+        assert_eq!(h.request.headers()["sec-websocket-version"], "13");
+        assert_eq!(&h.rest[..], b"\x81\x80early");
+        assert!(!h.close);
+    }
+
+    #[tokio::test]
+    async fn anything_but_a_plain_handshake_goes_to_hyper_byte_for_byte() {
+        let with = |extra: &str| {
+            let text = std::str::from_utf8(HANDSHAKE).unwrap();
+            text.replacen("\r\n\r\n", &format!("\r\n{extra}\r\n\r\n"), 1)
+                .into_bytes()
+        };
+        let cases: Vec<Vec<u8>> = vec![
+            with("Content-Length: 0"),
+            with("Transfer-Encoding: chunked"),
+            HANDSHAKE.replacen_bytes(b"GET", b"POST"),
+            HANDSHAKE.replacen_bytes(b"HTTP/1.1", b"HTTP/1.0"),
+            HANDSHAKE.replacen_bytes(b"Upgrade: websocket", b"Upgrade: h2c"),
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n".to_vec(),
+            // Obsolete line folding, which httparse refuses in requests (and so does hyper).
+            with("X-Fold: a\r\n b"),
+            // A target `http` does not take.
+            HANDSHAKE.replacen_bytes(b"/chat?room=1", b"/\x7f"),
+        ];
+        for sent in cases {
+            match first(&[&sent], LIMITS).await {
+                Some(First::Http1(bytes)) => assert_eq!(&bytes[..], &sent[..]),
+                other => panic!("{:?}: {other:?}", String::from_utf8_lossy(&sent)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn connection_close_is_noted() {
+        let text = std::str::from_utf8(HANDSHAKE).unwrap();
+        let sent = text.replacen("Connection: Upgrade", "Connection: Upgrade, close", 1);
+        let Some(First::WebSocket(h)) = first(&[sent.as_bytes()], LIMITS).await else {
+            panic!("not taken");
+        };
+        assert!(h.close);
+    }
+
+    #[tokio::test]
+    async fn the_http2_preface_is_recognised_even_in_pieces_and_only_when_asked() {
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00";
+        let Some(First::Http2(bytes)) =
+            first(&[&preface[..3], &preface[3..20], &preface[20..]], LIMITS).await
+        else {
+            panic!("preface not recognised");
+        };
+        assert_eq!(&bytes[..], &preface[..]);
+        let http1_only = Limits {
+            http2_preface: false,
+            ..LIMITS
+        };
+        assert!(matches!(
+            first(&[preface], http1_only).await,
+            Some(First::Http1(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_or_cut_head_goes_to_hyper_and_silence_is_none() {
+        let small = Limits {
+            max_head_bytes: 64,
+            ..LIMITS
+        };
+        match first(&[HANDSHAKE], small).await {
+            Some(First::Http1(bytes)) => {
+                assert!(bytes.len() >= 64 && HANDSHAKE.starts_with(&bytes))
+            }
+            other => panic!("{other:?}"),
+        }
+        match first(&[&HANDSHAKE[..40]], LIMITS).await {
+            Some(First::Http1(bytes)) => assert_eq!(&bytes[..], &HANDSHAKE[..40]),
+            other => panic!("{other:?}"),
+        }
+        assert!(first(&[], LIMITS).await.is_none());
+    }
+
+    #[test]
+    fn responses_carry_their_length_unless_they_have_no_content() {
+        let mut resp = Response::new(());
+        *resp.status_mut() = StatusCode::FORBIDDEN;
+        resp.headers_mut()
+            .insert("x-reason", HeaderValue::from_static("closed"));
+        let bytes = response_bytes(&resp, b"go away", true);
+        assert_eq!(
+            &bytes[..],
+            b"HTTP/1.1 403 Forbidden\r\nx-reason: closed\r\ncontent-length: 7\r\nconnection: close\r\n\r\ngo away"
+        );
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let bytes = response_bytes(&resp, b"", false);
+        assert_eq!(
+            &bytes[..],
+            b"HTTP/1.1 101 Switching Protocols\r\nx-reason: closed\r\n\r\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn prefixed_reads_the_prefix_first_then_the_connection() {
+        let inner = Chunks(VecDeque::from([b"world".to_vec()]));
+        let mut io = Prefixed::new(Bytes::from_static(b"hello "), inner);
+        let mut all = Vec::new();
+        io.read_to_end(&mut all).await.unwrap();
+        assert_eq!(all, b"hello world");
+    }
+
+    trait ReplaceBytes {
+        fn replacen_bytes(&self, from: &[u8], to: &[u8]) -> Vec<u8>;
+    }
+
+    impl ReplaceBytes for [u8] {
+        fn replacen_bytes(&self, from: &[u8], to: &[u8]) -> Vec<u8> {
+            let at = self
+                .windows(from.len())
+                .position(|w| w == from)
+                .expect("present");
+            [&self[..at], to, &self[at + from.len()..]].concat()
+        }
+    }
+}
