@@ -236,9 +236,9 @@ fn parse_handshake(bytes: &Bytes, end: usize, limits: Limits) -> Option<(Request
 }
 
 /// Serializes a response head for HTTP/1.1 (RFC 9112 §4) with `body` after it, into one
-/// buffer: the status line with the status' canonical reason, every header in order, and —
-/// for a status that has content (not 1xx, 204 or 304) and no `Content-Length` of its own —
-/// `content-length`. `close` adds `connection: close`.
+/// buffer: the status line with the status' canonical reason, every header in order, `date`
+/// on a final answer without one, and — for a status that has content (not 1xx, 204 or 304)
+/// and no `Content-Length` of its own — `content-length`. `close` adds `connection: close`.
 pub fn response_bytes(resp: &Response<()>, body: &[u8], close: bool) -> Vec<u8> {
     let status = resp.status();
     let reason = status.canonical_reason().unwrap_or("");
@@ -259,6 +259,12 @@ pub fn response_bytes(resp: &Response<()>, body: &[u8], close: bool) -> Vec<u8> 
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    // RFC 9110 §6.6.1: a final answer carries `Date` (hyper's server adds it the same way).
+    if !status.is_informational() && !resp.headers().contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if has_body && !resp.headers().contains_key(header::CONTENT_LENGTH) {
@@ -501,9 +507,14 @@ mod tests {
         resp.headers_mut()
             .insert("x-reason", HeaderValue::from_static("closed"));
         let bytes = response_bytes(&resp, b"go away", true);
+        let text = String::from_utf8(bytes).unwrap();
+        let (head, date_and_rest) = text.split_once("date: ").expect("a Date header");
+        assert_eq!(head, "HTTP/1.1 403 Forbidden\r\nx-reason: closed\r\n");
+        let (date, rest) = date_and_rest.split_once("\r\n").unwrap();
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date:?}");
         assert_eq!(
-            &bytes[..],
-            b"HTTP/1.1 403 Forbidden\r\nx-reason: closed\r\ncontent-length: 7\r\nconnection: close\r\n\r\ngo away"
+            rest,
+            "content-length: 7\r\nconnection: close\r\n\r\ngo away"
         );
         *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let bytes = response_bytes(&resp, b"", false);
