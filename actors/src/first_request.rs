@@ -23,7 +23,7 @@
 //! `max_request_head_bytes`. An idle connection costs no buffer before its first byte: the
 //! buffer (starting at [`HEAD_START`] bytes) is kept only once a read brought bytes.
 
-use std::io;
+use std::io::{self, Write as _};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -97,39 +97,34 @@ pub async fn read_head<S: AsyncRead + Unpin>(
     mut buf: BytesMut,
     limits: Limits,
 ) -> First {
+    // Bytes of `buf` already searched for the end of the head.
     let mut scanned: usize = 0;
     loop {
-        if scanned > 0 {
-            if buf.capacity() == buf.len() {
-                if buf.len() >= limits.max_head_bytes {
-                    // Over the limit: hyper answers it as it always has (431).
-                    return First::Http1(buf.freeze());
+        match limits.http2_preface.then(|| http2::preface_match(&buf)) {
+            Some(Match::Full) => return First::Http2(buf.freeze()),
+            // A preface in pieces: more bytes decide.
+            Some(Match::Partial) => {}
+            Some(Match::No) | None => {
+                // The end of the head: an empty line (RFC 9112 §2.1). Only new bytes are
+                // searched.
+                let from = scanned.saturating_sub(3);
+                if let Some(end) = find_head_end(&buf[from..]) {
+                    return classify(buf, from + end, limits);
                 }
-                let more = buf.len().min(limits.max_head_bytes - buf.len()).max(64);
-                buf.reserve(more);
-            }
-            match io.read_buf(&mut buf).await {
-                Ok(n) if n > 0 => {}
-                // A head cut short: hyper decides what that deserves, as before.
-                _ => return First::Http1(buf.freeze()),
+                scanned = buf.len();
             }
         }
-        if limits.http2_preface {
-            match http2::preface_match(&buf) {
-                Match::Full => return First::Http2(buf.freeze()),
-                // A preface in pieces: more bytes decide.
-                Match::Partial => {
-                    scanned = buf.len();
-                    continue;
-                }
-                Match::No => {}
+        if buf.capacity() == buf.len() {
+            if buf.len() >= limits.max_head_bytes {
+                // Over the limit: hyper answers it as it always has (431).
+                return First::Http1(buf.freeze());
             }
+            buf.reserve(buf.len().min(limits.max_head_bytes - buf.len()).max(64));
         }
-        // The end of the head: an empty line (RFC 9112 §2.1). Only new bytes are searched.
-        let from = scanned.saturating_sub(3);
-        scanned = buf.len();
-        if let Some(end) = find_head_end(&buf[from..]) {
-            return classify(buf, from + end, limits);
+        match io.read_buf(&mut buf).await {
+            Ok(n) if n > 0 => {}
+            // A head cut short: hyper decides what that deserves, as before.
+            _ => return First::Http1(buf.freeze()),
         }
     }
 }
@@ -268,9 +263,8 @@ pub fn response_bytes(resp: &Response<()>, body: &[u8], close: bool) -> Vec<u8> 
         out.extend_from_slice(b"\r\n");
     }
     if has_body && !resp.headers().contains_key(header::CONTENT_LENGTH) {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa_buf(body.len(), &mut [0u8; 20]));
-        out.extend_from_slice(b"\r\n");
+        // Writing into a `Vec` cannot fail.
+        let _ = write!(out, "content-length: {}\r\n", body.len());
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -280,20 +274,6 @@ pub fn response_bytes(resp: &Response<()>, body: &[u8], close: bool) -> Vec<u8> 
         out.extend_from_slice(body);
     }
     out
-}
-
-/// `n` in decimal, written into `buf`.
-fn itoa_buf(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    &buf[i..]
 }
 
 /// A connection with bytes already read from it in front: reads return `prefix` first, then

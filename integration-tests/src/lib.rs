@@ -9,6 +9,7 @@ pub mod pool;
 pub mod raw;
 pub mod tls_front;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -103,6 +104,27 @@ pub fn python_clients() -> Option<std::path::PathBuf> {
     );
     eprintln!("skipping: no Python clients venv (run .ci/run, or set TETHER_TEST_PYTHON)");
     None
+}
+
+/// The admin endpoint's `GET /metrics` as `series → value` (comments and blank lines left out).
+pub async fn metrics(admin: SocketAddr) -> HashMap<String, f64> {
+    let resp = within(
+        "GET /metrics",
+        raw::send(
+            admin,
+            b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(resp.status, 200);
+    resp.text()
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }
 
 /// The path of a helper script in `integration-tests/python/`.

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tether_integration_tests::pool::{backends, get, member, Member};
 use tether_integration_tests::raw::{self, RawResponse};
-use tether_integration_tests::{closed_port, start, within};
+use tether_integration_tests::{closed_port, metrics, start, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -203,27 +203,6 @@ fn passive(status: &Value, addr: SocketAddr) -> (String, u64, u64) {
             .unwrap_or(u64::MAX),
         m["passive"]["ejections"].as_u64().unwrap_or(u64::MAX),
     )
-}
-
-/// `GET /metrics` as `series → value`.
-async fn metrics(admin: SocketAddr) -> HashMap<String, f64> {
-    let resp = within(
-        "GET /metrics",
-        raw::send(
-            admin,
-            b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-        ),
-    )
-    .await;
-    assert_eq!(resp.status, 200);
-    resp.text()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
 }
 
 fn retries(m: &HashMap<String, f64>, reason: &str) -> f64 {

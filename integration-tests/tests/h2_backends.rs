@@ -8,7 +8,6 @@
 //! Nothing sleeps to synchronize: each step waits on an observable state (a response, a frame,
 //! the backend's own counters, `GET /backends`) under a bounded deadline.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -22,7 +21,9 @@ use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{CertificateParams, KeyPair};
 use tether_integration_tests::pool::{backends, member, state, wait_for};
-use tether_integration_tests::{config_toml, python_clients, python_script, raw, start, within};
+use tether_integration_tests::{
+    config_toml, metrics, python_clients, python_script, start, within,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Barrier};
@@ -515,27 +516,6 @@ async fn get(addr: SocketAddr, path: &str, _extra: &str) -> (u16, String) {
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
-}
-
-/// `GET /metrics` as `series → value`.
-async fn metrics(admin: SocketAddr) -> HashMap<String, f64> {
-    let resp = within(
-        "GET /metrics",
-        raw::send(
-            admin,
-            b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-        ),
-    )
-    .await;
-    assert_eq!(resp.status, 200);
-    resp.text()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
 }
 
 /// The Python grpcio backend (`python/grpc_backend.py`): its address, and its stdin for

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::{SinkExt, StreamExt};
 use tether_integration_tests::backends::ws_echo;
 use tether_integration_tests::pool::{backends, get, member, wait_for};
-use tether_integration_tests::{config_toml, raw, start, within};
+use tether_integration_tests::{config_toml, metrics, raw, start, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
@@ -66,27 +66,6 @@ async fn closing_backend() -> (
         }
     });
     (addr, peers, task)
-}
-
-/// `GET /metrics` as `series → value`.
-async fn metrics(admin: SocketAddr) -> HashMap<String, f64> {
-    let resp = within(
-        "GET /metrics",
-        raw::send(
-            admin,
-            b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
-        ),
-    )
-    .await;
-    assert_eq!(resp.status, 200);
-    resp.text()
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            Some((series.to_string(), value.parse().ok()?))
-        })
-        .collect()
 }
 
 fn connect_failures(m: &HashMap<String, f64>, backend: SocketAddr, reason: &str) -> f64 {
